@@ -1,0 +1,1 @@
+//! Handlers: how a class of datasets is backed up and restored.

@@ -1,0 +1,17 @@
+//! tabacco: a backup manager for fleets of hosts. It backs up
+//! application-level datasets into restic, indexes every atom centrally and
+//! restores any of them anywhere by name.
+//!
+//! Data flows one way: `cli` -> `manager` -> `handler` -> `repository` ->
+//! `process`; user commands run through `shell`; the index sits behind the
+//! `metadata::MetadataStore` trait.
+
+pub mod cli;
+pub mod config;
+pub mod handler;
+pub mod manager;
+pub mod metadata;
+pub mod model;
+pub mod process;
+pub mod repository;
+pub mod shell;

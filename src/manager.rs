@@ -1,0 +1,1 @@
+//! Manager: backup and restore of sources.

@@ -1,0 +1,237 @@
+//! Wire types shared by the agent, the metadata store and its HTTP API.
+//!
+//! Field names follow the original Go implementation's JSON exactly, so
+//! existing clients and servers interoperate: `Backup`, `Dataset`, `Atom`,
+//! `FindRequest`, `JobStatus`, `RunningJobStatus` and
+//! `UpdateActiveJobStatusRequest`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One run of a backup on one host. Backups are started autonomously by
+/// hosts, so each belongs to exactly one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    /// Unique identifier of the run.
+    pub id: String,
+    /// When the run started.
+    pub timestamp: DateTime<Utc>,
+    /// Host that ran it.
+    pub host: String,
+    /// Datasets backed up by this run (in query results: only those that
+    /// hold matching atoms).
+    #[serde(default)]
+    pub datasets: Vec<Dataset>,
+}
+
+/// A group of atoms backed up together as one repository snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// Unique identifier.
+    pub id: String,
+    /// Dataset name, unique within its source.
+    #[serde(default)]
+    pub name: String,
+    /// Name of the source that created this dataset, so that a restore
+    /// knows which handler to use.
+    pub source: String,
+    /// Atoms in this dataset.
+    #[serde(default)]
+    pub atoms: Vec<Atom>,
+    /// Repository snapshot id (for restic: the full 64-hex id).
+    #[serde(default)]
+    pub snapshot_id: String,
+    /// Number of files in the snapshot.
+    #[serde(default)]
+    pub total_files: i64,
+    /// Number of bytes in the snapshot.
+    #[serde(default)]
+    pub total_bytes: i64,
+    /// Number of bytes this backup added to the repository.
+    #[serde(default)]
+    pub bytes_added: i64,
+    /// Duration of the backup, in seconds.
+    #[serde(default)]
+    pub duration: i64,
+}
+
+/// The smallest independently restorable piece of data.
+///
+/// Atoms are identified by their global path `source/dataset/atom`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Atom {
+    /// Atom name (path-like, relative to its dataset).
+    pub name: String,
+    /// For the `file` handler: path relative to the source's root.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+}
+
+/// Global path of an atom: `source/dataset/atom`.
+pub fn atom_path(source: &str, dataset: &str, atom: &str) -> String {
+    format!("{source}/{dataset}/{atom}")
+}
+
+/// Search criteria for atoms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FindRequest {
+    /// Shell glob matched against the global atom path
+    /// (`source/dataset/atom`). `*` also matches `/`.
+    pub pattern: String,
+    /// Only atoms backed up by this host (empty: any host).
+    #[serde(default)]
+    pub host: String,
+    /// Keep only the newest N versions of each atom (0: all versions).
+    #[serde(default)]
+    pub num_versions: i64,
+    /// Only versions backed up strictly before this time. Go clients send
+    /// the zero time (`0001-01-01T00:00:00Z`) for "unset": read as `None`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "zero_time_is_none"
+    )]
+    pub older_than: Option<DateTime<Utc>>,
+}
+
+fn zero_time_is_none<'de, D>(d: D) -> Result<Option<DateTime<Utc>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use chrono::Datelike;
+    let t: Option<DateTime<Utc>> = Option::deserialize(d)?;
+    Ok(t.filter(|t| t.year() > 1))
+}
+
+/// Progress of a running backup, as reported by restic's `--json` status
+/// messages (the seed's `RunningJobStatus`). Absent fields are zero.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunningJobStatus {
+    /// Always `status` for progress messages.
+    #[serde(default)]
+    pub message_type: String,
+    /// Seconds since the backup started.
+    #[serde(default)]
+    pub seconds_elapsed: i64,
+    /// Estimated seconds left.
+    #[serde(default)]
+    pub seconds_remaining: i64,
+    /// Fraction done, 0.0 to 1.0.
+    #[serde(default)]
+    pub percent_done: f64,
+    /// Files found so far.
+    #[serde(default)]
+    pub total_files: i64,
+    /// Files processed so far.
+    #[serde(default)]
+    pub files_done: i64,
+    /// Bytes found so far.
+    #[serde(default)]
+    pub total_bytes: i64,
+    /// Bytes processed so far.
+    #[serde(default)]
+    pub bytes_done: i64,
+    /// Files that could not be read.
+    #[serde(default)]
+    pub error_count: i64,
+    /// Files being read right now.
+    #[serde(default)]
+    pub current_files: Vec<String>,
+}
+
+/// A backup job that is currently running on a host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Host running the job.
+    pub host: String,
+    /// Job identifier, unique on the host.
+    pub job_id: String,
+    /// Backup the job belongs to.
+    pub backup_id: String,
+    /// Dataset being backed up.
+    pub dataset_id: String,
+    /// Source of the dataset.
+    pub dataset_source: String,
+    /// Progress, if the repository reported any yet.
+    #[serde(default)]
+    pub status: Option<RunningJobStatus>,
+}
+
+/// The periodic report of a host's running jobs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateActiveJobStatusRequest {
+    /// Reporting host (host names are unique in a fleet).
+    pub host: String,
+    /// Jobs running on the host right now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_jobs: Vec<JobStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_json_uses_seed_field_names() {
+        let b = Backup {
+            id: "b1".into(),
+            timestamp: "2026-01-02T03:04:05Z".parse().unwrap(),
+            host: "h".into(),
+            datasets: vec![Dataset {
+                id: "d1".into(),
+                name: "ds".into(),
+                source: "src".into(),
+                atoms: vec![Atom {
+                    name: "a".into(),
+                    path: String::new(),
+                }],
+                snapshot_id: "s".into(),
+                total_files: 1,
+                total_bytes: 2,
+                bytes_added: 3,
+                duration: 4,
+            }],
+        };
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["timestamp"], "2026-01-02T03:04:05Z");
+        let ds = &v["datasets"][0];
+        for k in [
+            "id",
+            "name",
+            "source",
+            "atoms",
+            "snapshot_id",
+            "total_files",
+            "total_bytes",
+            "bytes_added",
+            "duration",
+        ] {
+            assert!(ds.get(k).is_some(), "missing {k}");
+        }
+        assert!(
+            ds["atoms"][0].get("path").is_none(),
+            "empty path is omitted"
+        );
+        let back: Backup = serde_json::from_value(v).unwrap();
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn find_request_accepts_go_style_json() {
+        let r: FindRequest = serde_json::from_str(
+            r#"{"pattern":"a/*","host":"","num_versions":2,"older_than":"2026-01-01T00:00:00.5+01:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.num_versions, 2);
+        assert_eq!(
+            r.older_than.unwrap().to_rfc3339(),
+            "2025-12-31T23:00:00.500+00:00"
+        );
+        let r: FindRequest = serde_json::from_str(r#"{"pattern":"x"}"#).unwrap();
+        assert!(r.older_than.is_none());
+        let r: FindRequest =
+            serde_json::from_str(r#"{"pattern":"x","older_than":"0001-01-01T00:00:00Z"}"#).unwrap();
+        assert_eq!(r.host, "");
+        assert!(r.older_than.is_none());
+    }
+}

@@ -1,0 +1,155 @@
+//! Repositories hold the snapshots. The [`Repository`] trait is what
+//! handlers use; [`restic`] is the one implementation, driving the `restic`
+//! binary as a child process (argv, never a shell; secrets by environment
+//! or file, never argv).
+
+pub mod restic;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::RepositorySpec;
+use crate::model::RunningJobStatus;
+use crate::process::ProcessError;
+use crate::shell::ShellCommand;
+
+/// Callback receiving progress while a backup runs.
+pub type ProgressFn = Arc<dyn Fn(&RunningJobStatus) + Send + Sync>;
+
+/// What a snapshot is tagged with, so it can be found from the index and
+/// the index rebuilt from the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// Host name recorded in the snapshot (`--host`).
+    pub host: String,
+    /// Backup id (tag `backup_id=...`).
+    pub backup_id: String,
+    /// Dataset id (tag `dataset_id=...`).
+    pub dataset_id: String,
+    /// Source name (tag `source=...`).
+    pub source: String,
+}
+
+/// What a finished backup produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SnapshotInfo {
+    /// Full snapshot id (64 hex for restic).
+    pub snapshot_id: String,
+    /// Files in the snapshot.
+    pub total_files: i64,
+    /// Bytes in the snapshot.
+    pub total_bytes: i64,
+    /// Bytes added to the repository by this backup.
+    pub bytes_added: i64,
+    /// How long the backup took, in seconds.
+    pub duration_secs: f64,
+}
+
+/// Errors from a repository.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The configuration of the repository is wrong.
+    #[error("repository '{name}': {message}")]
+    Config {
+        /// Repository name.
+        name: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The password does not open the repository.
+    #[error(
+        "repository '{uri}': wrong password (restic: no key found for it); check the repository's `password` or `password_file`"
+    )]
+    WrongPassword {
+        /// Repository URI.
+        uri: String,
+    },
+    /// A child process failed (restic, or a producer/consumer command).
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The producer of a stream backup failed; its partial snapshot was
+    /// forgotten.
+    #[error("backup command failed, partial snapshot discarded: {0}")]
+    ProducerFailed(#[source] ProcessError),
+    /// A restore completed but did not produce what was asked for.
+    #[error(
+        "restore of snapshot {snapshot_id} produced nothing for {missing:?} (not in the snapshot?)"
+    )]
+    NothingRestored {
+        /// Snapshot restored from.
+        snapshot_id: String,
+        /// Paths that were asked for but are not in the target.
+        missing: Vec<PathBuf>,
+    },
+    /// restic printed something we could not understand.
+    #[error("unexpected output from {command}: {message}")]
+    Protocol {
+        /// Which command.
+        command: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// Local I/O around a restore (target directories and the like).
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The interface to a repository of snapshots.
+#[async_trait]
+pub trait Repository: Send + Sync {
+    /// Back up `paths` (absolute) into one snapshot tagged with `meta`.
+    async fn backup(
+        &self,
+        meta: &SnapshotMeta,
+        paths: &[PathBuf],
+        progress: Option<ProgressFn>,
+    ) -> Result<SnapshotInfo, RepoError>;
+
+    /// Back up the standard output of `producer` as the single file
+    /// `/<stdin_filename>` of a snapshot. If the producer fails, the backup
+    /// fails and no snapshot is left behind.
+    async fn stream_backup(
+        &self,
+        meta: &SnapshotMeta,
+        producer: ShellCommand,
+        stdin_filename: &str,
+        progress: Option<ProgressFn>,
+    ) -> Result<SnapshotInfo, RepoError>;
+
+    /// Restore the absolute `paths` of a snapshot under `target` (files land
+    /// at `target/<path>`); fails if any of them was not restored.
+    async fn restore(
+        &self,
+        snapshot_id: &str,
+        paths: &[PathBuf],
+        target: &Path,
+    ) -> Result<(), RepoError>;
+
+    /// Stream the file `/<stdin_filename>` of a snapshot into the standard
+    /// input of `consumer`; fails if either side fails.
+    async fn stream_restore(
+        &self,
+        snapshot_id: &str,
+        stdin_filename: &str,
+        consumer: ShellCommand,
+    ) -> Result<(), RepoError>;
+}
+
+/// Build the repository described by the configuration.
+pub fn from_spec(spec: &RepositorySpec) -> Result<Arc<dyn Repository>, RepoError> {
+    match spec.kind.as_str() {
+        "restic" => Ok(Arc::new(restic::Restic::from_spec(spec)?)),
+        other => Err(RepoError::Config {
+            name: spec.name.clone(),
+            message: format!("unknown repository type '{other}' (known: restic)"),
+        }),
+    }
+}
