@@ -1,1 +1,188 @@
-//! Command line: argument parsing and one module per subcommand.
+//! Command line: argument parsing, exit codes, and one module per
+//! subcommand.
+
+pub mod backup;
+pub mod check;
+pub mod progress;
+pub mod query;
+pub mod restore;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
+use crate::metadata::MetadataStore;
+use crate::metadata::sqlite::SqliteStore;
+
+/// Exit codes, also listed in `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  the operation failed (a dataset failed to back up or restore, nothing matched, ...)
+  2  invalid command line or configuration";
+
+/// Exit status: the operation failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: invalid command line or configuration.
+pub const EXIT_USAGE: u8 = 2;
+
+/// tabacco: back up application datasets with restic, index every atom,
+/// restore any of them anywhere by name.
+#[derive(Debug, Parser)]
+#[command(name = "tabacco", version, about, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Main configuration file; `handlers/` and `sources/` are read from
+    /// its directory.
+    #[arg(long, global = true, env = "TABACCO_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up sources now, with a progress display.
+    Backup(backup::BackupArgs),
+    /// Find atoms in the index and restore them under a directory.
+    Restore(restore::RestoreArgs),
+    /// List backed up atoms matching a pattern.
+    Query(query::QueryArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `tabacco config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration; print a summary or every error (with
+    /// file and field).
+    Check,
+}
+
+/// An error that ends the command with an exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit status.
+    pub code: u8,
+    /// What to tell the user.
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    /// An operation failure (exit 1).
+    pub fn failed(error: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            code: EXIT_FAILED,
+            error: error.into(),
+        }
+    }
+
+    /// A usage or configuration error (exit 2).
+    pub fn usage(error: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            code: EXIT_USAGE,
+            error: error.into(),
+        }
+    }
+}
+
+/// Run the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Backup(args) => backup::run(&cli.config, args).await,
+        Command::Restore(args) => restore::run(&cli.config, args).await,
+        Command::Query(args) => query::run(&cli.config, args).await,
+        Command::Config(ConfigCommand::Check) => check::run(&cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            progress::suspend(|| eprintln!("tabacco: error: {:#}", e.error));
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// Load and validate the configuration (exit 2 on errors).
+pub fn load_config(path: &Path) -> Result<Arc<Config>, CliError> {
+    config::load(path).map(Arc::new).map_err(CliError::usage)
+}
+
+/// Open the metadata store the configuration asks for.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>, CliError> {
+    if let Some(metadb) = &config.metadb {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "{}: metadb: a remote metadata server ({}) is not supported by this version yet; remove the `metadb` section to use the embedded store",
+            config.path.display(),
+            metadb.url
+        )));
+    }
+    let path = config.work_dir.join("metadata.db");
+    let store = SqliteStore::open(&path).await.map_err(CliError::failed)?;
+    Ok(Arc::new(store))
+}
+
+/// Parse a point in time: RFC 3339 (`2026-11-24T10:00:00Z`), or an age
+/// like `3d` or `12h` meaning that long before now.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => chrono::TimeDelta::from_std(d)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+            .ok_or_else(|| format!("'{s}' is too far in the past")),
+        Err(_) => Err(format!(
+            "'{s}' is neither an RFC 3339 time (2026-11-24T10:00:00Z) nor an age (3d, 12h)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_or_ages() {
+        let t = parse_time("2026-11-24T10:00:00+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-24T09:00:00+00:00");
+        let t = parse_time("2h").unwrap();
+        let age = Utc::now() - t;
+        assert!(age.num_minutes() >= 119 && age.num_minutes() <= 121);
+        assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn cli_accepts_config_before_or_after_subcommand() {
+        let a = Cli::try_parse_from(["tabacco", "--config", "/x.yml", "config", "check"]).unwrap();
+        assert_eq!(a.config, PathBuf::from("/x.yml"));
+        let b = Cli::try_parse_from(["tabacco", "backup", "src", "--config", "/y.yml"]).unwrap();
+        assert_eq!(b.config, PathBuf::from("/y.yml"));
+    }
+}

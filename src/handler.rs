@@ -1,1 +1,111 @@
-//! Handlers: how a class of datasets is backed up and restored.
+//! Handlers: how a class of datasets is backed up and restored. A handler
+//! is built from its [`HandlerSpec`] and the source using it (the source's
+//! `params` win over the handler's), and turns a dataset into repository
+//! operations.
+//!
+//! - [`file`]: atoms are paths below the source's root directory.
+//! - [`pipe`]: atoms are streams written by a `backup_command` and read
+//!   back by a `restore_command`.
+
+pub mod file;
+pub mod pipe;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+
+use crate::config::{HandlerSpec, HandlerType, SourceSpec};
+use crate::config::params::ParamTypeError;
+use crate::model::{Backup, Dataset};
+use crate::repository::{ProgressFn, RepoError, SnapshotInfo, SnapshotMeta};
+use crate::runtime::RuntimeContext;
+
+/// Errors from a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The handler's or source's parameters are wrong.
+    #[error("handler '{handler}' for source '{source_name}': {message}")]
+    Config {
+        /// Handler name.
+        handler: String,
+        /// Source name.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The dataset cannot be handled as it is.
+    #[error("dataset '{dataset}': {message}")]
+    Dataset {
+        /// Dataset name.
+        dataset: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+/// Backs up and restores one class of datasets.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Back up a dataset (with its atoms resolved) as one snapshot.
+    async fn backup(
+        &self,
+        rctx: &RuntimeContext,
+        backup: &Backup,
+        dataset: &Dataset,
+        progress: Option<ProgressFn>,
+    ) -> Result<SnapshotInfo, HandlerError>;
+
+    /// Restore the atoms listed in `dataset` (a subset of those backed up)
+    /// from its snapshot, under `target`.
+    async fn restore(
+        &self,
+        rctx: &RuntimeContext,
+        backup: &Backup,
+        dataset: &Dataset,
+        target: &Path,
+    ) -> Result<(), HandlerError>;
+}
+
+/// Build the handler for a source.
+pub fn for_source(
+    spec: &HandlerSpec,
+    source: &SourceSpec,
+) -> Result<Box<dyn Handler>, HandlerError> {
+    let params = spec.params.merged_with(&source.params);
+    let config_error = |e: ParamTypeError| HandlerError::Config {
+        handler: spec.name.clone(),
+        source_name: source.name.clone(),
+        message: e.to_string(),
+    };
+    let required = |key: &str| -> Result<String, HandlerError> {
+        params
+            .get_str(key)
+            .map_err(config_error)?
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| HandlerError::Config {
+                handler: spec.name.clone(),
+                source_name: source.name.clone(),
+                message: format!("parameter '{key}' is required"),
+            })
+    };
+    Ok(match spec.kind {
+        HandlerType::File => Box::new(file::FileHandler::new(required("path")?.into())),
+        HandlerType::Pipe => Box::new(pipe::PipeHandler::new(
+            required("backup_command")?,
+            required("restore_command")?,
+        )),
+    })
+}
+
+/// How a snapshot of this dataset is tagged.
+pub fn snapshot_meta(backup: &Backup, dataset: &Dataset) -> SnapshotMeta {
+    SnapshotMeta {
+        host: backup.host.clone(),
+        backup_id: backup.id.clone(),
+        dataset_id: dataset.id.clone(),
+        source: dataset.source.clone(),
+    }
+}

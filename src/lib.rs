@@ -9,9 +9,11 @@
 pub mod cli;
 pub mod config;
 pub mod handler;
+pub mod logging;
 pub mod manager;
 pub mod metadata;
 pub mod model;
 pub mod process;
 pub mod repository;
+pub mod runtime;
 pub mod shell;

@@ -1,1 +1,687 @@
 //! Manager: backup and restore of sources.
+//!
+//! A backup of a source runs `pre_backup_command`, resolves the datasets
+//! (static, or printed by `datasets_command`) and their atoms, backs each
+//! dataset up through its handler (a few at once), records each dataset in
+//! the metadata store only after its snapshot exists, and always ends with
+//! `post_backup_command` (`TABACCO_STATUS=ok|error`). The source's
+//! `timeout` bounds the whole run; what is still running then is killed.
+//!
+//! A restore finds atoms with a [`FindRequest`] and restores each matching
+//! dataset version through its source's handler, between
+//! `pre_restore_command` and `post_restore_command`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DurationRound, Utc};
+use futures::StreamExt;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::load::{check_name, parse_dataset_specs};
+use crate::config::{AtomSpec, AtomsSource, DatasetSpec, DatasetsSource, SourceSpec};
+use crate::handler::{self, Handler, HandlerError};
+use crate::metadata::{MetadataError, MetadataStore};
+use crate::model::{Atom, Backup, Dataset, FindRequest, RunningJobStatus, atom_path};
+use crate::process::ProcessError;
+use crate::repository::{ProgressFn, SnapshotInfo};
+use crate::runtime::RuntimeContext;
+
+/// Errors that stop a backup or restore as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No source of that name is configured.
+    #[error("no source named '{0}' in the configuration (see `tabacco config check`)")]
+    UnknownSource(String),
+    /// The source names a handler that does not exist.
+    #[error("source '{source_name}': handler '{handler}' is not configured")]
+    UnknownHandler {
+        /// Source name.
+        source_name: String,
+        /// Handler name.
+        handler: String,
+    },
+    /// The handler could not be built.
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    /// A pre/post command or `datasets_command` failed.
+    #[error("source '{source_name}': {what} failed: {error}")]
+    Command {
+        /// Source name.
+        source_name: String,
+        /// Which command (`pre_backup_command`, ...).
+        what: &'static str,
+        /// How it failed.
+        #[source]
+        error: ProcessError,
+    },
+    /// `datasets_command` printed something that is not a dataset list.
+    #[error("source '{source_name}': datasets_command printed an invalid dataset list: {message}")]
+    BadDatasets {
+        /// Source name.
+        source_name: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The source's `timeout` elapsed; running commands were killed.
+    #[error("source '{source_name}': timed out after {}; running commands were killed", humantime::format_duration(*timeout))]
+    TimedOut {
+        /// Source name.
+        source_name: String,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// Nothing in the index matches the request.
+    #[error("no backed up atom matches '{0}' (try `tabacco query` with a broader pattern)")]
+    NothingFound(String),
+    /// Local I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Receives events while a backup runs (progress display, job status).
+/// Every method has a no-op default.
+pub trait Observer: Send + Sync {
+    /// A dataset's backup is starting.
+    fn dataset_started(&self, _dataset: &Dataset) {}
+    /// The repository reported progress on a dataset.
+    fn progress(&self, _dataset: &Dataset, _status: &RunningJobStatus) {}
+    /// A dataset's backup or restore ended.
+    fn dataset_finished(&self, _dataset: &Dataset, _outcome: Result<&SnapshotInfo, &str>) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// A dataset that failed, with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetFailure {
+    /// Dataset name.
+    pub dataset: String,
+    /// Full error text.
+    pub error: String,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    /// The backup, with the datasets that were recorded in the index.
+    pub backup: Backup,
+    /// Datasets that failed.
+    pub failures: Vec<DatasetFailure>,
+    /// An error that stopped the whole source (hook, timeout, datasets).
+    pub fatal: Option<String>,
+    /// Datasets that would have been backed up (dry run only).
+    pub planned: Vec<Dataset>,
+}
+
+impl BackupReport {
+    /// Whether everything succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty() && self.fatal.is_none()
+    }
+}
+
+/// One restored dataset version.
+#[derive(Debug, Clone)]
+pub struct RestoredItem {
+    /// Backup it came from.
+    pub backup_id: String,
+    /// When that backup ran.
+    pub timestamp: chrono::DateTime<Utc>,
+    /// Host that backed it up.
+    pub host: String,
+    /// Global atom paths restored.
+    pub atoms: Vec<String>,
+    /// Where it went.
+    pub target: PathBuf,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreReport {
+    /// Dataset versions restored (or that would be, in a dry run).
+    pub restored: Vec<RestoredItem>,
+    /// Datasets that failed.
+    pub failures: Vec<DatasetFailure>,
+}
+
+/// Runs backups and restores against a metadata store.
+#[derive(Clone)]
+pub struct Manager {
+    store: Arc<dyn MetadataStore>,
+}
+
+/// A new unique, time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Environment for a source-level command.
+fn source_env(backup: &Backup, source: &str) -> Vec<(String, String)> {
+    vec![
+        ("TABACCO_BACKUP_ID".into(), backup.id.clone()),
+        ("TABACCO_HOST".into(), backup.host.clone()),
+        ("TABACCO_SOURCE".into(), source.to_string()),
+    ]
+}
+
+fn with_var(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
+    env.push((key.to_string(), value.to_string()));
+    env
+}
+
+fn status_word(ok: bool) -> &'static str {
+    if ok { "ok" } else { "error" }
+}
+
+/// Full error chain in one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// State shared between a backup run and its caller, so that what was
+/// recorded before a timeout is still reported.
+struct Progress {
+    recorded: Vec<Dataset>,
+    failures: Vec<DatasetFailure>,
+    planned: Vec<Dataset>,
+}
+
+impl Manager {
+    /// A manager recording into `store`.
+    pub fn new(store: Arc<dyn MetadataStore>) -> Manager {
+        Manager { store }
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Arc<dyn MetadataStore> {
+        &self.store
+    }
+
+    /// Back up a source now.
+    ///
+    /// Returns `Err` only when the backup could not start (unknown source
+    /// or handler); everything that went wrong after that is in the report.
+    pub async fn backup(
+        &self,
+        rctx: &RuntimeContext,
+        source_name: &str,
+        observer: Arc<dyn Observer>,
+    ) -> Result<BackupReport, ManagerError> {
+        let source = rctx
+            .find_source(source_name)
+            .ok_or_else(|| ManagerError::UnknownSource(source_name.to_string()))?;
+        let hspec =
+            rctx.handler_spec(&source.handler)
+                .ok_or_else(|| ManagerError::UnknownHandler {
+                    source_name: source.name.clone(),
+                    handler: source.handler.clone(),
+                })?;
+        let handler = handler::for_source(hspec, source)?;
+        let now = Utc::now();
+        let backup = Backup {
+            id: new_id(),
+            timestamp: now.duration_trunc(chrono::TimeDelta::microseconds(1)).unwrap_or(now),
+            host: rctx.hostname().to_string(),
+            datasets: Vec::new(),
+        };
+        let span = info_span!("backup", source = %source.name, backup_id = %backup.id);
+        async {
+            info!("backup started");
+            let started = Instant::now();
+            let state = Mutex::new(Progress {
+                recorded: Vec::new(),
+                failures: Vec::new(),
+                planned: Vec::new(),
+            });
+            let run = self.run_backup(rctx, source, handler.as_ref(), &backup, &observer, &state);
+            let fatal = match source.timeout {
+                Some(t) => match tokio::time::timeout(t, run).await {
+                    Ok(r) => r.err(),
+                    Err(_) => Some(ManagerError::TimedOut {
+                        source_name: source.name.clone(),
+                        timeout: t,
+                    }),
+                },
+                None => run.await.err(),
+            };
+            let mut fatal = fatal.map(|e| error_chain(&e));
+            let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
+            let ok = fatal.is_none() && state.failures.is_empty();
+            if let Some(cmd) = &source.post_backup_command {
+                let env = with_var(source_env(&backup, &source.name), "TABACCO_STATUS", status_word(ok));
+                if let Err(e) = rctx.shell().run(cmd, &env).await {
+                    let e = ManagerError::Command {
+                        source_name: source.name.clone(),
+                        what: "post_backup_command",
+                        error: e,
+                    };
+                    error!("{}", error_chain(&e));
+                    fatal.get_or_insert(error_chain(&e));
+                }
+            }
+            let report = BackupReport {
+                backup: Backup {
+                    datasets: state.recorded,
+                    ..backup.clone()
+                },
+                failures: state.failures,
+                fatal,
+                planned: state.planned,
+            };
+            let elapsed = started.elapsed().as_secs_f64();
+            if report.is_ok() {
+                info!(datasets = report.backup.datasets.len(), elapsed, "backup finished");
+            } else {
+                error!(
+                    datasets = report.backup.datasets.len(),
+                    failed = report.failures.len(),
+                    error = report.fatal.as_deref().unwrap_or(""),
+                    elapsed,
+                    "backup finished with errors"
+                );
+            }
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_backup(
+        &self,
+        rctx: &RuntimeContext,
+        source: &SourceSpec,
+        handler: &dyn Handler,
+        backup: &Backup,
+        observer: &Arc<dyn Observer>,
+        state: &Mutex<Progress>,
+    ) -> Result<(), ManagerError> {
+        let shell = rctx.shell();
+        let env = source_env(backup, &source.name);
+        if let Some(cmd) = &source.pre_backup_command {
+            shell.run(cmd, &env).await.map_err(|error| ManagerError::Command {
+                source_name: source.name.clone(),
+                what: "pre_backup_command",
+                error,
+            })?;
+        }
+        let specs = match &source.datasets {
+            DatasetsSource::Static(specs) => specs.clone(),
+            DatasetsSource::Command(cmd) if shell.is_dry_run() => {
+                info!(command = %cmd, "dry run: would list datasets with datasets_command");
+                return Ok(());
+            }
+            DatasetsSource::Command(cmd) => {
+                let out = shell.output(cmd, &env).await.map_err(|error| ManagerError::Command {
+                    source_name: source.name.clone(),
+                    what: "datasets_command",
+                    error,
+                })?;
+                let text = String::from_utf8_lossy(&out);
+                parse_dataset_specs(&text).map_err(|message| ManagerError::BadDatasets {
+                    source_name: source.name.clone(),
+                    message,
+                })?
+            }
+        };
+        let mut datasets = Vec::new();
+        for spec in &specs {
+            match self.resolve_dataset(rctx, source, backup, spec).await {
+                Ok(ds) => datasets.push(ds),
+                Err(e) => {
+                    let error = error_chain(&e);
+                    error!(dataset = %spec.name, "{error}");
+                    lock(state).failures.push(DatasetFailure {
+                        dataset: spec.name.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        if shell.is_dry_run() {
+            for ds in &datasets {
+                let atoms: Vec<_> = ds.atoms.iter().map(|a| a.name.as_str()).collect();
+                info!(dataset = %ds.name, ?atoms, "dry run: would back up dataset");
+            }
+            lock(state).planned = datasets;
+            return Ok(());
+        }
+        let limit = rctx.config().queue.workers("datasets").max(1);
+        futures::stream::iter(datasets)
+            .map(|ds| self.backup_dataset(rctx, handler, backup, ds, observer, state))
+            .buffer_unordered(limit)
+            .collect::<Vec<()>>()
+            .await;
+        Ok(())
+    }
+
+    /// Turn a dataset spec into a dataset with its atoms resolved.
+    async fn resolve_dataset(
+        &self,
+        rctx: &RuntimeContext,
+        source: &SourceSpec,
+        backup: &Backup,
+        spec: &DatasetSpec,
+    ) -> Result<Dataset, ManagerError> {
+        let atoms: Vec<AtomSpec> = match &spec.atoms {
+            AtomsSource::Static(atoms) => atoms.clone(),
+            AtomsSource::Command(cmd) if rctx.shell().is_dry_run() => {
+                info!(dataset = %spec.name, command = %cmd, "dry run: would list atoms with atoms_command");
+                Vec::new()
+            }
+            AtomsSource::Command(cmd) => {
+                let env = with_var(source_env(backup, &source.name), "TABACCO_DATASET", &spec.name);
+                let out = rctx.shell().output(cmd, &env).await.map_err(|error| {
+                    ManagerError::Command {
+                        source_name: source.name.clone(),
+                        what: "atoms_command",
+                        error,
+                    }
+                })?;
+                parse_atom_names(&String::from_utf8_lossy(&out)).map_err(|message| {
+                    ManagerError::BadDatasets {
+                        source_name: source.name.clone(),
+                        message: format!("dataset '{}': atoms_command: {message}", spec.name),
+                    }
+                })?
+            }
+        };
+        Ok(Dataset {
+            id: new_id(),
+            name: spec.name.clone(),
+            source: source.name.clone(),
+            atoms: atoms
+                .into_iter()
+                .map(|a| Atom {
+                    name: a.name,
+                    path: a.path.unwrap_or_default(),
+                })
+                .collect(),
+            snapshot_id: String::new(),
+            total_files: 0,
+            total_bytes: 0,
+            bytes_added: 0,
+            duration: 0,
+        })
+    }
+
+    async fn backup_dataset(
+        &self,
+        rctx: &RuntimeContext,
+        handler: &dyn Handler,
+        backup: &Backup,
+        mut dataset: Dataset,
+        observer: &Arc<dyn Observer>,
+        state: &Mutex<Progress>,
+    ) {
+        let span = info_span!("dataset", dataset = %dataset.name, dataset_id = %dataset.id);
+        async {
+            info!(atoms = dataset.atoms.len(), "dataset backup started");
+            observer.dataset_started(&dataset);
+            let progress: ProgressFn = {
+                let observer = observer.clone();
+                let ds = dataset.clone();
+                Arc::new(move |st: &RunningJobStatus| observer.progress(&ds, st))
+            };
+            let result = handler.backup(rctx, backup, &dataset, Some(progress)).await;
+            let outcome = match result {
+                Ok(info) => {
+                    dataset.snapshot_id = info.snapshot_id.clone();
+                    dataset.total_files = info.total_files;
+                    dataset.total_bytes = info.total_bytes;
+                    dataset.bytes_added = info.bytes_added;
+                    dataset.duration = info.duration_secs.round() as i64;
+                    match self.store.add_dataset(backup, &dataset).await {
+                        Ok(()) => Ok(info),
+                        Err(e) => Err(format!(
+                            "snapshot {} was created but could not be recorded in the index: {}",
+                            info.snapshot_id,
+                            error_chain(&e)
+                        )),
+                    }
+                }
+                Err(e) => Err(error_chain(&e)),
+            };
+            match &outcome {
+                Ok(info) => {
+                    info!(
+                        snapshot_id = %info.snapshot_id,
+                        files = info.total_files,
+                        bytes = info.total_bytes,
+                        bytes_added = info.bytes_added,
+                        "dataset backed up and recorded"
+                    );
+                    lock(state).recorded.push(dataset.clone());
+                }
+                Err(e) => {
+                    error!("dataset backup failed: {e}");
+                    lock(state).failures.push(DatasetFailure {
+                        dataset: dataset.name.clone(),
+                        error: e.clone(),
+                    });
+                }
+            }
+            observer.dataset_finished(&dataset, outcome.as_ref().map_err(|e| e.as_str()));
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Find atoms and restore them under `target`.
+    ///
+    /// When the request yields several versions of one atom, each backup's
+    /// data goes to `target/<backup id>/` so versions do not overwrite each
+    /// other; otherwise everything goes to `target` itself.
+    pub async fn restore(
+        &self,
+        rctx: &RuntimeContext,
+        req: &FindRequest,
+        target: &Path,
+    ) -> Result<RestoreReport, ManagerError> {
+        let backups = self.store.find_atoms(req).await?;
+        if backups.is_empty() {
+            return Err(ManagerError::NothingFound(req.pattern.clone()));
+        }
+        let mut versions: HashMap<String, usize> = HashMap::new();
+        for b in &backups {
+            for ds in &b.datasets {
+                for a in &ds.atoms {
+                    *versions.entry(atom_path(&ds.source, &ds.name, &a.name)).or_default() += 1;
+                }
+            }
+        }
+        let per_backup_dirs = versions.values().any(|&n| n > 1);
+
+        // Group work by source, so each source's hooks run once.
+        let mut by_source: BTreeMap<String, Vec<(&Backup, &Dataset)>> = BTreeMap::new();
+        for b in &backups {
+            for ds in &b.datasets {
+                by_source.entry(ds.source.clone()).or_default().push((b, ds));
+            }
+        }
+        // Every source must be known before anything is touched.
+        let mut handlers: BTreeMap<String, Box<dyn Handler>> = BTreeMap::new();
+        for name in by_source.keys() {
+            let source = rctx
+                .find_source(name)
+                .ok_or_else(|| ManagerError::UnknownSource(name.clone()))?;
+            let hspec = rctx
+                .handler_spec(&source.handler)
+                .ok_or_else(|| ManagerError::UnknownHandler {
+                    source_name: source.name.clone(),
+                    handler: source.handler.clone(),
+                })?;
+            handlers.insert(name.clone(), handler::for_source(hspec, source)?);
+        }
+
+        let dry_run = rctx.shell().is_dry_run();
+        if !dry_run {
+            tokio::fs::create_dir_all(target).await.map_err(|source| ManagerError::Io {
+                context: format!("cannot create restore target {}", target.display()),
+                source,
+            })?;
+        }
+        let mut report = RestoreReport::default();
+        for (name, items) in &by_source {
+            let Some(source) = rctx.find_source(name) else { continue };
+            let Some(handler) = handlers.get(name) else { continue };
+            let span = info_span!("restore", source = %name);
+            async {
+                let env = vec![
+                    ("TABACCO_HOST".to_string(), rctx.hostname().to_string()),
+                    ("TABACCO_SOURCE".to_string(), name.clone()),
+                    ("TABACCO_TARGET".to_string(), target.display().to_string()),
+                ];
+                let mut source_ok = true;
+                if let Some(cmd) = &source.pre_restore_command
+                    && let Err(error) = rctx.shell().run(cmd, &env).await
+                {
+                    let e = ManagerError::Command {
+                        source_name: name.clone(),
+                        what: "pre_restore_command",
+                        error,
+                    };
+                    report.failures.push(DatasetFailure {
+                        dataset: String::new(),
+                        error: error_chain(&e),
+                    });
+                    source_ok = false;
+                }
+                if source_ok {
+                    for (b, ds) in items {
+                        let dest = if per_backup_dirs {
+                            target.join(&b.id)
+                        } else {
+                            target.to_path_buf()
+                        };
+                        let atoms: Vec<String> = ds
+                            .atoms
+                            .iter()
+                            .map(|a| atom_path(&ds.source, &ds.name, &a.name))
+                            .collect();
+                        if dry_run {
+                            info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %dest.display(), "dry run: would restore");
+                        } else {
+                            info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %dest.display(), "restoring");
+                            if let Err(e) = handler.restore(rctx, b, ds, &dest).await {
+                                let error = error_chain(&e);
+                                error!(dataset = %ds.name, "restore failed: {error}");
+                                report.failures.push(DatasetFailure {
+                                    dataset: ds.name.clone(),
+                                    error,
+                                });
+                                source_ok = false;
+                                continue;
+                            }
+                        }
+                        report.restored.push(RestoredItem {
+                            backup_id: b.id.clone(),
+                            timestamp: b.timestamp,
+                            host: b.host.clone(),
+                            atoms,
+                            target: dest,
+                        });
+                    }
+                }
+                if let Some(cmd) = &source.post_restore_command {
+                    let env = with_var(env.clone(), "TABACCO_STATUS", status_word(source_ok));
+                    if let Err(error) = rctx.shell().run(cmd, &env).await {
+                        let e = ManagerError::Command {
+                            source_name: name.clone(),
+                            what: "post_restore_command",
+                            error,
+                        };
+                        report.failures.push(DatasetFailure {
+                            dataset: String::new(),
+                            error: error_chain(&e),
+                        });
+                    }
+                }
+            }
+            .instrument(span)
+            .await;
+        }
+        if !report.failures.is_empty() {
+            warn!(failed = report.failures.len(), "restore finished with errors");
+        }
+        Ok(report)
+    }
+}
+
+fn lock(state: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Parse the output of an `atoms_command`: one atom name per line (blank
+/// lines ignored); names must be safe paths and unique.
+pub fn parse_atom_names(text: &str) -> Result<Vec<AtomSpec>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut atoms = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let name = line.trim_end_matches('\r');
+        if name.trim().is_empty() {
+            continue;
+        }
+        check_name("atom", name).map_err(|e| format!("line {}: {e}", i + 1))?;
+        if !seen.insert(name.to_string()) {
+            return Err(format!("line {}: atom '{name}' is listed twice", i + 1));
+        }
+        atoms.push(AtomSpec {
+            name: name.to_string(),
+            path: None,
+        });
+    }
+    if atoms.is_empty() {
+        return Err("printed no atom names".into());
+    }
+    Ok(atoms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atom_names_one_per_line() {
+        let atoms = parse_atom_names("a\n\nb/c\r\n").unwrap();
+        let names: Vec<_> = atoms.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a", "b/c"]);
+        assert!(parse_atom_names("a\na\n").unwrap_err().contains("twice"));
+        assert!(parse_atom_names("../x\n").unwrap_err().contains("line 1"));
+        assert!(parse_atom_names("\n\n").is_err());
+    }
+
+    #[test]
+    fn error_chain_joins_sources_once() {
+        let inner = std::io::Error::other("disk on fire");
+        let e = ManagerError::Io {
+            context: "cannot create /x".into(),
+            source: inner,
+        };
+        assert_eq!(error_chain(&e), "cannot create /x: disk on fire");
+    }
+}

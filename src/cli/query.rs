@@ -1,0 +1,131 @@
+//! `tabacco query PATTERN`: list backed up atoms, as a table or as the
+//! seed's `Backup` JSON objects.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use indicatif::HumanBytes;
+
+use super::{CliError, load_config, open_store, parse_time};
+use crate::model::{Backup, FindRequest, atom_path};
+
+/// Arguments of `tabacco query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Only atoms backed up by this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only versions backed up before this time (RFC 3339, or an age such
+    /// as `2d`).
+    #[arg(long, value_parser = parse_time)]
+    pub older_than: Option<DateTime<Utc>>,
+    /// Only the newest N versions of each atom (default: all).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub num_versions: Option<u32>,
+    /// Print JSON (`[Backup]`, as the metadata API returns it).
+    #[arg(long)]
+    pub json: bool,
+    /// Glob on `source/dataset/atom` (`*` also matches `/`).
+    pub pattern: String,
+}
+
+/// Run the query.
+pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
+    let config = load_config(config_path)?;
+    let store = open_store(&config).await?;
+    let req = FindRequest {
+        pattern: args.pattern.clone(),
+        host: args.host.clone().unwrap_or_default(),
+        num_versions: args.num_versions.map(i64::from).unwrap_or(0),
+        older_than: args.older_than,
+    };
+    let backups = store.find_atoms(&req).await.map_err(CliError::failed)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&backups).map_err(CliError::failed)?;
+        println!("{text}");
+    } else {
+        print!("{}", table(&backups));
+    }
+    Ok(())
+}
+
+/// The human-readable table: one row per atom version, newest first.
+pub fn table(backups: &[Backup]) -> String {
+    let mut rows = vec![[
+        "TIME".to_string(),
+        "HOST".to_string(),
+        "ATOM".to_string(),
+        "SNAPSHOT".to_string(),
+        "SIZE".to_string(),
+    ]];
+    for b in backups {
+        for ds in &b.datasets {
+            for a in &ds.atoms {
+                rows.push([
+                    b.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    b.host.clone(),
+                    atom_path(&ds.source, &ds.name, &a.name),
+                    ds.snapshot_id.chars().take(8).collect(),
+                    HumanBytes(ds.total_bytes.max(0) as u64).to_string(),
+                ]);
+            }
+        }
+    }
+    if rows.len() == 1 {
+        return "no matching atoms\n".to_string();
+    }
+    let mut widths = [0usize; 5];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Atom, Dataset};
+
+    #[test]
+    fn table_has_one_row_per_atom_version() {
+        let b = Backup {
+            id: "b".into(),
+            timestamp: "2026-11-24T10:00:00Z".parse().unwrap(),
+            host: "h1".into(),
+            datasets: vec![Dataset {
+                id: "d".into(),
+                name: "users".into(),
+                source: "home".into(),
+                atoms: vec![
+                    Atom { name: "alice".into(), path: String::new() },
+                    Atom { name: "bob".into(), path: String::new() },
+                ],
+                snapshot_id: "0123456789abcdef".into(),
+                total_files: 1,
+                total_bytes: 2048,
+                bytes_added: 0,
+                duration: 1,
+            }],
+        };
+        let t = table(&[b]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("TIME"));
+        assert!(lines[1].contains("home/users/alice") && lines[1].contains("01234567"));
+        assert!(lines[2].contains("2026-11-24T10:00:00Z") && lines[2].contains("2.00 KiB"));
+        assert_eq!(table(&[]), "no matching atoms\n");
+    }
+}

@@ -1,0 +1,140 @@
+//! Test environment: a temp dir with a config tree, a restic repository
+//! path, a work dir, and helpers to run the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// One test's world.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A new environment with `agent.yml` pointing at a local repository.
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = Env { dir };
+        std::fs::create_dir_all(env.path("etc/handlers")).unwrap();
+        std::fs::create_dir_all(env.path("etc/sources")).unwrap();
+        std::fs::create_dir_all(env.path("data")).unwrap();
+        env.write_main("");
+        env
+    }
+
+    /// Absolute path inside the environment.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("etc/agent.yml")
+    }
+
+    /// (Re)write agent.yml; `extra` is appended (YAML lines).
+    pub fn write_main(&self, extra: &str) {
+        let text = format!(
+            "hostname: testhost\nwork_dir: {work}\nrepository:\n  name: main\n  type: restic\n  params:\n    uri: {repo}\n    password: \"{PASSWORD}\"\n{extra}",
+            work = self.path("work").display(),
+            repo = self.repo().display(),
+        );
+        self.write("etc/agent.yml", &text);
+    }
+
+    /// Write a file (creating parents).
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// A command running the binary with `--config` set.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tabacco"));
+        c.arg("--config").arg(self.config()).args(args);
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    /// Run the binary and return its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run(self.cmd(args))
+    }
+
+    /// Run and insist on success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "tabacco {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `tabacco query --json PATTERN` parsed.
+    pub fn query(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["query", "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.ok(&args)).expect("query --json prints JSON")
+    }
+
+    /// Snapshots in the repository, straight from restic.
+    pub fn snapshots(&self) -> Vec<serde_json::Value> {
+        let out = Command::new("restic")
+            .args(["snapshots", "--json", "--no-lock"])
+            .env("RESTIC_REPOSITORY", self.repo())
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .output()
+            .expect("restic runs");
+        assert!(out.status.success(), "restic snapshots: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("restic JSON")
+    }
+}
+
+/// Run a command, capturing output.
+pub fn run(mut c: Command) -> Output {
+    c.output().expect("binary runs")
+}
+
+/// Combined stdout + stderr, for assertions on messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// All atom global paths in a `query --json` result, with their backup id.
+pub fn atom_versions(v: &serde_json::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for b in v.as_array().expect("array") {
+        for ds in b["datasets"].as_array().expect("datasets") {
+            for a in ds["atoms"].as_array().expect("atoms") {
+                out.push((
+                    format!(
+                        "{}/{}/{}",
+                        ds["source"].as_str().unwrap(),
+                        ds["name"].as_str().unwrap(),
+                        a["name"].as_str().unwrap()
+                    ),
+                    b["id"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Whole file as bytes.
+pub fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real `tabacco` binary against real restic
+//! repositories and SQLite files in temporary directories.
+
+mod common;
+
+mod backup_restore;
+mod config_check;
+mod failures;
