@@ -8,6 +8,7 @@
 pub mod load;
 pub mod params;
 pub mod raw;
+pub mod summary;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,9 +1,44 @@
 //! Reads `agent.yml`, `handlers/*.yml` and `sources/*.yml` and validates
 //! them into a [`Config`], collecting every error with its file and field.
+//!
+//! Parsing goes through [`super::raw`] (serde-saphyr, unknown keys
+//! rejected); a YAML or type error ends the parse of that one file and is
+//! reported with its field path and line/column, while the other files are
+//! still read and validated. Validation then checks names, references,
+//! schedules, durations and handler parameters, and keeps going past every
+//! mistake so that `tabacco config check` can list them all at once.
+//!
+//! The pure checks ([`check_schedule`], [`check_name`],
+//! [`check_source_name`], [`check_atom_path`], [`parse_dataset_specs`]) are
+//! public so that the manager can apply the same rules to what commands
+//! print at backup time.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::Config;
+use croner::parser::{CronParser, Seconds, Year};
+use serde::de::DeserializeOwned;
+
+use super::raw::{OneOrMany, RawConfig, RawDataset, RawHandler, RawMetadb, RawSource};
+use super::{
+    AtomSpec, AtomsSource, Config, DatasetSpec, DatasetsSource, HandlerSpec, HandlerType,
+    MetadbClientConfig, Params, QueueSpec, RepositorySpec, SourceSpec,
+};
+
+/// Default state directory when `work_dir` is not set.
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/tabacco";
+
+/// Name of the random seed file inside `work_dir` when `random_seed_file`
+/// is not set.
+pub const DEFAULT_RANDOM_SEED_FILE: &str = "random_seed";
+
+/// Repository name when `repository.name` is not set.
+pub const DEFAULT_REPOSITORY_NAME: &str = "main";
+
+/// Field name used for errors that concern a whole file or directory
+/// rather than one of its fields (unreadable file, YAML syntax error).
+pub const WHOLE_FILE: &str = "(document)";
 
 /// One configuration mistake: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -23,6 +58,2305 @@ pub struct ConfigError {
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 /// Read and validate the configuration tree rooted at the main file `path`.
-pub fn load(_path: &Path) -> Result<Config, ConfigErrors> {
-    todo!()
+///
+/// `handlers/*.yml` and `sources/*.yml` (also `.yaml`; hidden files are
+/// skipped) are read from the main file's directory in file-name order; a
+/// missing directory means none. Relative paths in the main file are
+/// resolved against its directory. Returns every mistake found, each with
+/// its file and field.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let main_path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = main_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut errors = Vec::new();
+
+    let main = read_main(&main_path, &mut errors)
+        .and_then(|raw| resolve_main(&main_path, &dir, raw, &mut errors));
+
+    let handler_files = read_spec_dir::<RawHandler>(&dir.join("handlers"), "handlers", &mut errors);
+    let handlers = resolve_handlers(handler_files, &mut errors);
+
+    let source_files = read_spec_dir::<RawSource>(&dir.join("sources"), "sources", &mut errors);
+    let sources = resolve_sources(source_files, &handlers, &mut errors);
+
+    // Parse errors were found while reading each directory, validation
+    // errors afterwards: present them file by file, in reading order.
+    let handlers_dir = dir.join("handlers");
+    errors.sort_by_cached_key(|e| {
+        let group = if e.file == main_path {
+            0
+        } else if e.file.starts_with(&handlers_dir) {
+            1
+        } else {
+            2
+        };
+        (group, e.file.clone())
+    });
+
+    match main {
+        Some(main) if errors.is_empty() => Ok(Config {
+            path: main_path,
+            hostname: main.hostname,
+            queue: main.queue,
+            repository: main.repository,
+            dry_run: main.dry_run,
+            default_nice_level: main.default_nice_level,
+            default_io_class: main.default_io_class,
+            work_dir: main.work_dir,
+            random_seed_file: main.random_seed_file,
+            metadb: main.metadb,
+            handlers: handlers
+                .into_iter()
+                .filter_map(|(name, h)| {
+                    h.kind.map(|kind| {
+                        (
+                            name.clone(),
+                            HandlerSpec {
+                                name,
+                                kind,
+                                params: h.params,
+                            },
+                        )
+                    })
+                })
+                .collect(),
+            sources,
+        }),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Error collection and field paths
+
+/// Appends errors for one file.
+struct FileErrors<'a> {
+    file: &'a Path,
+    out: &'a mut Vec<ConfigError>,
+}
+
+impl FileErrors<'_> {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.out.push(ConfigError {
+            file: self.file.to_path_buf(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// `prefix.key`, or `key` at the top.
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// `prefix.key[i]`.
+fn index(prefix: &str, key: &str, i: usize) -> String {
+    format!("{}[{i}]", join(prefix, key))
+}
+
+/// Field prefix of the `i`th spec of a file: `kind[i]` for a list file,
+/// nothing for a single-spec file.
+fn spec_prefix(kind: &str, list: bool, i: usize) -> String {
+    if list {
+        format!("{kind}[{i}]")
+    } else {
+        String::new()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing
+
+/// A YAML document that did not parse: where, and why.
+#[derive(Debug)]
+struct ParseFailure {
+    /// Field path inside the document (serde's view), possibly empty.
+    path: String,
+    /// serde-saphyr's message, with line and column.
+    message: String,
+}
+
+impl ParseFailure {
+    /// The field to report: the path, prefixed with `list_kind` when it
+    /// starts inside a top-level list.
+    fn field(&self, list_kind: &str) -> String {
+        if self.path.is_empty() {
+            WHOLE_FILE.to_string()
+        } else if self.path.starts_with('[') {
+            format!("{list_kind}{}", self.path)
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
+/// Whether a document holds nothing but blank lines, comments and document
+/// markers (such a file is read as "no specs").
+fn is_blank_yaml(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    })
+}
+
+/// Parse one YAML (or JSON) document into `T`, tracking the field path of
+/// any error.
+fn parse_doc<T: DeserializeOwned>(text: &str) -> Result<T, ParseFailure> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
+        let r = T::deserialize(tracked);
+        if r.is_err() {
+            let p = track.path().to_string();
+            if p != "." && p != "?" {
+                path = p;
+            }
+        }
+        r
+    });
+    result.map_err(|e| ParseFailure {
+        path,
+        message: e.without_snippet().to_string(),
+    })
+}
+
+/// Read and parse the main file; `None` (with errors added) if that fails.
+fn read_main(file: &Path, out: &mut Vec<ConfigError>) -> Option<RawConfig> {
+    let mut errs = FileErrors { file, out };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            errs.add(
+                WHOLE_FILE,
+                format!("cannot read the main configuration file: {e}"),
+            );
+            return None;
+        }
+    };
+    if is_blank_yaml(&text) {
+        return Some(RawConfig::default());
+    }
+    match parse_doc::<RawConfig>(&text) {
+        Ok(raw) => Some(raw),
+        Err(f) => {
+            errs.add(f.field(""), f.message);
+            None
+        }
+    }
+}
+
+/// The specs read from one `handlers/` or `sources/` file.
+struct SpecFile<T> {
+    /// The file.
+    path: PathBuf,
+    /// Whether it held a list (field paths then start with `kind[i]`).
+    list: bool,
+    /// The specs, in file order.
+    specs: Vec<T>,
+}
+
+/// Read every `*.yml` / `*.yaml` file of `dir` in file-name order. A
+/// missing directory holds no files.
+fn read_spec_dir<T: DeserializeOwned>(
+    dir: &Path,
+    kind: &str,
+    out: &mut Vec<ConfigError>,
+) -> Vec<SpecFile<T>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(dir = %dir.display(), "no {kind} directory");
+            return Vec::new();
+        }
+        Err(e) => {
+            FileErrors { file: dir, out }
+                .add(WHOLE_FILE, format!("cannot list the {kind} directory: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                FileErrors { file: dir, out }
+                    .add(WHOLE_FILE, format!("cannot list the {kind} directory: {e}"));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name.starts_with('.') || !(name.ends_with(".yml") || name.ends_with(".yaml")) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => paths.push(path),
+            Ok(_) => {}
+            Err(e) => FileErrors { file: &path, out }.add(WHOLE_FILE, format!("cannot read: {e}")),
+        }
+    }
+    paths.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+
+    let mut files = Vec::new();
+    for path in paths {
+        tracing::debug!(file = %path.display(), "reading {kind} file");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                FileErrors { file: &path, out }.add(WHOLE_FILE, format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        if is_blank_yaml(&text) {
+            tracing::warn!(file = %path.display(), "{kind} file is empty");
+            continue;
+        }
+        match parse_doc::<OneOrMany<T>>(&text) {
+            Ok(doc) => {
+                let (specs, list) = doc.into_vec();
+                files.push(SpecFile { path, list, specs });
+            }
+            Err(f) => FileErrors { file: &path, out }.add(f.field(kind), f.message),
+        }
+    }
+    files
+}
+
+// ---------------------------------------------------------------------------
+// Main file
+
+/// The resolved content of `agent.yml`.
+struct MainParts {
+    hostname: String,
+    queue: QueueSpec,
+    repository: RepositorySpec,
+    dry_run: bool,
+    default_nice_level: i32,
+    default_io_class: i32,
+    work_dir: PathBuf,
+    random_seed_file: PathBuf,
+    metadb: Option<MetadbClientConfig>,
+}
+
+/// `value` made absolute against `dir` when relative.
+fn resolve_path(dir: &Path, value: &str) -> PathBuf {
+    let p = Path::new(value);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// An optional path setting: empty is an error, relative is resolved.
+fn opt_path(
+    dir: &Path,
+    value: Option<String>,
+    field: &str,
+    errs: &mut FileErrors<'_>,
+) -> Option<PathBuf> {
+    let value = value?;
+    if value.trim().is_empty() {
+        errs.add(field, "is empty: give a path or remove the key");
+        return None;
+    }
+    Some(resolve_path(dir, &value))
+}
+
+fn resolve_main(
+    file: &Path,
+    dir: &Path,
+    raw: RawConfig,
+    out: &mut Vec<ConfigError>,
+) -> Option<MainParts> {
+    let before = out.len();
+    let mut errs = FileErrors { file, out };
+
+    let hostname = match raw.hostname.filter(|h| !h.trim().is_empty()) {
+        Some(h) => {
+            if let Some(c) = h.chars().find(|c| c.is_whitespace() || c.is_control()) {
+                errs.add(
+                    "hostname",
+                    format!(
+                        "{h:?} contains {c:?}: a host name has no spaces or control characters"
+                    ),
+                );
+            }
+            h
+        }
+        None => match gethostname::gethostname().into_string() {
+            Ok(h) if !h.is_empty() => h,
+            Ok(_) => {
+                errs.add(
+                    "hostname",
+                    "not set, and the machine has no host name: set hostname",
+                );
+                String::new()
+            }
+            Err(h) => {
+                errs.add(
+                    "hostname",
+                    format!(
+                        "not set, and the machine's host name {h:?} is not valid UTF-8: set hostname"
+                    ),
+                );
+                String::new()
+            }
+        },
+    };
+
+    let mut workers = BTreeMap::new();
+    if let Some(q) = raw.queue_config {
+        for (name, n) in q.workers.unwrap_or_default() {
+            let field = format!("queue_config.workers.{name}");
+            if name.trim().is_empty() {
+                errs.add(field, "queue name is empty");
+            } else if n < 1 {
+                errs.add(field, format!("must be at least 1, not {n}"));
+            } else {
+                workers.insert(name, usize::try_from(n).unwrap_or(usize::MAX));
+            }
+        }
+    }
+
+    let repository = resolve_repository(raw.repository, &mut errs);
+
+    let default_nice_level = match raw.default_nice_level.unwrap_or(0) {
+        n @ -20..=19 => n as i32,
+        n => {
+            errs.add(
+                "default_nice_level",
+                format!("must be between -20 and 19 (0: unchanged), not {n}"),
+            );
+            0
+        }
+    };
+    let default_io_class = match raw.default_io_class.unwrap_or(0) {
+        n @ 0..=3 => n as i32,
+        n => {
+            errs.add(
+                "default_io_class",
+                format!(
+                    "must be between 0 and 3 (0: unchanged, 1: realtime, 2: best-effort, 3: idle), not {n}"
+                ),
+            );
+            0
+        }
+    };
+
+    let work_dir = match raw.work_dir {
+        None => PathBuf::from(DEFAULT_WORK_DIR),
+        Some(w) if w.trim().is_empty() => {
+            errs.add("work_dir", "is empty: give a directory or remove the key");
+            PathBuf::from(DEFAULT_WORK_DIR)
+        }
+        Some(w) => resolve_path(dir, &w),
+    };
+    let random_seed_file = opt_path(dir, raw.random_seed_file, "random_seed_file", &mut errs)
+        .unwrap_or_else(|| work_dir.join(DEFAULT_RANDOM_SEED_FILE));
+
+    let metadb = raw.metadb.and_then(|m| resolve_metadb(dir, m, &mut errs));
+
+    if errs.out.len() > before {
+        return None;
+    }
+    Some(MainParts {
+        hostname,
+        queue: QueueSpec { workers },
+        repository: repository?,
+        dry_run: raw.dry_run.unwrap_or(false),
+        default_nice_level,
+        default_io_class,
+        work_dir,
+        random_seed_file,
+        metadb,
+    })
+}
+
+fn resolve_repository(
+    raw: Option<super::raw::RawRepository>,
+    errs: &mut FileErrors<'_>,
+) -> Option<RepositorySpec> {
+    let Some(raw) = raw else {
+        errs.add(
+            "repository",
+            "missing: add a repository with type: restic and params.uri and params.password_file",
+        );
+        return None;
+    };
+    let before = errs.out.len();
+    let name = match raw.name {
+        None => DEFAULT_REPOSITORY_NAME.to_string(),
+        Some(n) if n.trim().is_empty() => {
+            errs.add("repository.name", "is empty: give a name or remove the key");
+            n
+        }
+        Some(n) => n,
+    };
+    let kind = match raw.kind {
+        None => {
+            errs.add("repository.type", "missing: must be restic");
+            String::new()
+        }
+        Some(k) if k == "restic" => k,
+        Some(k) => {
+            errs.add(
+                "repository.type",
+                format!("unknown repository type {k:?}: only restic is supported"),
+            );
+            k
+        }
+    };
+    let params = raw.params.unwrap_or_default();
+    match params.get_str("uri") {
+        Ok(Some(u)) if !u.trim().is_empty() => {}
+        Ok(_) => errs.add(
+            "repository.params.uri",
+            "missing: the restic repository, e.g. /srv/restic or s3:https://host/bucket",
+        ),
+        Err(e) => errs.add("repository.params.uri", e.to_string()),
+    }
+    let mut secrets = Vec::new();
+    for key in ["password", "password_file"] {
+        match params.get_str(key) {
+            Ok(Some(v)) if !v.is_empty() => secrets.push(key),
+            Ok(Some(_)) => errs.add(
+                format!("repository.params.{key}"),
+                "is empty: give a value or remove the key",
+            ),
+            Ok(None) => {}
+            Err(e) => errs.add(format!("repository.params.{key}"), e.to_string()),
+        }
+    }
+    if secrets.len() == 2 {
+        errs.add(
+            "repository.params.password",
+            "password and password_file exclude each other: keep one (password_file is safer)",
+        );
+    } else if secrets.is_empty()
+        && !params.contains("password")
+        && !params.contains("password_file")
+    {
+        errs.add(
+            "repository.params.password_file",
+            "missing: give exactly one of params.password_file (a file holding the restic password) or params.password",
+        );
+    }
+    for key in ["cache_dir", "restic_binary"] {
+        if let Err(e) = params.get_str(key) {
+            errs.add(format!("repository.params.{key}"), e.to_string());
+        }
+    }
+    if let Err(e) = params.get_str_map("env") {
+        errs.add("repository.params.env", e.to_string());
+    }
+    if let Err(e) = params.get_str_list("extra_args") {
+        errs.add("repository.params.extra_args", e.to_string());
+    }
+    if errs.out.len() > before {
+        return None;
+    }
+    Some(RepositorySpec { name, kind, params })
+}
+
+fn resolve_metadb(
+    dir: &Path,
+    raw: RawMetadb,
+    errs: &mut FileErrors<'_>,
+) -> Option<MetadbClientConfig> {
+    let url = match raw.url {
+        None => {
+            errs.add(
+                "metadb.url",
+                "missing: the metadata server's URL, e.g. https://metadb.example:5332 (remove metadb to use the embedded store)",
+            );
+            String::new()
+        }
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            errs.add(
+                "metadb.url",
+                format!("{u:?} is not an http:// or https:// URL"),
+            );
+            u
+        }
+        Some(u) => u,
+    };
+    let (tls_cert, tls_key, tls_ca) = match raw.tls {
+        None => (None, None, None),
+        Some(t) => {
+            let cert = opt_path(dir, t.cert, "metadb.tls.cert", errs);
+            let key = opt_path(dir, t.key, "metadb.tls.key", errs);
+            let ca = opt_path(dir, t.ca, "metadb.tls.ca", errs);
+            match (&cert, &key) {
+                (Some(_), None) => errs.add("metadb.tls.key", "missing: tls.cert needs tls.key"),
+                (None, Some(_)) => errs.add("metadb.tls.cert", "missing: tls.key needs tls.cert"),
+                _ => {}
+            }
+            (cert, key, ca)
+        }
+    };
+    let token_file = opt_path(dir, raw.token_file, "metadb.token_file", errs);
+    Some(MetadbClientConfig {
+        url,
+        tls_cert,
+        tls_key,
+        tls_ca,
+        token_file,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+/// A handler as read, with where it was defined (for messages).
+struct HandlerEntry {
+    /// `None` when the type was missing or unknown (already reported).
+    kind: Option<HandlerType>,
+    params: Params,
+    file: PathBuf,
+    field: String,
+}
+
+fn resolve_handlers(
+    files: Vec<SpecFile<RawHandler>>,
+    out: &mut Vec<ConfigError>,
+) -> BTreeMap<String, HandlerEntry> {
+    let mut handlers: BTreeMap<String, HandlerEntry> = BTreeMap::new();
+    for file in files {
+        let mut errs = FileErrors {
+            file: &file.path,
+            out: &mut *out,
+        };
+        for (i, raw) in file.specs.into_iter().enumerate() {
+            let p = spec_prefix("handlers", file.list, i);
+            let name = match raw.name {
+                None => {
+                    errs.add(join(&p, "name"), "missing: every handler needs a name");
+                    None
+                }
+                Some(n) if n.trim().is_empty() => {
+                    errs.add(join(&p, "name"), "is empty: every handler needs a name");
+                    None
+                }
+                Some(n) => Some(n),
+            };
+            let kind = match raw.kind.as_deref() {
+                Some("file") => Some(HandlerType::File),
+                Some("pipe") => Some(HandlerType::Pipe),
+                None => {
+                    errs.add(join(&p, "type"), "missing: must be file or pipe");
+                    None
+                }
+                Some(k) => {
+                    errs.add(
+                        join(&p, "type"),
+                        format!("unknown handler type {k:?}: must be file or pipe"),
+                    );
+                    None
+                }
+            };
+            let Some(name) = name else { continue };
+            if let Some(first) = handlers.get(&name) {
+                errs.add(
+                    join(&p, "name"),
+                    format!(
+                        "handler {name:?} is already defined in {} ({}): handler names must be unique",
+                        first.file.display(),
+                        if first.field.is_empty() { "name".to_string() } else { join(&first.field, "name") }
+                    ),
+                );
+                continue;
+            }
+            handlers.insert(
+                name,
+                HandlerEntry {
+                    kind,
+                    params: raw.params.unwrap_or_default(),
+                    file: file.path.clone(),
+                    field: p,
+                },
+            );
+        }
+    }
+    handlers
+}
+
+// ---------------------------------------------------------------------------
+// Sources
+
+/// `Some(s)` unless absent or blank.
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+fn resolve_sources(
+    files: Vec<SpecFile<RawSource>>,
+    handlers: &BTreeMap<String, HandlerEntry>,
+    out: &mut Vec<ConfigError>,
+) -> Vec<SourceSpec> {
+    let mut seen: HashMap<String, (PathBuf, String)> = HashMap::new();
+    let mut sources = Vec::new();
+    for file in files {
+        for (i, raw) in file.specs.into_iter().enumerate() {
+            let p = spec_prefix("sources", file.list, i);
+            let mut errs = FileErrors {
+                file: &file.path,
+                out: &mut *out,
+            };
+            if let Some(s) = resolve_source(&p, raw, handlers, &mut errs, &mut seen) {
+                sources.push(s);
+            }
+        }
+    }
+    sources
+}
+
+fn resolve_source(
+    p: &str,
+    raw: RawSource,
+    handlers: &BTreeMap<String, HandlerEntry>,
+    errs: &mut FileErrors<'_>,
+    seen: &mut HashMap<String, (PathBuf, String)>,
+) -> Option<SourceSpec> {
+    let before = errs.out.len();
+    let name_field = join(p, "name");
+
+    let name = raw.name.unwrap_or_default();
+    if let Err(e) = check_source_name(&name) {
+        errs.add(&name_field, e);
+    } else if let Some((file, field)) = seen.get(&name) {
+        errs.add(
+            &name_field,
+            format!(
+                "source {name:?} is already defined in {} ({field}): source names must be unique",
+                file.display()
+            ),
+        );
+    } else {
+        seen.insert(name.clone(), (errs.file.to_path_buf(), name_field.clone()));
+    }
+
+    let handler_name = raw.handler.unwrap_or_default();
+    let handler = if handler_name.trim().is_empty() {
+        errs.add(join(p, "handler"), "missing: name one of the handlers");
+        None
+    } else {
+        match handlers.get(&handler_name) {
+            Some(h) => Some(h),
+            None => {
+                let known: Vec<&str> = handlers.keys().map(String::as_str).collect();
+                errs.add(
+                    join(p, "handler"),
+                    if known.is_empty() {
+                        format!("unknown handler {handler_name:?}: no handlers are defined (handlers/*.yml)")
+                    } else {
+                        format!(
+                            "unknown handler {handler_name:?}: known handlers are {}",
+                            known.join(", ")
+                        )
+                    },
+                );
+                None
+            }
+        }
+    };
+
+    let schedule = non_empty(raw.schedule).map(|s| s.trim().to_string());
+    if let Some(Err(e)) = schedule.as_deref().map(check_schedule) {
+        errs.add(join(p, "schedule"), e);
+    }
+
+    let timeout = match non_empty(raw.timeout) {
+        None => None,
+        Some(t) => match parse_positive_duration(&t) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                errs.add(join(p, "timeout"), e);
+                None
+            }
+        },
+    };
+
+    let datasets_field = join(p, "datasets");
+    let command = non_empty(raw.datasets_command);
+    let datasets = match (raw.datasets, command) {
+        (Some(list), Some(_)) if !list.is_empty() => {
+            errs.add(
+                &datasets_field,
+                "datasets and datasets_command exclude each other: keep one",
+            );
+            None
+        }
+        (_, Some(cmd)) => Some(DatasetsSource::Command(cmd)),
+        (Some(list), None) if list.is_empty() => {
+            errs.add(
+                &datasets_field,
+                "is empty: list at least one dataset, or use datasets_command",
+            );
+            None
+        }
+        (Some(list), None) => {
+            let mut problems = Vec::new();
+            let specs = resolve_datasets(list, &datasets_field, &mut problems);
+            for (field, message) in problems {
+                errs.add(field, message);
+            }
+            Some(DatasetsSource::Static(specs))
+        }
+        (None, None) => {
+            errs.add(
+                &datasets_field,
+                "missing: give datasets (a list) or datasets_command (a command printing them)",
+            );
+            None
+        }
+    };
+
+    let params = raw.params.unwrap_or_default();
+    if let Some((h, kind)) = handler.and_then(|h| h.kind.map(|k| (h, k))) {
+        check_handler_fit(p, &handler_name, h, kind, &params, datasets.as_ref(), errs);
+    }
+
+    if errs.out.len() > before {
+        return None;
+    }
+    Some(SourceSpec {
+        name,
+        handler: handler_name,
+        schedule,
+        datasets: datasets?,
+        pre_backup_command: non_empty(raw.pre_backup_command),
+        post_backup_command: non_empty(raw.post_backup_command),
+        pre_restore_command: non_empty(raw.pre_restore_command),
+        post_restore_command: non_empty(raw.post_restore_command),
+        params,
+        timeout,
+        file: errs.file.to_path_buf(),
+    })
+}
+
+/// Checks that depend on the source's handler type: required parameters
+/// (after merging) and what static datasets may hold.
+fn check_handler_fit(
+    p: &str,
+    handler_name: &str,
+    handler: &HandlerEntry,
+    kind: HandlerType,
+    params: &Params,
+    datasets: Option<&DatasetsSource>,
+    errs: &mut FileErrors<'_>,
+) {
+    let merged = handler.params.merged_with(params);
+    let origin = |key: &str| {
+        if params.contains(key) {
+            String::new()
+        } else {
+            format!(
+                " (from handler {handler_name:?} in {})",
+                handler.file.display()
+            )
+        }
+    };
+    let static_sets = match datasets {
+        Some(DatasetsSource::Static(sets)) => sets.as_slice(),
+        _ => &[],
+    };
+    match kind {
+        HandlerType::File => {
+            match merged.get_str("path") {
+                Ok(Some(root)) if root.starts_with('/') => {}
+                Ok(Some(root)) => errs.add(
+                    join(p, "params.path"),
+                    format!(
+                        "{root:?}{} must be an absolute directory (the root the atoms' paths are relative to)",
+                        origin("path")
+                    ),
+                ),
+                Ok(None) => errs.add(
+                    join(p, "params.path"),
+                    format!(
+                        "missing: the file handler {handler_name:?} needs params.path, the absolute root directory (in the source or the handler)"
+                    ),
+                ),
+                Err(e) => errs.add(join(p, "params.path"), format!("{e}{}", origin("path"))),
+            }
+            for (j, set) in static_sets.iter().enumerate() {
+                let AtomsSource::Static(atoms) = &set.atoms else {
+                    continue;
+                };
+                for (k, atom) in atoms.iter().enumerate() {
+                    if let Some(Err(e)) = atom.path.as_deref().map(check_atom_path) {
+                        errs.add(
+                            join(&index(&index(p, "datasets", j), "atoms", k), "path"),
+                            e,
+                        );
+                    }
+                }
+            }
+        }
+        HandlerType::Pipe => {
+            for key in ["backup_command", "restore_command"] {
+                match merged.get_str(key) {
+                    Ok(Some(c)) if !c.trim().is_empty() => {}
+                    Ok(_) => errs.add(
+                        join(p, &format!("params.{key}")),
+                        format!(
+                            "missing: the pipe handler {handler_name:?} needs params.{key} (in the source or the handler)"
+                        ),
+                    ),
+                    Err(e) => errs.add(
+                        join(p, &format!("params.{key}")),
+                        format!("{e}{}", origin(key)),
+                    ),
+                }
+            }
+            for (j, set) in static_sets.iter().enumerate() {
+                let AtomsSource::Static(atoms) = &set.atoms else {
+                    continue;
+                };
+                if atoms.len() > 1 {
+                    errs.add(
+                        join(&index(p, "datasets", j), "atoms"),
+                        format!(
+                            "dataset {:?} has {} atoms: pipe datasets hold exactly one atom for now (split it into one dataset per atom)",
+                            set.name,
+                            atoms.len()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Resolve a list of raw datasets, adding `(field, message)` for every
+/// mistake (fields start with `prefix[i]`). Returns the datasets that were
+/// valid enough to build.
+fn resolve_datasets(
+    raw: Vec<RawDataset>,
+    prefix: &str,
+    problems: &mut Vec<(String, String)>,
+) -> Vec<DatasetSpec> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (j, ds) in raw.into_iter().enumerate() {
+        let dp = format!("{prefix}[{j}]");
+        let name = ds.name.unwrap_or_default();
+        let mut ok = true;
+        if let Err(e) = check_name("dataset", &name) {
+            problems.push((join(&dp, "name"), e));
+            ok = false;
+        } else if !names.insert(name.clone()) {
+            problems.push((
+                join(&dp, "name"),
+                format!(
+                    "dataset {name:?} appears twice: dataset names must be unique within a source"
+                ),
+            ));
+            ok = false;
+        }
+        let atoms_field = join(&dp, "atoms");
+        let command = non_empty(ds.atoms_command);
+        let atoms = match (ds.atoms, command) {
+            (Some(list), Some(_)) if !list.is_empty() => {
+                problems.push((
+                    atoms_field,
+                    "atoms and atoms_command exclude each other: keep one".to_string(),
+                ));
+                None
+            }
+            (_, Some(cmd)) => Some(AtomsSource::Command(cmd)),
+            (Some(list), None) if list.is_empty() => {
+                problems.push((
+                    atoms_field,
+                    "is empty: list at least one atom, or use atoms_command".to_string(),
+                ));
+                None
+            }
+            (Some(list), None) => {
+                let mut atom_names = HashSet::new();
+                let mut atoms = Vec::new();
+                for (k, a) in list.into_iter().enumerate() {
+                    let ap = format!("{atoms_field}[{k}]");
+                    let name = a.name.unwrap_or_default();
+                    if let Err(e) = check_name("atom", &name) {
+                        problems.push((join(&ap, "name"), e));
+                    } else if !atom_names.insert(name.clone()) {
+                        problems.push((
+                            join(&ap, "name"),
+                            format!(
+                                "atom {name:?} appears twice: atom names must be unique within a dataset"
+                            ),
+                        ));
+                    } else {
+                        atoms.push(AtomSpec { name, path: a.path });
+                    }
+                }
+                Some(AtomsSource::Static(atoms))
+            }
+            (None, None) => {
+                problems.push((
+                    atoms_field,
+                    "missing: give atoms (a list of {name, path}) or atoms_command (a command printing one atom name a line)".to_string(),
+                ));
+                None
+            }
+        };
+        if let (true, Some(atoms)) = (ok, atoms) {
+            out.push(DatasetSpec { name, atoms });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Pure checks, public for the manager
+
+/// Check a schedule expression: `@hourly`, `@daily`, `@weekly`,
+/// `@monthly`, `@every DURATION`, `@random_every DURATION` (duration > 0,
+/// e.g. `6h`, `1h30m`) or a five-field cron expression (minute hour
+/// day-of-month month day-of-week).
+pub fn check_schedule(s: &str) -> Result<(), String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("is empty: remove the key for on-demand backups only".to_string());
+    }
+    if let Some(rest) = s.strip_prefix('@') {
+        let (word, arg) = match rest.split_once(char::is_whitespace) {
+            Some((w, a)) => (w, a.trim()),
+            None => (rest, ""),
+        };
+        return match word {
+            "hourly" | "daily" | "weekly" | "monthly" => {
+                if arg.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("@{word} takes no argument, got {arg:?}"))
+                }
+            }
+            "every" | "random_every" => {
+                if arg.is_empty() {
+                    Err(format!("@{word} needs a duration, e.g. @{word} 6h"))
+                } else {
+                    parse_positive_duration(arg)
+                        .map(|_| ())
+                        .map_err(|e| format!("@{word}: {e}"))
+                }
+            }
+            _ => Err(format!(
+                "unknown schedule {s:?}: use @hourly, @daily, @weekly, @monthly, @every DURATION, @random_every DURATION or a five-field cron expression"
+            )),
+        };
+    }
+    let fields = s.split_whitespace().count();
+    if fields != 5 {
+        return Err(format!(
+            "{s:?} has {fields} field(s): a cron schedule has five (minute hour day-of-month month day-of-week)"
+        ));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(s)
+        .map(|_| ())
+        .map_err(|e| format!("{s:?} is not a valid cron expression: {e}"))
+}
+
+/// Parse a duration such as `90s`, `30m`, `6h` or `1h30m`; zero is an
+/// error.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}): write e.g. 90s, 30m, 6h or 1h30m"))?;
+    if d.is_zero() {
+        return Err(format!(
+            "{s:?} is zero: a duration must be greater than zero"
+        ));
+    }
+    Ok(d)
+}
+
+/// Check a dataset or atom name (`kind`: "dataset", "atom"): a safe
+/// relative path, i.e. non-empty, no NUL or control characters, no `/` at
+/// either end, no empty, `.` or `..` segment.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("missing or empty: every {kind} needs a name"));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{kind} name {name:?} contains the control character {c:?}"
+        ));
+    }
+    if name.starts_with('/') || name.ends_with('/') {
+        return Err(format!(
+            "{kind} name {name:?} starts or ends with '/': it must be a relative path"
+        ));
+    }
+    for seg in name.split('/') {
+        if seg.is_empty() {
+            return Err(format!(
+                "{kind} name {name:?} has an empty path segment ('//')"
+            ));
+        }
+        if seg == "." || seg == ".." {
+            return Err(format!("{kind} name {name:?} has a {seg:?} path segment"));
+        }
+    }
+    Ok(())
+}
+
+/// Check a source name: a single safe path segment: non-empty, no `/`,
+/// not `.` or `..`, no `,` (restic tags are split on commas), no
+/// whitespace, NUL or control characters.
+pub fn check_source_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("missing or empty: every source needs a name".to_string());
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "source name {name:?} contains {c:?}: no whitespace or control characters"
+        ));
+    }
+    if name.contains('/') {
+        return Err(format!(
+            "source name {name:?} contains '/': it must be a single path segment"
+        ));
+    }
+    if name.contains(',') {
+        return Err(format!(
+            "source name {name:?} contains ',': restic splits tags on commas"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid source name"));
+    }
+    Ok(())
+}
+
+/// Check an atom's `path` for the `file` handler: non-empty, relative (no
+/// leading `/`), no `..` segment, no NUL or control characters.
+pub fn check_atom_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("is empty: give a path relative to the source's root, or remove it to use the atom name".to_string());
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "atom path {path:?} contains the control character {c:?}"
+        ));
+    }
+    if path.starts_with('/') {
+        return Err(format!(
+            "atom path {path:?} is absolute: it must be relative to the source's root (params.path)"
+        ));
+    }
+    if path.split('/').any(|seg| seg == "..") {
+        return Err(format!(
+            "atom path {path:?} has a '..' segment: it must stay below the source's root"
+        ));
+    }
+    Ok(())
+}
+
+/// Parse what a `datasets_command` printed: a YAML or JSON list of dataset
+/// specs (`name`, `atoms: [{name, path}]` or `atoms_command`), checked with
+/// the same rules as static datasets. Blank output is an empty list. The
+/// error lists every mistake, each with its field (`datasets[1].name`).
+pub fn parse_dataset_specs(text: &str) -> Result<Vec<DatasetSpec>, String> {
+    if is_blank_yaml(text) {
+        return Ok(Vec::new());
+    }
+    let raw: Vec<RawDataset> =
+        parse_doc(text).map_err(|f| format!("{}: {}", f.field("datasets"), f.message))?;
+    let mut problems = Vec::new();
+    let specs = resolve_datasets(raw, "datasets", &mut problems);
+    if problems.is_empty() {
+        Ok(specs)
+    } else {
+        Err(problems
+            .into_iter()
+            .map(|(field, message)| format!("{field}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HandlerType, ParamValue};
+
+    /// Main file used by most tests: valid, minimal.
+    const MAIN: &str = "\
+hostname: host1
+repository:
+  type: restic
+  params:
+    uri: /srv/restic
+    password_file: /etc/tabacco/restic-password
+";
+
+    /// A file handler and a pipe handler, one per file.
+    const HANDLERS: &[(&str, &str)] = &[
+        (
+            "handlers/files.yml",
+            "name: files\ntype: file\nparams:\n  path: /\n",
+        ),
+        (
+            "handlers/pipes.yml",
+            "name: pg\ntype: pipe\nparams:\n  backup_command: pg_dump \"$TABACCO_ATOM\"\n  restore_command: psql\n",
+        ),
+    ];
+
+    /// Write `files` (relative path, content) into a fresh temp dir.
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, content) in files {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        dir
+    }
+
+    /// Load a tree made of `MAIN`, `HANDLERS` and `extra` (which may
+    /// replace them).
+    fn load_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, Result<Config, ConfigErrors>) {
+        let mut files: Vec<(&str, &str)> = vec![("agent.yml", MAIN)];
+        files.extend_from_slice(HANDLERS);
+        for (rel, content) in extra {
+            files.retain(|(r, _)| r != rel);
+            files.push((rel, content));
+        }
+        let dir = tree(&files);
+        let r = load(&dir.path().join("agent.yml"));
+        (dir, r)
+    }
+
+    fn ok(extra: &[(&str, &str)]) -> (tempfile::TempDir, Config) {
+        let (dir, r) = load_with(extra);
+        match r {
+            Ok(c) => (dir, c),
+            Err(e) => panic!("expected a valid config, got {e}"),
+        }
+    }
+
+    fn errors(extra: &[(&str, &str)]) -> (tempfile::TempDir, Vec<ConfigError>) {
+        let (dir, r) = load_with(extra);
+        match r {
+            Ok(_) => panic!("expected errors, the config was accepted"),
+            Err(e) => (dir, e.0),
+        }
+    }
+
+    /// Assert that an error exists in `file` (relative to the tree) at
+    /// `field` whose message contains `needle`.
+    fn assert_error(
+        dir: &tempfile::TempDir,
+        errs: &[ConfigError],
+        file: &str,
+        field: &str,
+        needle: &str,
+    ) {
+        let file = dir.path().join(file);
+        assert!(
+            errs.iter()
+                .any(|e| e.file == file && e.field == field && e.message.contains(needle)),
+            "no error in {} at {field:?} containing {needle:?}; got:\n{}",
+            file.display(),
+            ConfigErrors(errs.to_vec())
+        );
+    }
+
+    /// Only the given error (file, field, needle) is reported.
+    fn assert_only_error(extra: &[(&str, &str)], file: &str, field: &str, needle: &str) {
+        let (dir, errs) = errors(extra);
+        assert_error(&dir, &errs, file, field, needle);
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+    }
+
+    // ----- valid trees -----
+
+    #[test]
+    fn valid_tree_with_single_and_list_files() {
+        let main = "\
+hostname: host1
+queue_config:
+  workers:
+    backup: 3
+    restore: 1
+repository:
+  name: offsite
+  type: restic
+  params:
+    uri: s3:https://s3.example/bucket
+    password_file: secrets/pw
+    env:
+      AWS_ACCESS_KEY_ID: abc
+dry_run: true
+default_nice_level: 10
+default_io_class: 3
+work_dir: state
+metadb:
+  url: https://metadb.example:5332
+  tls:
+    cert: tls/client.pem
+    key: /etc/ssl/client.key
+    ca: tls/ca.pem
+  token_file: token
+";
+        let more_handlers = "\
+- name: raw
+  type: file
+- name: mysql
+  type: pipe
+  params:
+    backup_command: mysqldump --databases \"$TABACCO_ATOM\"
+    restore_command: mysql
+";
+        let single_source = "\
+name: etc
+handler: files
+schedule: '@daily'
+timeout: 1h30m
+params:
+  path: /etc
+datasets:
+  - name: config
+    atoms:
+      - name: ssh
+        path: ssh
+      - name: passwd
+  - name: spool/mail
+    atoms_command: ls /var/spool/mail
+";
+        let list_sources = "\
+- name: sites
+  handler: mysql
+  schedule: 15 3 * * *
+  datasets_command: list-sites --yaml
+  pre_backup_command: ' '
+  post_backup_command: echo done
+- name: home
+  handler: raw
+  params:
+    path: /home
+  datasets:
+    - name: users
+      atoms: [{name: alice}]
+";
+        let (dir, c) = ok(&[
+            ("agent.yml", main),
+            ("handlers/more.yaml", more_handlers),
+            ("sources/a.yml", single_source),
+            ("sources/b.yml", list_sources),
+            ("sources/notes.txt", "not: [yaml"),
+            ("sources/.hidden.yml", "not: [yaml"),
+        ]);
+        let root = dir.path();
+        assert_eq!(c.path, root.join("agent.yml"));
+        assert_eq!(c.hostname, "host1");
+        assert_eq!(c.queue.workers("backup"), 3);
+        assert_eq!(c.queue.workers("restore"), 1);
+        assert_eq!(c.repository.name, "offsite");
+        assert_eq!(c.repository.kind, "restic");
+        assert_eq!(
+            c.repository
+                .params
+                .get_str("password_file")
+                .unwrap()
+                .as_deref(),
+            Some("secrets/pw"),
+            "password_file stays as written"
+        );
+        assert!(c.dry_run);
+        assert_eq!(c.default_nice_level, 10);
+        assert_eq!(c.default_io_class, 3);
+        assert_eq!(c.work_dir, root.join("state"));
+        assert_eq!(c.random_seed_file, root.join("state").join("random_seed"));
+        let m = c.metadb.as_ref().unwrap();
+        assert_eq!(m.url, "https://metadb.example:5332");
+        assert_eq!(m.tls_cert, Some(root.join("tls/client.pem")));
+        assert_eq!(m.tls_key, Some(PathBuf::from("/etc/ssl/client.key")));
+        assert_eq!(m.tls_ca, Some(root.join("tls/ca.pem")));
+        assert_eq!(m.token_file, Some(root.join("token")));
+
+        let names: Vec<_> = c.handlers.keys().cloned().collect();
+        assert_eq!(names, ["files", "mysql", "pg", "raw"]);
+        assert_eq!(c.handlers["mysql"].kind, HandlerType::Pipe);
+        assert_eq!(c.handlers["raw"].kind, HandlerType::File);
+
+        let names: Vec<_> = c.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["etc", "sites", "home"],
+            "file order, then list order"
+        );
+        let etc = c.find_source("etc").unwrap();
+        assert_eq!(etc.file, root.join("sources/a.yml"));
+        assert_eq!(etc.schedule.as_deref(), Some("@daily"));
+        assert_eq!(etc.timeout, Some(Duration::from_secs(5400)));
+        assert_eq!(etc.params.get_str("path").unwrap().as_deref(), Some("/etc"));
+        let DatasetsSource::Static(sets) = &etc.datasets else {
+            panic!("static datasets expected")
+        };
+        assert_eq!(
+            sets[0],
+            DatasetSpec {
+                name: "config".into(),
+                atoms: AtomsSource::Static(vec![
+                    AtomSpec {
+                        name: "ssh".into(),
+                        path: Some("ssh".into())
+                    },
+                    AtomSpec {
+                        name: "passwd".into(),
+                        path: None
+                    },
+                ]),
+            }
+        );
+        assert_eq!(
+            sets[1].atoms,
+            AtomsSource::Command("ls /var/spool/mail".into())
+        );
+        let sites = c.find_source("sites").unwrap();
+        assert_eq!(sites.file, root.join("sources/b.yml"));
+        assert_eq!(sites.schedule.as_deref(), Some("15 3 * * *"));
+        assert!(matches!(&sites.datasets, DatasetsSource::Command(c) if c == "list-sites --yaml"));
+        assert_eq!(sites.pre_backup_command, None, "blank command means none");
+        assert_eq!(sites.post_backup_command.as_deref(), Some("echo done"));
+        assert_eq!(sites.timeout, None);
+        assert_eq!(c.find_source("home").unwrap().schedule, None);
+    }
+
+    #[test]
+    fn missing_handlers_and_sources_dirs_are_empty() {
+        let dir = tree(&[("agent.yml", MAIN)]);
+        let c = load(&dir.path().join("agent.yml")).unwrap();
+        assert!(c.handlers.is_empty());
+        assert!(c.sources.is_empty());
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_absent() {
+        let main = "repository:\n  type: restic\n  params: {uri: /r, password: secret}\n";
+        let dir = tree(&[("agent.yml", main)]);
+        let c = load(&dir.path().join("agent.yml")).unwrap();
+        let machine = gethostname::gethostname().into_string().unwrap();
+        assert_eq!(c.hostname, machine);
+        assert_eq!(c.repository.name, "main");
+        assert_eq!(c.work_dir, PathBuf::from("/var/lib/tabacco"));
+        assert_eq!(
+            c.random_seed_file,
+            PathBuf::from("/var/lib/tabacco/random_seed")
+        );
+        assert!(c.metadb.is_none());
+        assert!(!c.dry_run);
+        assert_eq!((c.default_nice_level, c.default_io_class), (0, 0));
+        assert_eq!(c.queue.workers("backup"), 2);
+    }
+
+    #[test]
+    fn relative_work_dir_and_seed_file_resolve_against_main_dir() {
+        let main = format!("{MAIN}work_dir: ./var/state\nrandom_seed_file: seed\n");
+        let dir = tree(&[("etc/agent.yml", main.as_str())]);
+        let c = load(&dir.path().join("etc/agent.yml")).unwrap();
+        assert_eq!(c.work_dir, dir.path().join("etc/./var/state"));
+        assert_eq!(c.random_seed_file, dir.path().join("etc/seed"));
+    }
+
+    #[test]
+    fn relative_main_path_is_made_absolute() {
+        let dir = tree(&[("agent.yml", MAIN)]);
+        let cwd = std::env::current_dir().unwrap();
+        let rel = pathdiff(dir.path(), &cwd).join("agent.yml");
+        let c = load(&rel).unwrap();
+        assert!(c.path.is_absolute());
+        assert!(c.work_dir.is_absolute());
+    }
+
+    /// `target` relative to `base` via enough `..` (both absolute).
+    fn pathdiff(target: &Path, base: &Path) -> PathBuf {
+        let mut p = PathBuf::new();
+        for _ in base.components().skip(1) {
+            p.push("..");
+        }
+        p.join(target.strip_prefix("/").unwrap())
+    }
+
+    #[test]
+    fn empty_source_file_is_skipped() {
+        let (_d, c) = ok(&[("sources/empty.yml", "# nothing yet\n---\n")]);
+        assert!(c.sources.is_empty());
+    }
+
+    // ----- main file -----
+
+    #[test]
+    fn main_file_missing_is_reported() {
+        let dir = tree(&[]);
+        let errs = load(&dir.path().join("agent.yml")).unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].file, dir.path().join("agent.yml"));
+        assert!(errs[0].message.contains("cannot read"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn repository_is_required() {
+        assert_only_error(
+            &[("agent.yml", "hostname: h\n")],
+            "agent.yml",
+            "repository",
+            "missing",
+        );
+    }
+
+    #[test]
+    fn repository_type_must_be_restic() {
+        let main = MAIN.replace("type: restic", "type: borg");
+        assert_only_error(
+            &[("agent.yml", &main)],
+            "agent.yml",
+            "repository.type",
+            "only restic",
+        );
+        let main = MAIN.replace("  type: restic\n", "");
+        assert_only_error(
+            &[("agent.yml", &main)],
+            "agent.yml",
+            "repository.type",
+            "missing",
+        );
+    }
+
+    #[test]
+    fn repository_uri_is_required() {
+        let main = MAIN.replace("    uri: /srv/restic\n", "");
+        assert_only_error(
+            &[("agent.yml", &main)],
+            "agent.yml",
+            "repository.params.uri",
+            "missing",
+        );
+    }
+
+    #[test]
+    fn repository_needs_exactly_one_password_source() {
+        let neither = MAIN.replace("    password_file: /etc/tabacco/restic-password\n", "");
+        assert_only_error(
+            &[("agent.yml", &neither)],
+            "agent.yml",
+            "repository.params.password_file",
+            "exactly one of params.password_file",
+        );
+        let both = format!("{MAIN}    password: hunter2\n");
+        let (dir, errs) = errors(&[("agent.yml", &both)]);
+        assert_error(
+            &dir,
+            &errs,
+            "agent.yml",
+            "repository.params.password",
+            "exclude each other",
+        );
+        assert!(!ConfigErrors(errs).to_string().contains("hunter2"));
+        let inline = MAIN.replace("password_file: /etc/tabacco/restic-password", "password: x");
+        ok(&[("agent.yml", &inline)]);
+    }
+
+    #[test]
+    fn repository_name_defaults_to_main() {
+        let (_d, c) = ok(&[]);
+        assert_eq!(c.repository.name, "main");
+    }
+
+    #[test]
+    fn io_class_and_nice_level_ranges() {
+        for (extra, field) in [
+            ("default_io_class: 4\n", "default_io_class"),
+            ("default_io_class: -1\n", "default_io_class"),
+            ("default_nice_level: 20\n", "default_nice_level"),
+            ("default_nice_level: -21\n", "default_nice_level"),
+        ] {
+            let main = format!("{MAIN}{extra}");
+            assert_only_error(
+                &[("agent.yml", &main)],
+                "agent.yml",
+                field,
+                "must be between",
+            );
+        }
+        let main = format!("{MAIN}default_io_class: 0\ndefault_nice_level: -20\n");
+        ok(&[("agent.yml", &main)]);
+        let main = format!("{MAIN}default_io_class: 3\ndefault_nice_level: 19\n");
+        ok(&[("agent.yml", &main)]);
+    }
+
+    #[test]
+    fn queue_workers_must_be_positive() {
+        let main = format!("{MAIN}queue_config:\n  workers:\n    backup: 0\n");
+        assert_only_error(
+            &[("agent.yml", &main)],
+            "agent.yml",
+            "queue_config.workers.backup",
+            "at least 1",
+        );
+    }
+
+    #[test]
+    fn metadb_needs_an_http_url_and_tls_pairs() {
+        let main = format!("{MAIN}metadb:\n  url: metadb.example\n  tls:\n    cert: c.pem\n");
+        let (dir, errs) = errors(&[("agent.yml", &main)]);
+        assert_error(&dir, &errs, "agent.yml", "metadb.url", "not an http");
+        assert_error(
+            &dir,
+            &errs,
+            "agent.yml",
+            "metadb.tls.key",
+            "tls.cert needs tls.key",
+        );
+        assert_eq!(errs.len(), 2);
+    }
+
+    // ----- parse errors -----
+
+    #[test]
+    fn unknown_key_in_main_file_is_rejected() {
+        let main = format!("{MAIN}work_directory: /x\n");
+        let (dir, errs) = errors(&[("agent.yml", &main)]);
+        assert_error(
+            &dir,
+            &errs,
+            "agent.yml",
+            "work_directory",
+            "unknown field `work_directory`",
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_nested_spec_names_file_and_key() {
+        let src = "\
+- name: a
+  handler: files
+  datasets: [{name: d, atoms: [{name: x}]}]
+- name: b
+  handler: files
+  datasets:
+    - name: d
+      atoms:
+        - name: x
+          paht: y
+";
+        let (dir, errs) = errors(&[("sources/s.yml", src)]);
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "sources[1].datasets[0].atoms[0].paht",
+            "unknown field `paht`",
+        );
+        assert!(errs[0].message.contains("line 10"), "{}", errs[0]);
+        assert_eq!(errs.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_in_single_spec_file_has_no_list_prefix() {
+        let (dir, errs) = errors(&[("handlers/x.yml", "name: x\ntype: file\nparam: {}\n")]);
+        assert_error(
+            &dir,
+            &errs,
+            "handlers/x.yml",
+            "param",
+            "unknown field `param`",
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_is_reported_with_file_and_line() {
+        let (dir, errs) = errors(&[("sources/bad.yml", "name: a\n  handler: : files\n")]);
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        assert_eq!(errs[0].file, dir.path().join("sources/bad.yml"));
+        assert!(errs[0].message.contains("line 2"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_field_path() {
+        let (dir, errs) = errors(&[(
+            "sources/s.yml",
+            "name: a\nhandler: files\ndatasets:\n  - name: d\n    atoms: 3\n",
+        )]);
+        assert_error(&dir, &errs, "sources/s.yml", "datasets[0].atoms", "line 5");
+    }
+
+    // ----- names -----
+
+    #[test]
+    fn handler_name_must_be_non_empty() {
+        assert_only_error(
+            &[("handlers/x.yml", "type: file\n")],
+            "handlers/x.yml",
+            "name",
+            "missing",
+        );
+        assert_only_error(
+            &[("handlers/x.yml", "- name: ''\n  type: file\n")],
+            "handlers/x.yml",
+            "handlers[0].name",
+            "empty",
+        );
+    }
+
+    #[test]
+    fn handler_type_must_be_file_or_pipe() {
+        assert_only_error(
+            &[("handlers/x.yml", "name: x\ntype: tar\n")],
+            "handlers/x.yml",
+            "type",
+            "must be file or pipe",
+        );
+    }
+
+    #[test]
+    fn duplicate_handler_names_report_both_files() {
+        let (dir, errs) = errors(&[("handlers/zz.yml", "- name: files\n  type: pipe\n")]);
+        assert_error(
+            &dir,
+            &errs,
+            "handlers/zz.yml",
+            "handlers[0].name",
+            "already defined",
+        );
+        let other = dir.path().join("handlers/files.yml").display().to_string();
+        assert!(errs[0].message.contains(&other), "{}", errs[0]);
+        assert_eq!(errs.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_source_names_report_both_files() {
+        let s = "name: etc\nhandler: files\ndatasets: [{name: d, atoms_command: ls}]\n";
+        let (dir, errs) = errors(&[("sources/a.yml", s), ("sources/b.yml", s)]);
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        assert_error(&dir, &errs, "sources/b.yml", "name", "already defined");
+        let first = dir.path().join("sources/a.yml").display().to_string();
+        assert!(errs[0].message.contains(&first), "{}", errs[0]);
+    }
+
+    #[test]
+    fn source_name_must_be_a_safe_segment() {
+        for bad in ["", "a/b", "..", ".", "a,b", "a b", "a\tb"] {
+            let s = format!(
+                "name: {bad:?}\nhandler: files\ndatasets: [{{name: d, atoms_command: ls}}]\n"
+            );
+            assert_only_error(&[("sources/s.yml", &s)], "sources/s.yml", "name", "");
+        }
+    }
+
+    #[test]
+    fn check_source_name_rules() {
+        assert!(check_source_name("mail-1.example_x").is_ok());
+        for bad in [
+            "", "a/b", "/a", "..", ".", "a,b", "a b", "a\nb", "a\0b", "a\u{7f}b",
+        ] {
+            assert!(check_source_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_source_name("a,b").unwrap_err().contains("comma"));
+    }
+
+    #[test]
+    fn check_name_rules() {
+        for good in [
+            "a",
+            "a/b/c",
+            "user@example.com",
+            "a b",
+            "..a",
+            "a..",
+            ".hidden",
+        ] {
+            assert!(check_name("dataset", good).is_ok(), "{good:?} rejected");
+        }
+        for bad in [
+            "", "/a", "a/", "a//b", "../a", "a/../b", "a/..", "..", ".", "a/./b", "a\0b", "a\nb",
+        ] {
+            assert!(check_name("atom", bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            check_name("atom", "a//b")
+                .unwrap_err()
+                .starts_with("atom name")
+        );
+    }
+
+    #[test]
+    fn dataset_and_atom_names_are_checked() {
+        let s = "\
+name: s
+handler: files
+datasets:
+  - name: ''
+    atoms: [{name: x}]
+  - name: a/../b
+    atoms: [{name: x}]
+  - name: ok
+    atoms: [{name: x}, {path: y}, {name: /abs}]
+";
+        let (dir, errs) = errors(&[("sources/s.yml", s)]);
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "datasets[0].name",
+            "needs a name",
+        );
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "datasets[1].name",
+            "\"..\" path segment",
+        );
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "datasets[2].atoms[1].name",
+            "needs a name",
+        );
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "datasets[2].atoms[2].name",
+            "starts or ends",
+        );
+        assert_eq!(errs.len(), 4, "{}", ConfigErrors(errs.clone()));
+    }
+
+    #[test]
+    fn dataset_names_unique_within_source_and_atoms_within_dataset() {
+        let s = "\
+name: s
+handler: files
+datasets:
+  - name: d
+    atoms: [{name: x}, {name: y}, {name: x}]
+  - name: d
+    atoms_command: ls
+";
+        let (dir, errs) = errors(&[("sources/s.yml", s)]);
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "datasets[0].atoms[2].name",
+            "appears twice",
+        );
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "datasets[1].name",
+            "appears twice",
+        );
+        assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+        // The same dataset name in two sources is fine.
+        let two = "\
+- {name: a, handler: files, datasets: [{name: d, atoms_command: ls}]}
+- {name: b, handler: files, datasets: [{name: d, atoms_command: ls}]}
+";
+        ok(&[("sources/s.yml", two)]);
+    }
+
+    // ----- references, schedules, timeouts -----
+
+    #[test]
+    fn source_handler_must_exist() {
+        let s = "name: s\nhandler: nope\ndatasets: [{name: d, atoms_command: ls}]\n";
+        assert_only_error(
+            &[("sources/s.yml", s)],
+            "sources/s.yml",
+            "handler",
+            "known handlers are files, pg",
+        );
+        let s = "name: s\ndatasets: [{name: d, atoms_command: ls}]\n";
+        assert_only_error(
+            &[("sources/s.yml", s)],
+            "sources/s.yml",
+            "handler",
+            "missing",
+        );
+    }
+
+    #[test]
+    fn schedule_must_parse() {
+        let s = "name: s\nhandler: files\nschedule: '* * * * * *'\ndatasets: [{name: d, atoms_command: ls}]\n";
+        assert_only_error(&[("sources/s.yml", s)], "sources/s.yml", "schedule", "five");
+    }
+
+    #[test]
+    fn check_schedule_accepts_the_documented_forms() {
+        for good in [
+            "@hourly",
+            "@daily",
+            "@weekly",
+            "@monthly",
+            "@every 6h",
+            "@every 1h30m",
+            "@random_every 90s",
+            "@random_every 1h 30m",
+            "0 3 * * *",
+            "*/15 * * * 1-5",
+            "30 2 1 * sun",
+            "  @daily ",
+        ] {
+            assert_eq!(check_schedule(good), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn check_schedule_rejects_everything_else() {
+        for bad in [
+            "",
+            "@yearly",
+            "@reboot",
+            "@daily 3",
+            "@every",
+            "@every 0s",
+            "@every soon",
+            "@random_every -5m",
+            "* * * *",
+            "0 * * * * *",
+            "0 0 * * * * 2030",
+            "61 * * * *",
+            "* 24 * * *",
+            "daily",
+        ] {
+            assert!(check_schedule(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            check_schedule("0 0 * * * *")
+                .unwrap_err()
+                .contains("6 field")
+        );
+    }
+
+    #[test]
+    fn timeout_must_parse_and_be_positive() {
+        for (t, needle) in [
+            ("soon", "not a duration"),
+            ("0s", "zero"),
+            ("90", "not a duration"),
+        ] {
+            let s = format!(
+                "name: s\nhandler: files\ntimeout: {t}\ndatasets: [{{name: d, atoms_command: ls}}]\n"
+            );
+            assert_only_error(&[("sources/s.yml", &s)], "sources/s.yml", "timeout", needle);
+        }
+    }
+
+    // ----- datasets / atoms shape -----
+
+    #[test]
+    fn datasets_or_datasets_command_exactly_one() {
+        let both = "name: s\nhandler: files\ndatasets_command: ls\ndatasets: [{name: d, atoms_command: ls}]\n";
+        assert_only_error(
+            &[("sources/s.yml", both)],
+            "sources/s.yml",
+            "datasets",
+            "exclude each other",
+        );
+        let neither = "name: s\nhandler: files\n";
+        assert_only_error(
+            &[("sources/s.yml", neither)],
+            "sources/s.yml",
+            "datasets",
+            "missing",
+        );
+        let empty = "name: s\nhandler: files\ndatasets: []\n";
+        assert_only_error(
+            &[("sources/s.yml", empty)],
+            "sources/s.yml",
+            "datasets",
+            "is empty",
+        );
+        let blank_cmd = "name: s\nhandler: files\ndatasets_command: ''\n";
+        assert_only_error(
+            &[("sources/s.yml", blank_cmd)],
+            "sources/s.yml",
+            "datasets",
+            "missing",
+        );
+    }
+
+    #[test]
+    fn atoms_or_atoms_command_exactly_one() {
+        let s = "\
+- name: s
+  handler: files
+  datasets:
+    - {name: both, atoms: [{name: x}], atoms_command: ls}
+    - {name: neither}
+    - {name: empty, atoms: []}
+";
+        let (dir, errs) = errors(&[("sources/s.yml", s)]);
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "sources[0].datasets[0].atoms",
+            "exclude each other",
+        );
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "sources[0].datasets[1].atoms",
+            "missing",
+        );
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "sources[0].datasets[2].atoms",
+            "is empty",
+        );
+        assert_eq!(errs.len(), 3, "{}", ConfigErrors(errs.clone()));
+    }
+
+    // ----- handler fit -----
+
+    #[test]
+    fn pipe_dataset_with_several_atoms_is_rejected() {
+        let s = "\
+name: db
+handler: pg
+datasets:
+  - name: one
+    atoms: [{name: a}]
+  - name: two
+    atoms: [{name: a}, {name: b}]
+";
+        assert_only_error(
+            &[("sources/s.yml", s)],
+            "sources/s.yml",
+            "datasets[1].atoms",
+            "dataset \"two\" has 2 atoms: pipe datasets hold exactly one atom for now",
+        );
+    }
+
+    #[test]
+    fn file_atom_paths_must_stay_below_the_root() {
+        let s = "\
+name: s
+handler: files
+datasets:
+  - name: d
+    atoms:
+      - {name: a, path: /etc}
+      - {name: b, path: x/../../y}
+      - {name: c, path: x/y}
+";
+        let (dir, errs) = errors(&[("sources/s.yml", s)]);
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "datasets[0].atoms[0].path",
+            "absolute",
+        );
+        assert_error(
+            &dir,
+            &errs,
+            "sources/s.yml",
+            "datasets[0].atoms[1].path",
+            "'..'",
+        );
+        assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
+        // Paths are not the pipe handler's business.
+        let p = "name: s\nhandler: pg\ndatasets: [{name: d, atoms: [{name: a, path: /x}]}]\n";
+        ok(&[("sources/s.yml", p)]);
+    }
+
+    #[test]
+    fn check_atom_path_rules() {
+        assert!(check_atom_path("a/b").is_ok());
+        assert!(check_atom_path("./a").is_ok());
+        for bad in ["", "/a", "..", "a/..", "a/../b", "a\0"] {
+            assert!(check_atom_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn file_handler_needs_an_absolute_root() {
+        let h = [("handlers/files.yml", "name: files\ntype: file\n")];
+        let s = "name: s\nhandler: files\ndatasets: [{name: d, atoms_command: ls}]\n";
+        let mut files = h.to_vec();
+        files.push(("sources/s.yml", s));
+        assert_only_error(&files, "sources/s.yml", "params.path", "missing");
+
+        let s = "name: s\nhandler: files\nparams: {path: rel}\ndatasets: [{name: d, atoms_command: ls}]\n";
+        let mut files = h.to_vec();
+        files.push(("sources/s.yml", s));
+        assert_only_error(&files, "sources/s.yml", "params.path", "absolute");
+
+        // The handler's root counts, and a relative one is blamed on it.
+        let h2 = [(
+            "handlers/files.yml",
+            "name: files\ntype: file\nparams: {path: srv}\n",
+        )];
+        let s = "name: s\nhandler: files\ndatasets: [{name: d, atoms_command: ls}]\n";
+        let mut files = h2.to_vec();
+        files.push(("sources/s.yml", s));
+        assert_only_error(
+            &files,
+            "sources/s.yml",
+            "params.path",
+            "from handler \"files\"",
+        );
+
+        let s = "name: s\nhandler: files\nparams: {path: /srv}\ndatasets: [{name: d, atoms_command: ls}]\n";
+        let mut files = h.to_vec();
+        files.push(("sources/s.yml", s));
+        let (_d, c) = ok(&files);
+        assert_eq!(
+            c.find_source("s")
+                .unwrap()
+                .params
+                .get_str("path")
+                .unwrap()
+                .as_deref(),
+            Some("/srv")
+        );
+    }
+
+    #[test]
+    fn pipe_handler_needs_backup_and_restore_commands() {
+        let h = [(
+            "handlers/pipes.yml",
+            "name: pg\ntype: pipe\nparams: {backup_command: dump}\n",
+        )];
+        let s = "name: s\nhandler: pg\ndatasets: [{name: d, atoms: [{name: a}]}]\n";
+        let mut files = h.to_vec();
+        files.push(("sources/s.yml", s));
+        assert_only_error(&files, "sources/s.yml", "params.restore_command", "missing");
+
+        let s = "name: s\nhandler: pg\nparams: {restore_command: load}\ndatasets: [{name: d, atoms: [{name: a}]}]\n";
+        let mut files = h.to_vec();
+        files.push(("sources/s.yml", s));
+        ok(&files);
+
+        let s = "name: s\nhandler: pg\nparams: {restore_command: [a]}\ndatasets: [{name: d, atoms: [{name: a}]}]\n";
+        let mut files = h.to_vec();
+        files.push(("sources/s.yml", s));
+        assert_only_error(
+            &files,
+            "sources/s.yml",
+            "params.restore_command",
+            "must be a string",
+        );
+    }
+
+    // ----- many mistakes at once -----
+
+    #[test]
+    fn bad_tree_reports_every_mistake_with_file_and_field() {
+        let main = "\
+repository:
+  type: restic
+  params:
+    uri: /srv/restic
+default_io_class: 7
+";
+        let handlers = "\
+- name: files
+  type: file
+  params: {path: /}
+- name: ''
+  type: pipe
+- name: odd
+  type: zip
+";
+        let a = "\
+name: mail
+handler: files
+schedule: every day
+datasets:
+  - name: boxes
+    atoms: [{name: alice}, {name: alice}]
+";
+        let b = "\
+- name: mail
+  handler: ghost
+  datasets_command: ls
+- name: web
+  handler: files
+  timeout: forever
+  datasets:
+    - name: sites
+      atoms:
+        - {name: a, path: ../etc}
+";
+        let c = "name: broken\nhandler: [files\n";
+        let (dir, errs) = errors(&[
+            ("agent.yml", main),
+            ("handlers/files.yml", handlers),
+            ("sources/a.yml", a),
+            ("sources/b.yml", b),
+            ("sources/c.yml", c),
+        ]);
+        let expected = [
+            (
+                "agent.yml",
+                "repository.params.password_file",
+                "exactly one",
+            ),
+            ("agent.yml", "default_io_class", "between 0 and 3"),
+            ("handlers/files.yml", "handlers[1].name", "empty"),
+            ("handlers/files.yml", "handlers[2].type", "\"zip\""),
+            ("sources/a.yml", "schedule", "five"),
+            (
+                "sources/a.yml",
+                "datasets[0].atoms[1].name",
+                "appears twice",
+            ),
+            ("sources/b.yml", "sources[0].name", "already defined"),
+            (
+                "sources/b.yml",
+                "sources[0].handler",
+                "unknown handler \"ghost\"",
+            ),
+            ("sources/b.yml", "sources[1].timeout", "not a duration"),
+            (
+                "sources/b.yml",
+                "sources[1].datasets[0].atoms[0].path",
+                "'..'",
+            ),
+        ];
+        for (file, field, needle) in expected {
+            assert_error(&dir, &errs, file, field, needle);
+        }
+        let c_errs: Vec<_> = errs
+            .iter()
+            .filter(|e| e.file == dir.path().join("sources/c.yml"))
+            .collect();
+        assert_eq!(c_errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+        assert!(c_errs[0].message.contains("line"), "{}", c_errs[0]);
+        assert_eq!(
+            errs.len(),
+            expected.len() + 1,
+            "{}",
+            ConfigErrors(errs.clone())
+        );
+        // Reported in file order: main file, handlers, then sources by name.
+        let order: Vec<PathBuf> = errs.iter().map(|e| e.file.clone()).collect();
+        let mut sorted = order.clone();
+        sorted.sort_by_key(|f| (!f.ends_with("agent.yml"), f.clone()));
+        assert_eq!(order, sorted);
+    }
+
+    // ----- datasets_command output -----
+
+    #[test]
+    fn parse_dataset_specs_reads_yaml() {
+        let text = "\
+- name: site1
+  atoms:
+    - name: db
+- name: site2/files
+  atoms_command: ls /srv/site2
+";
+        let specs = parse_dataset_specs(text).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(
+            specs[0],
+            DatasetSpec {
+                name: "site1".into(),
+                atoms: AtomsSource::Static(vec![AtomSpec {
+                    name: "db".into(),
+                    path: None
+                }]),
+            }
+        );
+        assert_eq!(specs[1].atoms, AtomsSource::Command("ls /srv/site2".into()));
+    }
+
+    #[test]
+    fn parse_dataset_specs_reads_json() {
+        let text = r#"[{"name": "a", "atoms": [{"name": "x", "path": "data/x"}]}, {"name": "b", "atoms_command": "ls"}]"#;
+        let specs = parse_dataset_specs(text).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(
+            specs[0].atoms,
+            AtomsSource::Static(vec![AtomSpec {
+                name: "x".into(),
+                path: Some("data/x".into())
+            }])
+        );
+        assert_eq!(parse_dataset_specs("  \n").unwrap(), Vec::new());
+        assert_eq!(parse_dataset_specs("[]").unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn parse_dataset_specs_rejects_malformed_output() {
+        let e = parse_dataset_specs(r#"[{"name": "a", "atoms": [{"name": "x"}"#).unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+        let e = parse_dataset_specs("- name: a\n  atom: [x]\n").unwrap_err();
+        assert!(
+            e.starts_with("datasets[0].atom: unknown field `atom`"),
+            "{e}"
+        );
+        let e = parse_dataset_specs("name: a\natoms_command: ls\n").unwrap_err();
+        assert!(e.contains("line 1"), "a single map is not a list: {e}");
+        let e =
+            parse_dataset_specs("- {name: ../x, atoms_command: ls}\n- {name: y}\n").unwrap_err();
+        assert!(e.contains("datasets[0].name: dataset name \"../x\""), "{e}");
+        assert!(e.contains("datasets[1].atoms: missing"), "{e}");
+    }
+
+    #[test]
+    fn errors_display_file_field_and_message() {
+        let (dir, r) = load_with(&[(
+            "sources/s.yml",
+            "name: a/b\nhandler: files\ndatasets_command: ls\n",
+        )]);
+        let text = r.unwrap_err().to_string();
+        let file = dir.path().join("sources/s.yml");
+        assert_eq!(
+            text,
+            format!(
+                "1 configuration error(s):\n  {}: name: source name \"a/b\" contains '/': it must be a single path segment",
+                file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn params_accept_all_value_kinds() {
+        let s = "\
+name: s
+handler: files
+params:
+  path: /srv
+  n: {y: 1, on: [a, 2, 1.5, true, {no: off}]}
+datasets_command: ls
+";
+        let (_d, c) = ok(&[("sources/s.yml", s)]);
+        let p = &c.find_source("s").unwrap().params;
+        let ParamValue::Map(n) = &p.0["n"] else {
+            panic!("map expected")
+        };
+        assert_eq!(n["y"], ParamValue::Int(1));
+        assert!(matches!(&n["on"], ParamValue::List(l) if l.len() == 5));
+    }
 }

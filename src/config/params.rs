@@ -2,8 +2,10 @@
 //! just enough for YAML (strings, numbers, booleans, lists, maps).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// A `params` map: merged from handler and source, read by handlers and the
 /// repository through the typed getters below.
@@ -12,8 +14,13 @@ use serde::Deserialize;
 pub struct Params(pub BTreeMap<String, ParamValue>);
 
 /// One parameter value.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+///
+/// Deserialized by hand rather than with `#[serde(untagged)]`: untagged
+/// enums buffer the input and infer map keys' types, so a nested key such
+/// as `n:` or `on:` became a boolean under YAML 1.1 rules and the whole map
+/// failed with "data did not match any variant". Here map keys are always
+/// read as strings, and errors keep their exact location.
+#[derive(Debug, Clone, PartialEq)]
 pub enum ParamValue {
     /// `true` / `false`.
     Bool(bool),
@@ -27,6 +34,65 @@ pub enum ParamValue {
     List(Vec<ParamValue>),
     /// A nested map.
     Map(BTreeMap<String, ParamValue>),
+}
+
+impl<'de> Deserialize<'de> for ParamValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ParamValueVisitor)
+    }
+}
+
+/// Builds a [`ParamValue`] from whatever the format holds.
+struct ParamValueVisitor;
+
+impl<'de> Visitor<'de> for ParamValueVisitor {
+    type Value = ParamValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a boolean, number, string, list or map (quote an empty value: '')")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<ParamValue, E> {
+        Ok(ParamValue::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<ParamValue, E> {
+        Ok(ParamValue::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<ParamValue, E> {
+        i64::try_from(v)
+            .map(ParamValue::Int)
+            .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &"an integer below 2^63"))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<ParamValue, E> {
+        Ok(ParamValue::Float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<ParamValue, E> {
+        Ok(ParamValue::Str(v.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<ParamValue, E> {
+        Ok(ParamValue::Str(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ParamValue, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<ParamValue>()? {
+            items.push(item);
+        }
+        Ok(ParamValue::List(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ParamValue, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some((k, v)) = map.next_entry::<String, ParamValue>()? {
+            out.insert(k, v);
+        }
+        Ok(ParamValue::Map(out))
+    }
 }
 
 impl ParamValue {
@@ -198,5 +264,57 @@ mod tests {
         assert_eq!(m.get_bool("n").unwrap(), Some(true));
         assert_eq!(m.get_str("missing").unwrap(), None);
         assert_eq!(m.get_str_list("env").unwrap(), vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn yaml_values_of_every_kind_deserialize() {
+        let yaml = "b: true\ni: -3\nf: 1.5\ns: hello\nq: '12'\nl: [1, a, {k: v}]\nm: {n: {y: 1}, on: off}\n";
+        let m: Params = serde_saphyr::from_str(yaml).unwrap();
+        assert_eq!(m.0["b"], ParamValue::Bool(true));
+        assert_eq!(m.0["i"], ParamValue::Int(-3));
+        assert_eq!(m.0["f"], ParamValue::Float(1.5));
+        assert_eq!(m.0["s"], ParamValue::Str("hello".into()));
+        assert_eq!(m.0["q"], ParamValue::Str("12".into()));
+        assert_eq!(
+            m.0["l"],
+            ParamValue::List(vec![
+                ParamValue::Int(1),
+                ParamValue::Str("a".into()),
+                ParamValue::Map([("k".to_string(), ParamValue::Str("v".into()))].into()),
+            ])
+        );
+        // Nested keys that look like YAML 1.1 booleans stay strings (with
+        // `#[serde(untagged)]` this map failed to deserialize).
+        let ParamValue::Map(inner) = &m.0["m"] else {
+            panic!("map expected")
+        };
+        assert_eq!(
+            inner["n"],
+            ParamValue::Map([("y".to_string(), ParamValue::Int(1))].into())
+        );
+        assert_eq!(inner["on"], ParamValue::Bool(false));
+        let json: Params = serde_json::from_str(r#"{"a": {"b": [1, 2.5, "x"]}}"#).unwrap();
+        assert_eq!(
+            json.0["a"],
+            ParamValue::Map(
+                [(
+                    "b".to_string(),
+                    ParamValue::List(vec![
+                        ParamValue::Int(1),
+                        ParamValue::Float(2.5),
+                        ParamValue::Str("x".into()),
+                    ])
+                )]
+                .into()
+            )
+        );
+    }
+
+    #[test]
+    fn null_values_are_rejected_with_a_hint() {
+        let e = serde_saphyr::from_str::<Params>("password_file:\n").unwrap_err();
+        let msg = e.without_snippet().to_string();
+        assert!(msg.contains("quote an empty value"), "{msg}");
+        assert!(msg.contains("line 1"), "{msg}");
     }
 }
