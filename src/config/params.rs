@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// A `params` map: merged from handler and source, read by handlers and the
 /// repository through the typed getters below.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct Params(pub BTreeMap<String, ParamValue>);
 
@@ -132,6 +132,31 @@ pub struct ParamTypeError {
     pub found: &'static str,
 }
 
+/// Whether a parameter may hold a secret (its value is never shown).
+pub fn is_sensitive_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key", "env", "credential"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// Shows every key but hides the values of keys that may hold secrets
+/// (`password`, `env`, `*_token`, ...), so a `{:?}` of a configuration never
+/// leaks them.
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.0 {
+            if is_sensitive_key(k) {
+                m.entry(k, &"<redacted>");
+            } else {
+                m.entry(k, v);
+            }
+        }
+        m.finish()
+    }
+}
+
 impl Params {
     /// `self` with `over`'s entries replacing ours (the source wins over the
     /// handler).
@@ -235,6 +260,18 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn debug_hides_secret_values() {
+        let m = p(&[
+            ("password", ParamValue::Str("hunter2".into())),
+            ("env", ParamValue::Map([("AWS_SECRET_ACCESS_KEY".to_string(), ParamValue::Str("s3cr3t".into()))].into())),
+            ("uri", ParamValue::Str("/srv/repo".into())),
+        ]);
+        let d = format!("{m:?}");
+        assert!(!d.contains("hunter2") && !d.contains("s3cr3t"), "{d}");
+        assert!(d.contains("/srv/repo") && d.contains("password"), "{d}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{Handler, HandlerError, snapshot_meta};
+use crate::config::load::check_atom_path;
 use crate::model::{Atom, Backup, Dataset};
 use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
@@ -58,8 +59,18 @@ impl Handler for FileHandler {
                 ),
             });
         }
-        // restic only warns about a missing path and exits 0: check first.
+        // Atom paths may come from a datasets_command: keep them below the
+        // root. restic only warns about a missing path and exits 0: check
+        // that each exists first.
         for atom in &dataset.atoms {
+            if !atom.path.is_empty()
+                && let Err(e) = check_atom_path(&atom.path)
+            {
+                return Err(HandlerError::Dataset {
+                    dataset: dataset.name.clone(),
+                    message: format!("atom '{}': {e}", atom.name),
+                });
+            }
             let path = self.atom_abs_path(atom);
             if let Err(e) = tokio::fs::symlink_metadata(&path).await {
                 return Err(HandlerError::Dataset {
