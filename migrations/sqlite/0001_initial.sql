@@ -44,8 +44,8 @@ CREATE TABLE atoms (
     PRIMARY KEY (backup_id, dataset_id, name),
     FOREIGN KEY (backup_id, dataset_id) REFERENCES datasets (backup_id, id) ON DELETE CASCADE
 );
--- Pattern lookups: equality or literal-prefix range on global_path, then
--- newest versions first.
+-- Pattern lookups: equality or literal-prefix range on global_path; the
+-- walk over distinct paths and the newest-N seek per path (num_versions).
 CREATE INDEX atoms_global_path_timestamp ON atoms (global_path, timestamp);
 -- The same restricted to one host.
 CREATE INDEX atoms_host_global_path_timestamp ON atoms (host, global_path, timestamp);
