@@ -142,7 +142,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>, CliEr
             metadb.url
         )));
     }
-    let path = config.work_dir.join("metadata.db");
+    let path = config.embedded_metadb_path();
     let store = SqliteStore::open(&path).await.map_err(CliError::failed)?;
     Ok(Arc::new(store))
 }
