@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
 use crate::metadata::MetadataStore;
+use crate::metadata::outbox::OutboxStore;
 use crate::metadata::sqlite::SqliteStore;
 
 /// Exit codes, also listed in `--help`.
@@ -133,18 +134,41 @@ pub fn load_config(path: &Path) -> Result<Arc<Config>, CliError> {
     config::load(path).map(Arc::new).map_err(CliError::usage)
 }
 
-/// Open the metadata store the configuration asks for.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>, CliError> {
-    if let Some(metadb) = &config.metadb {
-        return Err(CliError::usage(anyhow::anyhow!(
-            "{}: metadb: a remote metadata server ({}) is not supported by this version yet; remove the `metadb` section to use the embedded store",
-            config.path.display(),
-            metadb.url
-        )));
+/// The metadata stores the configuration asks for.
+pub struct Stores {
+    /// What backups record into and queries search: the embedded SQLite
+    /// store, or the [`OutboxStore`] in front of the metadata server.
+    pub store: Arc<dyn MetadataStore>,
+    /// The outbox store when `metadb` is configured (the same object as
+    /// `store`), for delivery and its counters.
+    pub outbox: Option<Arc<OutboxStore>>,
+}
+
+/// Open the metadata store the configuration asks for, keeping a handle on
+/// the outbox when there is one (`tabacco backup`, the agent).
+pub async fn open_stores(config: &Config) -> Result<Stores, CliError> {
+    let remote = OutboxStore::from_config(config)
+        .map_err(|e| CliError::usage(anyhow::anyhow!("{}: {e}", config.path.display())))?;
+    if let Some(outbox) = remote {
+        let outbox = Arc::new(outbox);
+        return Ok(Stores {
+            store: outbox.clone(),
+            outbox: Some(outbox),
+        });
     }
     let path = config.embedded_metadb_path();
     let store = SqliteStore::open(&path).await.map_err(CliError::failed)?;
-    Ok(Arc::new(store))
+    Ok(Stores {
+        store: Arc::new(store),
+        outbox: None,
+    })
+}
+
+/// Open the metadata store the configuration asks for: the metadata server
+/// (through the outbox) when `metadb` is configured, else the embedded
+/// SQLite store.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>, CliError> {
+    Ok(open_stores(config).await?.store)
 }
 
 /// Parse a point in time: RFC 3339 (`2026-11-24T10:00:00Z`), or an age

@@ -2,9 +2,12 @@
 //!
 //! One trait, [`MetadataStore`], with an embedded SQLite implementation
 //! ([`sqlite`]) used when no metadata server is configured; the remote
-//! client and the server-side PostgreSQL store implement the same trait.
+//! client ([`remote`]), its durable outbox ([`outbox`]) and the server-side
+//! PostgreSQL store implement the same trait.
 
 pub mod glob;
+pub mod outbox;
+pub mod remote;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -48,6 +51,55 @@ pub enum MetadataError {
         #[source]
         source: std::io::Error,
     },
+    /// The metadata server refused the request for good (an HTTP status
+    /// that a retry cannot change, e.g. 400, 403, 409, 413): sending the
+    /// same request again will fail again.
+    #[error("metadata server {url} refused the request: HTTP {status}: {message}{}", remote::refusal_hint(*status))]
+    Rejected {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's error text (`{"error": ...}`), or the start of its body.
+        message: String,
+    },
+    /// The metadata server could not be reached or kept failing (network
+    /// errors, 5xx, 429) after every retry; a later attempt may succeed.
+    #[error("metadata server {url} is unavailable after {attempts} attempt(s): {reason}")]
+    Unavailable {
+        /// The URL requested.
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The HTTP status of the last attempt, if there was a response.
+        status: Option<u16>,
+        /// What went wrong last (network error, or status and server text).
+        reason: String,
+    },
+    /// The metadata server answered 2xx with a body that is not what the
+    /// API promises.
+    #[error("metadata server {url} sent an invalid response: {message}")]
+    InvalidResponse {
+        /// The URL requested.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The client configuration (`metadb` in `agent.yml`) cannot be used.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl MetadataError {
+    /// The request was refused for good; retrying it cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            MetadataError::Rejected { .. }
+                | MetadataError::BadRequest(_)
+                | MetadataError::Conflict(_)
+        )
+    }
 }
 
 /// The interface to the index of backups.

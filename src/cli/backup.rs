@@ -2,12 +2,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use indicatif::HumanBytes;
 
-use super::{CliError, load_config, open_store, progress};
+use super::{CliError, load_config, open_stores, progress};
 use crate::manager::Manager;
+use crate::metadata::outbox::{DeliveryReport, OutboxStore};
 use crate::runtime::RuntimeContext;
 
 /// Arguments of `tabacco backup`.
@@ -45,12 +47,16 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
         return Err(CliError::usage(anyhow::anyhow!(
             "unknown source(s): {} (configured: {})",
             unknown.join(", "),
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         )));
     }
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
-    let store = open_store(&config).await?;
-    let manager = Manager::new(store);
+    let stores = open_stores(&config).await?;
+    let manager = Manager::new(stores.store.clone());
     let observer = progress::observer();
     let mut failed = 0usize;
     for name in &names {
@@ -61,7 +67,12 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
         progress::suspend(|| {
             for ds in &report.planned {
                 let atoms: Vec<&str> = ds.atoms.iter().map(|a| a.name.as_str()).collect();
-                println!("dry run: would back up {}/{}: atoms {}", ds.source, ds.name, atoms.join(", "));
+                println!(
+                    "dry run: would back up {}/{}: atoms {}",
+                    ds.source,
+                    ds.name,
+                    atoms.join(", ")
+                );
             }
             for ds in &report.backup.datasets {
                 println!(
@@ -86,7 +97,10 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
                 println!(
                     "{name}: backup {} at {}: {} dataset(s) recorded, {} failed",
                     report.backup.id,
-                    report.backup.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    report
+                        .backup
+                        .timestamp
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     report.backup.datasets.len(),
                     report.failures.len() + usize::from(report.fatal.is_some()),
                 );
@@ -96,11 +110,64 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
             failed += 1;
         }
     }
+    let mut refused = 0u64;
+    if let Some(outbox) = &stores.outbox
+        && !config.dry_run
+    {
+        let report = outbox.deliver_pending_within(FINAL_DELIVERY_BUDGET).await;
+        let summary = delivery_summary(outbox, &report);
+        progress::suspend(|| print!("{summary}"));
+        refused = outbox.outbox().rejected_total();
+    }
     if failed > 0 {
         return Err(CliError::failed(anyhow::anyhow!(
             "{failed} of {} source(s) had errors",
             names.len()
         )));
     }
+    if refused > 0 {
+        return Err(CliError::failed(anyhow::anyhow!(
+            "the metadata server refused {refused} dataset record(s); they are kept with the reason in {}",
+            stores
+                .outbox
+                .as_ref()
+                .map(|o| o.outbox().rejected_dir().display().to_string())
+                .unwrap_or_default()
+        )));
+    }
     Ok(())
+}
+
+/// Time the final delivery at the end of `tabacco backup` may take; what is
+/// left stays queued for the agent or the next run.
+pub const FINAL_DELIVERY_BUDGET: Duration = Duration::from_secs(60);
+
+/// What `tabacco backup` says about the outbox at its end.
+pub fn delivery_summary(outbox: &OutboxStore, report: &DeliveryReport) -> String {
+    let url = outbox.url();
+    let mut out = format!(
+        "metadata: {} record(s) delivered to {url}\n",
+        outbox.outbox().delivered_total()
+    );
+    if report.pending > 0 {
+        out.push_str(&format!(
+            "{} record(s) pending delivery to {url}; they will be retried by the agent or the next `tabacco backup`\n",
+            report.pending
+        ));
+        if report.busy {
+            out.push_str("  (another tabacco process is delivering them right now)\n");
+        } else if let Some(e) = &report.error {
+            out.push_str(&format!("  (last error: {e})\n"));
+        }
+    } else if let Some(e) = &report.error {
+        out.push_str(&format!("metadata: delivery problem: {e}\n"));
+    }
+    let rejected = outbox.outbox().rejected_total();
+    if rejected > 0 {
+        out.push_str(&format!(
+            "{rejected} record(s) refused by {url}, kept with the reason in {}\n",
+            outbox.outbox().rejected_dir().display()
+        ));
+    }
+    out
 }
