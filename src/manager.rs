@@ -313,9 +313,13 @@ impl Manager {
                 error!(
                     datasets = report.backup.datasets.len(),
                     failed = report.failures.len(),
-                    error = report.fatal.as_deref().unwrap_or(""),
                     elapsed,
-                    "backup finished with errors"
+                    "backup finished with errors{}",
+                    report
+                        .fatal
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 );
             }
             Ok(report)
