@@ -24,7 +24,7 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
   1  the operation failed (a dataset failed to back up or restore, nothing matched, ...)
-  2  invalid command line or configuration";
+  2  invalid command line, configuration or pattern";
 
 /// Exit status: the operation failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -126,6 +126,15 @@ pub async fn run(cli: Cli) -> ExitCode {
             progress::suspend(|| eprintln!("tabacco: error: {:#}", e.error));
             ExitCode::from(e.code)
         }
+    }
+}
+
+/// A metadata store error: the user's mistake (bad pattern) is a usage
+/// error, anything else an operation failure.
+pub fn store_error(e: crate::metadata::MetadataError) -> CliError {
+    match e {
+        crate::metadata::MetadataError::BadRequest(_) => CliError::usage(e),
+        e => CliError::failed(e),
     }
 }
 
