@@ -1036,6 +1036,155 @@ mod tests {
         assert_eq!(script.attempts(), 1);
     }
 
+    /// A TLS server on 127.0.0.1:0 that requires client certificates signed
+    /// by the test CA, answers every request with 200 `{}`, and records the
+    /// client certificate of each connection.
+    mod tls {
+        use std::sync::{Arc, Mutex};
+
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        pub struct Pki {
+            pub ca_pem: String,
+            pub ca_der: CertificateDer<'static>,
+            pub server: (CertificateDer<'static>, Vec<u8>),
+            pub client_pem: (String, String),
+            pub client_der: CertificateDer<'static>,
+        }
+
+        pub fn pki() -> Pki {
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.distinguished_name
+                .push(DnType::CommonName, "tabacco test CA");
+            let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+            let leaf = |names: Vec<String>, cn: &str| {
+                let key = KeyPair::generate().unwrap();
+                let mut p = CertificateParams::new(names).unwrap();
+                p.distinguished_name.push(DnType::CommonName, cn);
+                (p.signed_by(&key, &*ca).unwrap(), key)
+            };
+            let (server, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "metadb");
+            let (client, client_key) = leaf(vec!["host-a".into()], "host-a");
+            Pki {
+                ca_pem: ca.pem(),
+                ca_der: ca.der().clone(),
+                server: (server.der().clone(), server_key.serialize_der()),
+                client_pem: (client.pem(), client_key.serialize_pem()),
+                client_der: client.der().clone(),
+            }
+        }
+
+        pub type Seen = Arc<Mutex<Vec<Option<Vec<u8>>>>>;
+
+        pub async fn start(pki: &Pki) -> (String, Seen) {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.ca_der.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server.1.clone()));
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(vec![pki.server.0.clone()], key)
+                .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen: Seen = Arc::default();
+            let record = seen.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    let record = record.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            record.lock().unwrap().push(None);
+                            return;
+                        };
+                        let peer = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.to_vec());
+                        record.lock().unwrap().push(peer);
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                            .await;
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            });
+            (format!("https://127.0.0.1:{}", addr.port()), seen)
+        }
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_presents_the_client_certificate_and_trusts_only_the_ca() {
+        let pki = tls::pki();
+        let (url, seen) = tls::start(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let mut cfg = config(&url);
+        cfg.tls_ca = Some(write("ca.pem", &pki.ca_pem));
+        cfg.tls_cert = Some(write("client.pem", &pki.client_pem.0));
+        cfg.tls_key = Some(write("client.key", &pki.client_pem.1));
+        let mut opts = fast();
+        opts.retry.max_attempts = 1;
+        RemoteStore::with_options(&cfg, opts.clone())
+            .unwrap()
+            .healthz()
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.lock().unwrap().last().cloned().flatten(),
+            Some(pki.client_der.to_vec()),
+            "the server saw the configured client certificate"
+        );
+
+        // No client certificate: the server refuses the handshake.
+        let mut anonymous = cfg.clone();
+        anonymous.tls_cert = None;
+        anonymous.tls_key = None;
+        let err = RemoteStore::with_options(&anonymous, opts.clone())
+            .unwrap()
+            .healthz()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MetadataError::Unavailable { .. }), "{err:?}");
+
+        // Without tls.ca the test CA is not trusted.
+        let mut system_roots = cfg.clone();
+        system_roots.tls_ca = None;
+        let err = RemoteStore::with_options(&system_roots, opts)
+            .unwrap()
+            .healthz()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
     #[test]
     fn bad_settings_name_the_setting_and_file() {
         let dir = tempfile::tempdir().unwrap();
