@@ -145,10 +145,13 @@ pub const FINAL_DELIVERY_BUDGET: Duration = Duration::from_secs(60);
 /// What `tabacco backup` says about the outbox at its end.
 pub fn delivery_summary(outbox: &OutboxStore, report: &DeliveryReport) -> String {
     let url = outbox.url();
-    let mut out = format!(
-        "metadata: {} record(s) delivered to {url}\n",
-        outbox.outbox().delivered_total()
-    );
+    let delivered = outbox.outbox().delivered_total();
+    let mut out = String::new();
+    if delivered > 0 || report.pending == 0 {
+        out.push_str(&format!(
+            "metadata: {delivered} record(s) delivered to {url}\n"
+        ));
+    }
     if report.pending > 0 {
         out.push_str(&format!(
             "{} record(s) pending delivery to {url}; they will be retried by the agent or the next `tabacco backup`\n",

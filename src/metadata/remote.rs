@@ -426,7 +426,7 @@ impl RemoteStore {
                 url = %shown,
                 attempt,
                 max_attempts,
-                retry_in = %humantime::format_duration(delay),
+                retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
                 "metadata server request failed, retrying: {}",
                 failure.reason
             );
