@@ -39,6 +39,9 @@ use super::{MetadataError, MetadataStore};
 use crate::config::Config;
 use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
 
+/// How often the agent's background task should deliver the outbox
+/// ([`OutboxStore::run_delivery_loop`]).
+pub const DEFAULT_DELIVERY_INTERVAL: Duration = Duration::from_secs(30);
 /// Name of the outbox directory inside `work_dir`.
 pub const OUTBOX_DIR: &str = "outbox";
 /// Name of the directory of refused records inside the outbox.
