@@ -7,6 +7,7 @@ use clap::Args;
 use indicatif::HumanBytes;
 
 use super::{CliError, load_config, open_store, progress};
+use crate::jobs::lock::{HolderKind, SourceLock};
 use crate::manager::Manager;
 use crate::runtime::RuntimeContext;
 
@@ -24,7 +25,9 @@ pub struct BackupArgs {
     pub dry_run: bool,
 }
 
-/// Run the backups; exit 1 if any dataset failed.
+/// Run the backups; exit 1 if any dataset failed, or if a source is being
+/// backed up already (by the agent or another `tabacco backup`: the
+/// message names the holder of the source's lock).
 pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
     let mut config = load_config(config_path)?;
     if args.dry_run {
@@ -45,7 +48,11 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
         return Err(CliError::usage(anyhow::anyhow!(
             "unknown source(s): {} (configured: {})",
             unknown.join(", "),
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         )));
     }
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
@@ -54,6 +61,23 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
     let observer = progress::observer();
     let mut failed = 0usize;
     for name in &names {
+        // The same lock as the agent's: never two backups of a source at
+        // once. A locked source is skipped; the others still run.
+        let _lock = if config.dry_run {
+            None
+        } else {
+            match SourceLock::try_acquire(&config.work_dir, name, HolderKind::Cli) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    if names.len() == 1 {
+                        return Err(CliError::failed(e));
+                    }
+                    progress::suspend(|| println!("FAILED  {name}: {e}"));
+                    failed += 1;
+                    continue;
+                }
+            }
+        };
         let report = manager
             .backup(&rctx, name, observer.clone())
             .await
@@ -61,7 +85,12 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
         progress::suspend(|| {
             for ds in &report.planned {
                 let atoms: Vec<&str> = ds.atoms.iter().map(|a| a.name.as_str()).collect();
-                println!("dry run: would back up {}/{}: atoms {}", ds.source, ds.name, atoms.join(", "));
+                println!(
+                    "dry run: would back up {}/{}: atoms {}",
+                    ds.source,
+                    ds.name,
+                    atoms.join(", ")
+                );
             }
             for ds in &report.backup.datasets {
                 println!(
@@ -86,7 +115,10 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
                 println!(
                     "{name}: backup {} at {}: {} dataset(s) recorded, {} failed",
                     report.backup.id,
-                    report.backup.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    report
+                        .backup
+                        .timestamp
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     report.backup.datasets.len(),
                     report.failures.len() + usize::from(report.fatal.is_some()),
                 );
