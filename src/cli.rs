@@ -25,7 +25,7 @@ Exit codes:
   0  success
   1  the operation failed (a dataset failed to back up or restore, nothing matched,
      the source is locked by a running backup, ...)
-  2  invalid command line or configuration";
+  2  invalid command line, configuration or pattern";
 
 /// Exit status: the operation failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -134,6 +134,15 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// A metadata store error: the user's mistake (bad pattern) is a usage
+/// error, anything else an operation failure.
+pub fn store_error(e: crate::metadata::MetadataError) -> CliError {
+    match e {
+        crate::metadata::MetadataError::BadRequest(_) => CliError::usage(e),
+        e => CliError::failed(e),
+    }
+}
+
 /// Load and validate the configuration (exit 2 on errors).
 pub fn load_config(path: &Path) -> Result<Arc<Config>, CliError> {
     config::load(path).map(Arc::new).map_err(CliError::usage)
@@ -148,7 +157,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>, CliEr
             metadb.url
         )));
     }
-    let path = config.work_dir.join("metadata.db");
+    let path = config.embedded_metadb_path();
     let store = SqliteStore::open(&path).await.map_err(CliError::failed)?;
     Ok(Arc::new(store))
 }

@@ -29,6 +29,10 @@ use crate::process::ProcessError;
 use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
 
+/// How many datasets of one source are backed up at once unless
+/// `queue_config.workers.datasets` says otherwise.
+pub const DEFAULT_PARALLEL_DATASETS: usize = 2;
+
 /// Errors that stop a backup or restore as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -312,9 +316,13 @@ impl Manager {
                 error!(
                     datasets = report.backup.datasets.len(),
                     failed = report.failures.len(),
-                    error = report.fatal.as_deref().unwrap_or(""),
                     elapsed,
-                    "backup finished with errors"
+                    "backup finished with errors{}",
+                    report
+                        .fatal
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 );
             }
             Ok(report)
@@ -388,7 +396,14 @@ impl Manager {
             lock(state).planned = datasets;
             return Ok(());
         }
-        let limit = rctx.config().queue.workers("datasets").max(1);
+        let limit = rctx
+            .config()
+            .queue
+            .workers
+            .get("datasets")
+            .copied()
+            .unwrap_or(DEFAULT_PARALLEL_DATASETS)
+            .max(1);
         futures::stream::iter(datasets)
             .map(|ds| self.backup_dataset(rctx, handler, backup, ds, observer, state))
             .buffer_unordered(limit)

@@ -17,6 +17,10 @@ pub enum MetadataError {
     /// The request was wrong (bad pattern, missing field, ...).
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The request contradicts what is stored (e.g. a known backup id with
+    /// another host or timestamp); nothing was changed.
+    #[error("conflicts with stored data: {0}")]
+    Conflict(String),
     /// The database failed.
     #[error("metadata database {location}: {source}")]
     Database {

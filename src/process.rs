@@ -2,11 +2,102 @@
 //! group, reads its stderr concurrently keeping the tail for error
 //! messages, and kills the whole group when the job is cancelled, times out
 //! or the owner drops it.
+//!
+//! # How a child is run
+//!
+//! [`ChildCommand`] is a builder: program, arguments, environment, working
+//! directory, where stdin comes from ([`ChildCommand::stdin_fd`] takes e.g.
+//! the read end of a [`pipe`]) and where stdout goes (discarded, captured,
+//! streamed line by line to a callback, or handed to a file descriptor such
+//! as the write end of a pipe). [`ChildCommand::status`] runs it and returns
+//! an [`Outcome`] whatever the exit status; [`ChildCommand::run`] also fails
+//! on an unsuccessful exit with [`ProcessError::Failed`], which carries the
+//! exit status and the last lines of stderr.
+//!
+//! Every child:
+//! - runs in its own process group (`setpgid(0, 0)`), so that it and
+//!   everything it starts can be signalled at once;
+//! - gets `PR_SET_PDEATHSIG` = `SIGKILL` (see the caveat below);
+//! - optionally gets a nice level (relative, like `nice -n`) and an I/O
+//!   scheduling class (like `ionice -c`), set with `setpriority` /
+//!   `ioprio_set` between fork and exec. Both are best effort, like
+//!   `nice(1)`: a failure (e.g. a negative nice level without privileges)
+//!   leaves the priority unchanged rather than failing the command.
+//!
+//! # Cancellation
+//!
+//! The futures returned by [`ChildCommand::status`] / [`ChildCommand::run`]
+//! own a guard. If the future is dropped before the child was reaped (the
+//! caller's task was cancelled, `tokio::time::timeout` elapsed, a sibling
+//! future in a `select!` won), the guard sends the stop signal (`SIGTERM`
+//! by default, see [`ChildCommand::stop_signal`]) to the whole process
+//! group, then `SIGKILL` to the group after [`KILL_GRACE`]. The polite
+//! signal first lets programs clean up: restic removes its repository lock
+//! on `SIGINT` (and on `SIGTERM` from 0.15), so a killed backup does not
+//! leave a lock behind that blocks the next `forget`/`prune`; dump commands
+//! can remove their temporary files. The `SIGKILL` afterwards bounds the
+//! wait for programs that ignore it. Meanwhile a background thread keeps
+//! the child's stdout/stderr pipes open and drains them, so that the child's
+//! farewell message does not kill it with `SIGPIPE` halfway through its
+//! cleanup; once both pipes are closed (the group is gone) it stops early.
+//! The leader is not reaped until after that `SIGKILL`, so the
+//! process-group id cannot be reused by an unrelated group in between.
+//!
+//! After a child exited normally, its group is left alone: background
+//! processes it started on purpose keep running. Our reading of its pipes
+//! stops [`DRAIN_GRACE`] after the exit if such a process keeps them open.
+//!
+//! # Parent-death signal caveat
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
+//! not when the process does. Children are forked by the thread polling the
+//! future. Tokio worker threads live as long as the runtime, so this is
+//! right on runtime workers and on a `current_thread` runtime; but do not
+//! start children from `spawn_blocking` or inside `block_in_place` (those
+//! threads retire after an idle period and would take the child with them).
+//! [`ChildCommand::kill_on_parent_death`] turns the signal off where that
+//! cannot be avoided. The signal only reaches the direct child; the rest of
+//! its group is covered by the guard while our process lives.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures::future::Either;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+/// How long a cancelled child's group gets between the stop signal and
+/// `SIGKILL`.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How long we keep reading a child's stdout/stderr after it exited, in case
+/// background processes it left behind hold the pipes open.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Most lines kept of a child's stderr for error messages.
+pub const STDERR_TAIL_LINES: usize = 20;
+
+/// Most bytes kept of a child's stderr for error messages.
+pub const STDERR_TAIL_BYTES: usize = 4096;
+
+/// Longest line handed to a line callback; longer lines are cut into
+/// pieces of this size.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// A child process failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    /// The program could not be started.
+    /// The program could not be started. A missing program has an error of
+    /// kind [`io::ErrorKind::NotFound`] whose text says that the program
+    /// was not found.
     #[error("cannot run {command}: {source}")]
     Spawn {
         /// What we tried to run.
@@ -25,4 +116,1048 @@ pub enum ProcessError {
         /// Last lines of its standard error.
         stderr_tail: String,
     },
+}
+
+impl ProcessError {
+    /// Whether this is a spawn failure because the program does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ProcessError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// Describe an exit status as `exit status N` or `killed by signal N`.
+pub fn format_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit status {code}")
+    } else if let Some(sig) = status.signal() {
+        format!("killed by signal {sig}")
+    } else {
+        status.to_string()
+    }
+}
+
+/// Create a pipe, both ends close-on-exec (a child gets an end only as
+/// the stdin/stdout it was given). Returns `(read end, write end)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// A callback receiving lines of a child's output.
+type LineFn<'a> = Box<dyn FnMut(&str) + Send + 'a>;
+
+/// Where a child's standard input comes from.
+#[derive(Debug)]
+enum StdinMode {
+    /// `/dev/null`.
+    Null,
+    /// Our own stdin.
+    Inherit,
+    /// A file descriptor, e.g. a pipe's read end.
+    Fd(OwnedFd),
+}
+
+/// Where a child's standard output goes.
+enum StdoutMode<'a> {
+    /// `/dev/null`.
+    Null,
+    /// Our own stdout.
+    Inherit,
+    /// A file descriptor, e.g. a pipe's write end.
+    Fd(OwnedFd),
+    /// Collected into [`Outcome::stdout`].
+    Capture,
+    /// Each line (without its newline) to a callback.
+    Lines(LineFn<'a>),
+}
+
+impl StdoutMode<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            StdoutMode::Null => "null",
+            StdoutMode::Inherit => "inherit",
+            StdoutMode::Fd(_) => "fd",
+            StdoutMode::Capture => "capture",
+            StdoutMode::Lines(_) => "lines",
+        }
+    }
+}
+
+/// A child process to run: program and arguments (no shell), environment,
+/// stdio and priority. See the module documentation.
+pub struct ChildCommand<'a> {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
+    current_dir: Option<PathBuf>,
+    stdin: StdinMode,
+    stdout: StdoutMode<'a>,
+    on_stderr: Option<LineFn<'a>>,
+    nice_level: i32,
+    io_class: i32,
+    parent_death_kill: bool,
+    stop_signal: Signal,
+    label: Option<String>,
+}
+
+/// Shows program, arguments and the names of environment variables; their
+/// values may be secrets and are never shown.
+impl fmt::Debug for ChildCommand<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env_keys: Vec<_> = self.env.iter().map(|(k, _)| k).collect();
+        f.debug_struct("ChildCommand")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env_keys", &env_keys)
+            .field("env_remove", &self.env_remove)
+            .field("current_dir", &self.current_dir)
+            .field("stdin", &self.stdin)
+            .field("stdout", &self.stdout.name())
+            .field("nice_level", &self.nice_level)
+            .field("io_class", &self.io_class)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a finished child did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The command's description (its label, or program and arguments).
+    pub command: String,
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Its standard output, if it was captured (empty otherwise).
+    pub stdout: Vec<u8>,
+    /// The last lines of its standard error.
+    pub stderr_tail: String,
+}
+
+impl Outcome {
+    /// Whether it exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Its exit code, if it exited rather than being killed by a signal.
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// The error describing this outcome (status and stderr tail), whether
+    /// or not it succeeded.
+    pub fn to_error(&self) -> ProcessError {
+        ProcessError::Failed {
+            command: self.command.clone(),
+            status: format_status(self.status),
+            stderr_tail: self.stderr_tail.clone(),
+        }
+    }
+
+    /// `Ok(self)` on success, [`ProcessError::Failed`] otherwise.
+    pub fn into_result(self) -> Result<Outcome, ProcessError> {
+        if self.success() {
+            Ok(self)
+        } else {
+            Err(self.to_error())
+        }
+    }
+}
+
+impl<'a> ChildCommand<'a> {
+    /// A command running `program` (looked up in `PATH` unless it contains
+    /// a `/`), with stdin and stdout on `/dev/null`, our environment, and
+    /// unchanged priority.
+    pub fn new(program: impl AsRef<OsStr>) -> ChildCommand<'a> {
+        ChildCommand {
+            program: program.as_ref().to_os_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            current_dir: None,
+            stdin: StdinMode::Null,
+            stdout: StdoutMode::Null,
+            on_stderr: None,
+            nice_level: 0,
+            io_class: 0,
+            parent_death_kill: true,
+            stop_signal: Signal::SIGTERM,
+            label: None,
+        }
+    }
+
+    /// Add an argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    /// Add arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Set an environment variable (on top of our environment).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
+        self
+    }
+
+    /// Set environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        for (k, v) in vars {
+            self = self.env(k, v);
+        }
+        self
+    }
+
+    /// Remove a variable inherited from our environment (variables set with
+    /// [`ChildCommand::env`] are kept).
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env_remove.push(key.as_ref().to_os_string());
+        self
+    }
+
+    /// Run in this directory.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.current_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Stdin from `/dev/null` (the default).
+    pub fn stdin_null(mut self) -> Self {
+        self.stdin = StdinMode::Null;
+        self
+    }
+
+    /// Stdin shared with our process.
+    pub fn stdin_inherit(mut self) -> Self {
+        self.stdin = StdinMode::Inherit;
+        self
+    }
+
+    /// Stdin from this descriptor (e.g. the read end of [`pipe`]). Our copy
+    /// is closed as soon as the child is started.
+    pub fn stdin_fd(mut self, fd: OwnedFd) -> Self {
+        self.stdin = StdinMode::Fd(fd);
+        self
+    }
+
+    /// Stdout to `/dev/null` (the default).
+    pub fn stdout_null(mut self) -> Self {
+        self.stdout = StdoutMode::Null;
+        self
+    }
+
+    /// Stdout shared with our process.
+    pub fn stdout_inherit(mut self) -> Self {
+        self.stdout = StdoutMode::Inherit;
+        self
+    }
+
+    /// Stdout to this descriptor (e.g. the write end of [`pipe`]). Our copy
+    /// is closed as soon as the child is started.
+    pub fn stdout_fd(mut self, fd: OwnedFd) -> Self {
+        self.stdout = StdoutMode::Fd(fd);
+        self
+    }
+
+    /// Stdout collected into [`Outcome::stdout`] (in memory: for short
+    /// outputs).
+    pub fn stdout_capture(mut self) -> Self {
+        self.stdout = StdoutMode::Capture;
+        self
+    }
+
+    /// Stdout handed to `f` line by line (newline removed, invalid UTF-8
+    /// replaced, lines longer than [`MAX_LINE_BYTES`] cut in pieces).
+    pub fn stdout_lines(mut self, f: impl FnMut(&str) + Send + 'a) -> Self {
+        self.stdout = StdoutMode::Lines(Box::new(f));
+        self
+    }
+
+    /// Also hand each stderr line to `f` (the tail is kept either way).
+    pub fn stderr_lines(mut self, f: impl FnMut(&str) + Send + 'a) -> Self {
+        self.on_stderr = Some(Box::new(f));
+        self
+    }
+
+    /// Nice level to add (like `nice -n`, 0: unchanged) and I/O scheduling
+    /// class (like `ionice -c`: 1 realtime, 2 best-effort, 3 idle; 0:
+    /// unchanged). Best effort.
+    pub fn priority(mut self, nice_level: i32, io_class: i32) -> Self {
+        self.nice_level = nice_level;
+        self.io_class = io_class;
+        self
+    }
+
+    /// Whether the child gets `SIGKILL` when the thread that started it
+    /// exits (default: yes; see the module documentation).
+    pub fn kill_on_parent_death(mut self, yes: bool) -> Self {
+        self.parent_death_kill = yes;
+        self
+    }
+
+    /// The signal sent to the group first on cancellation (default
+    /// `SIGTERM`; restic 0.14 only cleans up on `SIGINT`).
+    pub fn stop_signal(mut self, signal: Signal) -> Self {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// Describe the command as `label` in messages and errors (default:
+    /// program and arguments).
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// The description used in messages.
+    pub fn description(&self) -> String {
+        match &self.label {
+            Some(l) => l.clone(),
+            None => self.argv().join(" "),
+        }
+    }
+
+    /// Program and arguments, as text (for messages and tests).
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The value this command sets for an environment variable, if any (the
+    /// last one set wins).
+    pub fn get_env(&self, key: &str) -> Option<&OsStr> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_os_str())
+    }
+
+    /// Run the command to completion and return how it went, whatever the
+    /// exit status. Fails only if it could not be started. Dropping the
+    /// future before it completes kills the child's process group.
+    pub async fn status(self) -> Result<Outcome, ProcessError> {
+        execute(self).await
+    }
+
+    /// Like [`ChildCommand::status`], but an unsuccessful exit is
+    /// [`ProcessError::Failed`] with the exit status and stderr tail.
+    pub async fn run(self) -> Result<Outcome, ProcessError> {
+        execute(self).await?.into_result()
+    }
+}
+
+/// Set up the child between fork and exec. Only async-signal-safe calls.
+fn child_setup(
+    parent: libc::pid_t,
+    parent_death_kill: bool,
+    nice_level: i32,
+    io_class: i32,
+) -> io::Result<()> {
+    // SAFETY (for the calls below): plain syscalls without memory
+    // arguments, async-signal-safe, run in the single-threaded child.
+    unsafe {
+        if parent_death_kill {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect: nobody will reap
+            // or kill us.
+            if libc::getppid() != parent {
+                libc::_exit(125);
+            }
+        }
+        if nice_level != 0 {
+            // Relative, like nice(1); best effort (the result is ignored).
+            let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+            let target = (current + nice_level).clamp(-20, 19);
+            libc::setpriority(libc::PRIO_PROCESS, 0, target);
+        }
+        if (1..=3).contains(&io_class) {
+            const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+            const IOPRIO_CLASS_SHIFT: i32 = 13;
+            // ionice(1) uses priority 4 within the realtime and best-effort
+            // classes; the idle class has none.
+            let data = if io_class == 3 { 0 } else { 4 };
+            let ioprio = (io_class << IOPRIO_CLASS_SHIFT) | data;
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0 as libc::c_long,
+                ioprio as libc::c_long,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Warn (in the parent, where logging is possible) about priorities the
+/// child will not be able to apply.
+fn check_priority(command: &str, nice_level: i32, io_class: i32) {
+    if !(0..=3).contains(&io_class) {
+        tracing::warn!(
+            command,
+            io_class,
+            "ignoring I/O class {io_class}: valid classes are 1 (realtime), 2 (best-effort), 3 (idle)"
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    let privileged = unsafe { libc::geteuid() } == 0;
+    if !privileged && (nice_level < 0 || io_class == 1) {
+        tracing::warn!(
+            command,
+            nice_level,
+            io_class,
+            "a negative nice level or the realtime I/O class needs root; the priority may stay unchanged"
+        );
+    }
+}
+
+/// Turn a spawn error into a message that says what is missing.
+fn spawn_error(
+    command: String,
+    program: &OsStr,
+    current_dir: Option<&Path>,
+    e: io::Error,
+) -> ProcessError {
+    let source = if e.kind() == io::ErrorKind::NotFound {
+        match current_dir {
+            Some(d) if !d.is_dir() => io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("working directory {} does not exist", d.display()),
+            ),
+            _ => io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "program '{}' not found (is it installed and in PATH?)",
+                    program.to_string_lossy()
+                ),
+            ),
+        }
+    } else {
+        e
+    };
+    ProcessError::Spawn { command, source }
+}
+
+/// Kills a child's process group when dropped while armed (the child not
+/// yet reaped).
+struct GroupGuard {
+    child: Option<tokio::process::Child>,
+    pgid: Pid,
+    stop_signal: Signal,
+    armed: bool,
+    command: String,
+    /// Duplicates of the read ends of the child's stdout/stderr pipes. On
+    /// cancellation they stay open (and are drained) until the group is
+    /// gone: otherwise the child's first write after our reader went away
+    /// would kill it with SIGPIPE before it could clean up (restic prints
+    /// "signal interrupt received, cleaning up" and only then removes its
+    /// lock).
+    drain: Vec<OwnedFd>,
+}
+
+/// Discard what arrives on `fds` (non-blocking pipe read ends) until all
+/// reach end of file or `deadline` passes. Returns whether all did.
+fn drain_until(fds: &[OwnedFd], deadline: std::time::Instant) -> bool {
+    let mut open: Vec<bool> = vec![true; fds.len()];
+    let mut buf = [0u8; 8192];
+    while open.iter().any(|o| *o) {
+        let mut progressed = false;
+        for (fd, is_open) in fds.iter().zip(open.iter_mut()) {
+            if !*is_open {
+                continue;
+            }
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => *is_open = false,
+                Ok(_) => progressed = true,
+                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => *is_open = false,
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        if !progressed {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    true
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        let pgid = self.pgid;
+        tracing::debug!(command = %self.command, pgid = pgid.as_raw(), signal = ?self.stop_signal,
+            "cancelled: stopping the command's process group");
+        let _ = killpg(pgid, self.stop_signal);
+        let drain = std::mem::take(&mut self.drain);
+        // The leader stays unreaped (a zombie at worst) until after the
+        // final SIGKILL, so the group id cannot be reused meanwhile.
+        let spawned = std::thread::Builder::new()
+            .name("tabacco-kill".into())
+            .spawn(move || {
+                let deadline = std::time::Instant::now() + KILL_GRACE;
+                // With pipes to watch, stop early once every writer is gone
+                // (the child and whatever inherited its output exited).
+                if drain.is_empty() || !drain_until(&drain, deadline) {
+                    std::thread::sleep(
+                        deadline.saturating_duration_since(std::time::Instant::now()),
+                    );
+                }
+                let _ = killpg(pgid, Signal::SIGKILL);
+                drop(drain);
+                drop(child);
+            });
+        if spawned.is_err() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Keeps the last lines of a stream, bounded in lines and bytes.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+    max_lines: usize,
+    max_bytes: usize,
+}
+
+impl Tail {
+    /// An empty tail keeping at most this much.
+    pub(crate) fn new(max_lines: usize, max_bytes: usize) -> Tail {
+        Tail {
+            lines: VecDeque::new(),
+            bytes: 0,
+            max_lines,
+            max_bytes,
+        }
+    }
+
+    /// Add a line (without newline).
+    pub(crate) fn push(&mut self, line: &str) {
+        let line = if line.len() > self.max_bytes {
+            // Keep the end of an overlong line, on a char boundary.
+            let mut start = line.len() - self.max_bytes;
+            while !line.is_char_boundary(start) {
+                start += 1;
+            }
+            &line[start..]
+        } else {
+            line
+        };
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line.to_string());
+        while self.lines.len() > self.max_lines || (self.bytes > self.max_bytes + 1) {
+            match self.lines.pop_front() {
+                Some(l) => self.bytes -= l.len() + 1,
+                None => break,
+            }
+        }
+    }
+
+    /// The kept lines, joined with newlines.
+    pub(crate) fn text(&self) -> String {
+        let v: Vec<&str> = self.lines.iter().map(String::as_str).collect();
+        v.join("\n")
+    }
+}
+
+/// Read `r` line by line, calling `f` with each line (without `\n` or a
+/// trailing `\r`); overlong lines are cut at [`MAX_LINE_BYTES`]. Read errors
+/// end the stream.
+async fn for_each_line<R: AsyncRead + Unpin>(r: R, mut f: impl FnMut(&str)) {
+    let mut r = BufReader::new(r);
+    let mut buf: Vec<u8> = Vec::new();
+    let emit = |buf: &mut Vec<u8>, f: &mut dyn FnMut(&str)| {
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        f(&String::from_utf8_lossy(buf));
+        buf.clear();
+    };
+    loop {
+        let avail = match r.fill_buf().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!("error reading a child's output: {e}");
+                break;
+            }
+        };
+        if avail.is_empty() {
+            break;
+        }
+        let room = MAX_LINE_BYTES - buf.len();
+        let chunk = &avail[..avail.len().min(room)];
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                buf.extend_from_slice(&chunk[..i]);
+                r.consume(i + 1);
+                emit(&mut buf, &mut f);
+            }
+            None => {
+                let n = chunk.len();
+                buf.extend_from_slice(chunk);
+                r.consume(n);
+                if buf.len() >= MAX_LINE_BYTES {
+                    emit(&mut buf, &mut f);
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        emit(&mut buf, &mut f);
+    }
+}
+
+/// Spawn, read, wait; see [`ChildCommand::status`].
+async fn execute(cmd: ChildCommand<'_>) -> Result<Outcome, ProcessError> {
+    let ChildCommand {
+        program,
+        args,
+        env,
+        env_remove,
+        current_dir,
+        stdin,
+        stdout,
+        mut on_stderr,
+        nice_level,
+        io_class,
+        parent_death_kill,
+        stop_signal,
+        label,
+    } = cmd;
+    let description = match &label {
+        Some(l) => l.clone(),
+        None => std::iter::once(&program)
+            .chain(&args)
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    if nice_level != 0 || io_class != 0 {
+        check_priority(&description, nice_level, io_class);
+    }
+
+    let mut tc = tokio::process::Command::new(&program);
+    tc.args(&args);
+    for k in &env_remove {
+        tc.env_remove(k);
+    }
+    for (k, v) in &env {
+        tc.env(k, v);
+    }
+    if let Some(d) = &current_dir {
+        tc.current_dir(d);
+    }
+    tc.stdin(match stdin {
+        StdinMode::Null => Stdio::null(),
+        StdinMode::Inherit => Stdio::inherit(),
+        StdinMode::Fd(fd) => Stdio::from(fd),
+    });
+    let (stdout_io, mut stdout_mode) = match stdout {
+        StdoutMode::Null => (Stdio::null(), StdoutMode::Null),
+        StdoutMode::Inherit => (Stdio::inherit(), StdoutMode::Inherit),
+        StdoutMode::Fd(fd) => (Stdio::from(fd), StdoutMode::Null),
+        m @ (StdoutMode::Capture | StdoutMode::Lines(_)) => (Stdio::piped(), m),
+    };
+    tc.stdout(stdout_io);
+    tc.stderr(Stdio::piped());
+    tc.process_group(0);
+    tc.kill_on_drop(false);
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: child_setup only makes async-signal-safe syscalls.
+    unsafe {
+        tc.pre_exec(move || child_setup(parent, parent_death_kill, nice_level, io_class));
+    }
+    let spawned = tc.spawn();
+    // Close our copies of descriptors handed to the child (pipe ends), so
+    // the reader at the other end sees EOF when the child is done.
+    drop(tc);
+    let mut child = spawned
+        .map_err(|e| spawn_error(description.clone(), &program, current_dir.as_deref(), e))?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    tracing::debug!(command = %description, pid, "started");
+    let child_stdout = child.stdout.take();
+    let child_stderr = child.stderr.take();
+    let drain = [
+        child_stdout
+            .as_ref()
+            .map(|o| o.as_fd().try_clone_to_owned()),
+        child_stderr
+            .as_ref()
+            .map(|e| e.as_fd().try_clone_to_owned()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(Result::ok)
+    .collect();
+    let mut guard = GroupGuard {
+        child: Some(child),
+        pgid: Pid::from_raw(pid),
+        stop_signal,
+        armed: pid > 0,
+        command: description.clone(),
+        drain,
+    };
+
+    let mut tail = Tail::new(STDERR_TAIL_LINES, STDERR_TAIL_BYTES);
+    let mut captured: Vec<u8> = Vec::new();
+    let status = {
+        let read_stderr = async {
+            if let Some(e) = child_stderr {
+                for_each_line(e, |line| {
+                    tail.push(line);
+                    if let Some(f) = on_stderr.as_mut() {
+                        f(line);
+                    }
+                })
+                .await;
+            }
+        };
+        let read_stdout = async {
+            match (child_stdout, &mut stdout_mode) {
+                (Some(o), StdoutMode::Lines(f)) => for_each_line(o, |l| f(l)).await,
+                (Some(mut o), StdoutMode::Capture) => {
+                    if let Err(e) = o.read_to_end(&mut captured).await {
+                        tracing::debug!("error reading a child's output: {e}");
+                    }
+                }
+                _ => {}
+            }
+        };
+        let mut readers = std::pin::pin!(async { tokio::join!(read_stdout, read_stderr) });
+        let Some(child) = guard.child.as_mut() else {
+            return Err(ProcessError::Spawn {
+                command: description,
+                source: io::Error::other("internal error: child handle missing"),
+            });
+        };
+        let (status, readers_done) = {
+            let mut wait = std::pin::pin!(child.wait());
+            match futures::future::select(&mut wait, &mut readers).await {
+                Either::Left((status, _)) => (status, false),
+                Either::Right((_, _)) => (wait.await, true),
+            }
+        };
+        // Reaped (or waiting failed): the group is no longer ours to kill.
+        guard.armed = false;
+        if !readers_done
+            && tokio::time::timeout(DRAIN_GRACE, &mut readers)
+                .await
+                .is_err()
+        {
+            tracing::warn!(command = %description,
+                "the command exited but processes it left in the background still hold its output open; not waiting for them");
+        }
+        status
+    };
+    let status = status.map_err(|e| ProcessError::Spawn {
+        command: description.clone(),
+        source: io::Error::new(e.kind(), format!("waiting for the process failed: {e}")),
+    })?;
+    tracing::debug!(command = %description, status = %format_status(status), "finished");
+    Ok(Outcome {
+        command: description,
+        status,
+        stdout: captured,
+        stderr_tail: tail.text(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        let mut t = Tail::new(3, 100);
+        for i in 0..10 {
+            t.push(&format!("line {i}"));
+        }
+        assert_eq!(t.text(), "line 7\nline 8\nline 9");
+    }
+
+    #[test]
+    fn tail_keeps_last_bytes() {
+        let mut t = Tail::new(100, 10);
+        t.push("aaaa");
+        t.push("bbbb");
+        t.push("cccc");
+        assert_eq!(t.text(), "bbbb\ncccc");
+        t.push("0123456789abcdef");
+        assert_eq!(t.text(), "6789abcdef");
+        let mut t = Tail::new(100, 5);
+        t.push("ééééé");
+        assert!(t.text().len() <= 5 && t.text().chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn status_text() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(format_status(ExitStatus::from_raw(3 << 8)), "exit status 3");
+        assert_eq!(format_status(ExitStatus::from_raw(9)), "killed by signal 9");
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_and_cut() {
+        let data: &[u8] = b"one\r\ntwo\n\nlast";
+        let mut got = Vec::new();
+        for_each_line(data, |l| got.push(l.to_string())).await;
+        assert_eq!(got, vec!["one", "two", "", "last"]);
+        let long = vec![b'x'; MAX_LINE_BYTES + 10];
+        let mut lens = Vec::new();
+        for_each_line(&long[..], |l| lens.push(l.len())).await;
+        assert_eq!(lens, vec![MAX_LINE_BYTES, 10]);
+    }
+
+    #[tokio::test]
+    async fn stderr_tail_is_in_the_error() {
+        let err = ChildCommand::new("bash")
+            .args([
+                "-c",
+                "for i in $(seq 1 100); do echo err$i >&2; done; exit 4",
+            ])
+            .run()
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("exit status 4"), "{text}");
+        assert!(text.contains("err100") && text.contains("err81"), "{text}");
+        assert!(!text.contains("err80\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn stdout_capture_lines_and_fd() {
+        let out = ChildCommand::new("printf")
+            .arg("a\nb\n")
+            .stdout_capture()
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"a\nb\n");
+
+        let mut lines = Vec::new();
+        ChildCommand::new("printf")
+            .arg("x\ny")
+            .stdout_lines(|l| lines.push(l.to_string()))
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(lines, vec!["x", "y"]);
+
+        // Producer -> pipe -> consumer, both children.
+        let (r, w) = pipe().unwrap();
+        let producer = ChildCommand::new("seq").args(["1", "1000"]).stdout_fd(w);
+        let consumer = ChildCommand::new("wc")
+            .arg("-l")
+            .stdin_fd(r)
+            .stdout_capture();
+        let (p, c) = tokio::join!(producer.run(), consumer.run());
+        p.unwrap();
+        assert_eq!(String::from_utf8_lossy(&c.unwrap().stdout).trim(), "1000");
+    }
+
+    #[tokio::test]
+    async fn missing_program_says_not_found() {
+        let err = ChildCommand::new("/nonexistent/tabacco-nope")
+            .run()
+            .await
+            .unwrap_err();
+        assert!(err.is_not_found());
+        let text = err.to_string();
+        assert!(
+            text.contains("program '/nonexistent/tabacco-nope' not found"),
+            "{text}"
+        );
+        let err = ChildCommand::new("tabacco-no-such-program-xyz")
+            .run()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn env_is_passed_and_removed() {
+        // SAFETY: no other test reads this variable.
+        unsafe { std::env::set_var("TABACCO_TEST_INHERITED", "yes") };
+        let out = ChildCommand::new("bash")
+            .args(["-c", "echo \"$A|${TABACCO_TEST_INHERITED:-gone}\""])
+            .env("A", "$(echo spliced)")
+            .env_remove("TABACCO_TEST_INHERITED")
+            .stdout_capture()
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "$(echo spliced)|gone\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn priority_is_applied() {
+        let out = ChildCommand::new("bash")
+            .args([
+                "-c",
+                "echo $(nice) $(ionice -p $$ 2>/dev/null || echo unknown)",
+            ])
+            .priority(5, 3)
+            .stdout_capture()
+            .run()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let base = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let expect = (base + 5).clamp(-20, 19);
+        assert!(text.starts_with(&format!("{expect} ")), "{text}");
+        assert!(text.contains("idle") || text.contains("unknown"), "{text}");
+    }
+
+    #[test]
+    fn debug_hides_env_values() {
+        let c = ChildCommand::new("x").env("SECRET", "hunter2");
+        let d = format!("{c:?}");
+        assert!(d.contains("SECRET") && !d.contains("hunter2"), "{d}");
+    }
+
+    /// Whether a process with this pid exists (and is not a zombie).
+    pub(crate) fn alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => !s
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    /// The pid a test script wrote to `path`, waiting for it to appear.
+    pub(crate) async fn read_pid(path: &Path) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = std::fs::read_to_string(path)
+                && s.ends_with('\n')
+            {
+                return s.trim().parse().unwrap();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no pid in {path:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait up to 10 s for a process to be gone; whether it went.
+    pub(crate) async fn wait_gone(pid: i32) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "sleep 1000 & echo $! > {}; echo started; wait",
+            pidfile.display()
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let cmd = ChildCommand::new("bash")
+            .args(["-c", &script])
+            .stdout_lines(move |_| {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            });
+        let run = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                tokio::join!(cmd.status(), async {
+                    let _ = rx.await;
+                    // Time out once the background sleep is running.
+                    tokio::time::sleep(Duration::from_secs(1000)).await
+                })
+            })
+            .await
+        });
+        let pid = read_pid(&pidfile).await;
+        assert!(alive(pid));
+        // Cancel: abort the task running the command (the same happens when
+        // a timeout elapses, see below).
+        run.abort();
+        let _ = run.await;
+        assert!(wait_gone(pid).await, "background sleep {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn elapsed_timeout_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 1000 & echo $! > {}; wait", pidfile.display());
+        let started = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_millis(500),
+            ChildCommand::new("bash").args(["-c", &script]).status(),
+        )
+        .await;
+        assert!(r.is_err(), "timed out");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid = read_pid(&pidfile).await;
+        assert!(wait_gone(pid).await, "background sleep {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn leftover_background_process_does_not_hang_us() {
+        let started = Instant::now();
+        let out = ChildCommand::new("bash")
+            .args(["-c", "sleep 30 & echo $!; echo done"])
+            .stdout_capture()
+            .run()
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("done"), "{text}");
+        // Clean up the sleep we left behind on purpose.
+        if let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
 }

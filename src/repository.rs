@@ -91,6 +91,71 @@ pub enum RepoError {
         /// What was wrong.
         message: String,
     },
+    /// The repository does not exist (or its config file cannot be read).
+    #[error(
+        "repository '{uri}' not found; check the repository's `uri` (a backup creates it on first use): {stderr_tail}"
+    )]
+    NoRepository {
+        /// Repository URI (credentials hidden).
+        uri: String,
+        /// What restic said.
+        stderr_tail: String,
+    },
+    /// Another process holds an exclusive lock on the repository.
+    #[error(
+        "repository '{uri}' is locked by another restic process; retry later, or run `restic unlock` if that process is gone: {stderr_tail}"
+    )]
+    Locked {
+        /// Repository URI (credentials hidden).
+        uri: String,
+        /// What restic said.
+        stderr_tail: String,
+    },
+    /// The restic program is not installed.
+    #[error(
+        "restic not found (tried to run '{binary}'): install it (`apt-get install restic`) or set the repository's `restic_binary` parameter to its path"
+    )]
+    ResticNotFound {
+        /// The program we tried to run.
+        binary: String,
+    },
+    /// Some files could not be read; the partial snapshot was discarded (we
+    /// never record partial data).
+    #[error("backup incomplete, restic could not read {}; {}", items.join(", "),
+        match forget_error {
+            None => "the partial snapshot was discarded".to_string(),
+            Some(e) => format!("discarding the partial snapshot failed too: {e}"),
+        })]
+    Unreadable {
+        /// The items restic could not read (or its stderr when it did not
+        /// name them).
+        items: Vec<String>,
+        /// Why the partial snapshot could not be forgotten, if it could not.
+        forget_error: Option<String>,
+    },
+    /// A stream backup received no data at all.
+    #[error(
+        "backup of '{stdin_filename}' received no data: the backup command succeeded but wrote nothing to its standard output (restic: snapshot is empty)"
+    )]
+    EmptyStream {
+        /// The file name the stream was to be stored as.
+        stdin_filename: String,
+    },
+    /// The file asked for is not in the snapshot.
+    #[error("snapshot {snapshot_id} holds no file {path}")]
+    NotInSnapshot {
+        /// Snapshot asked for.
+        snapshot_id: String,
+        /// Path asked for.
+        path: String,
+    },
+    /// The caller asked for something the repository cannot do (relative
+    /// paths, tags with commas, ...).
+    #[error("invalid repository request: {message}")]
+    BadRequest {
+        /// What was wrong.
+        message: String,
+    },
     /// Local I/O around a restore (target directories and the like).
     #[error("{context}: {source}")]
     Io {
@@ -143,14 +208,17 @@ pub trait Repository: Send + Sync {
     ) -> Result<(), RepoError>;
 }
 
-/// Build the repository described by the configuration.
+/// Build the repository described by the configuration; its child
+/// processes run with this nice level and I/O class (0: unchanged).
 pub fn from_spec(
     spec: &RepositorySpec,
-    _n: i32,
-    _i: i32,
+    nice_level: i32,
+    io_class: i32,
 ) -> Result<Arc<dyn Repository>, RepoError> {
     match spec.kind.as_str() {
-        "restic" => Ok(Arc::new(restic::Restic::from_spec(spec)?)),
+        "restic" => Ok(Arc::new(restic::Restic::from_spec(
+            spec, nice_level, io_class,
+        )?)),
         other => Err(RepoError::Config {
             name: spec.name.clone(),
             message: format!("unknown repository type '{other}' (known: restic)"),

@@ -144,8 +144,6 @@ impl Observer for LogLines {
         if due {
             last.insert(ds.id.clone(), now);
             info!(
-                source = %ds.source,
-                dataset = %ds.name,
                 percent = format!("{:.1}", st.percent_done * 100.0),
                 files_done = st.files_done,
                 bytes_done = st.bytes_done,

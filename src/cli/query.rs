@@ -40,7 +40,7 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
         num_versions: args.num_versions.map(i64::from).unwrap_or(0),
         older_than: args.older_than,
     };
-    let backups = store.find_atoms(&req).await.map_err(CliError::failed)?;
+    let backups = store.find_atoms(&req).await.map_err(super::store_error)?;
     if args.json {
         let text = serde_json::to_string_pretty(&backups).map_err(CliError::failed)?;
         println!("{text}");

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::{CliError, load_config, open_store, parse_time, progress};
-use crate::manager::Manager;
+use crate::manager::{Manager, ManagerError};
 use crate::model::FindRequest;
 use crate::runtime::RuntimeContext;
 
@@ -54,7 +54,10 @@ pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> 
     let report = manager
         .restore(&rctx, &req, &args.target)
         .await
-        .map_err(CliError::failed)?;
+        .map_err(|e| match e {
+            ManagerError::Metadata(e) => super::store_error(e),
+            e => CliError::failed(e),
+        })?;
     let verb = if config.dry_run {
         "would restore"
     } else {

@@ -195,3 +195,39 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
         Vec::<T>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every key a user can write is documented in the README's
+    /// configuration reference (as `` `key` ``).
+    #[test]
+    fn readme_documents_every_config_key() {
+        let source = include_str!("raw.rs");
+        let readme = include_str!("../../README.md");
+        let mut rename: Option<String> = None;
+        let mut missing = Vec::new();
+        for line in source.lines().map(str::trim) {
+            if line.starts_with("mod tests") {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("#[serde(rename = \"") {
+                rename = rest.split('"').next().map(str::to_string);
+                continue;
+            }
+            let Some(rest) = line.strip_prefix("pub ") else {
+                continue;
+            };
+            let Some((field, ty)) = rest.split_once(':') else {
+                continue;
+            };
+            if !ty.trim_start().starts_with("Option<") || field.contains(' ') {
+                continue;
+            }
+            let key = rename.take().unwrap_or_else(|| field.to_string());
+            if !readme.contains(&format!("`{key}`")) {
+                missing.push(key);
+            }
+        }
+        assert!(missing.is_empty(), "README does not document: {missing:?}");
+    }
+}

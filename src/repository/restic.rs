@@ -1,21 +1,804 @@
-//! The restic repository adapter.
+//! The restic repository adapter: drives the `restic` binary as a child
+//! process (argv, never a shell).
+//!
+//! - Secrets never reach argv: the password goes in `RESTIC_PASSWORD` or
+//!   `RESTIC_PASSWORD_FILE`, the repository location (which may carry
+//!   credentials) in `RESTIC_REPOSITORY`; `Debug` hides both.
+//! - The repository is created on first use without paying an extra
+//!   repository open per run: the real command runs first, and only if it
+//!   fails because the repository does not exist does `restic init` run,
+//!   followed by one retry. Success is remembered for the process.
+//! - Backups never leave partial data behind: a backup where restic could
+//!   not read some files (exit 3), or a stream backup whose producer failed,
+//!   has its snapshot forgotten and fails.
+//! - Streams go from one child to the other through an OS pipe, without
+//!   passing through this process.
+//!
+//! restic's output formats are parsed in [`json`].
 
+pub mod json;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
+use futures::future::Either;
+use nix::sys::signal::Signal;
 
+use self::json::{BackupLine, BackupSummary, Snapshot, Version};
 use super::{ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta};
 use crate::config::RepositorySpec;
+use crate::process::{ChildCommand, Outcome, ProcessError};
 use crate::shell::ShellCommand;
 
+/// Most unreadable items kept for an error message.
+const MAX_ITEMS: usize = 1000;
+
+/// Most unreadable items named in an error message.
+const SHOWN_ITEMS: usize = 10;
+
+/// Environment variables of our own process that would change which
+/// repository or password restic uses; removed from its environment.
+const INHERITED_RESTIC_VARS: &[&str] = &[
+    "RESTIC_REPOSITORY",
+    "RESTIC_REPOSITORY_FILE",
+    "RESTIC_PASSWORD",
+    "RESTIC_PASSWORD_FILE",
+    "RESTIC_PASSWORD_COMMAND",
+    "RESTIC_KEY_HINT",
+];
+
+/// Where the repository password comes from.
+#[derive(Clone)]
+enum Password {
+    /// The password itself (given to restic as `RESTIC_PASSWORD`).
+    Value(String),
+    /// A file holding it (`RESTIC_PASSWORD_FILE`).
+    File(PathBuf),
+}
+
 /// A restic repository.
+pub struct Restic {
+    name: String,
+    uri: String,
+    password: Password,
+    env: BTreeMap<String, String>,
+    cache_dir: Option<PathBuf>,
+    binary: String,
+    extra_args: Vec<String>,
+    nice_level: i32,
+    io_class: i32,
+    version: tokio::sync::OnceCell<Version>,
+    known_to_exist: AtomicBool,
+    init_lock: tokio::sync::Mutex<()>,
+}
+
+/// Never shows the password, environment values (credentials) or the
+/// password part of the URI.
+impl fmt::Debug for Restic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let password = match &self.password {
+            Password::Value(_) => "<hidden>".to_string(),
+            Password::File(p) => format!("file {}", p.display()),
+        };
+        f.debug_struct("Restic")
+            .field("name", &self.name)
+            .field("uri", &redact_uri(&self.uri))
+            .field("password", &password)
+            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .field("cache_dir", &self.cache_dir)
+            .field("binary", &self.binary)
+            .field("extra_args", &self.extra_args)
+            .field("nice_level", &self.nice_level)
+            .field("io_class", &self.io_class)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `uri` with the password of any `user:password@` part replaced by `***`.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_string();
+    };
+    let auth_start = scheme_end + 3;
+    let auth_end = uri[auth_start..]
+        .find('/')
+        .map(|i| auth_start + i)
+        .unwrap_or(uri.len());
+    let authority = &uri[auth_start..auth_end];
+    let Some(at) = authority.rfind('@') else {
+        return uri.to_string();
+    };
+    let userinfo = &authority[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => "***".to_string(),
+    };
+    format!(
+        "{}{}@{}{}",
+        &uri[..auth_start],
+        user,
+        &authority[at + 1..],
+        &uri[auth_end..]
+    )
+}
+
+/// Why a restic command failed, as far as it matters to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The repository does not exist (or its config cannot be read).
+    NoRepository,
+    /// The password opens no key.
+    WrongPassword,
+    /// Another process holds a conflicting lock.
+    Locked,
+    /// Anything else.
+    Other,
+}
+
+/// Classify a failed restic command by exit code (restic 0.17 and later)
+/// and stderr text (all versions).
+pub(crate) fn classify_failure(version: Version, code: Option<i32>, stderr: &str) -> Failure {
+    if version >= Version::new(0, 17, 0) {
+        match code {
+            Some(10) => return Failure::NoRepository,
+            Some(11) => return Failure::Locked,
+            Some(12) => return Failure::WrongPassword,
+            _ => {}
+        }
+    }
+    if stderr.contains("wrong password or no key found") {
+        Failure::WrongPassword
+    } else if stderr.contains("unable to open config file")
+        || stderr.contains("Is there a repository at the following location?")
+        || stderr.contains("repository does not exist")
+    {
+        Failure::NoRepository
+    } else if stderr.contains("repository is already locked")
+        || stderr.contains("unable to create lock")
+    {
+        Failure::Locked
+    } else {
+        Failure::Other
+    }
+}
+
+/// The items named in restic's error messages, or its stderr tail if it
+/// named none.
+fn unreadable_items(errors: &[json::ErrorMessage], stderr_tail: &str) -> Vec<String> {
+    let mut items: Vec<String> = errors
+        .iter()
+        .take(SHOWN_ITEMS)
+        .map(json::ErrorMessage::describe)
+        .collect();
+    if errors.len() > SHOWN_ITEMS {
+        items.push(format!("and {} more", errors.len() - SHOWN_ITEMS));
+    }
+    if items.is_empty() {
+        items.push(format!("some files (restic: {stderr_tail})"));
+    }
+    items
+}
+
+/// Check a path given to backup/restore: absolute and plain text.
+fn check_abs_path(p: &Path) -> Result<(), RepoError> {
+    if !p.is_absolute() {
+        return Err(RepoError::BadRequest {
+            message: format!(
+                "path '{}' is not absolute; restic would store it under /{0}: pass absolute paths",
+                p.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Check a snapshot id given to restore/dump/forget: hex (a prefix is
+/// fine) or `latest`, never something restic would take as a flag.
+fn check_snapshot_id(id: &str) -> Result<(), RepoError> {
+    if id == "latest" || (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())) {
+        Ok(())
+    } else {
+        Err(RepoError::BadRequest {
+            message: format!("'{id}' is not a restic snapshot id (hex digits expected)"),
+        })
+    }
+}
+
+/// Check a tag: restic splits tag lists at commas.
+fn check_tag(tag: &str) -> Result<(), RepoError> {
+    if tag.contains(',') || tag.contains('\n') {
+        Err(RepoError::BadRequest {
+            message: format!("tag '{tag}' contains a comma or newline, which restic cannot store"),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The stdin file name without a leading `/`, checked.
+fn check_stdin_filename(name: &str) -> Result<&str, RepoError> {
+    let n = name.trim_start_matches('/');
+    if n.is_empty() || n.contains('\0') || n.contains('\n') || n.split('/').any(|c| c == "..") {
+        return Err(RepoError::BadRequest {
+            message: format!("'{name}' cannot be the name of a stream in a snapshot"),
+        });
+    }
+    Ok(n)
+}
+
+/// What one `restic backup --json` run reported.
 #[derive(Debug)]
-pub struct Restic {}
+struct BackupRun {
+    outcome: Outcome,
+    summary: Option<BackupSummary>,
+    errors: Vec<json::ErrorMessage>,
+}
+
+/// What a stream backup attempt produced.
+#[derive(Debug)]
+struct StreamRun {
+    /// The producer's result; `None` if it was killed because restic failed.
+    producer: Option<Result<Outcome, ProcessError>>,
+    restic: BackupRun,
+}
+
+/// Callbacks collecting `restic backup --json` output.
+struct Collector {
+    progress: Option<ProgressFn>,
+    summary: Option<BackupSummary>,
+    stdout_errors: Vec<json::ErrorMessage>,
+}
+
+impl Collector {
+    fn stdout_line(&mut self, line: &str) {
+        match json::parse_backup_line(line) {
+            BackupLine::Status(s) => {
+                if let Some(p) = &self.progress {
+                    p(&s);
+                }
+            }
+            BackupLine::Summary(s) => self.summary = Some(s),
+            BackupLine::Error(e) => {
+                if self.stdout_errors.len() < MAX_ITEMS {
+                    self.stdout_errors.push(e);
+                }
+            }
+            BackupLine::Other(_) => {}
+            BackupLine::NotJson => {
+                if !line.trim().is_empty() {
+                    tracing::debug!("restic backup: {line}");
+                }
+            }
+        }
+    }
+}
+
+/// Collects the error messages restic prints on stderr.
+fn stderr_collector(errors: &mut Vec<json::ErrorMessage>) -> impl FnMut(&str) + Send + '_ {
+    move |line: &str| match json::parse_error_line(line) {
+        Some(e) => {
+            tracing::warn!(item = %e.item, during = %e.during, "restic: cannot back up {}", e.describe());
+            if errors.len() < MAX_ITEMS {
+                errors.push(e);
+            }
+        }
+        None => tracing::debug!("restic: {line}"),
+    }
+}
 
 impl Restic {
-    /// Build from the configuration.
-    pub fn from_spec(_spec: &RepositorySpec) -> Result<Restic, RepoError> {
-        todo!()
+    /// Build from the configuration (`params`: `uri`, `password` or
+    /// `password_file`, `env`, `cache_dir`, `restic_binary`, `extra_args`).
+    /// restic runs with this nice level and I/O class (0: unchanged).
+    pub fn from_spec(
+        spec: &RepositorySpec,
+        nice_level: i32,
+        io_class: i32,
+    ) -> Result<Restic, RepoError> {
+        let config_err = |message: String| RepoError::Config {
+            name: spec.name.clone(),
+            message,
+        };
+        let p = &spec.params;
+        let uri = p
+            .get_str("uri")
+            .map_err(|e| config_err(e.to_string()))?
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| {
+                config_err(
+                    "params.uri is required: the restic repository, e.g. /var/backups/restic or s3:https://host/bucket".into(),
+                )
+            })?;
+        let password = p
+            .get_str("password")
+            .map_err(|e| config_err(e.to_string()))?;
+        let password_file = p
+            .get_str("password_file")
+            .map_err(|e| config_err(e.to_string()))?;
+        let password = match (password, password_file) {
+            (Some(_), Some(_)) => {
+                return Err(config_err(
+                    "params.password and params.password_file are both set: keep one".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(config_err(
+                    "set params.password_file (a file holding the repository password) or params.password".into(),
+                ));
+            }
+            (Some(pw), None) if pw.is_empty() => {
+                return Err(config_err("params.password is empty".into()));
+            }
+            (Some(pw), None) => Password::Value(pw),
+            (None, Some(f)) if f.trim().is_empty() => {
+                return Err(config_err("params.password_file is empty".into()));
+            }
+            (None, Some(f)) => Password::File(PathBuf::from(f)),
+        };
+        let env = p
+            .get_str_map("env")
+            .map_err(|e| config_err(e.to_string()))?;
+        if let Some(k) = env
+            .keys()
+            .find(|k| INHERITED_RESTIC_VARS.contains(&k.as_str()))
+        {
+            return Err(config_err(format!(
+                "params.env sets {k}: use params.uri, params.password or params.password_file instead"
+            )));
+        }
+        let cache_dir = p
+            .get_str("cache_dir")
+            .map_err(|e| config_err(e.to_string()))?
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let binary = p
+            .get_str("restic_binary")
+            .map_err(|e| config_err(e.to_string()))?
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "restic".to_string());
+        let extra_args = p
+            .get_str_list("extra_args")
+            .map_err(|e| config_err(e.to_string()))?;
+        Ok(Restic {
+            name: spec.name.clone(),
+            uri,
+            password,
+            env,
+            cache_dir,
+            binary,
+            extra_args,
+            nice_level,
+            io_class,
+            version: tokio::sync::OnceCell::new(),
+            known_to_exist: AtomicBool::new(false),
+            init_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The repository URI with any password in it hidden, for messages.
+    pub fn display_uri(&self) -> String {
+        redact_uri(&self.uri)
+    }
+
+    /// A restic command `restic SUBCOMMAND ARGS... [--cache-dir D]
+    /// EXTRA_ARGS...` with the repository and password in its environment
+    /// (never in argv), the configured priority, and `SIGINT` as the stop
+    /// signal (restic removes its lock on it).
+    pub(crate) fn restic_command<'a, I, S>(&self, subcommand: &str, args: I) -> ChildCommand<'a>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = ChildCommand::new(&self.binary).arg(subcommand).args(args);
+        if let Some(d) = &self.cache_dir {
+            c = c.arg("--cache-dir").arg(d);
+        }
+        c = c.args(&self.extra_args);
+        for k in INHERITED_RESTIC_VARS {
+            c = c.env_remove(k);
+        }
+        // JSON progress comes at up to 60 lines a second by default; a few
+        // are plenty for a status page.
+        if !self.env.contains_key("RESTIC_PROGRESS_FPS")
+            && std::env::var_os("RESTIC_PROGRESS_FPS").is_none()
+        {
+            c = c.env("RESTIC_PROGRESS_FPS", "4");
+        }
+        c = c.envs(&self.env).env("RESTIC_REPOSITORY", &self.uri);
+        c = match &self.password {
+            Password::Value(pw) => c.env("RESTIC_PASSWORD", pw),
+            Password::File(f) => c.env("RESTIC_PASSWORD_FILE", f),
+        };
+        c.priority(self.nice_level, self.io_class)
+            .stop_signal(Signal::SIGINT)
+            .label(format!("{} {subcommand}", self.binary))
+    }
+
+    /// A spawn failure as a repository error (restic missing is its own
+    /// error, with what to do).
+    fn spawn_error(&self, e: ProcessError) -> RepoError {
+        if e.is_not_found() {
+            RepoError::ResticNotFound {
+                binary: self.binary.clone(),
+            }
+        } else {
+            RepoError::Process(e)
+        }
+    }
+
+    /// The restic version (`restic version`, run once per process).
+    pub async fn version(&self) -> Result<Version, RepoError> {
+        self.version
+            .get_or_try_init(|| async {
+                let out = ChildCommand::new(&self.binary)
+                    .arg("version")
+                    .stdout_capture()
+                    .run()
+                    .await
+                    .map_err(|e| self.spawn_error(e))?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                Ok(match json::parse_version(&text) {
+                    Some(v) => {
+                        tracing::debug!(version = %v, "restic version");
+                        v
+                    }
+                    None => {
+                        tracing::warn!(
+                            "cannot tell the restic version from {:?}; assuming {}",
+                            text.trim(),
+                            Version::MIN
+                        );
+                        Version::MIN
+                    }
+                })
+            })
+            .await
+            .copied()
+    }
+
+    /// Turn a failed outcome into the matching error (`Ok` on success, and
+    /// remember that the repository exists).
+    fn check(&self, version: Version, out: &Outcome) -> Result<(), RepoError> {
+        if out.success() {
+            self.known_to_exist.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(self.failure_error(version, out))
+    }
+
+    /// The error for a failed restic command.
+    fn failure_error(&self, version: Version, out: &Outcome) -> RepoError {
+        match classify_failure(version, out.code(), &out.stderr_tail) {
+            Failure::NoRepository => RepoError::NoRepository {
+                uri: self.display_uri(),
+                stderr_tail: out.stderr_tail.clone(),
+            },
+            Failure::WrongPassword => RepoError::WrongPassword {
+                uri: self.display_uri(),
+            },
+            Failure::Locked => RepoError::Locked {
+                uri: self.display_uri(),
+                stderr_tail: out.stderr_tail.clone(),
+            },
+            Failure::Other => RepoError::Process(out.to_error()),
+        }
+    }
+
+    /// Whether `e` means "create the repository and try again".
+    fn needs_init(&self, e: &RepoError) -> bool {
+        matches!(e, RepoError::NoRepository { .. }) && !self.known_to_exist.load(Ordering::Relaxed)
+    }
+
+    /// Create the repository (`restic init`), once; a repository that
+    /// exists by now counts as success.
+    async fn init(&self, version: Version) -> Result<(), RepoError> {
+        let _guard = self.init_lock.lock().await;
+        if self.known_to_exist.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        tracing::info!(repository = %self.display_uri(), "creating the restic repository");
+        let out = self
+            .restic_command("init", None::<&str>)
+            .stdout_lines(|l| tracing::debug!("restic init: {l}"))
+            .status()
+            .await
+            .map_err(|e| self.spawn_error(e))?;
+        if out.success() || out.stderr_tail.contains("already exists") {
+            self.known_to_exist.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(match self.failure_error(version, &out) {
+            // init's own failure reads "create repository at ... failed".
+            RepoError::NoRepository { .. } => RepoError::Process(out.to_error()),
+            e => e,
+        })
+    }
+
+    /// Arguments of `restic backup` for a snapshot tagged with `meta`.
+    fn backup_args(meta: &SnapshotMeta) -> Result<Vec<OsString>, RepoError> {
+        if meta.host.is_empty() {
+            return Err(RepoError::BadRequest {
+                message: "the snapshot's host name is empty".into(),
+            });
+        }
+        let tags = [
+            format!("backup_id={}", meta.backup_id),
+            format!("dataset_id={}", meta.dataset_id),
+            format!("source={}", meta.source),
+        ];
+        let mut args: Vec<OsString> =
+            vec!["--json".into(), "--host".into(), meta.host.clone().into()];
+        for t in tags {
+            check_tag(&t)?;
+            args.push("--tag".into());
+            args.push(t.into());
+        }
+        Ok(args)
+    }
+
+    /// Run `restic backup` once, collecting progress, summary and errors.
+    async fn backup_once(
+        &self,
+        version: Version,
+        args: &[OsString],
+        progress: Option<ProgressFn>,
+    ) -> Result<BackupRun, RepoError> {
+        let mut collector = Collector {
+            progress,
+            summary: None,
+            stdout_errors: Vec::new(),
+        };
+        let mut errors = Vec::new();
+        let outcome = self
+            .restic_command("backup", args)
+            .stdout_lines(|l| collector.stdout_line(l))
+            .stderr_lines(stderr_collector(&mut errors))
+            .status()
+            .await
+            .map_err(|e| self.spawn_error(e))?;
+        errors.extend(collector.stdout_errors);
+        let run = BackupRun {
+            outcome,
+            summary: collector.summary,
+            errors,
+        };
+        // Exit 3: snapshot made but some files unreadable, handled by the
+        // caller; any other failure is an error here.
+        if run.outcome.code() != Some(3) {
+            self.check(version, &run.outcome)?;
+        }
+        Ok(run)
+    }
+
+    /// The full id of the snapshot a backup summary names (one `restic
+    /// snapshots` run when restic printed only the short id, as 0.14 does).
+    async fn full_id(
+        &self,
+        version: Version,
+        summary: &BackupSummary,
+    ) -> Result<String, RepoError> {
+        let Some(id) = summary.snapshot_id.as_deref() else {
+            return Err(RepoError::Protocol {
+                command: format!("{} backup", self.binary),
+                message: "the summary names no snapshot".into(),
+            });
+        };
+        if json::is_full_id(id) {
+            return Ok(id.to_string());
+        }
+        let snaps = self.list_snapshots(version, &[], &[id]).await?;
+        json::resolve_id(id, &snaps).ok_or_else(|| RepoError::Protocol {
+            command: format!("{} snapshots", self.binary),
+            message: format!("no single snapshot with id {id} found after the backup made it"),
+        })
+    }
+
+    /// The result of a backup run that exited 0.
+    async fn finish_backup(
+        &self,
+        version: Version,
+        run: &BackupRun,
+    ) -> Result<SnapshotInfo, RepoError> {
+        let Some(summary) = &run.summary else {
+            return Err(RepoError::Protocol {
+                command: format!("{} backup", self.binary),
+                message: format!(
+                    "no summary line in its output (stderr: {})",
+                    run.outcome.stderr_tail
+                ),
+            });
+        };
+        let id = self.full_id(version, summary).await?;
+        Ok(summary.to_info(id))
+    }
+
+    /// Forget the snapshot a failed backup left, if it made one; returns
+    /// why that failed, if it did (also logged).
+    async fn discard(&self, version: Version, summary: Option<&BackupSummary>) -> Option<String> {
+        let id = summary.and_then(|s| s.snapshot_id.as_deref())?;
+        match self.forget_checked(version, id).await {
+            Ok(()) => {
+                tracing::info!(
+                    snapshot = id,
+                    "forgot the partial snapshot of a failed backup"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!(
+                    snapshot = id,
+                    "cannot forget the partial snapshot of a failed backup: {e}"
+                );
+                Some(format!("snapshot {id}: {e}"))
+            }
+        }
+    }
+
+    /// `restic forget ID` with a known version.
+    async fn forget_checked(&self, version: Version, snapshot_id: &str) -> Result<(), RepoError> {
+        check_snapshot_id(snapshot_id)?;
+        let out = self
+            .restic_command("forget", [snapshot_id])
+            .stdout_lines(|l| tracing::debug!("restic forget: {l}"))
+            .status()
+            .await
+            .map_err(|e| self.spawn_error(e))?;
+        self.check(version, &out)
+    }
+
+    /// Forget one snapshot (`restic forget ID`; no prune: the data stays in
+    /// the repository until the next `restic prune`).
+    pub async fn forget(&self, snapshot_id: &str) -> Result<(), RepoError> {
+        let version = self.version().await?;
+        self.forget_checked(version, snapshot_id).await
+    }
+
+    /// `restic snapshots --json [--tag T1,T2] [IDS...]`.
+    async fn list_snapshots(
+        &self,
+        version: Version,
+        tags: &[String],
+        ids: &[&str],
+    ) -> Result<Vec<Snapshot>, RepoError> {
+        let mut args: Vec<String> = vec!["--json".into()];
+        if !tags.is_empty() {
+            for t in tags {
+                check_tag(t)?;
+            }
+            args.push("--tag".into());
+            args.push(tags.join(","));
+        }
+        for id in ids {
+            check_snapshot_id(id)?;
+            args.push((*id).to_string());
+        }
+        let out = self
+            .restic_command("snapshots", &args)
+            .stdout_capture()
+            .status()
+            .await
+            .map_err(|e| self.spawn_error(e))?;
+        self.check(version, &out)?;
+        json::parse_snapshots(&out.stdout).map_err(|e| RepoError::Protocol {
+            command: format!("{} snapshots --json", self.binary),
+            message: e.to_string(),
+        })
+    }
+
+    /// The snapshots carrying all of `tags` (e.g. `backup_id=...`; none:
+    /// every snapshot), as `restic snapshots --json` lists them.
+    pub async fn snapshots(&self, tags: &[String]) -> Result<Vec<Snapshot>, RepoError> {
+        let version = self.version().await?;
+        self.list_snapshots(version, tags, &[]).await
+    }
+
+    /// Run a stream backup once: producer -> pipe -> `restic backup --stdin`.
+    async fn stream_backup_once(
+        &self,
+        args: &[OsString],
+        producer: &ShellCommand,
+        progress: Option<ProgressFn>,
+    ) -> Result<StreamRun, RepoError> {
+        let (read_end, write_end) = crate::process::pipe().map_err(|source| RepoError::Io {
+            context: "cannot create a pipe for the backup stream".into(),
+            source,
+        })?;
+        let mut collector = Collector {
+            progress,
+            summary: None,
+            stdout_errors: Vec::new(),
+        };
+        let mut errors = Vec::new();
+        let (producer_result, restic_result) = {
+            let producer_fut = Box::pin(producer.to_child().stdout_fd(write_end).status());
+            let restic_fut = Box::pin(
+                self.restic_command("backup", args)
+                    .stdin_fd(read_end)
+                    .stdout_lines(|l| collector.stdout_line(l))
+                    .stderr_lines(stderr_collector(&mut errors))
+                    .status(),
+            );
+            match futures::future::select(producer_fut, restic_fut).await {
+                Either::Left((p, restic_fut)) => (Some(p), restic_fut.await),
+                Either::Right((r, producer_fut)) => {
+                    if matches!(&r, Ok(o) if o.success()) {
+                        (Some(producer_fut.await), r)
+                    } else {
+                        // restic failed: dropping the producer's future
+                        // kills its process group.
+                        drop(producer_fut);
+                        (None, r)
+                    }
+                }
+            }
+        };
+        let outcome = restic_result.map_err(|e| self.spawn_error(e))?;
+        errors.extend(collector.stdout_errors);
+        Ok(StreamRun {
+            producer: producer_result,
+            restic: BackupRun {
+                outcome,
+                summary: collector.summary,
+                errors,
+            },
+        })
+    }
+
+    /// Run a stream restore: `restic dump` -> pipe -> consumer.
+    async fn stream_restore_once(
+        &self,
+        version: Version,
+        snapshot_id: &str,
+        path: &str,
+        consumer: &ShellCommand,
+    ) -> Result<(), RepoError> {
+        let (read_end, write_end) = crate::process::pipe().map_err(|source| RepoError::Io {
+            context: "cannot create a pipe for the restore stream".into(),
+            source,
+        })?;
+        let dump_error = |out: &Outcome| {
+            if out.code() == Some(2) && out.stderr_tail.contains("not found") {
+                RepoError::NotInSnapshot {
+                    snapshot_id: snapshot_id.to_string(),
+                    path: path.to_string(),
+                }
+            } else {
+                self.failure_error(version, out)
+            }
+        };
+        let dump_fut = Box::pin(
+            self.restic_command("dump", [snapshot_id, path])
+                .stdout_fd(write_end)
+                .status(),
+        );
+        let consumer_fut = Box::pin(consumer.to_child().stdin_fd(read_end).status());
+        match futures::future::select(dump_fut, consumer_fut).await {
+            Either::Left((dump, consumer_fut)) => {
+                let dump = dump.map_err(|e| self.spawn_error(e))?;
+                if !dump.success() {
+                    drop(consumer_fut);
+                    return Err(dump_error(&dump));
+                }
+                consumer_fut.await?.into_result()?;
+            }
+            Either::Right((consumer, dump_fut)) => {
+                let consumer = consumer?;
+                if !consumer.success() {
+                    drop(dump_fut);
+                    return Err(consumer.to_error().into());
+                }
+                let dump = dump_fut.await.map_err(|e| self.spawn_error(e))?;
+                if !dump.success() {
+                    return Err(dump_error(&dump));
+                }
+            }
+        }
+        self.known_to_exist.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -23,30 +806,802 @@ impl Restic {
 impl Repository for Restic {
     async fn backup(
         &self,
-        _meta: &SnapshotMeta,
-        _paths: &[PathBuf],
-        _progress: Option<ProgressFn>,
+        meta: &SnapshotMeta,
+        paths: &[PathBuf],
+        progress: Option<ProgressFn>,
     ) -> Result<SnapshotInfo, RepoError> {
-        todo!()
+        if paths.is_empty() {
+            return Err(RepoError::BadRequest {
+                message: "nothing to back up (no paths)".into(),
+            });
+        }
+        for p in paths {
+            check_abs_path(p)?;
+        }
+        let mut args = Restic::backup_args(meta)?;
+        args.extend(paths.iter().map(|p| p.as_os_str().to_os_string()));
+        let version = self.version().await?;
+        let run = match self.backup_once(version, &args, progress.clone()).await {
+            Err(e) if self.needs_init(&e) => {
+                self.init(version).await?;
+                self.backup_once(version, &args, progress).await?
+            }
+            r => r?,
+        };
+        if run.outcome.code() == Some(3) {
+            let items = unreadable_items(&run.errors, &run.outcome.stderr_tail);
+            let forget_error = self.discard(version, run.summary.as_ref()).await;
+            return Err(RepoError::Unreadable {
+                items,
+                forget_error,
+            });
+        }
+        self.finish_backup(version, &run).await
     }
+
     async fn stream_backup(
         &self,
-        _meta: &SnapshotMeta,
-        _producer: ShellCommand,
-        _f: &str,
-        _progress: Option<ProgressFn>,
+        meta: &SnapshotMeta,
+        producer: ShellCommand,
+        stdin_filename: &str,
+        progress: Option<ProgressFn>,
     ) -> Result<SnapshotInfo, RepoError> {
-        todo!()
+        let name = check_stdin_filename(stdin_filename)?;
+        let mut args = Restic::backup_args(meta)?;
+        args.extend(["--stdin".into(), "--stdin-filename".into(), name.into()]);
+        let version = self.version().await?;
+        let mut retried = false;
+        let run = loop {
+            let run = self
+                .stream_backup_once(&args, &producer, progress.clone())
+                .await?;
+            // A restic failure about the repository itself is the cause,
+            // whatever happened to the producer (it lost its reader).
+            if !run.restic.outcome.success() {
+                let e = self.failure_error(version, &run.restic.outcome);
+                if !retried && self.needs_init(&e) {
+                    // The producer's output went nowhere: init and run it
+                    // again.
+                    self.init(version).await?;
+                    retried = true;
+                    continue;
+                }
+                if !matches!(e, RepoError::Process(_)) {
+                    return Err(e);
+                }
+            }
+            break run;
+        };
+        let StreamRun { producer, restic } = run;
+        let producer_error = match producer {
+            Some(Err(e)) => Some(e),
+            Some(Ok(out)) if !out.success() => Some(out.to_error()),
+            _ => None,
+        };
+        if let Some(e) = producer_error {
+            self.discard(version, restic.summary.as_ref()).await;
+            return Err(RepoError::ProducerFailed(e));
+        }
+        let out = &restic.outcome;
+        if !out.success() {
+            self.discard(version, restic.summary.as_ref()).await;
+            if out.stderr_tail.contains("snapshot is empty") {
+                return Err(RepoError::EmptyStream {
+                    stdin_filename: name.to_string(),
+                });
+            }
+            return Err(self.failure_error(version, out));
+        }
+        self.known_to_exist.store(true, Ordering::Relaxed);
+        self.finish_backup(version, &restic).await
     }
-    async fn restore(&self, _s: &str, _paths: &[PathBuf], _target: &Path) -> Result<(), RepoError> {
-        todo!()
+
+    async fn restore(
+        &self,
+        snapshot_id: &str,
+        paths: &[PathBuf],
+        target: &Path,
+    ) -> Result<(), RepoError> {
+        check_snapshot_id(snapshot_id)?;
+        if paths.is_empty() {
+            return Err(RepoError::BadRequest {
+                message: "nothing to restore (no paths)".into(),
+            });
+        }
+        for p in paths {
+            check_abs_path(p)?;
+        }
+        tokio::fs::create_dir_all(target)
+            .await
+            .map_err(|source| RepoError::Io {
+                context: format!("cannot create the restore target {}", target.display()),
+                source,
+            })?;
+        let mut args: Vec<OsString> = vec![
+            snapshot_id.into(),
+            "--target".into(),
+            target.as_os_str().to_os_string(),
+        ];
+        for p in paths {
+            args.push("--include".into());
+            args.push(p.as_os_str().to_os_string());
+        }
+        let version = self.version().await?;
+        let out = self
+            .restic_command("restore", &args)
+            .stdout_lines(|l| tracing::debug!("restic restore: {l}"))
+            .status()
+            .await
+            .map_err(|e| self.spawn_error(e))?;
+        self.check(version, &out)?;
+        let mut missing = Vec::new();
+        for p in paths {
+            let rel = p.strip_prefix("/").unwrap_or(p);
+            if tokio::fs::symlink_metadata(target.join(rel)).await.is_err() {
+                missing.push(p.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(RepoError::NothingRestored {
+                snapshot_id: snapshot_id.to_string(),
+                missing,
+            });
+        }
+        Ok(())
     }
+
     async fn stream_restore(
         &self,
-        _s: &str,
-        _f: &str,
-        _consumer: ShellCommand,
+        snapshot_id: &str,
+        stdin_filename: &str,
+        consumer: ShellCommand,
     ) -> Result<(), RepoError> {
-        todo!()
+        check_snapshot_id(snapshot_id)?;
+        let name = check_stdin_filename(stdin_filename)?;
+        let path = format!("/{name}");
+        let version = self.version().await?;
+        self.stream_restore_once(version, snapshot_id, &path, &consumer)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use super::*;
+    use crate::config::params::{ParamValue, Params};
+    use crate::shell::Shell;
+
+    const PASSWORD: &str = "tabacco test password 7f3a";
+
+    fn spec(pairs: &[(&str, ParamValue)]) -> RepositorySpec {
+        RepositorySpec {
+            name: "main".into(),
+            kind: "restic".into(),
+            params: Params(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn s(v: &str) -> ParamValue {
+        ParamValue::Str(v.into())
+    }
+
+    /// An initialised repository to copy (`restic init` costs seconds of
+    /// key derivation). Kept between runs, one per restic version.
+    fn template() -> &'static Path {
+        static T: OnceLock<PathBuf> = OnceLock::new();
+        T.get_or_init(|| {
+            let v = Command::new("restic")
+                .arg("version")
+                .output()
+                .expect("restic is installed");
+            let version =
+                json::parse_version(&String::from_utf8_lossy(&v.stdout)).unwrap_or(Version::MIN);
+            let uid = unsafe { libc::geteuid() };
+            let path = std::env::temp_dir().join(format!("tabacco-test-restic-{version}-{uid}"));
+            if path.join("config").exists() {
+                return path;
+            }
+            let tmp = PathBuf::from(format!("{}.tmp{}", path.display(), std::process::id()));
+            let out = Command::new("restic")
+                .args(["init", "--no-cache"])
+                .env("RESTIC_REPOSITORY", &tmp)
+                .env("RESTIC_PASSWORD", PASSWORD)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if std::fs::rename(&tmp, &path).is_err() {
+                // Another test process won the race.
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            assert!(path.join("config").exists());
+            path
+        })
+    }
+
+    /// A temp dir with a repository copied from the template (or none, for
+    /// `fresh`), and an adapter for it.
+    fn setup(fresh: bool, extra: &[(&str, ParamValue)]) -> (tempfile::TempDir, PathBuf, Restic) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        if !fresh {
+            let st = Command::new("cp")
+                .arg("-a")
+                .arg(template())
+                .arg(&repo)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let mut params = vec![
+            ("uri", s(repo.to_str().unwrap())),
+            ("password", s(PASSWORD)),
+            ("cache_dir", s(dir.path().join("cache").to_str().unwrap())),
+        ];
+        params.extend(extra.iter().cloned());
+        let r = Restic::from_spec(&spec(&params), 0, 0).unwrap();
+        (dir, repo, r)
+    }
+
+    fn meta(backup_id: &str) -> SnapshotMeta {
+        SnapshotMeta {
+            host: "testhost".into(),
+            backup_id: backup_id.into(),
+            dataset_id: format!("{backup_id}-ds"),
+            source: "src".into(),
+        }
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let v14 = Version::new(0, 14, 0);
+        let v17 = Version::new(0, 17, 0);
+        assert_eq!(
+            classify_failure(
+                v14,
+                Some(1),
+                "Fatal: unable to open config file: stat /r/config: no such file or directory\nIs there a repository at the following location?\n/r"
+            ),
+            Failure::NoRepository
+        );
+        assert_eq!(
+            classify_failure(v14, Some(1), "Fatal: wrong password or no key found"),
+            Failure::WrongPassword
+        );
+        assert_eq!(
+            classify_failure(
+                v14,
+                Some(1),
+                "unable to create lock in backend: repository is already locked by PID 1"
+            ),
+            Failure::Locked
+        );
+        assert_eq!(
+            classify_failure(v14, Some(1), "Fatal: bad flag"),
+            Failure::Other
+        );
+        assert_eq!(classify_failure(v14, Some(12), ""), Failure::Other);
+        assert_eq!(classify_failure(v17, Some(12), ""), Failure::WrongPassword);
+        assert_eq!(classify_failure(v17, Some(10), ""), Failure::NoRepository);
+        assert_eq!(classify_failure(v17, Some(11), ""), Failure::Locked);
+    }
+
+    #[test]
+    fn uris_are_redacted() {
+        assert_eq!(redact_uri("/srv/restic"), "/srv/restic");
+        assert_eq!(
+            redact_uri("rest:https://user:s3cr3t@host:8000/repo"),
+            "rest:https://user:***@host:8000/repo"
+        );
+        assert_eq!(
+            redact_uri("rest:https://token@host/"),
+            "rest:https://***@host/"
+        );
+        assert_eq!(
+            redact_uri("s3:https://s3.example/bucket"),
+            "s3:https://s3.example/bucket"
+        );
+    }
+
+    #[test]
+    fn request_checks() {
+        assert!(check_abs_path(Path::new("rel/x")).is_err());
+        assert!(check_abs_path(Path::new("/abs")).is_ok());
+        assert!(check_snapshot_id("--target=/").is_err());
+        assert!(check_snapshot_id("").is_err());
+        assert!(check_snapshot_id("0f97aB").is_ok());
+        assert!(check_snapshot_id("latest").is_ok());
+        assert!(check_tag("a=b,c").is_err());
+        assert_eq!(check_stdin_filename("/src/ds/atom").unwrap(), "src/ds/atom");
+        assert!(check_stdin_filename("/").is_err());
+        assert!(check_stdin_filename("a/../b").is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = Restic::from_spec(&spec(&[("password", s("x"))]), 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("repository 'main'") && e.contains("params.uri"),
+            "{e}"
+        );
+        let e = Restic::from_spec(&spec(&[("uri", s("/r"))]), 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_file"), "{e}");
+        let e = Restic::from_spec(
+            &spec(&[
+                ("uri", s("/r")),
+                ("password", s("x")),
+                ("password_file", s("/f")),
+            ]),
+            0,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("both"), "{e}");
+        let env = ParamValue::Map([("RESTIC_PASSWORD".to_string(), s("y"))].into());
+        let e = Restic::from_spec(
+            &spec(&[("uri", s("/r")), ("password", s("x")), ("env", env)]),
+            0,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("RESTIC_PASSWORD"), "{e}");
+        let e = Restic::from_spec(
+            &spec(&[
+                ("uri", s("/r")),
+                ("password", s("x")),
+                ("extra_args", ParamValue::Map(BTreeMap::new())),
+            ]),
+            0,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("extra_args"), "{e}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_argv_and_debug() {
+        let env = ParamValue::Map([("AWS_SECRET_ACCESS_KEY".to_string(), s("awssecret"))].into());
+        let r = Restic::from_spec(
+            &spec(&[
+                ("uri", s("rest:https://u:uripass@host/repo")),
+                ("password", s("hunter2")),
+                ("env", env),
+                ("cache_dir", s("/var/cache/r")),
+                (
+                    "extra_args",
+                    ParamValue::List(vec![s("--limit-upload"), s("100")]),
+                ),
+            ]),
+            0,
+            0,
+        )
+        .unwrap();
+        let d = format!("{r:?}");
+        for secret in ["hunter2", "uripass", "awssecret"] {
+            assert!(!d.contains(secret), "{secret} in {d}");
+        }
+        assert!(d.contains("AWS_SECRET_ACCESS_KEY"), "{d}");
+        let mut args = Restic::backup_args(&meta("b1")).unwrap();
+        args.push("/data".into());
+        let c = r.restic_command("backup", &args);
+        let argv = c.argv().join(" ");
+        for secret in ["hunter2", "uripass", "awssecret"] {
+            assert!(!argv.contains(secret), "{secret} in argv {argv}");
+        }
+        assert_eq!(
+            argv,
+            "restic backup --json --host testhost --tag backup_id=b1 --tag dataset_id=b1-ds --tag source=src /data --cache-dir /var/cache/r --limit-upload 100"
+        );
+        assert_eq!(c.get_env("RESTIC_PASSWORD"), Some("hunter2".as_ref()));
+        assert_eq!(
+            c.get_env("RESTIC_REPOSITORY"),
+            Some("rest:https://u:uripass@host/repo".as_ref())
+        );
+        assert_eq!(
+            c.get_env("AWS_SECRET_ACCESS_KEY"),
+            Some("awssecret".as_ref())
+        );
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && !d.contains("uripass"), "{d}");
+
+        let r = Restic::from_spec(
+            &spec(&[("uri", s("/r")), ("password_file", s("/etc/pw"))]),
+            0,
+            0,
+        )
+        .unwrap();
+        let c = r.restic_command("snapshots", ["--json"]);
+        assert_eq!(c.get_env("RESTIC_PASSWORD_FILE"), Some("/etc/pw".as_ref()));
+        assert_eq!(c.get_env("RESTIC_PASSWORD"), None);
+        assert_eq!(c.argv(), vec!["restic", "snapshots", "--json"]);
+    }
+
+    #[tokio::test]
+    async fn relative_paths_are_rejected_before_running_restic() {
+        let r = Restic::from_spec(
+            &spec(&[
+                ("uri", s("/nonexistent")),
+                ("password", s("x")),
+                ("restic_binary", s("/nonexistent/restic")),
+            ]),
+            0,
+            0,
+        )
+        .unwrap();
+        let e = r
+            .backup(&meta("b"), &[PathBuf::from("data/x")], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RepoError::BadRequest { .. }), "{e}");
+        assert!(e.to_string().contains("not absolute"), "{e}");
+        let e = r
+            .restore("abcd", &[PathBuf::from("x")], Path::new("/tmp"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RepoError::BadRequest { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn missing_restic_binary_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Restic::from_spec(
+            &spec(&[
+                ("uri", s(dir.path().join("repo").to_str().unwrap())),
+                ("password", s("x")),
+                ("restic_binary", s("/nonexistent/bin/restic")),
+            ]),
+            0,
+            0,
+        )
+        .unwrap();
+        let e = r
+            .backup(&meta("b"), &[dir.path().to_path_buf()], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RepoError::ResticNotFound { .. }), "{e:?}");
+        let t = e.to_string();
+        assert!(t.contains("restic not found"), "{t}");
+        assert!(
+            t.contains("apt-get install restic") && t.contains("restic_binary"),
+            "{t}"
+        );
+        let shell = Shell::new(false, 0, 0);
+        let e = r
+            .stream_backup(&meta("b"), shell.command("echo hi", &[]), "x", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RepoError::ResticNotFound { .. }), "{e:?}");
+        assert!(!dir.path().join("repo").exists());
+    }
+
+    #[tokio::test]
+    async fn first_backup_initialises_the_repository() {
+        let (dir, repo, r) = setup(true, &[]);
+        std::fs::write(dir.path().join("f.txt"), "hello\n").unwrap();
+        assert!(!repo.exists());
+        let info = r
+            .backup(&meta("b1"), &[dir.path().join("f.txt")], None)
+            .await
+            .unwrap();
+        assert!(repo.join("config").exists());
+        assert!(json::is_full_id(&info.snapshot_id), "{info:?}");
+        assert_eq!(info.total_files, 1);
+        assert_eq!(info.total_bytes, 6);
+        let snaps = r.snapshots(&[]).await.unwrap();
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps[0].id, info.snapshot_id);
+        assert_eq!(snaps[0].hostname, "testhost");
+        assert_eq!(snaps[0].tag("backup_id"), Some("b1"));
+        assert_eq!(snaps[0].tag("dataset_id"), Some("b1-ds"));
+        assert_eq!(snaps[0].tag("source"), Some("src"));
+    }
+
+    #[tokio::test]
+    async fn first_stream_backup_initialises_the_repository() {
+        let (dir, repo, r) = setup(true, &[]);
+        let count = dir.path().join("runs");
+        let shell = Shell::new(false, 0, 0);
+        let env = vec![("COUNT".to_string(), count.display().to_string())];
+        let info = r
+            .stream_backup(
+                &meta("b0"),
+                shell.command("echo run >> \"$COUNT\"; echo payload", &env),
+                "s",
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(repo.join("config").exists());
+        assert!(json::is_full_id(&info.snapshot_id));
+        // The first run's output had nowhere to go: the producer ran again
+        // after `restic init`.
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "run\nrun\n");
+        let out = dir.path().join("out");
+        let env = vec![("OUT".to_string(), out.display().to_string())];
+        r.stream_restore(
+            &info.snapshot_id,
+            "s",
+            shell.command("cat > \"$OUT\"", &env),
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "payload\n");
+    }
+
+    #[tokio::test]
+    async fn backup_restore_round_trip() {
+        let (dir, _repo, r) = setup(false, &[]);
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("alice/sub")).unwrap();
+        std::fs::write(data.join("alice/a.txt"), "alice\n").unwrap();
+        std::fs::write(data.join("alice/sub/b.bin"), [0u8, 1, 2, 255]).unwrap();
+        std::fs::write(data.join("bob.txt"), "bob\n").unwrap();
+        std::fs::write(data.join("carol.txt"), "not backed up\n").unwrap();
+        let calls = Arc::new(Mutex::new(0usize));
+        let c2 = calls.clone();
+        let progress: ProgressFn = Arc::new(move |st| {
+            assert_eq!(st.message_type, "status");
+            *c2.lock().unwrap() += 1;
+        });
+        let paths = vec![data.join("alice"), data.join("bob.txt")];
+        let info = r.backup(&meta("b2"), &paths, Some(progress)).await.unwrap();
+        assert!(json::is_full_id(&info.snapshot_id));
+        assert_eq!(info.total_files, 3);
+        assert!(*calls.lock().unwrap() >= 1, "progress was reported");
+
+        let target = dir.path().join("restore/here");
+        r.restore(&info.snapshot_id, &paths, &target).await.unwrap();
+        let back = |p: &Path| target.join(p.strip_prefix("/").unwrap());
+        assert_eq!(
+            std::fs::read(back(&data.join("alice/a.txt"))).unwrap(),
+            b"alice\n"
+        );
+        assert_eq!(
+            std::fs::read(back(&data.join("alice/sub/b.bin"))).unwrap(),
+            [0u8, 1, 2, 255]
+        );
+        assert_eq!(
+            std::fs::read(back(&data.join("bob.txt"))).unwrap(),
+            b"bob\n"
+        );
+        assert!(!back(&data.join("carol.txt")).exists());
+
+        // A path that is not in the snapshot restores nothing: an error.
+        let target2 = dir.path().join("restore2");
+        let e = r
+            .restore(
+                &info.snapshot_id,
+                &[data.join("bob.txt"), data.join("carol.txt")],
+                &target2,
+            )
+            .await
+            .unwrap_err();
+        match &e {
+            RepoError::NothingRestored { missing, .. } => {
+                assert_eq!(missing, &vec![data.join("carol.txt")])
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Tags find the snapshot.
+        let found = r
+            .snapshots(&["backup_id=b2".into(), "source=src".into()])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        // All tags must match (an OR would find the snapshot).
+        let none = r
+            .snapshots(&["backup_id=b2".into(), "source=other".into()])
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unreadable_file_fails_the_backup_and_leaves_no_snapshot() {
+        let (dir, _repo, r) = setup(false, &[]);
+        std::fs::write(dir.path().join("ok.txt"), "ok\n").unwrap();
+        // Reading /proc/self/mem at offset 0 fails with EIO, even for root.
+        let paths = vec![dir.path().join("ok.txt"), PathBuf::from("/proc/self/mem")];
+        let e = r.backup(&meta("b3"), &paths, None).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RepoError::Unreadable {
+                    forget_error: None,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let t = e.to_string();
+        assert!(
+            t.contains("/proc/self/mem") && t.contains("discarded"),
+            "{t}"
+        );
+        assert!(r.snapshots(&[]).await.unwrap().is_empty());
+    }
+
+    /// 5 MB of pseudo-random bytes.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn stream_backup_and_restore_round_trip() {
+        let (dir, _repo, r) = setup(false, &[]);
+        let data = noise(5_000_000);
+        let src = dir.path().join("src.bin");
+        std::fs::write(&src, &data).unwrap();
+        let shell = Shell::new(false, 0, 0);
+        let env = vec![("SRC".to_string(), src.display().to_string())];
+        let info = r
+            .stream_backup(
+                &meta("b4"),
+                shell.command("cat \"$SRC\"", &env),
+                "db/site/main",
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(json::is_full_id(&info.snapshot_id));
+        assert_eq!(info.total_bytes, 5_000_000);
+
+        let out = dir.path().join("out.bin");
+        let env = vec![("OUT".to_string(), out.display().to_string())];
+        r.stream_restore(
+            &info.snapshot_id,
+            "db/site/main",
+            shell.command("cat > \"$OUT\"", &env),
+        )
+        .await
+        .unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "restored stream differs"
+        );
+
+        // A name that is not in the snapshot.
+        let e = r
+            .stream_restore(
+                &info.snapshot_id,
+                "db/site/other",
+                shell.command("cat > /dev/null", &[]),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RepoError::NotInSnapshot { .. }), "{e:?}");
+        // A consumer that fails.
+        let e = r
+            .stream_restore(
+                &info.snapshot_id,
+                "db/site/main",
+                shell.command("echo nope >&2; exit 5", &[]),
+            )
+            .await
+            .unwrap_err();
+        let t = e.to_string();
+        assert!(t.contains("exit status 5") && t.contains("nope"), "{t}");
+    }
+
+    #[tokio::test]
+    async fn failing_producer_leaves_no_snapshot() {
+        let (_dir, _repo, r) = setup(false, &[]);
+        let shell = Shell::new(false, 0, 0);
+        let e = r
+            .stream_backup(
+                &meta("b5"),
+                shell.command(
+                    "head -c 200000 /dev/zero; echo 'dump exploded' >&2; exit 3",
+                    &[],
+                ),
+                "db/site/main",
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RepoError::ProducerFailed(_)), "{e:?}");
+        let t = e.to_string();
+        assert!(
+            t.contains("exit status 3") && t.contains("dump exploded"),
+            "{t}"
+        );
+
+        // A producer that writes nothing at all.
+        let e = r
+            .stream_backup(&meta("b6"), shell.command("true", &[]), "empty", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RepoError::EmptyStream { .. }), "{e:?}");
+        assert!(e.to_string().contains("no data"), "{e}");
+        assert!(r.snapshots(&[]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cancelled_stream_backup_kills_producer_and_leaves_no_lock() {
+        let (dir, repo, r) = setup(false, &[]);
+        let pidfile = dir.path().join("pid");
+        let shell = Shell::new(false, 0, 0);
+        let script = format!(
+            "echo start; sleep 1000 & echo $! > {}; wait",
+            pidfile.display()
+        );
+        let res = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            r.stream_backup(&meta("b8"), shell.command(&script, &[]), "s", None),
+        )
+        .await;
+        assert!(res.is_err(), "timed out");
+        let pid = crate::process::tests::read_pid(&pidfile).await;
+        assert!(
+            crate::process::tests::wait_gone(pid).await,
+            "producer's sleep survived"
+        );
+        // restic got SIGINT and removed its lock (well before the SIGKILL).
+        let start = std::time::Instant::now();
+        while std::fs::read_dir(repo.join("locks")).unwrap().count() > 0 {
+            assert!(start.elapsed().as_secs() < 4, "restic left its lock behind");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            std::fs::read_dir(repo.join("snapshots")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_password_is_reported_and_creates_nothing() {
+        let (dir, repo, _) = setup(false, &[]);
+        let keys_before = std::fs::read_dir(repo.join("keys")).unwrap().count();
+        let r = Restic::from_spec(
+            &spec(&[
+                ("uri", s(repo.to_str().unwrap())),
+                ("password", s("not the password")),
+            ]),
+            0,
+            0,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let e = r
+            .backup(&meta("b7"), &[dir.path().join("f")], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RepoError::WrongPassword { .. }), "{e:?}");
+        assert!(!e.to_string().contains("not the password"));
+        assert_eq!(
+            std::fs::read_dir(repo.join("keys")).unwrap().count(),
+            keys_before
+        );
+        assert_eq!(
+            std::fs::read_dir(repo.join("snapshots")).unwrap().count(),
+            0
+        );
     }
 }

@@ -136,6 +136,14 @@ fn restore_of_unknown_pattern_fails_clearly() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(crate::common::text(&out).contains("no backed up atom matches 'nothing/*'"));
+    // A malformed pattern is the user's mistake: exit 2, with the reason.
+    let out = env.run(&["query", "home/[a"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        crate::common::text(&out).contains("not closed"),
+        "{}",
+        crate::common::text(&out)
+    );
 }
 
 fn pipe_handler(env: &Env) {
