@@ -304,7 +304,7 @@ impl Agent {
         let rctx = inner.config.runtime_context();
         if rctx.find_source(source).is_none() {
             warn!(
-                source,
+                source = %source,
                 "not starting a backup: the source is no longer configured"
             );
             return;
@@ -312,13 +312,13 @@ impl Agent {
         let lock = match SourceLock::try_acquire(rctx.work_dir(), source, HolderKind::Agent) {
             Ok(l) => l,
             Err(e @ LockError::Busy { .. }) => {
-                warn!(source, "scheduled backup skipped: {e}");
+                warn!(source = %source, "scheduled backup skipped: {e}");
                 inner.metrics.run(source, "skipped");
                 self.with_source(source, |s| s.skipped_runs += 1);
                 return;
             }
             Err(e) => {
-                error!(source, "scheduled backup not started: {e}");
+                error!(source = %source, "scheduled backup not started: {e}");
                 let now = Utc::now();
                 inner.metrics.run(source, "error");
                 inner
@@ -440,7 +440,7 @@ impl Agent {
                 error,
             });
         });
-        info!(result = result.as_str(), duration, "backup job done");
+        info!(result = %result.as_str(), duration, "backup job done");
         drop(slot);
         drop(lock);
     }
@@ -591,13 +591,9 @@ impl Agent {
             "agent started"
         );
 
-        loop {
-            match events.recv().await {
-                Some(Event::Reload) => {
-                    self.reload();
-                }
-                Some(Event::Shutdown) | None => break,
-            }
+        // Until the first stop signal (or the sender is gone).
+        while let Some(Event::Reload) = events.recv().await {
+            self.reload();
         }
 
         // 1. Stop scheduling; pending jobs give up.

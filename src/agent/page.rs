@@ -162,7 +162,7 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
     h.push_str("</table>\n");
 
     let jobs = &status.jobs;
-    let _ = write!(h, "<h2>Running ({})</h2>\n", jobs.running.len());
+    let _ = writeln!(h, "<h2>Running ({})</h2>", jobs.running.len());
     if !jobs.running.is_empty() {
         h.push_str("<table><tr><th>Source</th><th>Job</th><th>Backup</th><th>Started</th><th>Elapsed</th><th>Progress</th></tr>\n");
         for j in &jobs.running {
@@ -179,7 +179,7 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
         }
         h.push_str("</table>\n");
     }
-    let _ = write!(h, "<h2>Pending ({})</h2>\n", jobs.pending.len());
+    let _ = writeln!(h, "<h2>Pending ({})</h2>", jobs.pending.len());
     if !jobs.pending.is_empty() {
         h.push_str("<table><tr><th>Source</th><th>Job</th><th>Queue</th><th>Queued</th></tr>\n");
         for j in &jobs.pending {
@@ -194,7 +194,7 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
         }
         h.push_str("</table>\n");
     }
-    let _ = write!(h, "<h2>Recent jobs ({})</h2>\n", jobs.done.len());
+    let _ = writeln!(h, "<h2>Recent jobs ({})</h2>", jobs.done.len());
     if !jobs.done.is_empty() {
         h.push_str("<table><tr><th>Source</th><th>Result</th><th>Finished</th><th>Duration</th><th>Backup</th><th>Added</th><th>Error</th></tr>\n");
         for j in &jobs.done {

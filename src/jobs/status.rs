@@ -233,6 +233,7 @@ impl StatusRegistry {
                 match outcome {
                     Ok(info) => {
                         d.state = "ok".into();
+                        d.progress = None;
                         j.bytes_added += info.bytes_added;
                         j.files += info.total_files;
                     }
