@@ -162,6 +162,18 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>, CliEr
     Ok(Arc::new(store))
 }
 
+/// Filters shared by `query` and `restore`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AtomFilter {
+    /// Only atoms backed up by this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only versions backed up before this time (RFC 3339, or an age such
+    /// as `2d`).
+    #[arg(long, value_parser = parse_time)]
+    pub older_than: Option<DateTime<Utc>>,
+}
+
 /// Parse a point in time: RFC 3339 (`2026-11-24T10:00:00Z`), or an age
 /// like `3d` or `12h` meaning that long before now.
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {

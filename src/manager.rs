@@ -238,16 +238,7 @@ impl Manager {
         source_name: &str,
         observer: Arc<dyn Observer>,
     ) -> Result<BackupReport, ManagerError> {
-        let source = rctx
-            .find_source(source_name)
-            .ok_or_else(|| ManagerError::UnknownSource(source_name.to_string()))?;
-        let hspec =
-            rctx.handler_spec(&source.handler)
-                .ok_or_else(|| ManagerError::UnknownHandler {
-                    source_name: source.name.clone(),
-                    handler: source.handler.clone(),
-                })?;
-        let handler = handler::for_source(hspec, source)?;
+        let (source, handler) = source_handler(rctx, source_name)?;
         let now = Utc::now();
         let backup = Backup {
             id: new_id(),
@@ -568,16 +559,7 @@ impl Manager {
         // Every source must be known before anything is touched.
         let mut handlers: BTreeMap<String, Box<dyn Handler>> = BTreeMap::new();
         for name in by_source.keys() {
-            let source = rctx
-                .find_source(name)
-                .ok_or_else(|| ManagerError::UnknownSource(name.clone()))?;
-            let hspec =
-                rctx.handler_spec(&source.handler)
-                    .ok_or_else(|| ManagerError::UnknownHandler {
-                        source_name: source.name.clone(),
-                        handler: source.handler.clone(),
-                    })?;
-            handlers.insert(name.clone(), handler::for_source(hspec, source)?);
+            handlers.insert(name.clone(), source_handler(rctx, name)?.1);
         }
 
         let dry_run = rctx.shell().is_dry_run();
@@ -681,6 +663,23 @@ impl Manager {
         }
         Ok(report)
     }
+}
+
+/// A configured source and the handler built for it.
+fn source_handler<'a>(
+    rctx: &'a RuntimeContext,
+    name: &str,
+) -> Result<(&'a SourceSpec, Box<dyn Handler>), ManagerError> {
+    let source = rctx
+        .find_source(name)
+        .ok_or_else(|| ManagerError::UnknownSource(name.to_string()))?;
+    let hspec = rctx
+        .handler_spec(&source.handler)
+        .ok_or_else(|| ManagerError::UnknownHandler {
+            source_name: source.name.clone(),
+            handler: source.handler.clone(),
+        })?;
+    Ok((source, handler::for_source(hspec, source)?))
 }
 
 fn lock(state: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {

@@ -3,23 +3,18 @@
 
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
 use clap::Args;
 use indicatif::HumanBytes;
 
-use super::{CliError, load_config, open_store, parse_time};
+use super::{AtomFilter, CliError, load_config, open_store};
 use crate::model::{Backup, FindRequest, atom_path};
 
 /// Arguments of `tabacco query`.
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// Only atoms backed up by this host.
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Only versions backed up before this time (RFC 3339, or an age such
-    /// as `2d`).
-    #[arg(long, value_parser = parse_time)]
-    pub older_than: Option<DateTime<Utc>>,
+    /// Host and time filters.
+    #[command(flatten)]
+    pub filter: AtomFilter,
     /// Only the newest N versions of each atom (default: all).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub num_versions: Option<u32>,
@@ -36,9 +31,9 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
     let store = open_store(&config).await?;
     let req = FindRequest {
         pattern: args.pattern.clone(),
-        host: args.host.clone().unwrap_or_default(),
+        host: args.filter.host.clone().unwrap_or_default(),
         num_versions: args.num_versions.map(i64::from).unwrap_or(0),
-        older_than: args.older_than,
+        older_than: args.filter.older_than,
     };
     let backups = store.find_atoms(&req).await.map_err(super::store_error)?;
     if args.json {

@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use clap::Args;
 
-use super::{CliError, load_config, open_store, parse_time, progress};
+use super::{AtomFilter, CliError, load_config, open_store, progress};
 use crate::manager::{Manager, ManagerError};
 use crate::model::FindRequest;
 use crate::runtime::RuntimeContext;
@@ -18,13 +17,9 @@ pub struct RestoreArgs {
     /// absolute path>` (`--target /` restores in place).
     #[arg(long)]
     pub target: PathBuf,
-    /// Only atoms backed up by this host.
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Only versions backed up before this time (RFC 3339, or an age such
-    /// as `2d`).
-    #[arg(long, value_parser = parse_time)]
-    pub older_than: Option<DateTime<Utc>>,
+    /// Host and time filters.
+    #[command(flatten)]
+    pub filter: AtomFilter,
     /// Restore the newest N versions of each atom (default 1); with more
     /// than one, each backup goes to `TARGET/<backup id>/`.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -47,9 +42,9 @@ pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> 
     let manager = Manager::new(store);
     let req = FindRequest {
         pattern: args.pattern.clone(),
-        host: args.host.clone().unwrap_or_default(),
+        host: args.filter.host.clone().unwrap_or_default(),
         num_versions: i64::from(args.num_versions.unwrap_or(1)),
-        older_than: args.older_than,
+        older_than: args.filter.older_than,
     };
     let report = manager
         .restore(&rctx, &req, &args.target)

@@ -98,6 +98,32 @@ impl fmt::Debug for Restic {
     }
 }
 
+/// The directory of a repository on the local file system (`/path` or
+/// `local:/path`), `None` for remote backends.
+fn local_repo_dir(uri: &str) -> Option<PathBuf> {
+    let path = uri.strip_prefix("local:").unwrap_or(uri);
+    path.starts_with('/').then(|| PathBuf::from(path))
+}
+
+/// File names in a directory.
+async fn list_dir_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut rd = tokio::fs::read_dir(dir).await?;
+    while let Some(entry) = rd.next_entry().await? {
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+/// The one full snapshot id among `names` that starts with `short`.
+fn unique_full_id(short: &str, names: &[String]) -> Option<String> {
+    let mut found = names
+        .iter()
+        .filter(|n| json::is_full_id(n) && n.starts_with(short));
+    let first = found.next()?;
+    found.next().is_none().then(|| first.clone())
+}
+
 /// `uri` with the password of any `user:password@` part replaced by `***`.
 pub fn redact_uri(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://") else {
@@ -589,6 +615,14 @@ impl Restic {
         };
         if json::is_full_id(id) {
             return Ok(id.to_string());
+        }
+        // A local repository names each snapshot file by its full id: one
+        // directory listing instead of another repository open (~0.6 s).
+        if let Some(dir) = local_repo_dir(&self.uri)
+            && let Ok(names) = list_dir_names(&dir.join("snapshots")).await
+            && let Some(full) = unique_full_id(id, &names)
+        {
+            return Ok(full);
         }
         let snaps = self.list_snapshots(version, &[], &[id]).await?;
         json::resolve_id(id, &snaps).ok_or_else(|| RepoError::Protocol {
@@ -1095,6 +1129,24 @@ mod tests {
         assert_eq!(classify_failure(v17, Some(12), ""), Failure::WrongPassword);
         assert_eq!(classify_failure(v17, Some(10), ""), Failure::NoRepository);
         assert_eq!(classify_failure(v17, Some(11), ""), Failure::Locked);
+    }
+
+    #[test]
+    fn local_snapshot_ids_resolve_only_when_unique() {
+        assert_eq!(local_repo_dir("/srv/r"), Some(PathBuf::from("/srv/r")));
+        assert_eq!(
+            local_repo_dir("local:/srv/r"),
+            Some(PathBuf::from("/srv/r"))
+        );
+        assert_eq!(local_repo_dir("sftp:host:/r"), None);
+        assert_eq!(local_repo_dir("s3:https://h/b"), None);
+        let a = format!("abcd1234{}", "0".repeat(56));
+        let b = format!("abcd1234{}", "1".repeat(56));
+        let c = format!("ffff0000{}", "2".repeat(56));
+        let names = vec![a.clone(), c.clone(), "abcd1234.tmp".to_string()];
+        assert_eq!(unique_full_id("abcd1234", &names), Some(a.clone()));
+        assert_eq!(unique_full_id("abcd1234", &[a, b]), None, "ambiguous");
+        assert_eq!(unique_full_id("12345678", &names), None);
     }
 
     #[test]
