@@ -656,3 +656,244 @@ impl Agent {
         info!("agent stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::MetadataError;
+    use crate::model::{Backup, Dataset, RunningJobStatus};
+    use crate::repository::{ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta};
+    use crate::shell::{Shell, ShellCommand};
+    use std::path::{Path, PathBuf};
+
+    /// Records what the agent sends.
+    #[derive(Default)]
+    struct FakeStore {
+        reports: Mutex<Vec<UpdateActiveJobStatusRequest>>,
+        datasets: Mutex<Vec<(Backup, Dataset)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl MetadataStore for FakeStore {
+        async fn add_dataset(&self, b: &Backup, d: &Dataset) -> Result<(), MetadataError> {
+            lock(&self.datasets).push((b.clone(), d.clone()));
+            Ok(())
+        }
+        async fn find_atoms(&self, _: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
+            Ok(Vec::new())
+        }
+        async fn update_active_job_status(
+            &self,
+            r: &UpdateActiveJobStatusRequest,
+        ) -> Result<(), MetadataError> {
+            lock(&self.reports).push(r.clone());
+            Ok(())
+        }
+    }
+
+    /// A repository whose stream backups report progress, then wait for
+    /// the test to let them finish.
+    struct GateRepo {
+        gate: tokio::sync::Semaphore,
+        started: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Repository for GateRepo {
+        async fn backup(
+            &self,
+            _: &SnapshotMeta,
+            _: &[PathBuf],
+            _: Option<ProgressFn>,
+        ) -> Result<SnapshotInfo, RepoError> {
+            unreachable!("only pipe sources here")
+        }
+        async fn stream_backup(
+            &self,
+            _: &SnapshotMeta,
+            _: ShellCommand,
+            _: &str,
+            progress: Option<ProgressFn>,
+        ) -> Result<SnapshotInfo, RepoError> {
+            if let Some(p) = progress {
+                p(&RunningJobStatus {
+                    percent_done: 0.5,
+                    files_done: 1,
+                    current_files: vec!["/s/d/a".into()],
+                    ..Default::default()
+                });
+            }
+            self.started.notify_one();
+            let _permit = self.gate.acquire().await;
+            Ok(SnapshotInfo {
+                snapshot_id: "f".repeat(64),
+                total_files: 1,
+                total_bytes: 10,
+                bytes_added: 100,
+                duration_secs: 0.1,
+            })
+        }
+        async fn restore(&self, _: &str, _: &[PathBuf], _: &Path) -> Result<(), RepoError> {
+            Ok(())
+        }
+        async fn stream_restore(&self, _: &str, _: &str, _: ShellCommand) -> Result<(), RepoError> {
+            Ok(())
+        }
+    }
+
+    fn setup(main_extra: &str) -> (tempfile::TempDir, Agent, Arc<FakeStore>, Arc<GateRepo>) {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |rel: &str, text: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        w(
+            "agent.yml",
+            &format!(
+                "hostname: h1\nwork_dir: work\nrepository:\n  type: restic\n  params:\n    uri: /nonexistent\n    password: x\n{main_extra}"
+            ),
+        );
+        w(
+            "handlers/pipe.yml",
+            "name: pipe\ntype: pipe\nparams:\n  backup_command: echo x\n  restore_command: cat\n",
+        );
+        w(
+            "sources/s.yml",
+            "name: s\nhandler: pipe\nschedule: '@daily'\ndatasets: [{name: d, atoms: [{name: a}]}]\n",
+        );
+        let config = Arc::new(crate::config::load(&dir.path().join("agent.yml")).unwrap());
+        let repo = Arc::new(GateRepo {
+            gate: tokio::sync::Semaphore::new(0),
+            started: tokio::sync::Notify::new(),
+        });
+        let rctx = RuntimeContext::with_repository(config, Shell::default(), repo.clone());
+        let store = Arc::new(FakeStore::default());
+        let agent = Agent::new(
+            ConfigManager::with_context(rctx),
+            store.clone(),
+            Seed::from_bytes(*b"12345678"),
+        );
+        (dir, agent, store, repo)
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn job_runs_skips_overlaps_and_reports_progress_to_the_store() {
+        let (_dir, agent, store, repo) = setup("");
+        agent.trigger("s");
+        repo.started.notified().await;
+        // The same source again while it runs: skipped, not queued.
+        agent.trigger("s");
+        let m = agent.metrics_text();
+        assert!(
+            m.contains(r#"tabacco_backup_runs_total{source="s",result="skipped"} 1"#),
+            "{m}"
+        );
+        assert!(m.contains(r#"tabacco_jobs{state="running"} 1"#), "{m}");
+        assert_eq!(agent.jobs().counts(), (0, 1));
+        // Unknown sources are ignored.
+        agent.trigger("nope");
+
+        agent.report_status().await;
+        let report = lock(&store.reports).last().cloned().unwrap();
+        assert_eq!(report.host, "h1");
+        assert_eq!(report.active_jobs.len(), 1);
+        let job = &report.active_jobs[0];
+        assert_eq!(job.dataset_source, "s");
+        assert!(!job.backup_id.is_empty() && !job.dataset_id.is_empty());
+        assert_eq!(job.status.as_ref().unwrap().files_done, 1);
+
+        repo.gate.add_permits(1);
+        until("the job to finish", || agent.jobs().counts() == (0, 0)).await;
+        let status = agent.status();
+        let s = &status.sources[0];
+        assert_eq!(s.last_run.as_ref().unwrap().result, "ok");
+        assert_eq!(s.skipped_runs, 1);
+        assert!(s.last_success.is_some());
+        assert_eq!(status.jobs.done[0].bytes_added, 100);
+        assert_eq!(lock(&store.datasets).len(), 1);
+        let m = agent.metrics_text();
+        assert!(
+            m.contains(r#"tabacco_backup_runs_total{source="s",result="ok"} 1"#),
+            "{m}"
+        );
+        assert!(
+            m.contains(r#"tabacco_backup_bytes_added_total{source="s"} 100"#),
+            "{m}"
+        );
+        agent.report_status().await;
+        assert!(lock(&store.reports).last().unwrap().active_jobs.is_empty());
+        // The lock was released: the next run is not skipped.
+        agent.trigger("s");
+        repo.started.notified().await;
+        repo.gate.add_permits(1);
+        until("the second job to finish", || {
+            agent.jobs().counts() == (0, 0)
+        })
+        .await;
+        assert_eq!(agent.status().sources[0].skipped_runs, 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_cancels_running_jobs_after_the_grace_period() {
+        let (_dir, agent, store, repo) = setup("shutdown_timeout: 200ms\n");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(agent.clone().run(listener, rx));
+        agent.trigger("s");
+        repo.started.notified().await;
+        let started = Instant::now();
+        tx.send(Event::Shutdown).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the agent stops")
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "the grace period was given"
+        );
+        let status = agent.status();
+        assert!(status.shutting_down);
+        assert_eq!(status.jobs.done[0].result, Some(JobResult::Cancelled));
+        assert!(lock(&store.datasets).is_empty(), "nothing recorded");
+        let m = agent.metrics_text();
+        assert!(
+            m.contains(r#"tabacco_backup_runs_total{source="s",result="cancelled"} 1"#),
+            "{m}"
+        );
+        // No new jobs after shutdown.
+        agent.trigger("s");
+        assert_eq!(agent.jobs().counts(), (0, 0));
+        // The final report says nothing runs.
+        assert!(lock(&store.reports).last().unwrap().active_jobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn jobs_that_finish_within_the_grace_period_complete() {
+        let (_dir, agent, store, repo) = setup("shutdown_timeout: 10s\n");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(agent.clone().run(listener, rx));
+        agent.trigger("s");
+        repo.started.notified().await;
+        tx.send(Event::Shutdown).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        repo.gate.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the agent stops when the job is done")
+            .unwrap();
+        assert_eq!(agent.status().jobs.done[0].result, Some(JobResult::Ok));
+        assert_eq!(lock(&store.datasets).len(), 1);
+    }
+}
