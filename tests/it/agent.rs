@@ -430,9 +430,14 @@ fn agent_queue_limit_of_one_runs_one_restic_at_a_time() {
     };
     agent.wait_for(30, "a backup of each of the three sources", || {
         let b = backups_per_source(&env);
-        ["q1", "q2", "q3"]
-            .iter()
-            .all(|s| b.get(*s).copied().unwrap_or(0) >= 1)
+        // The post hook runs after the record: wait for it too.
+        let ends = std::fs::read_to_string(&hooks)
+            .map(|t| t.lines().filter(|l| l.starts_with("end")).count())
+            .unwrap_or(0);
+        ends >= 3
+            && ["q1", "q2", "q3"]
+                .iter()
+                .all(|s| b.get(*s).copied().unwrap_or(0) >= 1)
     });
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let samples = sampler.join().unwrap();
