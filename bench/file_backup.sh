@@ -21,7 +21,7 @@ handler: files
 params: {path: $W}
 datasets: [{name: all, atoms: [{name: tree}]}]" > "$W/etc/sources/tree.yml"
 
-RAW="restic -r $W/repo-raw backup --json --host bench-host --tag backup_id=x --tag dataset_id=y --tag source=tree $W/tree >/dev/null"
+RAW="restic -r $W/repo-raw backup --host bench-host --tag backup_id=x --tag dataset_id=y --tag source=tree $W/tree >/dev/null"
 TAB="$TABACCO --config $W/etc/agent.yml backup tree >/dev/null 2>&1"
 
 echo "== file backup overhead: $FILES files, $((TOTAL >> 20)) MiB; $(machine)"

@@ -1,6 +1,7 @@
 //! Command line: argument parsing, exit codes, and one module per
 //! subcommand.
 
+pub mod agent;
 pub mod backup;
 pub mod check;
 pub mod progress;
@@ -23,7 +24,8 @@ use crate::metadata::sqlite::SqliteStore;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  the operation failed (a dataset failed to back up or restore, nothing matched, ...)
+  1  the operation failed (a dataset failed to back up or restore, nothing matched,
+     the source is locked by a running backup, ...)
   2  invalid command line, configuration or pattern";
 
 /// Exit status: the operation failed.
@@ -66,6 +68,9 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: back up each source on its schedule, serve a status
+    /// page and metrics; SIGHUP reloads the configuration, SIGTERM stops.
+    Agent(agent::AgentArgs),
     /// Back up sources now, with a progress display.
     Backup(backup::BackupArgs),
     /// Find atoms in the index and restore them under a directory.
@@ -115,6 +120,7 @@ impl CliError {
 /// Run the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::Agent(args) => agent::run(&cli.config, args).await,
         Command::Backup(args) => backup::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args).await,
         Command::Query(args) => query::run(&cli.config, args).await,

@@ -43,6 +43,9 @@ pub struct Config {
     pub random_seed_file: PathBuf,
     /// Remote metadata server (`metadb`); `None`: embedded SQLite store.
     pub metadb: Option<MetadbClientConfig>,
+    /// Agent shutdown: how long running jobs get to finish before they
+    /// are cancelled (`shutdown_timeout`, default 60 s).
+    pub shutdown_timeout: Duration,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerSpec>,
     /// Sources in the order they were read (files sorted by name).

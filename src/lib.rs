@@ -6,9 +6,12 @@
 //! `process`; user commands run through `shell`; the index sits behind the
 //! `metadata::MetadataStore` trait.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod config_manager;
 pub mod handler;
+pub mod jobs;
 pub mod logging;
 pub mod manager;
 pub mod metadata;

@@ -5,6 +5,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `tabacco __supervise PROGRAM ARGS...`: the process supervisor, run
+    // before anything else (no runtime, no logging, no threads).
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            tabacco::process::supervise::SUPERVISE_ARG,
+        ))
+    {
+        tabacco::process::supervise::main(args.collect());
+    }
+    tabacco::process::supervise::enable_self();
     let cli = tabacco::cli::Cli::parse();
     tabacco::logging::init(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

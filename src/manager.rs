@@ -97,6 +97,8 @@ pub enum ManagerError {
 /// Receives events while a backup runs (progress display, job status).
 /// Every method has a no-op default.
 pub trait Observer: Send + Sync {
+    /// A backup of a source is starting (its id is known).
+    fn backup_started(&self, _backup: &Backup) {}
     /// A dataset's backup is starting.
     fn dataset_started(&self, _dataset: &Dataset) {}
     /// The repository reported progress on a dataset.
@@ -249,6 +251,7 @@ impl Manager {
         let span = info_span!("backup", source = %source.name, backup_id = %backup.id);
         async {
             info!("backup started");
+            observer.backup_started(&backup);
             let started = Instant::now();
             let state = Mutex::new(Progress {
                 recorded: Vec::new(),

@@ -57,7 +57,12 @@
 //! threads retire after an idle period and would take the child with them).
 //! [`ChildCommand::kill_on_parent_death`] turns the signal off where that
 //! cannot be avoided. The signal only reaches the direct child; the rest of
-//! its group is covered by the guard while our process lives.
+//! its group is covered by the guard while our process lives, and by the
+//! [`supervise`] process when it is enabled (the `tabacco` binary enables
+//! it): then every child runs under a small supervisor that kills the
+//! child's whole group when we die, even by `SIGKILL`.
+
+pub mod supervise;
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -68,6 +73,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
+
+use std::os::unix::ffi::OsStrExt;
 
 use futures::future::Either;
 use nix::sys::signal::{Signal, killpg};
@@ -763,8 +770,56 @@ async fn execute(cmd: ChildCommand<'_>) -> Result<Outcome, ProcessError> {
         check_priority(&description, nice_level, io_class);
     }
 
-    let mut tc = tokio::process::Command::new(&program);
-    tc.args(&args);
+    // Through the supervisor when enabled, so that the whole group dies
+    // with us even if we are killed (see `supervise`).
+    let supervisor = if parent_death_kill {
+        supervise::supervisor()
+    } else {
+        None
+    };
+    let mut tc = match supervisor {
+        Some(sup) => {
+            let not_found = || {
+                spawn_error(
+                    description.clone(),
+                    &program,
+                    current_dir.as_deref(),
+                    io::Error::from(io::ErrorKind::NotFound),
+                )
+            };
+            let target: OsString = if program.as_bytes().contains(&b'/') {
+                // A path: check it where the program will run; pass it as is.
+                let p = Path::new(&program);
+                let at = match &current_dir {
+                    Some(d) if p.is_relative() => d.join(p),
+                    _ => p.to_path_buf(),
+                };
+                supervise::find_program(at.as_os_str(), None).ok_or_else(not_found)?;
+                program.clone()
+            } else {
+                let path_env = env
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == "PATH")
+                    .map(|(_, v)| v.as_os_str());
+                supervise::find_program(&program, path_env)
+                    .ok_or_else(not_found)?
+                    .into_os_string()
+            };
+            let mut c = tokio::process::Command::new(sup);
+            c.arg0("tabacco")
+                .arg(supervise::SUPERVISE_ARG)
+                .arg("--")
+                .arg(target)
+                .args(&args);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new(&program);
+            c.args(&args);
+            c
+        }
+    };
     for k in &env_remove {
         tc.env_remove(k);
     }

@@ -61,6 +61,11 @@ impl RuntimeContext {
         &self.config
     }
 
+    /// The configuration, shared.
+    pub fn config_arc(&self) -> &Arc<Config> {
+        &self.config
+    }
+
     /// The shell for user commands.
     pub fn shell(&self) -> &Shell {
         &self.shell

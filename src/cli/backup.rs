@@ -8,6 +8,7 @@ use clap::Args;
 use indicatif::HumanBytes;
 
 use super::{CliError, load_config, open_stores, progress};
+use crate::jobs::lock::{HolderKind, SourceLock};
 use crate::manager::Manager;
 use crate::metadata::outbox::{DeliveryReport, OutboxStore};
 use crate::runtime::RuntimeContext;
@@ -26,7 +27,9 @@ pub struct BackupArgs {
     pub dry_run: bool,
 }
 
-/// Run the backups; exit 1 if any dataset failed.
+/// Run the backups; exit 1 if any dataset failed, or if a source is being
+/// backed up already (by the agent or another `tabacco backup`: the
+/// message names the holder of the source's lock).
 pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
     let mut config = load_config(config_path)?;
     if args.dry_run {
@@ -60,6 +63,23 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
     let observer = progress::observer();
     let mut failed = 0usize;
     for name in &names {
+        // The same lock as the agent's: never two backups of a source at
+        // once. A locked source is skipped; the others still run.
+        let _lock = if config.dry_run {
+            None
+        } else {
+            match SourceLock::try_acquire(&config.work_dir, name, HolderKind::Cli) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    if names.len() == 1 {
+                        return Err(CliError::failed(e));
+                    }
+                    progress::suspend(|| println!("FAILED  {name}: {e}"));
+                    failed += 1;
+                    continue;
+                }
+            }
+        };
         let report = manager
             .backup(&rctx, name, observer.clone())
             .await

@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use croner::parser::{CronParser, Seconds, Year};
 use serde::de::DeserializeOwned;
 
 use super::raw::{OneOrMany, RawConfig, RawDataset, RawHandler, RawMetadb, RawSource};
@@ -32,6 +31,10 @@ pub const DEFAULT_WORK_DIR: &str = "/var/lib/tabacco";
 /// Name of the random seed file inside `work_dir` when `random_seed_file`
 /// is not set.
 pub const DEFAULT_RANDOM_SEED_FILE: &str = "random_seed";
+
+/// Grace period for running jobs when the agent stops, when
+/// `shutdown_timeout` is not set.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Repository name when `repository.name` is not set.
 pub const DEFAULT_REPOSITORY_NAME: &str = "main";
@@ -107,6 +110,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             work_dir: main.work_dir,
             random_seed_file: main.random_seed_file,
             metadb: main.metadb,
+            shutdown_timeout: main.shutdown_timeout,
             handlers: handlers
                 .into_iter()
                 .filter_map(|(name, h)| {
@@ -347,6 +351,7 @@ struct MainParts {
     work_dir: PathBuf,
     random_seed_file: PathBuf,
     metadb: Option<MetadbClientConfig>,
+    shutdown_timeout: Duration,
 }
 
 /// `value` made absolute against `dir` when relative.
@@ -468,6 +473,20 @@ fn resolve_main(
 
     let metadb = raw.metadb.and_then(|m| resolve_metadb(dir, m, &mut errs));
 
+    let shutdown_timeout = match raw.shutdown_timeout {
+        None => DEFAULT_SHUTDOWN_TIMEOUT,
+        Some(t) => match humantime::parse_duration(t.trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.add(
+                    "shutdown_timeout",
+                    format!("{t:?} is not a duration ({e}): write e.g. 60s, 5m (0s: cancel running jobs at once)"),
+                );
+                DEFAULT_SHUTDOWN_TIMEOUT
+            }
+        },
+    };
+
     if errs.out.len() > before {
         return None;
     }
@@ -481,6 +500,7 @@ fn resolve_main(
         work_dir,
         random_seed_file,
         metadb,
+        shutdown_timeout,
     })
 }
 
@@ -1026,52 +1046,10 @@ fn resolve_datasets(
 /// Check a schedule expression: `@hourly`, `@daily`, `@weekly`,
 /// `@monthly`, `@every DURATION`, `@random_every DURATION` (duration > 0,
 /// e.g. `6h`, `1h30m`) or a five-field cron expression (minute hour
-/// day-of-month month day-of-week).
+/// day-of-month month day-of-week). The parsing itself lives in
+/// [`crate::jobs::schedule::Schedule::parse`], which the agent uses too.
 pub fn check_schedule(s: &str) -> Result<(), String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("is empty: remove the key for on-demand backups only".to_string());
-    }
-    if let Some(rest) = s.strip_prefix('@') {
-        let (word, arg) = match rest.split_once(char::is_whitespace) {
-            Some((w, a)) => (w, a.trim()),
-            None => (rest, ""),
-        };
-        return match word {
-            "hourly" | "daily" | "weekly" | "monthly" => {
-                if arg.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("@{word} takes no argument, got {arg:?}"))
-                }
-            }
-            "every" | "random_every" => {
-                if arg.is_empty() {
-                    Err(format!("@{word} needs a duration, e.g. @{word} 6h"))
-                } else {
-                    parse_positive_duration(arg)
-                        .map(|_| ())
-                        .map_err(|e| format!("@{word}: {e}"))
-                }
-            }
-            _ => Err(format!(
-                "unknown schedule {s:?}: use @hourly, @daily, @weekly, @monthly, @every DURATION, @random_every DURATION or a five-field cron expression"
-            )),
-        };
-    }
-    let fields = s.split_whitespace().count();
-    if fields != 5 {
-        return Err(format!(
-            "{s:?} has {fields} field(s): a cron schedule has five (minute hour day-of-month month day-of-week)"
-        ));
-    }
-    CronParser::builder()
-        .seconds(Seconds::Disallowed)
-        .year(Year::Disallowed)
-        .build()
-        .parse(s)
-        .map(|_| ())
-        .map_err(|e| format!("{s:?} is not a valid cron expression: {e}"))
+    crate::jobs::schedule::Schedule::parse(s).map(|_| ())
 }
 
 /// Parse a duration such as `90s`, `30m`, `6h` or `1h30m`; zero is an
@@ -1439,6 +1417,22 @@ datasets:
         assert_eq!(sites.post_backup_command.as_deref(), Some("echo done"));
         assert_eq!(sites.timeout, None);
         assert_eq!(c.find_source("home").unwrap().schedule, None);
+    }
+
+    #[test]
+    fn shutdown_timeout_defaults_to_a_minute_and_must_parse() {
+        let (_d, c) = ok(&[]);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
+        let (_d, c) = ok(&[("agent.yml", &format!("{MAIN}shutdown_timeout: 2m30s\n"))]);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(150));
+        let (_d, c) = ok(&[("agent.yml", &format!("{MAIN}shutdown_timeout: 0s\n"))]);
+        assert_eq!(c.shutdown_timeout, Duration::ZERO);
+        assert_only_error(
+            &[("agent.yml", &format!("{MAIN}shutdown_timeout: soon\n"))],
+            "agent.yml",
+            "shutdown_timeout",
+            "not a duration",
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub random_seed_file: Option<String>,
     /// Remote metadata server; absent: embedded SQLite store.
     pub metadb: Option<RawMetadb>,
+    /// Agent shutdown: how long running jobs get to finish before they
+    /// are cancelled, e.g. `60s`, `5m` (`0s`: cancel at once); default 60s.
+    pub shutdown_timeout: Option<String>,
 }
 
 /// `queue_config` in `agent.yml`.

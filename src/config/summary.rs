@@ -59,6 +59,10 @@ impl Config {
             row(["metadb", &metadb]),
             row(["queues", &queues]),
             row(["dry_run", if self.dry_run { "yes" } else { "no" }]),
+            row([
+                "shutdown_timeout",
+                &humantime::format_duration(self.shutdown_timeout).to_string(),
+            ]),
         ];
         let mut out = table(&main, "");
 

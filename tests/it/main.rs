@@ -3,6 +3,7 @@
 
 mod common;
 
+mod agent;
 mod backup_restore;
 mod config_check;
 mod failures;

@@ -1,0 +1,899 @@
+//! The agent: the long-running process on every host. It holds the
+//! manager and the scheduler together, runs each source on its schedule as
+//! a job, serves the status page and metrics, reloads its configuration on
+//! request and shuts down cleanly.
+//!
+//! # Jobs
+//!
+//! When a source is due, the agent takes a [`RuntimeContext`] snapshot
+//! (the job keeps it to the end, whatever reloads happen meanwhile) and the
+//! source's lock ([`crate::jobs::lock`], shared with `tabacco backup`). If
+//! the lock is held (the previous run is still going, or someone runs a
+//! backup of it by hand) the run is skipped and counted
+//! (`tabacco_backup_runs_total{result="skipped"}`), not queued. Otherwise
+//! the job waits, pending, for a worker of the `backup` queue, then runs
+//! with its progress in the job status.
+//!
+//! # Shutdown
+//!
+//! Three steps, as in mini-redis: stop scheduling (pending jobs are
+//! dropped), give running jobs `shutdown_timeout` to finish, then cancel
+//! them. Cancelling drops the job's future, which kills the process groups
+//! of its commands (see [`crate::process`]); the process supervisor makes
+//! sure nothing survives even if the agent itself is killed.
+
+pub mod http;
+pub mod metrics;
+pub mod page;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::config_manager::{ConfigManager, ReloadError};
+use crate::jobs::lock::{HolderKind, LockError, SourceLock};
+use crate::jobs::queue::Queues;
+use crate::jobs::schedule::{Schedule, Seed};
+use crate::jobs::scheduler::{Clock, PlanChanges, ScheduledSource, SystemClock, run_scheduler};
+use crate::jobs::status::{JobObserver, JobResult, JobsSnapshot, StatusRegistry};
+use crate::manager::{Manager, error_chain};
+use crate::metadata::MetadataStore;
+use crate::model::{FindRequest, UpdateActiveJobStatusRequest};
+use crate::runtime::RuntimeContext;
+use metrics::Metrics;
+
+/// Default address of the status page.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:5331";
+
+/// How often running jobs are reported to the metadata store.
+pub const STATUS_REPORT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// After cancelling jobs, how long the agent waits for them to record how
+/// they ended.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// The queue backups run in.
+pub const BACKUP_QUEUE: &str = "backup";
+
+/// What the process asks of the agent (from signals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Re-read the configuration (SIGHUP).
+    Reload,
+    /// Stop (SIGTERM, SIGINT); a second one cancels running jobs at once.
+    Shutdown,
+}
+
+/// How a source's last run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// `ok`, `error` or `cancelled`.
+    pub result: String,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// How long it ran, in seconds.
+    pub duration_seconds: f64,
+    /// The backup id, if the backup started.
+    pub backup_id: Option<String>,
+    /// The job id.
+    pub job_id: Option<String>,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// What the agent knows about a source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// Source name.
+    pub name: String,
+    /// Schedule as written; `None`: on demand only.
+    pub schedule: Option<String>,
+    /// Next scheduled run.
+    pub next_run: Option<DateTime<Utc>>,
+    /// The last run by this agent.
+    pub last_run: Option<LastRun>,
+    /// The last successful backup (also from the index at start).
+    pub last_success: Option<DateTime<Utc>>,
+    /// Scheduled runs skipped because the source was locked.
+    pub skipped_runs: u64,
+}
+
+/// Everything the status page and `/api/status` show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// This host.
+    pub host: String,
+    /// Agent version.
+    pub version: String,
+    /// When the agent started.
+    pub started_at: DateTime<Utc>,
+    /// Main configuration file.
+    pub config_file: String,
+    /// When the configuration in force was loaded.
+    pub config_loaded_at: DateTime<Utc>,
+    /// Whether the agent is shutting down.
+    pub shutting_down: bool,
+    /// Configured sources, by name.
+    pub sources: Vec<SourceStatus>,
+    /// Pending, running and recently done jobs.
+    pub jobs: JobsSnapshot,
+}
+
+struct Inner {
+    config: ConfigManager,
+    manager: Manager,
+    jobs: Arc<StatusRegistry>,
+    metrics: Metrics,
+    queues: Queues,
+    seed: Seed,
+    clock: Arc<dyn Clock>,
+    sources: Mutex<BTreeMap<String, SourceStatus>>,
+    schedules: watch::Sender<Vec<ScheduledSource>>,
+    started_at: DateTime<Utc>,
+    config_loaded_at: Mutex<DateTime<Utc>>,
+    /// Stop scheduling; pending jobs give up.
+    stopping: CancellationToken,
+    /// Cancel running jobs.
+    cancel_jobs: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// The agent. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.inner.config.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The scheduled sources of a configuration. Schedules were validated when
+/// the configuration was loaded; one that does not parse is logged and left
+/// out.
+pub fn scheduled_sources(config: &Config) -> Vec<ScheduledSource> {
+    config
+        .sources
+        .iter()
+        .filter_map(|s| {
+            let expr = s.schedule.as_deref()?;
+            match Schedule::parse(expr) {
+                Ok(sched) => Some((s.name.clone(), sched)),
+                Err(e) => {
+                    error!(source = %s.name, "{}: schedule: {e}; the source is not scheduled", s.file.display());
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+impl Agent {
+    /// An agent over a configuration, a metadata store and this host's
+    /// random seed.
+    pub fn new(config: ConfigManager, store: Arc<dyn MetadataStore>, seed: Seed) -> Agent {
+        Agent::with_clock(config, store, seed, Arc::new(SystemClock))
+    }
+
+    /// An agent with its own clock (tests).
+    pub fn with_clock(
+        config: ConfigManager,
+        store: Arc<dyn MetadataStore>,
+        seed: Seed,
+        clock: Arc<dyn Clock>,
+    ) -> Agent {
+        let cfg = config.config();
+        let agent = Agent {
+            inner: Arc::new(Inner {
+                queues: Queues::new(&cfg.queue),
+                schedules: watch::Sender::new(scheduled_sources(&cfg)),
+                config,
+                manager: Manager::new(store),
+                jobs: Arc::new(StatusRegistry::new()),
+                metrics: Metrics::new(),
+                seed,
+                clock,
+                sources: Mutex::new(BTreeMap::new()),
+                started_at: Utc::now(),
+                config_loaded_at: Mutex::new(Utc::now()),
+                stopping: CancellationToken::new(),
+                cancel_jobs: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        };
+        agent.sync_sources(&cfg);
+        agent
+    }
+
+    /// The job registry.
+    pub fn jobs(&self) -> &Arc<StatusRegistry> {
+        &self.inner.jobs
+    }
+
+    /// The metrics in OpenMetrics text.
+    pub fn metrics_text(&self) -> String {
+        let (pending, running) = self.inner.jobs.counts();
+        self.inner.metrics.jobs(pending, running);
+        self.inner.metrics.render()
+    }
+
+    /// The agent's status.
+    pub fn status(&self) -> AgentStatus {
+        let cfg = self.inner.config.config();
+        AgentStatus {
+            host: cfg.hostname.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.inner.started_at,
+            config_file: cfg.path.display().to_string(),
+            config_loaded_at: *lock(&self.inner.config_loaded_at),
+            shutting_down: self.inner.stopping.is_cancelled(),
+            sources: lock(&self.inner.sources).values().cloned().collect(),
+            jobs: self.inner.jobs.snapshot(),
+        }
+    }
+
+    /// Make the per-source state follow the configuration's sources.
+    fn sync_sources(&self, cfg: &Config) {
+        let mut sources = lock(&self.inner.sources);
+        sources.retain(|name, _| {
+            let keep = cfg.find_source(name).is_some();
+            if !keep {
+                self.inner.metrics.remove_source(name);
+            }
+            keep
+        });
+        for s in &cfg.sources {
+            let st = sources.entry(s.name.clone()).or_insert_with(|| {
+                self.inner.metrics.add_source(&s.name);
+                SourceStatus {
+                    name: s.name.clone(),
+                    ..SourceStatus::default()
+                }
+            });
+            st.schedule = s.schedule.clone();
+            if st.schedule.is_none() {
+                st.next_run = None;
+            }
+        }
+    }
+
+    fn with_source(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
+        if let Some(s) = lock(&self.inner.sources).get_mut(name) {
+            f(s);
+        }
+    }
+
+    fn published(&self, next: &BTreeMap<String, Option<DateTime<Utc>>>, changes: &PlanChanges) {
+        for name in changes.removed.iter() {
+            self.inner.metrics.next_run(name, None);
+            self.with_source(name, |s| s.next_run = None);
+        }
+        for (name, when) in next {
+            self.inner.metrics.next_run(name, when.map(unix_seconds));
+            self.with_source(name, |s| s.next_run = *when);
+        }
+    }
+
+    /// Start a backup job of `source` now, as the scheduler does: skipped
+    /// (and counted) if the source is locked.
+    pub fn trigger(&self, source: &str) {
+        let inner = &self.inner;
+        if inner.stopping.is_cancelled() {
+            return;
+        }
+        let rctx = inner.config.runtime_context();
+        if rctx.find_source(source).is_none() {
+            warn!(
+                source = %source,
+                "not starting a backup: the source is no longer configured"
+            );
+            return;
+        }
+        let lock = match SourceLock::try_acquire(rctx.work_dir(), source, HolderKind::Agent) {
+            Ok(l) => l,
+            Err(e @ LockError::Busy { .. }) => {
+                warn!(source = %source, "scheduled backup skipped: {e}");
+                inner.metrics.run(source, "skipped");
+                self.with_source(source, |s| s.skipped_runs += 1);
+                return;
+            }
+            Err(e) => {
+                error!(source = %source, "scheduled backup not started: {e}");
+                let now = Utc::now();
+                inner.metrics.run(source, "error");
+                inner
+                    .metrics
+                    .finished(source, false, unix_seconds(now), 0.0);
+                self.with_source(source, |s| {
+                    s.last_run = Some(LastRun {
+                        result: "error".into(),
+                        finished_at: now,
+                        duration_seconds: 0.0,
+                        backup_id: None,
+                        job_id: None,
+                        error: Some(e.to_string()),
+                    })
+                });
+                return;
+            }
+        };
+        let job_id = inner.jobs.add_pending("backup", source, BACKUP_QUEUE);
+        let span = info_span!("job", job_id = %job_id, source = %source);
+        let this = self.clone();
+        let source = source.to_string();
+        inner
+            .tracker
+            .spawn(async move { this.run_job(rctx, source, job_id, lock).await }.instrument(span));
+    }
+
+    async fn run_job(
+        &self,
+        rctx: RuntimeContext,
+        source: String,
+        job_id: String,
+        lock: SourceLock,
+    ) {
+        let inner = &self.inner;
+        info!("backup job queued");
+        let slot = tokio::select! {
+            biased;
+            () = inner.stopping.cancelled() => {
+                info!("pending backup job dropped: the agent is shutting down");
+                inner.jobs.finish(&job_id, JobResult::Cancelled, Some("the agent shut down before the job got a worker".into()));
+                inner.metrics.run(&source, JobResult::Cancelled.as_str());
+                return;
+            }
+            slot = inner.queues.acquire(BACKUP_QUEUE) => slot,
+        };
+        inner.jobs.set_running(&job_id);
+        let observer = Arc::new(JobObserver::new(inner.jobs.clone(), job_id.clone()));
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            biased;
+            () = inner.cancel_jobs.cancelled() => None,
+            r = inner.manager.backup(&rctx, &source, observer) => Some(r),
+        };
+        let duration = started.elapsed().as_secs_f64();
+        let now = Utc::now();
+        let (result, error, backup_id) = match outcome {
+            None => {
+                warn!(
+                    duration,
+                    "backup cancelled by the shutdown; its commands were killed"
+                );
+                (
+                    JobResult::Cancelled,
+                    Some(
+                        "cancelled: the agent shut down and the shutdown_timeout ran out"
+                            .to_string(),
+                    ),
+                    None,
+                )
+            }
+            Some(Err(e)) => {
+                let e = error_chain(&e);
+                error!("backup could not start: {e}");
+                (JobResult::Error, Some(e), None)
+            }
+            Some(Ok(report)) => {
+                let bytes: i64 = report.backup.datasets.iter().map(|d| d.bytes_added).sum();
+                let files: i64 = report.backup.datasets.iter().map(|d| d.total_files).sum();
+                inner.metrics.added(&source, bytes, files);
+                if report.is_ok() {
+                    (JobResult::Ok, None, Some(report.backup.id))
+                } else {
+                    let mut errors: Vec<String> = report.fatal.into_iter().collect();
+                    errors.extend(
+                        report
+                            .failures
+                            .iter()
+                            .map(|f| format!("dataset '{}': {}", f.dataset, f.error)),
+                    );
+                    (
+                        JobResult::Error,
+                        Some(errors.join("; ")),
+                        Some(report.backup.id),
+                    )
+                }
+            }
+        };
+        inner.metrics.run(&source, result.as_str());
+        if result != JobResult::Cancelled {
+            inner.metrics.finished(
+                &source,
+                result == JobResult::Ok,
+                unix_seconds(now),
+                duration,
+            );
+        }
+        inner.jobs.finish(&job_id, result, error.clone());
+        self.with_source(&source, |s| {
+            if result == JobResult::Ok {
+                s.last_success = Some(now);
+            }
+            s.last_run = Some(LastRun {
+                result: result.as_str().to_string(),
+                finished_at: now,
+                duration_seconds: duration,
+                backup_id,
+                job_id: Some(job_id.clone()),
+                error,
+            });
+        });
+        info!(result = %result.as_str(), duration, "backup job done");
+        drop(slot);
+        drop(lock);
+    }
+
+    /// Re-read the configuration (SIGHUP). On any error the previous
+    /// configuration stays and every error is logged.
+    pub fn reload(&self) -> bool {
+        let inner = &self.inner;
+        info!(config = %inner.config.path().display(), "reloading the configuration");
+        match inner.config.reload() {
+            Ok(report) => {
+                let cfg = inner.config.config();
+                *lock(&inner.config_loaded_at) = Utc::now();
+                inner.queues.configure(&cfg.queue);
+                self.sync_sources(&cfg);
+                inner.schedules.send_replace(scheduled_sources(&cfg));
+                for key in &report.restart_needed {
+                    warn!(
+                        "configuration reloaded, but the change of {key} takes effect only after a restart of the agent"
+                    );
+                }
+                info!(
+                    sources = cfg.sources.len(),
+                    added = ?report.added,
+                    removed = ?report.removed,
+                    "configuration reloaded; running jobs finish with the configuration they started with"
+                );
+                inner.metrics.reload(true);
+                true
+            }
+            Err(e) => {
+                let n = match &e {
+                    ReloadError::Config(errors) => {
+                        for err in &errors.0 {
+                            error!(file = %err.file.display(), field = %err.field, "configuration error: {err}");
+                        }
+                        errors.0.len()
+                    }
+                    ReloadError::Runtime(err) => {
+                        error!("configuration error: {err}");
+                        1
+                    }
+                };
+                error!(
+                    "configuration reload failed with {n} error(s): keeping the previous configuration"
+                );
+                inner.metrics.reload(false);
+                false
+            }
+        }
+    }
+
+    /// Report the running jobs to the metadata store.
+    pub async fn report_status(&self) {
+        let host = self.inner.config.config().hostname.clone();
+        let req = UpdateActiveJobStatusRequest {
+            active_jobs: self.inner.jobs.active_jobs(&host),
+            host,
+        };
+        let store = self.inner.manager.store();
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            store.update_active_job_status(&req),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(
+                "cannot report running jobs to the metadata store: {}",
+                error_chain(&e)
+            ),
+            Err(_) => {
+                warn!("cannot report running jobs to the metadata store: no answer within 10s")
+            }
+        }
+    }
+
+    /// Read the last successful backup of each source from the index, so
+    /// that `tabacco_backup_last_success_timestamp_seconds` survives restarts.
+    pub async fn load_last_successes(&self) {
+        let cfg = self.inner.config.config();
+        for s in &cfg.sources {
+            let req = FindRequest {
+                pattern: format!("{}/*", s.name),
+                host: cfg.hostname.clone(),
+                num_versions: 1,
+                older_than: None,
+            };
+            match self.inner.manager.store().find_atoms(&req).await {
+                Ok(backups) => {
+                    if let Some(t) = backups.iter().map(|b| b.timestamp).max() {
+                        self.inner.metrics.seen_success(&s.name, unix_seconds(t));
+                        self.with_source(&s.name, |st| {
+                            if st.last_success.is_none_or(|l| l < t) {
+                                st.last_success = Some(t);
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    warn!(source = %s.name, "cannot read the last backup from the index: {}", error_chain(&e))
+                }
+            }
+        }
+    }
+
+    /// Run until a [`Event::Shutdown`] arrives (or `events` closes): serve
+    /// the status page on `listener`, schedule and run jobs, reload on
+    /// [`Event::Reload`]. Returns when every job has ended.
+    pub async fn run(self, listener: tokio::net::TcpListener, mut events: mpsc::Receiver<Event>) {
+        let inner = &self.inner;
+        let http_stop = CancellationToken::new();
+        let http = tokio::spawn(http::serve(listener, self.clone(), http_stop.clone()));
+
+        let scheduler = {
+            let (a, b) = (self.clone(), self.clone());
+            tokio::spawn(run_scheduler(
+                inner.clock.clone(),
+                inner.seed.clone(),
+                inner.schedules.subscribe(),
+                inner.stopping.clone(),
+                move |next, changes| a.published(next, changes),
+                move |name| b.trigger(name),
+            ))
+        };
+        let reporter = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(STATUS_REPORT_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = this.inner.stopping.cancelled() => break,
+                        _ = tick.tick() => this.report_status().await,
+                    }
+                }
+            })
+        };
+        {
+            let this = self.clone();
+            tokio::spawn(async move { this.load_last_successes().await });
+        }
+        let cfg = inner.config.config();
+        info!(
+            host = %cfg.hostname,
+            sources = cfg.sources.len(),
+            scheduled = inner.schedules.borrow().len(),
+            "agent started"
+        );
+
+        // Until the first stop signal (or the sender is gone).
+        while let Some(Event::Reload) = events.recv().await {
+            self.reload();
+        }
+
+        // 1. Stop scheduling; pending jobs give up.
+        let grace = inner.config.config().shutdown_timeout;
+        let (_, running) = inner.jobs.counts();
+        info!(
+            running,
+            grace = %humantime::format_duration(grace),
+            "shutting down: no new backups; waiting for running jobs to finish"
+        );
+        inner.stopping.cancel();
+        inner.tracker.close();
+        let _ = scheduler.await;
+        let _ = reporter.await;
+
+        // 2. Let running jobs finish within the grace period.
+        let finished = tokio::select! {
+            () = inner.tracker.wait() => true,
+            () = tokio::time::sleep(grace) => false,
+            () = async {
+                loop {
+                    match events.recv().await {
+                        Some(Event::Shutdown) => break,
+                        Some(Event::Reload) => info!("not reloading: the agent is shutting down"),
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            } => {
+                warn!("second stop signal: not waiting any longer");
+                false
+            }
+        };
+
+        // 3. Cancel what is still running: its process groups are killed.
+        if !finished {
+            let (_, running) = inner.jobs.counts();
+            warn!(
+                running,
+                "cancelling the running jobs and killing their commands"
+            );
+            inner.cancel_jobs.cancel();
+            if tokio::time::timeout(CANCEL_WAIT, inner.tracker.wait())
+                .await
+                .is_err()
+            {
+                error!(
+                    "jobs did not end within {}s of being cancelled",
+                    CANCEL_WAIT.as_secs()
+                );
+            }
+        }
+        self.report_status().await;
+        http_stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), http).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => error!("status server failed: {e}"),
+            Ok(Err(e)) => error!("status server task failed: {e}"),
+            Err(_) => warn!("status server did not stop within 5s"),
+        }
+        info!("agent stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::MetadataError;
+    use crate::model::{Backup, Dataset, RunningJobStatus};
+    use crate::repository::{ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta};
+    use crate::shell::{Shell, ShellCommand};
+    use std::path::{Path, PathBuf};
+
+    /// Records what the agent sends.
+    #[derive(Default)]
+    struct FakeStore {
+        reports: Mutex<Vec<UpdateActiveJobStatusRequest>>,
+        datasets: Mutex<Vec<(Backup, Dataset)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl MetadataStore for FakeStore {
+        async fn add_dataset(&self, b: &Backup, d: &Dataset) -> Result<(), MetadataError> {
+            lock(&self.datasets).push((b.clone(), d.clone()));
+            Ok(())
+        }
+        async fn find_atoms(&self, _: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
+            Ok(Vec::new())
+        }
+        async fn update_active_job_status(
+            &self,
+            r: &UpdateActiveJobStatusRequest,
+        ) -> Result<(), MetadataError> {
+            lock(&self.reports).push(r.clone());
+            Ok(())
+        }
+    }
+
+    /// A repository whose stream backups report progress, then wait for
+    /// the test to let them finish.
+    struct GateRepo {
+        gate: tokio::sync::Semaphore,
+        started: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Repository for GateRepo {
+        async fn backup(
+            &self,
+            _: &SnapshotMeta,
+            _: &[PathBuf],
+            _: Option<ProgressFn>,
+        ) -> Result<SnapshotInfo, RepoError> {
+            unreachable!("only pipe sources here")
+        }
+        async fn stream_backup(
+            &self,
+            _: &SnapshotMeta,
+            _: ShellCommand,
+            _: &str,
+            progress: Option<ProgressFn>,
+        ) -> Result<SnapshotInfo, RepoError> {
+            if let Some(p) = progress {
+                p(&RunningJobStatus {
+                    percent_done: 0.5,
+                    files_done: 1,
+                    current_files: vec!["/s/d/a".into()],
+                    ..Default::default()
+                });
+            }
+            self.started.notify_one();
+            let _permit = self.gate.acquire().await;
+            Ok(SnapshotInfo {
+                snapshot_id: "f".repeat(64),
+                total_files: 1,
+                total_bytes: 10,
+                bytes_added: 100,
+                duration_secs: 0.1,
+            })
+        }
+        async fn restore(&self, _: &str, _: &[PathBuf], _: &Path) -> Result<(), RepoError> {
+            Ok(())
+        }
+        async fn stream_restore(&self, _: &str, _: &str, _: ShellCommand) -> Result<(), RepoError> {
+            Ok(())
+        }
+    }
+
+    fn setup(main_extra: &str) -> (tempfile::TempDir, Agent, Arc<FakeStore>, Arc<GateRepo>) {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |rel: &str, text: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        w(
+            "agent.yml",
+            &format!(
+                "hostname: h1\nwork_dir: work\nrepository:\n  type: restic\n  params:\n    uri: /nonexistent\n    password: x\n{main_extra}"
+            ),
+        );
+        w(
+            "handlers/pipe.yml",
+            "name: pipe\ntype: pipe\nparams:\n  backup_command: echo x\n  restore_command: cat\n",
+        );
+        w(
+            "sources/s.yml",
+            "name: s\nhandler: pipe\nschedule: '@daily'\ndatasets: [{name: d, atoms: [{name: a}]}]\n",
+        );
+        let config = Arc::new(crate::config::load(&dir.path().join("agent.yml")).unwrap());
+        let repo = Arc::new(GateRepo {
+            gate: tokio::sync::Semaphore::new(0),
+            started: tokio::sync::Notify::new(),
+        });
+        let rctx = RuntimeContext::with_repository(config, Shell::default(), repo.clone());
+        let store = Arc::new(FakeStore::default());
+        let agent = Agent::new(
+            ConfigManager::with_context(rctx),
+            store.clone(),
+            Seed::from_bytes(*b"12345678"),
+        );
+        (dir, agent, store, repo)
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn job_runs_skips_overlaps_and_reports_progress_to_the_store() {
+        let (_dir, agent, store, repo) = setup("");
+        agent.trigger("s");
+        repo.started.notified().await;
+        // The same source again while it runs: skipped, not queued.
+        agent.trigger("s");
+        let m = agent.metrics_text();
+        assert!(
+            m.contains(r#"tabacco_backup_runs_total{source="s",result="skipped"} 1"#),
+            "{m}"
+        );
+        assert!(m.contains(r#"tabacco_jobs{state="running"} 1"#), "{m}");
+        assert_eq!(agent.jobs().counts(), (0, 1));
+        // Unknown sources are ignored.
+        agent.trigger("nope");
+
+        agent.report_status().await;
+        let report = lock(&store.reports).last().cloned().unwrap();
+        assert_eq!(report.host, "h1");
+        assert_eq!(report.active_jobs.len(), 1);
+        let job = &report.active_jobs[0];
+        assert_eq!(job.dataset_source, "s");
+        assert!(!job.backup_id.is_empty() && !job.dataset_id.is_empty());
+        assert_eq!(job.status.as_ref().unwrap().files_done, 1);
+
+        repo.gate.add_permits(1);
+        until("the job to finish", || agent.jobs().counts() == (0, 0)).await;
+        let status = agent.status();
+        let s = &status.sources[0];
+        assert_eq!(s.last_run.as_ref().unwrap().result, "ok");
+        assert_eq!(s.skipped_runs, 1);
+        assert!(s.last_success.is_some());
+        assert_eq!(status.jobs.done[0].bytes_added, 100);
+        assert_eq!(lock(&store.datasets).len(), 1);
+        let m = agent.metrics_text();
+        assert!(
+            m.contains(r#"tabacco_backup_runs_total{source="s",result="ok"} 1"#),
+            "{m}"
+        );
+        assert!(
+            m.contains(r#"tabacco_backup_bytes_added_total{source="s"} 100"#),
+            "{m}"
+        );
+        agent.report_status().await;
+        assert!(lock(&store.reports).last().unwrap().active_jobs.is_empty());
+        // The lock was released: the next run is not skipped.
+        agent.trigger("s");
+        repo.started.notified().await;
+        repo.gate.add_permits(1);
+        until("the second job to finish", || {
+            agent.jobs().counts() == (0, 0)
+        })
+        .await;
+        assert_eq!(agent.status().sources[0].skipped_runs, 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_cancels_running_jobs_after_the_grace_period() {
+        let (_dir, agent, store, repo) = setup("shutdown_timeout: 200ms\n");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(agent.clone().run(listener, rx));
+        agent.trigger("s");
+        repo.started.notified().await;
+        let started = Instant::now();
+        tx.send(Event::Shutdown).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the agent stops")
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "the grace period was given"
+        );
+        let status = agent.status();
+        assert!(status.shutting_down);
+        assert_eq!(status.jobs.done[0].result, Some(JobResult::Cancelled));
+        assert!(lock(&store.datasets).is_empty(), "nothing recorded");
+        let m = agent.metrics_text();
+        assert!(
+            m.contains(r#"tabacco_backup_runs_total{source="s",result="cancelled"} 1"#),
+            "{m}"
+        );
+        // No new jobs after shutdown.
+        agent.trigger("s");
+        assert_eq!(agent.jobs().counts(), (0, 0));
+        // The final report says nothing runs.
+        assert!(lock(&store.reports).last().unwrap().active_jobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn jobs_that_finish_within_the_grace_period_complete() {
+        let (_dir, agent, store, repo) = setup("shutdown_timeout: 10s\n");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(agent.clone().run(listener, rx));
+        agent.trigger("s");
+        repo.started.notified().await;
+        tx.send(Event::Shutdown).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        repo.gate.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the agent stops when the job is done")
+            .unwrap();
+        assert_eq!(agent.status().jobs.done[0].result, Some(JobResult::Ok));
+        assert_eq!(lock(&store.datasets).len(), 1);
+    }
+}

@@ -1,0 +1,51 @@
+//! The agent's HTTP server (axum): `GET /` the status page, `GET
+//! /api/status` the same as JSON, `GET /metrics` Prometheus metrics.
+//!
+//! It is read-only and listens on localhost by default
+//! (`--http-addr`); put a reverse proxy with authentication in front of it
+//! to expose it further.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Json};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{Agent, AgentStatus, metrics, page};
+
+/// The routes, with the agent as state.
+pub fn router(agent: Agent) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/status", get(api_status))
+        .route("/metrics", get(metrics_handler))
+        .with_state(agent)
+}
+
+/// Serve until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    agent: Agent,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(agent))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+async fn index(State(agent): State<Agent>) -> Html<String> {
+    Html(page::render(&agent.status(), chrono::Utc::now()))
+}
+
+async fn api_status(State(agent): State<Agent>) -> Json<AgentStatus> {
+    Json(agent.status())
+}
+
+async fn metrics_handler(State(agent): State<Agent>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        agent.metrics_text(),
+    )
+}

@@ -1,0 +1,305 @@
+//! The agent's Prometheus metrics (prometheus-client, OpenMetrics text at
+//! `GET /metrics`).
+//!
+//! Per source: last success and failure times, duration of the last run,
+//! runs by result (`ok`, `error`, `skipped`, `cancelled`), bytes added and
+//! files backed up, and the next scheduled run. Per agent: jobs by state,
+//! configuration reloads by result, and `tabacco_build_info{version}`.
+//! Series of a source removed by a reload are dropped, so alerts do not
+//! fire for sources that no longer exist.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// Content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels `{source}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// Source name.
+    pub source: String,
+}
+
+/// Labels `{source, result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    /// Source name.
+    pub source: String,
+    /// `ok`, `error`, `skipped` or `cancelled`.
+    pub result: String,
+}
+
+/// Labels `{state}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `pending` or `running`.
+    pub state: String,
+}
+
+/// Labels `{result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Results of a run, as counted in `tabacco_backup_runs_total`.
+pub const RUN_RESULTS: [&str; 4] = ["ok", "error", "skipped", "cancelled"];
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    last_success: Family<SourceLabels, FloatGauge>,
+    last_failure: Family<SourceLabels, FloatGauge>,
+    duration: Family<SourceLabels, FloatGauge>,
+    runs: Family<RunLabels, Counter>,
+    bytes_added: Family<SourceLabels, Counter>,
+    files: Family<SourceLabels, Counter>,
+    next_run: Family<SourceLabels, FloatGauge>,
+    jobs: Family<StateLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+fn src(source: &str) -> SourceLabels {
+    SourceLabels {
+        source: source.to_string(),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tabacco");
+        let m = Metrics {
+            last_success: Family::default(),
+            last_failure: Family::default(),
+            duration: Family::default(),
+            runs: Family::default(),
+            bytes_added: Family::default(),
+            files: Family::default(),
+            next_run: Family::default(),
+            jobs: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of the last backup of the source that succeeded (also from the index at start)",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "backup_last_failure_timestamp_seconds",
+            "Unix time of the last backup of the source that failed",
+            m.last_failure.clone(),
+        );
+        registry.register(
+            "backup_duration_seconds",
+            "Duration of the last backup of the source",
+            m.duration.clone(),
+        );
+        registry.register(
+            "backup_runs",
+            "Scheduled backup runs by result (ok, error, skipped: the source was locked by a running backup, cancelled: by shutdown)",
+            m.runs.clone(),
+        );
+        registry.register(
+            "backup_bytes_added",
+            "Bytes added to the repository by backups of the source",
+            m.bytes_added.clone(),
+        );
+        registry.register(
+            "backup_files",
+            "Files in the datasets backed up from the source (summed over runs)",
+            m.files.clone(),
+        );
+        registry.register(
+            "backup_next_run_timestamp_seconds",
+            "Unix time of the next scheduled backup of the source",
+            m.next_run.clone(),
+        );
+        registry.register("jobs", "Jobs by state", m.jobs.clone());
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "build",
+            "Version of the agent",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Make a source's series exist (zero) so dashboards see it before its
+    /// first run.
+    pub fn add_source(&self, source: &str) {
+        for result in RUN_RESULTS {
+            let _ = self.runs.get_or_create(&RunLabels {
+                source: source.to_string(),
+                result: result.to_string(),
+            });
+        }
+        let _ = self.bytes_added.get_or_create(&src(source));
+        let _ = self.files.get_or_create(&src(source));
+    }
+
+    /// Drop every series of a source that is no longer configured.
+    pub fn remove_source(&self, source: &str) {
+        let l = src(source);
+        self.last_success.remove(&l);
+        self.last_failure.remove(&l);
+        self.duration.remove(&l);
+        self.bytes_added.remove(&l);
+        self.files.remove(&l);
+        self.next_run.remove(&l);
+        for result in RUN_RESULTS {
+            self.runs.remove(&RunLabels {
+                source: source.to_string(),
+                result: result.to_string(),
+            });
+        }
+    }
+
+    /// Count a run with its result.
+    pub fn run(&self, source: &str, result: &str) {
+        self.runs
+            .get_or_create(&RunLabels {
+                source: source.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// A run ended at `when` (Unix seconds) after `duration` seconds.
+    pub fn finished(&self, source: &str, ok: bool, when: f64, duration: f64) {
+        let l = src(source);
+        if ok {
+            self.last_success.get_or_create(&l).set(when);
+        } else {
+            self.last_failure.get_or_create(&l).set(when);
+        }
+        self.duration.get_or_create(&l).set(duration);
+    }
+
+    /// Raise the last success time to `when` if it is later (index data
+    /// read at start must not hide a newer run).
+    pub fn seen_success(&self, source: &str, when: f64) {
+        let g = self.last_success.get_or_create(&src(source));
+        if g.get() < when {
+            g.set(when);
+        }
+    }
+
+    /// Add what a run backed up.
+    pub fn added(&self, source: &str, bytes: i64, files: i64) {
+        let l = src(source);
+        self.bytes_added
+            .get_or_create(&l)
+            .inc_by(bytes.max(0) as u64);
+        self.files.get_or_create(&l).inc_by(files.max(0) as u64);
+    }
+
+    /// The next run of a source (`None`: not scheduled).
+    pub fn next_run(&self, source: &str, when: Option<f64>) {
+        match when {
+            Some(t) => {
+                self.next_run.get_or_create(&src(source)).set(t);
+            }
+            None => {
+                self.next_run.remove(&src(source));
+            }
+        }
+    }
+
+    /// Count a configuration reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// Set the number of pending and running jobs.
+    pub fn jobs(&self, pending: usize, running: usize) {
+        for (state, n) in [("pending", pending), ("running", running)] {
+            self.jobs
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_the_documented_names() {
+        let m = Metrics::new();
+        m.add_source("db");
+        m.run("db", "ok");
+        m.run("db", "skipped");
+        m.finished("db", true, 1_700_000_000.5, 12.25);
+        m.finished("db", false, 1_700_000_100.0, 3.0);
+        m.seen_success("db", 1_600_000_000.0);
+        m.added("db", 1024, 7);
+        m.jobs(1, 2);
+        m.next_run("db", Some(1_700_003_600.0));
+        m.reload(false);
+        let text = m.render();
+        for line in [
+            r#"tabacco_backup_last_success_timestamp_seconds{source="db"} 1700000000.5"#,
+            r#"tabacco_backup_last_failure_timestamp_seconds{source="db"} 1700000100.0"#,
+            r#"tabacco_backup_duration_seconds{source="db"} 3.0"#,
+            r#"tabacco_backup_runs_total{source="db",result="ok"} 1"#,
+            r#"tabacco_backup_runs_total{source="db",result="skipped"} 1"#,
+            r#"tabacco_backup_runs_total{source="db",result="error"} 0"#,
+            r#"tabacco_backup_bytes_added_total{source="db"} 1024"#,
+            r#"tabacco_backup_files_total{source="db"} 7"#,
+            r#"tabacco_jobs{state="pending"} 1"#,
+            r#"tabacco_jobs{state="running"} 2"#,
+            r#"tabacco_backup_next_run_timestamp_seconds{source="db"} 1700003600.0"#,
+            r#"tabacco_config_reloads_total{result="error"} 1"#,
+            &format!(
+                r#"tabacco_build_info{{version="{}"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        m.remove_source("db");
+        assert!(!m.render().contains("source=\"db\""));
+    }
+}

@@ -1,0 +1,309 @@
+//! The status page: one self-contained HTML document (inline style, no
+//! scripts, no external assets) that refreshes itself every 10 seconds.
+//! Every value from the configuration or from commands is escaped.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use indicatif::HumanBytes;
+
+use super::AgentStatus;
+use crate::jobs::status::JobInfo;
+
+/// Escape text for HTML content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn time(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        None => "—".to_string(),
+        Some(t) => {
+            let d = t - now;
+            let secs = d.num_seconds().unsigned_abs();
+            let rel = humantime::format_duration(std::time::Duration::from_secs(secs)).to_string();
+            let rel = if secs == 0 {
+                "now".to_string()
+            } else if d.num_seconds() > 0 {
+                format!("in {rel}")
+            } else {
+                format!("{rel} ago")
+            };
+            format!(
+                "<span title=\"{}\">{}</span>",
+                t.to_rfc3339_opts(SecondsFormat::Secs, true),
+                escape(&rel)
+            )
+        }
+    }
+}
+
+fn secs(d: Option<f64>) -> String {
+    match d {
+        None => "—".to_string(),
+        Some(d) => {
+            let whole = std::time::Duration::from_secs(d.max(0.0).round() as u64);
+            humantime::format_duration(whole).to_string()
+        }
+    }
+}
+
+fn result_cell(result: &str) -> String {
+    let class = match result {
+        "ok" => "ok",
+        "error" => "err",
+        _ => "warn",
+    };
+    format!("<span class=\"{class}\">{}</span>", escape(result))
+}
+
+fn short(id: &Option<String>) -> String {
+    match id {
+        Some(id) => format!(
+            "<code title=\"{}\">{}</code>",
+            escape(id),
+            escape(&id[id.len().saturating_sub(8)..])
+        ),
+        None => "—".to_string(),
+    }
+}
+
+fn progress(job: &JobInfo) -> String {
+    let mut out = String::new();
+    for d in &job.datasets {
+        let _ = write!(out, "<div><b>{}</b> {}", escape(&d.name), escape(&d.state));
+        if let Some(p) = &d.progress {
+            let pct = (p.percent_done * 100.0).clamp(0.0, 100.0);
+            let _ = write!(
+                out,
+                " <progress max=\"100\" value=\"{pct:.0}\"></progress> {pct:.1}% · {} files",
+                p.files_done
+            );
+            if p.total_files > 0 {
+                let _ = write!(out, "/{}", p.total_files);
+            }
+            let _ = write!(out, " · {}", HumanBytes(p.bytes_done.max(0) as u64));
+            if p.total_bytes > 0 {
+                let _ = write!(out, "/{}", HumanBytes(p.total_bytes as u64));
+            }
+            let _ = write!(out, " · {}s elapsed", p.seconds_elapsed);
+            if let Some(f) = p.current_files.first() {
+                let _ = write!(out, " · <code>{}</code>", escape(f));
+            }
+        }
+        out.push_str("</div>");
+    }
+    if out.is_empty() {
+        out.push_str("starting");
+    }
+    out
+}
+
+/// Render the page for `status` as seen at `now`.
+pub fn render(status: &AgentStatus, now: DateTime<Utc>) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta http-equiv=\"refresh\" content=\"10\">\
+<title>tabacco agent on {host}</title>\
+<style>body{{font-family:sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
+th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}}th{{background:#eee}}\
+.ok{{color:#080}}.err{{color:#b00;font-weight:bold}}.warn{{color:#a60}}.banner{{background:#fed;padding:.5em}}\
+code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
+<p>version {version} · started {started} · configuration <code>{config}</code> loaded {loaded} · \
+<a href=\"/api/status\">JSON</a> · <a href=\"/metrics\">metrics</a></p>\n",
+        host = escape(&status.host),
+        version = escape(&status.version),
+        started = time(Some(status.started_at), now),
+        config = escape(&status.config_file),
+        loaded = time(Some(status.config_loaded_at), now),
+    );
+    if status.shutting_down {
+        h.push_str("<p class=\"banner\">Shutting down: no new backups start; running jobs are finishing.</p>\n");
+    }
+
+    let _ = write!(
+        h,
+        "<h2>Sources ({})</h2>\n<table><tr><th>Source</th><th>Schedule</th><th>Next run</th><th>Last result</th><th>Finished</th><th>Duration</th><th>Last success</th><th>Skipped runs</th><th>Error</th></tr>\n",
+        status.sources.len()
+    );
+    for s in &status.sources {
+        let (result, finished, duration, error) = match &s.last_run {
+            Some(r) => (
+                result_cell(&r.result),
+                time(Some(r.finished_at), now),
+                secs(Some(r.duration_seconds)),
+                r.error.as_deref().map(escape).unwrap_or_default(),
+            ),
+            None => ("—".into(), "—".into(), "—".into(), String::new()),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{result}</td><td>{finished}</td><td>{duration}</td><td>{}</td><td>{}</td><td>{error}</td></tr>",
+            escape(&s.name),
+            escape(s.schedule.as_deref().unwrap_or("on demand")),
+            time(s.next_run, now),
+            time(s.last_success, now),
+            s.skipped_runs,
+        );
+    }
+    h.push_str("</table>\n");
+
+    let jobs = &status.jobs;
+    let _ = writeln!(h, "<h2>Running ({})</h2>", jobs.running.len());
+    if !jobs.running.is_empty() {
+        h.push_str("<table><tr><th>Source</th><th>Job</th><th>Backup</th><th>Started</th><th>Elapsed</th><th>Progress</th></tr>\n");
+        for j in &jobs.running {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&j.source),
+                short(&Some(j.id.clone())),
+                short(&j.backup_id),
+                time(j.started_at, now),
+                secs(j.duration_seconds),
+                progress(j),
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    let _ = writeln!(h, "<h2>Pending ({})</h2>", jobs.pending.len());
+    if !jobs.pending.is_empty() {
+        h.push_str("<table><tr><th>Source</th><th>Job</th><th>Queue</th><th>Queued</th></tr>\n");
+        for j in &jobs.pending {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&j.source),
+                short(&Some(j.id.clone())),
+                escape(&j.queue),
+                time(Some(j.created_at), now),
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    let _ = writeln!(h, "<h2>Recent jobs ({})</h2>", jobs.done.len());
+    if !jobs.done.is_empty() {
+        h.push_str("<table><tr><th>Source</th><th>Result</th><th>Finished</th><th>Duration</th><th>Backup</th><th>Added</th><th>Error</th></tr>\n");
+        for j in &jobs.done {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&j.source),
+                result_cell(j.result.map(|r| r.as_str()).unwrap_or("?")),
+                time(j.finished_at, now),
+                secs(j.duration_seconds),
+                short(&j.backup_id),
+                HumanBytes(j.bytes_added.max(0) as u64),
+                j.error.as_deref().map(escape).unwrap_or_default(),
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{LastRun, SourceStatus};
+    use crate::jobs::status::{JobResult, StatusRegistry};
+    use crate::model::{Dataset, RunningJobStatus};
+
+    #[test]
+    fn escape_covers_html_specials() {
+        assert_eq!(
+            escape(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn page_lists_sources_and_jobs_and_escapes_them() {
+        let now: DateTime<Utc> = "2026-03-01T12:00:00Z".parse().unwrap();
+        let reg = StatusRegistry::new();
+        let running = reg.add_pending("backup", "db", "backup");
+        reg.set_running(&running);
+        let ds = Dataset {
+            id: "d1".into(),
+            name: "users".into(),
+            source: "db".into(),
+            atoms: vec![],
+            snapshot_id: String::new(),
+            total_files: 0,
+            total_bytes: 0,
+            bytes_added: 0,
+            duration: 0,
+        };
+        reg.dataset_started(&running, &ds);
+        reg.progress(
+            &running,
+            "d1",
+            &RunningJobStatus {
+                percent_done: 0.42,
+                files_done: 5,
+                total_files: 10,
+                current_files: vec!["/srv/<evil>".into()],
+                ..Default::default()
+            },
+        );
+        reg.add_pending("backup", "files", "backup");
+        let done = reg.add_pending("backup", "old", "backup");
+        reg.finish(&done, JobResult::Error, Some("exit status 1".into()));
+        let status = AgentStatus {
+            host: "h<1>".into(),
+            version: "0.1.0".into(),
+            started_at: now,
+            config_file: "/etc/tabacco/agent.yml".into(),
+            config_loaded_at: now,
+            shutting_down: true,
+            sources: vec![SourceStatus {
+                name: "db".into(),
+                schedule: Some("@every 1h".into()),
+                next_run: Some("2026-03-01T13:00:00Z".parse().unwrap()),
+                last_run: Some(LastRun {
+                    result: "ok".into(),
+                    finished_at: "2026-03-01T11:00:00Z".parse().unwrap(),
+                    duration_seconds: 12.0,
+                    backup_id: Some("b".into()),
+                    job_id: None,
+                    error: None,
+                }),
+                last_success: None,
+                skipped_runs: 3,
+            }],
+            jobs: reg.snapshot(),
+        };
+        let html = render(&status, now);
+        assert!(html.contains("h&lt;1&gt;"));
+        assert!(!html.contains("<evil>"));
+        assert!(html.contains("/srv/&lt;evil&gt;"));
+        assert!(html.contains("<code>@every 1h</code>"));
+        assert!(html.contains("in 1h"));
+        assert!(html.contains("42.0%"));
+        assert!(
+            html.contains("Running (1)")
+                && html.contains("Pending (1)")
+                && html.contains("Recent jobs (1)")
+        );
+        assert!(html.contains("exit status 1"));
+        assert!(html.contains("Shutting down"));
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "no external assets"
+        );
+    }
+}
