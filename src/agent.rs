@@ -46,6 +46,7 @@ use crate::jobs::scheduler::{Clock, PlanChanges, ScheduledSource, SystemClock, r
 use crate::jobs::status::{JobObserver, JobResult, JobsSnapshot, StatusRegistry};
 use crate::manager::{Manager, error_chain};
 use crate::metadata::MetadataStore;
+use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
 use crate::model::{FindRequest, UpdateActiveJobStatusRequest};
 use crate::runtime::RuntimeContext;
 use metrics::Metrics;
@@ -144,6 +145,9 @@ struct Inner {
     /// Cancel running jobs.
     cancel_jobs: CancellationToken,
     tracker: TaskTracker,
+    /// The outbox in front of the metadata server, if one is configured:
+    /// delivered in the background, counted in the metrics.
+    outbox: std::sync::OnceLock<Arc<OutboxStore>>,
 }
 
 /// The agent. Cheap to clone (shared state).
@@ -219,10 +223,18 @@ impl Agent {
                 stopping: CancellationToken::new(),
                 cancel_jobs: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                outbox: std::sync::OnceLock::new(),
             }),
         };
         agent.sync_sources(&cfg);
         agent
+    }
+
+    /// Deliver `outbox` in the background while the agent runs (its
+    /// `store` should be this same outbox store) and show its counters in
+    /// the metrics. Only the first call has an effect.
+    pub fn set_outbox(&self, outbox: Arc<OutboxStore>) {
+        let _ = self.inner.outbox.set(outbox);
     }
 
     /// The job registry.
@@ -234,6 +246,15 @@ impl Agent {
     pub fn metrics_text(&self) -> String {
         let (pending, running) = self.inner.jobs.counts();
         self.inner.metrics.jobs(pending, running);
+        if let Some(store) = self.inner.outbox.get() {
+            let outbox = store.outbox();
+            self.inner.metrics.outbox(
+                outbox.pending().unwrap_or(0),
+                outbox.rejected_stored().unwrap_or(0),
+                outbox.delivered_total(),
+                outbox.rejected_total(),
+            );
+        }
         self.inner.metrics.render()
     }
 
@@ -583,6 +604,17 @@ impl Agent {
             let this = self.clone();
             tokio::spawn(async move { this.load_last_successes().await });
         }
+        // Records queued by earlier runs (or while the server was down) are
+        // delivered in the background until the jobs are done.
+        let delivery_stop = CancellationToken::new();
+        let delivery = inner.outbox.get().cloned().map(|outbox| {
+            let stop = delivery_stop.clone();
+            tokio::spawn(async move {
+                outbox
+                    .run_delivery_loop(DEFAULT_DELIVERY_INTERVAL, stop.cancelled_owned())
+                    .await
+            })
+        });
         let cfg = inner.config.config();
         info!(
             host = %cfg.hostname,
@@ -644,6 +676,11 @@ impl Agent {
                     CANCEL_WAIT.as_secs()
                 );
             }
+        }
+        // What is still queued stays in the outbox for the next start.
+        delivery_stop.cancel();
+        if let Some(delivery) = delivery {
+            let _ = delivery.await;
         }
         self.report_status().await;
         http_stop.cancel();

@@ -68,6 +68,10 @@ pub struct Metrics {
     next_run: Family<SourceLabels, FloatGauge>,
     jobs: Family<StateLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
+    outbox_pending: Gauge,
+    outbox_rejected_kept: Gauge,
+    outbox_delivered: Counter,
+    outbox_rejected: Counter,
 }
 
 fn src(source: &str) -> SourceLabels {
@@ -96,6 +100,10 @@ impl Metrics {
             next_run: Family::default(),
             jobs: Family::default(),
             reloads: Family::default(),
+            outbox_pending: Gauge::default(),
+            outbox_rejected_kept: Gauge::default(),
+            outbox_delivered: Counter::default(),
+            outbox_rejected: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -138,6 +146,26 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads (SIGHUP) by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "outbox_pending_records",
+            "Dataset records in the outbox waiting for delivery to the metadata server",
+            m.outbox_pending.clone(),
+        );
+        registry.register(
+            "outbox_rejected_records",
+            "Dataset records kept in outbox/rejected/ (refused by the metadata server or unreadable)",
+            m.outbox_rejected_kept.clone(),
+        );
+        registry.register(
+            "outbox_delivered",
+            "Dataset records delivered to the metadata server by this agent",
+            m.outbox_delivered.clone(),
+        );
+        registry.register(
+            "outbox_rejected",
+            "Dataset records this agent moved aside to outbox/rejected/ (refused for good by the metadata server, or unreadable)",
+            m.outbox_rejected.clone(),
         );
         registry.register(
             "build",
@@ -248,6 +276,27 @@ impl Metrics {
         }
     }
 
+    /// The outbox's state: records pending and kept aside now, and the
+    /// totals delivered and moved aside by this process.
+    pub fn outbox(
+        &self,
+        pending: usize,
+        rejected_kept: usize,
+        delivered_total: u64,
+        rejected_total: u64,
+    ) {
+        self.outbox_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.outbox_rejected_kept
+            .set(i64::try_from(rejected_kept).unwrap_or(i64::MAX));
+        for (counter, total) in [
+            (&self.outbox_delivered, delivered_total),
+            (&self.outbox_rejected, rejected_total),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -275,6 +324,8 @@ mod tests {
         m.jobs(1, 2);
         m.next_run("db", Some(1_700_003_600.0));
         m.reload(false);
+        m.outbox(5, 1, 4, 1);
+        m.outbox(3, 1, 6, 1);
         let text = m.render();
         for line in [
             r#"tabacco_backup_last_success_timestamp_seconds{source="db"} 1700000000.5"#,
@@ -289,6 +340,10 @@ mod tests {
             r#"tabacco_jobs{state="running"} 2"#,
             r#"tabacco_backup_next_run_timestamp_seconds{source="db"} 1700003600.0"#,
             r#"tabacco_config_reloads_total{result="error"} 1"#,
+            "tabacco_outbox_pending_records 3",
+            "tabacco_outbox_rejected_records 1",
+            "tabacco_outbox_delivered_total 6",
+            "tabacco_outbox_rejected_total 1",
             &format!(
                 r#"tabacco_build_info{{version="{}"}} 1"#,
                 env!("CARGO_PKG_VERSION")

@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{CliError, load_config, open_store};
+use super::{CliError, load_config, open_stores};
 use crate::agent::{Agent, DEFAULT_HTTP_ADDR, Event};
 use crate::config_manager::ConfigManager;
 use crate::jobs::schedule::Seed;
@@ -51,7 +51,7 @@ pub async fn run(config_path: &Path, args: AgentArgs) -> Result<(), CliError> {
 
     let config = load_config(config_path)?;
     let seed = Seed::load_or_create(&config.random_seed_file).map_err(CliError::failed)?;
-    let store = open_store(&config).await?;
+    let stores = open_stores(&config).await?;
     let manager = ConfigManager::new(Arc::clone(&config)).map_err(CliError::usage)?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
@@ -63,6 +63,10 @@ pub async fn run(config_path: &Path, args: AgentArgs) -> Result<(), CliError> {
         })?;
     let addr = listener.local_addr().map_err(CliError::failed)?;
     info!(addr = %addr, "status page listening on http://{addr}/");
-    Agent::new(manager, store, seed).run(listener, rx).await;
+    let agent = Agent::new(manager, stores.store, seed);
+    if let Some(outbox) = stores.outbox {
+        agent.set_outbox(outbox);
+    }
+    agent.run(listener, rx).await;
     Ok(())
 }
