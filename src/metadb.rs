@@ -67,18 +67,31 @@ impl AppState {
         store: Arc<dyn ServerStore>,
         config: &MetadbConfig,
     ) -> Result<AppState, TlsSetupError> {
-        let tls = match &config.tls {
-            Some(files) => Some(server_tls_config(files, !config.tokens.is_empty())?),
-            None => None,
-        };
-        Ok(AppState {
+        Ok(AppState::with_tls(store, config, tls_for(config)?))
+    }
+
+    /// State for `config` on `store` with TLS prepared by [`tls_for`].
+    pub fn with_tls(
+        store: Arc<dyn ServerStore>,
+        config: &MetadbConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> AppState {
+        AppState {
             store,
             auth: AuthPolicy::from_config(config),
             metrics: Metrics::new(),
             max_body_bytes: config.max_body_bytes,
             stale_after: config.stale_after,
             tls,
-        })
+        }
+    }
+}
+
+/// The TLS configuration `config` asks for (reads its files), if any.
+pub fn tls_for(config: &MetadbConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSetupError> {
+    match &config.tls {
+        Some(files) => Ok(Some(server_tls_config(files, !config.tokens.is_empty())?)),
+        None => Ok(None),
     }
 }
 

@@ -20,7 +20,7 @@ use super::CliError;
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::metadata::open_database;
 use crate::metadb::config::{self, Overrides, RawConfig};
-use crate::metadb::{AppState, serve};
+use crate::metadb::{AppState, serve, tls_for};
 
 /// The server's configuration file when `--config` is left at its default.
 pub const DEFAULT_METADB_CONFIG_PATH: &str = "/etc/tabacco/metadb.yml";
@@ -133,10 +133,12 @@ pub async fn run(config_path: &Path, args: MetadbArgs) -> Result<(), CliError> {
         );
     }
 
+    // Check the TLS files before touching the database.
+    let tls = tls_for(&config).map_err(CliError::usage)?;
     let store = open_database(&config.database)
         .await
         .map_err(|e| CliError::failed(anyhow::anyhow!("cannot open the metadata database: {e}")))?;
-    let state = AppState::new(store.clone(), &config).map_err(CliError::usage)?;
+    let state = AppState::with_tls(store.clone(), &config, tls);
     let listener = tokio::net::TcpListener::bind(&addrs[..])
         .await
         .map_err(|e| {

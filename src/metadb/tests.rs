@@ -24,7 +24,7 @@ enum Backing {
     /// SQLite file's directory.
     Dir(tempfile::TempDir),
     /// PostgreSQL schema.
-    Schema(TestSchema),
+    Schema(Box<TestSchema>),
 }
 
 /// A running in-process server.
@@ -103,7 +103,7 @@ async fn backend(postgres: bool) -> (Arc<dyn ServerStore>, Backing) {
     if postgres {
         let schema = TestSchema::new().await;
         let store = schema.store().await;
-        (Arc::new(store), Backing::Schema(schema))
+        (Arc::new(store), Backing::Schema(Box::new(schema)))
     } else {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("metadb.sqlite"))

@@ -6,3 +6,4 @@ mod common;
 mod backup_restore;
 mod config_check;
 mod failures;
+mod metadb;
