@@ -65,12 +65,19 @@ pub fn escape(s: &str) -> String {
 pub fn format_age(d: Duration) -> String {
     let s = d.as_secs();
     let (days, hours, minutes, seconds) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let two = |big: u64, bu: &str, small: u64, su: &str| {
+        if small == 0 {
+            format!("{big}{bu}")
+        } else {
+            format!("{big}{bu} {small}{su}")
+        }
+    };
     if days > 0 {
-        format!("{days}d {hours}h")
+        two(days, "d", hours, "h")
     } else if hours > 0 {
-        format!("{hours}h {minutes}m")
+        two(hours, "h", minutes, "m")
     } else if minutes > 0 {
-        format!("{minutes}m {seconds}s")
+        two(minutes, "m", seconds, "s")
     } else {
         format!("{seconds}s")
     }
@@ -110,7 +117,7 @@ th{background:#f0f0f0}td.num{text-align:right}\
 tr.stale td{background:#fde2e1}tr.stale td.age{font-weight:bold;color:#a00}\
 .meta{color:#666;font-size:.9em}.error{color:#a00;font-weight:bold}\
 code{font-family:ui-monospace,monospace}\
-form label{margin-right:1em}";
+form label{margin-right:1em}input[type=number]{width:5em}";
 
 /// `GET /`: the page.
 pub async fn page(
