@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod backup;
 pub mod check;
+pub mod metadb;
 pub mod progress;
 pub mod query;
 pub mod restore;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the metadata server (the fleet's central index). `--config`
+    /// names its metadb.yml (default /etc/tabacco/metadb.yml if present).
+    Metadb(metadb::MetadbArgs),
 }
 
 /// `tabacco config ...`
@@ -125,6 +129,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Restore(args) => restore::run(&cli.config, args).await,
         Command::Query(args) => query::run(&cli.config, args).await,
         Command::Config(ConfigCommand::Check) => check::run(&cli.config),
+        Command::Metadb(args) => metadb::run(&cli.config, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,11 +140,13 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// A metadata store error: the user's mistake (bad pattern) is a usage
-/// error, anything else an operation failure.
+/// A metadata store error: the user's mistake (bad pattern, also when the
+/// metadata server answers 400) is a usage error, anything else an
+/// operation failure.
 pub fn store_error(e: crate::metadata::MetadataError) -> CliError {
     match e {
-        crate::metadata::MetadataError::BadRequest(_) => CliError::usage(e),
+        crate::metadata::MetadataError::BadRequest(_)
+        | crate::metadata::MetadataError::Rejected { status: 400, .. } => CliError::usage(e),
         e => CliError::failed(e),
     }
 }

@@ -7,4 +7,5 @@ mod agent;
 mod backup_restore;
 mod config_check;
 mod failures;
+mod metadb;
 mod remote;
