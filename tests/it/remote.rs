@@ -229,7 +229,11 @@ fn query_asks_the_server_and_reports_its_errors() {
     server.shared.status.store(400, Ordering::SeqCst);
     let out = env.run(&["query", "home/["]);
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(2), "a bad request is a usage error: {all}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad request is a usage error: {all}"
+    );
     assert!(
         all.contains(&format!("{}/api/find_atoms", server.url))
             && all.contains("HTTP 400")
