@@ -1,11 +1,16 @@
 //! The metadata client from the command line: `tabacco backup`, `query` and
 //! `restore` with a `metadb` section, against an HTTP stand-in for the
-//! server (scripted statuses, records kept in memory) or no server at all.
+//! server (scripted statuses, records kept in memory) or no server at all;
+//! then end to end against the real `tabacco metadb` (`e2e_*`): outages,
+//! an agent killed with records pending, and a restore on another host
+//! identity over mutual TLS.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -256,4 +261,466 @@ fn unusable_metadb_settings_exit_2_naming_the_key() {
         all.contains("metadb.tls.cert") && all.contains("missing.pem"),
         "{all}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// End to end: the real `tabacco metadb` server, `tabacco backup`, `tabacco
+// agent` and `tabacco restore`.
+
+/// A running `tabacco metadb` on a SQLite file in `dir`.
+struct Metadb {
+    child: std::process::Child,
+    /// `http(s)://127.0.0.1:PORT`.
+    base: String,
+    log: PathBuf,
+}
+
+impl Metadb {
+    /// Start with `metadb.yml` = `yaml` (plus a SQLite database in `dir`)
+    /// and `args`; wait for its `listening on` line.
+    fn start(dir: &Path, yaml: &str, args: &[&str]) -> Metadb {
+        use std::io::BufRead;
+        let config = dir.join("metadb.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "database: sqlite://{}\n{yaml}",
+                dir.join("metadb.sqlite").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("metadb-{}.log", uuid::Uuid::now_v7()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tabacco"))
+            .arg("--config")
+            .arg(&config)
+            .arg("metadb")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tabacco metadb");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let Some(base) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no 'listening on' line (got {line:?}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Metadb {
+            base: base.trim_end_matches('/').to_owned(),
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Metadb {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A running `tabacco agent`, its stderr in a file.
+struct AgentProc {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn start(env: &Env) -> AgentProc {
+        let log = env.path(&format!("agent-{}.log", uuid::Uuid::now_v7()));
+        let mut cmd = env.cmd(&["agent", "--http-addr", "127.0.0.1:0"]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let agent = AgentProc {
+            child: cmd.spawn().expect("start tabacco agent"),
+            log,
+        };
+        agent.wait_for(30, "the agent to serve", || {
+            agent.log().contains("listening on http://")
+        });
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until `cond` holds, up to `secs`; panics with the log if not.
+    fn wait_for(&self, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs}s waiting for {what}; agent log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and wait for the exit.
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// (backup id, atom path) of every atom version in a `query --json` result.
+fn versions(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for b in v.as_array().expect("a list of backups") {
+        for d in b["datasets"].as_array().unwrap() {
+            for a in d["atoms"].as_array().unwrap() {
+                out.push((
+                    b["id"].as_str().unwrap().to_string(),
+                    format!(
+                        "{}/{}/{}",
+                        d["source"].as_str().unwrap(),
+                        d["name"].as_str().unwrap(),
+                        a["name"].as_str().unwrap()
+                    ),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Backup ids of the records queued in the outbox.
+fn queued_backups(env: &Env) -> Vec<String> {
+    outbox_files(env, "")
+        .iter()
+        .filter_map(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+            Some(v["backup"]["id"].as_str()?.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn e2e_server_down_during_backups_then_delivered_once_each() {
+    let env = Env::new();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    setup(&env, &url);
+
+    // Two backups while the server is down: both succeed, both queue.
+    for n in 1..=2 {
+        let out = env.ok(&["backup", "home"]);
+        assert!(
+            out.contains(&format!("{n} record(s) pending delivery to {url}")),
+            "{out}"
+        );
+    }
+    let queued = outbox_files(&env, "");
+    assert_eq!(queued.len(), 2);
+    // An acknowledgement lost in a crash: the first record is sent again.
+    let copy = env.path("work/outbox/00000000T000000.000000000Z-resent.json");
+    std::fs::copy(&queued[0], &copy).unwrap();
+
+    let srv = tempfile::tempdir().unwrap();
+    let server = Metadb::start(srv.path(), "", &["--listen", &format!("127.0.0.1:{port}")]);
+    assert_eq!(server.base, url);
+    let out = env.ok(&["backup", "home"]);
+    assert!(
+        out.contains(&format!("metadata: 4 record(s) delivered to {url}")),
+        "{out}"
+    );
+    assert!(!out.contains("pending"), "{out}");
+    assert!(outbox_files(&env, "").is_empty());
+
+    // Three backups of two atoms, each exactly once, all from the server.
+    let v = env.query(&["home/*"]);
+    let got = versions(&v);
+    assert_eq!(got.len(), 6, "{got:?}\nserver log:\n{}", server.log());
+    let mut unique = got.clone();
+    unique.dedup();
+    assert_eq!(unique, got, "no duplicates");
+    let backups: std::collections::BTreeSet<&str> = got.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(backups.len(), 3);
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["host"] == "testhost")
+    );
+    // The snapshots are those in the repository.
+    let snaps: std::collections::BTreeSet<String> = env
+        .snapshots()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    for b in v.as_array().unwrap() {
+        let id = b["datasets"][0]["snapshot_id"].as_str().unwrap();
+        assert!(snaps.contains(id), "{id} not in {snaps:?}");
+    }
+}
+
+#[test]
+fn e2e_agent_killed_with_records_pending_delivers_them_after_a_restart() {
+    let env = Env::new();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    setup(&env, &url);
+    // Back up every second while the server is down.
+    env.write(
+        "etc/sources/home.yml",
+        &format!(
+            "name: home\nhandler: files\nschedule: '@every 1s'\nparams:\n  path: {root}\ndatasets:\n  - name: users\n    atoms:\n      - name: alice\n      - name: bob\n",
+            root = env.path("data").display()
+        ),
+    );
+    let agent = AgentProc::start(&env);
+    agent.wait_for(120, "two queued records", || {
+        outbox_files(&env, "").len() >= 2
+    });
+    agent.kill();
+    let pending = queued_backups(&env);
+    assert!(pending.len() >= 2, "{pending:?}");
+
+    // No more schedule: the restarted agent only delivers.
+    setup(&env, &url);
+    let srv = tempfile::tempdir().unwrap();
+    let server = Metadb::start(srv.path(), "", &["--listen", &format!("127.0.0.1:{port}")]);
+    let agent = AgentProc::start(&env);
+    agent.wait_for(60, "the outbox to empty", || {
+        outbox_files(&env, "").is_empty()
+    });
+    let v = env.query(&["home/*"]);
+    let delivered: std::collections::BTreeSet<String> =
+        versions(&v).into_iter().map(|(b, _)| b).collect();
+    for id in &pending {
+        assert!(
+            delivered.contains(id),
+            "backup {id} queued before the kill is not on the server; server log:\n{}\nagent log:\n{}",
+            server.log(),
+            agent.log()
+        );
+    }
+    let got = versions(&v);
+    let mut unique = got.clone();
+    unique.dedup();
+    assert_eq!(unique, got, "no duplicates");
+    let metrics = {
+        use std::io::{Read, Write};
+        let log = agent.log();
+        let addr = log
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap()
+            .to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(
+        metrics.contains("tabacco_outbox_pending_records 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("tabacco_outbox_delivered_total {}", pending.len())),
+        "{metrics}"
+    );
+    agent.stop();
+}
+
+/// A CA, a server certificate for 127.0.0.1 and client certificates for
+/// `hosts`, written as PEM files into `dir`.
+fn make_pki(dir: &Path, hosts: &[&str]) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "fleet CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let leaf = |file: &str, names: Vec<String>, cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &*ca).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf(
+        "server",
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "metadb",
+    );
+    for h in hosts {
+        leaf(h, vec![h.to_string()], h);
+    }
+}
+
+/// `agent.yml` for `host` on the shared repository `repo`, reporting to
+/// `url` with the host's client certificate from `pki`.
+fn write_host_config(env: &Env, host: &str, repo: &Path, url: &str, pki: &Path, data: &Path) {
+    env.write(
+        "etc/agent.yml",
+        &format!(
+            "hostname: {host}\nwork_dir: {work}\nrepository:\n  name: main\n  type: restic\n  params:\n    uri: {repo}\n    password: \"{pw}\"\nmetadb:\n  url: {url}\n  tls:\n    cert: {pki}/{host}.pem\n    key: {pki}/{host}.key\n    ca: {pki}/ca.pem\n",
+            work = env.path("work").display(),
+            repo = repo.display(),
+            pw = crate::common::PASSWORD,
+            pki = pki.display(),
+        ),
+    );
+    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
+    env.write(
+        "etc/sources/home.yml",
+        &format!(
+            "name: home\nhandler: files\nparams:\n  path: {root}\ndatasets:\n  - name: users\n    atoms:\n      - name: alice\n      - name: bob\n",
+            root = data.display()
+        ),
+    );
+}
+
+#[test]
+fn e2e_host_b_restores_what_the_agent_of_host_a_backed_up_over_mutual_tls() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path(), &["host-a", "host-b"]);
+    let srv = tempfile::tempdir().unwrap();
+    let server = Metadb::start(
+        srv.path(),
+        &format!(
+            "listen: 127.0.0.1:0\ntls:\n  cert: {p}/server.pem\n  key: {p}/server.key\n  client_ca: {p}/ca.pem\n",
+            p = pki.path().display()
+        ),
+        &[],
+    );
+    assert!(
+        server.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.base
+    );
+
+    // Host A: the agent backs up on its schedule through the server.
+    let a = Env::new();
+    let data = a.path("data");
+    write_host_config(&a, "host-a", &a.repo(), &server.base, pki.path(), &data);
+    a.write("data/alice/notes.txt", "alice's notes\n");
+    a.write("data/alice/deep/blob.bin", &"0123456789".repeat(5000));
+    a.write("data/bob/todo.txt", "bob\n");
+    a.write(
+        "etc/sources/home.yml",
+        &format!(
+            "name: home\nhandler: files\nschedule: '@every 2s'\nparams:\n  path: {root}\ndatasets:\n  - name: users\n    atoms:\n      - name: alice\n      - name: bob\n",
+            root = data.display()
+        ),
+    );
+    let agent = AgentProc::start(&a);
+    agent.wait_for(120, "a backup recorded on the server", || {
+        let out = a.run(&["query", "--json", "--host", "host-a", "home/users/alice"]);
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout)
+                .is_ok_and(|v| v.as_array().is_some_and(|l| !l.is_empty()))
+    });
+    agent.stop();
+    let v = a.query(&["home/*"]);
+    assert!(v.as_array().unwrap().iter().all(|b| b["host"] == "host-a"));
+
+    // Host B: another identity, same repository; finds A's atom and
+    // restores it byte for byte.
+    let b = Env::new();
+    write_host_config(&b, "host-b", &a.repo(), &server.base, pki.path(), &data);
+    let target = b.path("restored");
+    let out = b.ok(&[
+        "restore",
+        "--host",
+        "host-a",
+        "--target",
+        target.to_str().unwrap(),
+        "home/users/alice",
+    ]);
+    assert!(out.contains("host host-a"), "{out}");
+    let restored = target.join(data.strip_prefix("/").unwrap());
+    assert_eq!(
+        crate::common::read(&restored.join("alice/notes.txt")),
+        b"alice's notes\n"
+    );
+    assert_eq!(
+        crate::common::read(&restored.join("alice/deep/blob.bin")),
+        "0123456789".repeat(5000).as_bytes()
+    );
+    assert!(!restored.join("bob").exists(), "only the asked atom");
+
+    // B's identity may read A's records but not write them.
+    let mut rec: Value = serde_json::from_value(json!({
+        "backup": v[0].clone(),
+        "dataset": v[0]["datasets"][0].clone(),
+    }))
+    .unwrap();
+    rec["backup"]["datasets"] = json!([]);
+    std::fs::create_dir_all(b.path("work/outbox")).unwrap();
+    std::fs::write(
+        b.path("work/outbox/00000000T000000.000000000Z-forged.json"),
+        serde_json::to_vec(&rec).unwrap(),
+    )
+    .unwrap();
+    b.write("data-b/x", "x\n");
+    b.write(
+        "etc/sources/home.yml",
+        &format!(
+            "name: home\nhandler: files\nparams:\n  path: {root}\ndatasets:\n  - name: users\n    atoms:\n      - name: x\n",
+            root = b.path("data-b").display()
+        ),
+    );
+    let out = b.run(&["backup", "home"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let reason = std::fs::read_to_string(
+        b.path("work/outbox/rejected/00000000T000000.000000000Z-forged.reason"),
+    )
+    .unwrap();
+    assert!(reason.contains("HTTP 403"), "{reason}");
+    // B's own record went through.
+    let mine = b.query(&["--host", "host-b", "home/*"]);
+    assert_eq!(versions(&mine).len(), 1);
 }
