@@ -724,3 +724,41 @@ fn e2e_host_b_restores_what_the_agent_of_host_a_backed_up_over_mutual_tls() {
     let mine = b.query(&["--host", "host-b", "home/*"]);
     assert_eq!(versions(&mine).len(), 1);
 }
+
+#[test]
+fn e2e_bearer_token_is_accepted_and_a_wrong_one_keeps_records_queued() {
+    use sha2::Digest;
+    let srv = tempfile::tempdir().unwrap();
+    let hash = hex::encode(sha2::Sha256::digest(b"token-of-testhost"));
+    let server = Metadb::start(
+        srv.path(),
+        &format!("listen: 127.0.0.1:0\ntokens:\n  testhost: {hash}\n"),
+        &[],
+    );
+    let env = Env::new();
+    setup(&env, &server.base);
+    env.write("etc/token", "wrong-token\n");
+    env.write_main(&format!(
+        "metadb:\n  url: {}\n  token_file: {}\n",
+        server.base,
+        env.path("etc/token").display()
+    ));
+
+    // Bad credentials are this host's setup problem, not the record's: it
+    // stays queued (not rejected) and the backup still succeeds.
+    let out = env.ok(&["backup", "home"]);
+    assert!(out.contains("1 record(s) pending delivery"), "{out}");
+    assert!(
+        out.contains("HTTP 401") && out.contains("metadb.token_file"),
+        "{out}"
+    );
+    assert!(outbox_files(&env, "rejected").is_empty());
+    let out = env.run(&["query", "home/*"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // With the right token, the next backup delivers both.
+    env.write("etc/token", "token-of-testhost\n");
+    let out = env.ok(&["backup", "home"]);
+    assert!(out.contains("metadata: 2 record(s) delivered"), "{out}");
+    assert_eq!(versions(&env.query(&["home/*"])).len(), 4);
+}
