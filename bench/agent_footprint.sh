@@ -43,9 +43,9 @@ def start_agent():
                 sys.exit(f"agent exited with {p.returncode} before listening")
             time.sleep(0.0005)
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
 
 def stop(p):
@@ -71,6 +71,7 @@ p, _ = start_agent()
 s = subprocess.Popen(["sleep", str(idle + 5)])
 time.sleep(idle)
 a, b = rss_kib(p.pid), rss_kib(s.pid)
+anon, filed = rss_kib(p.pid, "RssAnon"), rss_kib(p.pid, "RssFile")
 stop(p); s.kill()
-print(f"  idle RSS after {idle}s: tabacco agent {a / 1024:.1f} MiB, sleep {b / 1024:.1f} MiB (tabacco - sleep = {(a - b) / 1024:.1f} MiB)")
+print(f"  idle RSS after {idle}s: tabacco agent {a / 1024:.1f} MiB ({anon / 1024:.1f} MiB private, {filed / 1024:.1f} MiB file-backed code pages), sleep {b / 1024:.1f} MiB; tabacco / sleep = {a / b:.1f}")
 PY
