@@ -14,8 +14,8 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
-use crate::config::params::ParamTypeError;
 use crate::config::{HandlerSpec, HandlerType, SourceSpec};
+use crate::config::params::ParamTypeError;
 use crate::model::{Backup, Dataset};
 use crate::repository::{ProgressFn, RepoError, SnapshotInfo, SnapshotMeta};
 use crate::runtime::RuntimeContext;

@@ -7,10 +7,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = tabacco::cli::Cli::parse();
     tabacco::logging::init(cli.log_format, cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tabacco: cannot start the async runtime: {e}");

@@ -245,9 +245,7 @@ impl Manager {
         let now = Utc::now();
         let backup = Backup {
             id: new_id(),
-            timestamp: now
-                .duration_trunc(chrono::TimeDelta::microseconds(1))
-                .unwrap_or(now),
+            timestamp: now.duration_trunc(chrono::TimeDelta::microseconds(1)).unwrap_or(now),
             host: rctx.hostname().to_string(),
             datasets: Vec::new(),
         };
@@ -275,11 +273,7 @@ impl Manager {
             let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
             let ok = fatal.is_none() && state.failures.is_empty();
             if let Some(cmd) = &source.post_backup_command {
-                let env = with_var(
-                    source_env(&backup, &source.name),
-                    "TABACCO_STATUS",
-                    status_word(ok),
-                );
+                let env = with_var(source_env(&backup, &source.name), "TABACCO_STATUS", status_word(ok));
                 if let Err(e) = rctx.shell().run(cmd, &env).await {
                     let e = ManagerError::Command {
                         source_name: source.name.clone(),
@@ -301,10 +295,7 @@ impl Manager {
             };
             let elapsed = started.elapsed().as_secs_f64();
             if report.is_ok() {
-                info!(
-                    datasets = report.backup.datasets.len(),
-                    elapsed, "backup finished"
-                );
+                info!(datasets = report.backup.datasets.len(), elapsed, "backup finished");
             } else {
                 error!(
                     datasets = report.backup.datasets.len(),
@@ -332,14 +323,11 @@ impl Manager {
         let shell = rctx.shell();
         let env = source_env(backup, &source.name);
         if let Some(cmd) = &source.pre_backup_command {
-            shell
-                .run(cmd, &env)
-                .await
-                .map_err(|error| ManagerError::Command {
-                    source_name: source.name.clone(),
-                    what: "pre_backup_command",
-                    error,
-                })?;
+            shell.run(cmd, &env).await.map_err(|error| ManagerError::Command {
+                source_name: source.name.clone(),
+                what: "pre_backup_command",
+                error,
+            })?;
         }
         let specs = match &source.datasets {
             DatasetsSource::Static(specs) => specs.clone(),
@@ -348,14 +336,11 @@ impl Manager {
                 return Ok(());
             }
             DatasetsSource::Command(cmd) => {
-                let out = shell
-                    .output(cmd, &env)
-                    .await
-                    .map_err(|error| ManagerError::Command {
-                        source_name: source.name.clone(),
-                        what: "datasets_command",
-                        error,
-                    })?;
+                let out = shell.output(cmd, &env).await.map_err(|error| ManagerError::Command {
+                    source_name: source.name.clone(),
+                    what: "datasets_command",
+                    error,
+                })?;
                 let text = String::from_utf8_lossy(&out);
                 parse_dataset_specs(&text).map_err(|message| ManagerError::BadDatasets {
                     source_name: source.name.clone(),
@@ -409,11 +394,7 @@ impl Manager {
                 Vec::new()
             }
             AtomsSource::Command(cmd) => {
-                let env = with_var(
-                    source_env(backup, &source.name),
-                    "TABACCO_DATASET",
-                    &spec.name,
-                );
+                let env = with_var(source_env(backup, &source.name), "TABACCO_DATASET", &spec.name);
                 let out = rctx.shell().output(cmd, &env).await.map_err(|error| {
                     ManagerError::Command {
                         source_name: source.name.clone(),
@@ -529,9 +510,7 @@ impl Manager {
         for b in &backups {
             for ds in &b.datasets {
                 for a in &ds.atoms {
-                    *versions
-                        .entry(atom_path(&ds.source, &ds.name, &a.name))
-                        .or_default() += 1;
+                    *versions.entry(atom_path(&ds.source, &ds.name, &a.name)).or_default() += 1;
                 }
             }
         }
@@ -541,10 +520,7 @@ impl Manager {
         let mut by_source: BTreeMap<String, Vec<(&Backup, &Dataset)>> = BTreeMap::new();
         for b in &backups {
             for ds in &b.datasets {
-                by_source
-                    .entry(ds.source.clone())
-                    .or_default()
-                    .push((b, ds));
+                by_source.entry(ds.source.clone()).or_default().push((b, ds));
             }
         }
         // Every source must be known before anything is touched.
@@ -553,32 +529,26 @@ impl Manager {
             let source = rctx
                 .find_source(name)
                 .ok_or_else(|| ManagerError::UnknownSource(name.clone()))?;
-            let hspec =
-                rctx.handler_spec(&source.handler)
-                    .ok_or_else(|| ManagerError::UnknownHandler {
-                        source_name: source.name.clone(),
-                        handler: source.handler.clone(),
-                    })?;
+            let hspec = rctx
+                .handler_spec(&source.handler)
+                .ok_or_else(|| ManagerError::UnknownHandler {
+                    source_name: source.name.clone(),
+                    handler: source.handler.clone(),
+                })?;
             handlers.insert(name.clone(), handler::for_source(hspec, source)?);
         }
 
         let dry_run = rctx.shell().is_dry_run();
         if !dry_run {
-            tokio::fs::create_dir_all(target)
-                .await
-                .map_err(|source| ManagerError::Io {
-                    context: format!("cannot create restore target {}", target.display()),
-                    source,
-                })?;
+            tokio::fs::create_dir_all(target).await.map_err(|source| ManagerError::Io {
+                context: format!("cannot create restore target {}", target.display()),
+                source,
+            })?;
         }
         let mut report = RestoreReport::default();
         for (name, items) in &by_source {
-            let Some(source) = rctx.find_source(name) else {
-                continue;
-            };
-            let Some(handler) = handlers.get(name) else {
-                continue;
-            };
+            let Some(source) = rctx.find_source(name) else { continue };
+            let Some(handler) = handlers.get(name) else { continue };
             let span = info_span!("restore", source = %name);
             async {
                 let env = vec![
@@ -656,10 +626,7 @@ impl Manager {
             .await;
         }
         if !report.failures.is_empty() {
-            warn!(
-                failed = report.failures.len(),
-                "restore finished with errors"
-            );
+            warn!(failed = report.failures.len(), "restore finished with errors");
         }
         Ok(report)
     }

@@ -144,11 +144,7 @@ pub trait Repository: Send + Sync {
 }
 
 /// Build the repository described by the configuration.
-pub fn from_spec(
-    spec: &RepositorySpec,
-    _n: i32,
-    _i: i32,
-) -> Result<Arc<dyn Repository>, RepoError> {
+pub fn from_spec(spec: &RepositorySpec, _n: i32, _i: i32) -> Result<Arc<dyn Repository>, RepoError> {
     match spec.kind.as_str() {
         "restic" => Ok(Arc::new(restic::Restic::from_spec(spec)?)),
         other => Err(RepoError::Config {

@@ -45,11 +45,7 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
         return Err(CliError::usage(anyhow::anyhow!(
             "unknown source(s): {} (configured: {})",
             unknown.join(", "),
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
         )));
     }
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
@@ -65,12 +61,7 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
         progress::suspend(|| {
             for ds in &report.planned {
                 let atoms: Vec<&str> = ds.atoms.iter().map(|a| a.name.as_str()).collect();
-                println!(
-                    "dry run: would back up {}/{}: atoms {}",
-                    ds.source,
-                    ds.name,
-                    atoms.join(", ")
-                );
+                println!("dry run: would back up {}/{}: atoms {}", ds.source, ds.name, atoms.join(", "));
             }
             for ds in &report.backup.datasets {
                 println!(
@@ -95,10 +86,7 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
                 println!(
                     "{name}: backup {} at {}: {} dataset(s) recorded, {} failed",
                     report.backup.id,
-                    report
-                        .backup
-                        .timestamp
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    report.backup.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     report.backup.datasets.len(),
                     report.failures.len() + usize::from(report.fatal.is_some()),
                 );

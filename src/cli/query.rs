@@ -63,8 +63,7 @@ pub fn table(backups: &[Backup]) -> String {
         for ds in &b.datasets {
             for a in &ds.atoms {
                 rows.push([
-                    b.timestamp
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    b.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     b.host.clone(),
                     atom_path(&ds.source, &ds.name, &a.name),
                     ds.snapshot_id.chars().take(8).collect(),
@@ -111,14 +110,8 @@ mod tests {
                 name: "users".into(),
                 source: "home".into(),
                 atoms: vec![
-                    Atom {
-                        name: "alice".into(),
-                        path: String::new(),
-                    },
-                    Atom {
-                        name: "bob".into(),
-                        path: String::new(),
-                    },
+                    Atom { name: "alice".into(), path: String::new() },
+                    Atom { name: "bob".into(), path: String::new() },
                 ],
                 snapshot_id: "0123456789abcdef".into(),
                 total_files: 1,

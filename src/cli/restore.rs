@@ -55,19 +55,14 @@ pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> 
         .restore(&rctx, &req, &args.target)
         .await
         .map_err(CliError::failed)?;
-    let verb = if config.dry_run {
-        "would restore"
-    } else {
-        "restored"
-    };
+    let verb = if config.dry_run { "would restore" } else { "restored" };
     progress::suspend(|| {
         for item in &report.restored {
             println!(
                 "{verb} {} from backup {} ({}, host {}) into {}",
                 item.atoms.join(", "),
                 item.backup_id,
-                item.timestamp
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                item.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 item.host,
                 item.target.display()
             );

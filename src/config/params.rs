@@ -266,16 +266,7 @@ mod tests {
     fn debug_hides_secret_values() {
         let m = p(&[
             ("password", ParamValue::Str("hunter2".into())),
-            (
-                "env",
-                ParamValue::Map(
-                    [(
-                        "AWS_SECRET_ACCESS_KEY".to_string(),
-                        ParamValue::Str("s3cr3t".into()),
-                    )]
-                    .into(),
-                ),
-            ),
+            ("env", ParamValue::Map([("AWS_SECRET_ACCESS_KEY".to_string(), ParamValue::Str("s3cr3t".into()))].into())),
             ("uri", ParamValue::Str("/srv/repo".into())),
         ]);
         let d = format!("{m:?}");

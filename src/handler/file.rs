@@ -37,11 +37,7 @@ impl FileHandler {
     }
 
     fn paths(&self, dataset: &Dataset) -> Vec<PathBuf> {
-        dataset
-            .atoms
-            .iter()
-            .map(|a| self.atom_abs_path(a))
-            .collect()
+        dataset.atoms.iter().map(|a| self.atom_abs_path(a)).collect()
     }
 }
 
@@ -79,11 +75,7 @@ impl Handler for FileHandler {
             if let Err(e) = tokio::fs::symlink_metadata(&path).await {
                 return Err(HandlerError::Dataset {
                     dataset: dataset.name.clone(),
-                    message: format!(
-                        "atom '{}': cannot access {}: {e}",
-                        atom.name,
-                        path.display()
-                    ),
+                    message: format!("atom '{}': cannot access {}: {e}", atom.name, path.display()),
                 });
             }
         }
@@ -115,15 +107,9 @@ mod tests {
     #[test]
     fn atom_path_defaults_to_name_below_root() {
         let h = FileHandler::new("/srv/data".into());
-        let a = Atom {
-            name: "user1".into(),
-            path: String::new(),
-        };
+        let a = Atom { name: "user1".into(), path: String::new() };
         assert_eq!(h.atom_abs_path(&a), PathBuf::from("/srv/data/user1"));
-        let a = Atom {
-            name: "user1".into(),
-            path: "mail/u1".into(),
-        };
+        let a = Atom { name: "user1".into(), path: "mail/u1".into() };
         assert_eq!(h.atom_abs_path(&a), PathBuf::from("/srv/data/mail/u1"));
     }
 }

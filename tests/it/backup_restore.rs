@@ -4,7 +4,10 @@
 use crate::common::{Env, atom_versions, read};
 
 fn file_source(env: &Env) {
-    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
+    env.write(
+        "etc/handlers/files.yml",
+        "name: files\ntype: file\n",
+    );
     env.write(
         "etc/sources/home.yml",
         &format!(
@@ -37,10 +40,7 @@ fn file_source_versions_restore_byte_identical_per_atom() {
     // Both versions of every atom are listed.
     let all = atom_versions(&env.query(&["home/*"]));
     assert_eq!(all.len(), 6, "{all:?}");
-    let alice: Vec<_> = all
-        .iter()
-        .filter(|(p, _)| p == "home/users/alice")
-        .collect();
+    let alice: Vec<_> = all.iter().filter(|(p, _)| p == "home/users/alice").collect();
     assert_eq!(alice.len(), 2);
     assert_ne!(alice[0].1, alice[1].1, "two different backups");
     // The table lists them too.
@@ -50,76 +50,33 @@ fn file_source_versions_restore_byte_identical_per_atom() {
 
     // Restore alice as of the first backup: byte-identical to v1.
     let t1 = env.path("restore1");
-    env.ok(&[
-        "restore",
-        "--target",
-        t1.to_str().unwrap(),
-        "--older-than",
-        &between,
-        "home/users/alice",
-    ]);
+    env.ok(&["restore", "--target", t1.to_str().unwrap(), "--older-than", &between, "home/users/alice"]);
     let restored = t1.join(env.path("data").strip_prefix("/").unwrap());
     assert_eq!(read(&restored.join("alice/notes.txt")), b"alice v1\n");
-    assert_eq!(
-        read(&restored.join("alice/deep/dir/file.bin")),
-        "x".repeat(10_000).as_bytes()
-    );
-    assert!(
-        !restored.join("alice/new.txt").exists(),
-        "v2 file must not be in v1"
-    );
-    assert!(
-        !restored.join("bob").exists(),
-        "other atoms are not restored"
-    );
-    assert!(
-        !restored.join("carol-home").exists(),
-        "other atoms are not restored"
-    );
+    assert_eq!(read(&restored.join("alice/deep/dir/file.bin")), "x".repeat(10_000).as_bytes());
+    assert!(!restored.join("alice/new.txt").exists(), "v2 file must not be in v1");
+    assert!(!restored.join("bob").exists(), "other atoms are not restored");
+    assert!(!restored.join("carol-home").exists(), "other atoms are not restored");
 
     // Newest version by default.
     let t2 = env.path("restore2");
-    env.ok(&[
-        "restore",
-        "--target",
-        t2.to_str().unwrap(),
-        "home/users/alice",
-    ]);
+    env.ok(&["restore", "--target", t2.to_str().unwrap(), "home/users/alice"]);
     let restored = t2.join(env.path("data").strip_prefix("/").unwrap());
-    assert_eq!(
-        read(&restored.join("alice/notes.txt")),
-        b"alice v2, longer\n"
-    );
+    assert_eq!(read(&restored.join("alice/notes.txt")), b"alice v2, longer\n");
     assert_eq!(read(&restored.join("alice/new.txt")), b"new in v2\n");
     assert!(!restored.join("bob").exists());
 
     // An atom with its own path restores from that path.
     let t3 = env.path("restore3");
-    env.ok(&[
-        "restore",
-        "--target",
-        t3.to_str().unwrap(),
-        "home/users/carol",
-    ]);
+    env.ok(&["restore", "--target", t3.to_str().unwrap(), "home/users/carol"]);
     let restored = t3.join(env.path("data").strip_prefix("/").unwrap());
     assert_eq!(read(&restored.join("carol-home/c.txt")), b"carol v1\n");
     assert!(!restored.join("alice").exists());
 
     // Two versions at once go to per-backup directories.
     let t4 = env.path("restore4");
-    let out = env.ok(&[
-        "restore",
-        "--target",
-        t4.to_str().unwrap(),
-        "--num-versions",
-        "2",
-        "home/users/bob",
-    ]);
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("restored")).count(),
-        2,
-        "{out}"
-    );
+    let out = env.ok(&["restore", "--target", t4.to_str().unwrap(), "--num-versions", "2", "home/users/bob"]);
+    assert_eq!(out.lines().filter(|l| l.starts_with("restored")).count(), 2, "{out}");
     let dirs: Vec<_> = std::fs::read_dir(&t4).unwrap().collect();
     assert_eq!(dirs.len(), 2);
 }
@@ -128,12 +85,7 @@ fn file_source_versions_restore_byte_identical_per_atom() {
 fn restore_of_unknown_pattern_fails_clearly() {
     let env = Env::new();
     file_source(&env);
-    let out = env.run(&[
-        "restore",
-        "--target",
-        env.path("t").to_str().unwrap(),
-        "nothing/*",
-    ]);
+    let out = env.run(&["restore", "--target", env.path("t").to_str().unwrap(), "nothing/*"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(crate::common::text(&out).contains("no backed up atom matches 'nothing/*'"));
 }
@@ -154,9 +106,7 @@ fn pipe_source_round_trip_is_byte_identical() {
         "name: db\nhandler: dump\ndatasets:\n  - name: site42\n    atoms: [{name: main}]\n",
     );
     // Generated data: 3 MB of pseudo-random bytes.
-    let data: Vec<u8> = (0u32..3_000_000)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let data: Vec<u8> = (0u32..3_000_000).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(env.path("main.dump"), &data).unwrap();
     let out = env
         .cmd(&["backup", "db"])
@@ -167,19 +117,10 @@ fn pipe_source_round_trip_is_byte_identical() {
     let q = env.query(&["db/site42/main"]);
     assert_eq!(atom_versions(&q).len(), 1);
     assert_eq!(q[0]["host"], "testhost");
-    assert_eq!(
-        q[0]["datasets"][0]["snapshot_id"].as_str().unwrap().len(),
-        64,
-        "full snapshot id"
-    );
+    assert_eq!(q[0]["datasets"][0]["snapshot_id"].as_str().unwrap().len(), 64, "full snapshot id");
 
     let target = env.path("out");
-    env.ok(&[
-        "restore",
-        "--target",
-        target.to_str().unwrap(),
-        "db/site42/main",
-    ]);
+    env.ok(&["restore", "--target", target.to_str().unwrap(), "db/site42/main"]);
     assert_eq!(read(&target.join("main.restored")), data);
 }
 
@@ -213,18 +154,9 @@ fn hooks_and_dynamic_datasets_get_names_in_environment() {
     let text = crate::common::text(&out);
     // Dataset `bad` lists an unsafe atom name: it fails, `good` is backed up.
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(
-        text.contains("FAILED  db/bad") && text.contains("../escape"),
-        "{text}"
-    );
-    assert!(
-        !env.path("pwned").exists(),
-        "atom name was executed as shell text"
-    );
-    assert_eq!(
-        std::fs::read_to_string(&log).unwrap(),
-        "pre db\npost error\n"
-    );
+    assert!(text.contains("FAILED  db/bad") && text.contains("../escape"), "{text}");
+    assert!(!env.path("pwned").exists(), "atom name was executed as shell text");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "pre db\npost error\n");
     let q = env.query(&["db/*"]);
     let atoms: Vec<String> = atom_versions(&q).into_iter().map(|(p, _)| p).collect();
     assert_eq!(atoms, vec!["db/good/$(touch pwned)".to_string()]);

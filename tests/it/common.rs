@@ -94,11 +94,7 @@ impl Env {
             .env("RESTIC_PASSWORD", PASSWORD)
             .output()
             .expect("restic runs");
-        assert!(
-            out.status.success(),
-            "restic snapshots: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "restic snapshots: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("restic JSON")
     }
 }

@@ -13,10 +13,7 @@ fn good_tree_prints_a_summary_without_secrets() {
     let out = env.ok(&["config", "check"]);
     assert!(out.contains("home") && out.contains("files"), "{out}");
     assert!(out.contains("configuration OK"), "{out}");
-    assert!(
-        !out.contains(crate::common::PASSWORD),
-        "password shown: {out}"
-    );
+    assert!(!out.contains(crate::common::PASSWORD), "password shown: {out}");
 }
 
 #[test]

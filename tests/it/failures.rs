@@ -33,18 +33,12 @@ fn file_source(env: &Env) {
 #[test]
 fn dump_failing_midway_leaves_no_record_and_no_snapshot() {
     let env = Env::new();
-    pipe_source(
-        &env,
-        "head -c 200000 /dev/zero; echo 'dump exploded' >&2; exit 3",
-    );
+    pipe_source(&env, "head -c 200000 /dev/zero; echo 'dump exploded' >&2; exit 3");
     let out = env.run(&["backup", "db"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("exit status 3"), "{t}");
-    assert!(
-        t.contains("dump exploded"),
-        "stderr tail of the dump is shown: {t}"
-    );
+    assert!(t.contains("dump exploded"), "stderr tail of the dump is shown: {t}");
     assert!(atom_versions(&env.query(&["*"])).is_empty());
     assert!(env.snapshots().is_empty(), "partial snapshot was forgotten");
 }
@@ -74,11 +68,7 @@ fn restic_missing_from_path_is_a_clear_error() {
     file_source(&env);
     let empty = env.path("empty-bin");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = env
-        .cmd(&["backup", "home"])
-        .env("PATH", &empty)
-        .output()
-        .unwrap();
+    let out = env.cmd(&["backup", "home"]).env("PATH", &empty).output().unwrap();
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("restic") && t.contains("not found"), "{t}");
@@ -127,10 +117,7 @@ fn dry_run_executes_nothing_and_records_nothing() {
         ),
     );
     let out = env.ok(&["backup", "--dry-run", "home"]);
-    assert!(
-        out.contains("would back up home/users: atoms alice"),
-        "{out}"
-    );
+    assert!(out.contains("would back up home/users: atoms alice"), "{out}");
     assert!(!marker.exists(), "dry run ran a hook");
     assert!(!env.repo().exists(), "dry run touched the repository");
     assert!(atom_versions(&env.query(&["*"])).is_empty());
@@ -153,19 +140,8 @@ fn source_timeout_kills_the_dump_and_records_nothing() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("timed out after 2s"), "{t}");
-    assert!(
-        started.elapsed().as_secs() < 15,
-        "took {:?}",
-        started.elapsed()
-    );
-    let ps = Command::new("pgrep")
-        .args(["-f", "sleep 30; echo late"])
-        .output()
-        .unwrap();
-    assert!(
-        ps.stdout.is_empty(),
-        "dump survived: {}",
-        String::from_utf8_lossy(&ps.stdout)
-    );
+    assert!(started.elapsed().as_secs() < 15, "took {:?}", started.elapsed());
+    let ps = Command::new("pgrep").args(["-f", "sleep 30; echo late"]).output().unwrap();
+    assert!(ps.stdout.is_empty(), "dump survived: {}", String::from_utf8_lossy(&ps.stdout));
     assert!(atom_versions(&env.query(&["*"])).is_empty());
 }
