@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod backup;
 pub mod check;
+pub mod metadb;
 pub mod progress;
 pub mod query;
 pub mod restore;
@@ -79,6 +80,9 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the metadata server (the fleet's central index). `--config`
+    /// names its metadb.yml (default /etc/tabacco/metadb.yml if present).
+    Metadb(metadb::MetadbArgs),
 }
 
 /// `tabacco config ...`
@@ -124,6 +128,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Restore(args) => restore::run(&cli.config, args).await,
         Command::Query(args) => query::run(&cli.config, args).await,
         Command::Config(ConfigCommand::Check) => check::run(&cli.config),
+        Command::Metadb(args) => metadb::run(&cli.config, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@
 //!
 //! Data flows one way: `cli` -> `manager` -> `handler` -> `repository` ->
 //! `process`; user commands run through `shell`; the index sits behind the
-//! `metadata::MetadataStore` trait.
+//! `metadata::MetadataStore` trait; `metadb` is the metadata server.
 
 pub mod agent;
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod logging;
 pub mod manager;
 pub mod metadata;
+pub mod metadb;
 pub mod model;
 pub mod process;
 pub mod repository;

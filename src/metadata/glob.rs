@@ -23,6 +23,10 @@
 //! index on the path serves (byte order of UTF-8, i.e. code point order:
 //! SQLite's `BINARY` collation, PostgreSQL's `COLLATE "C"`). The range is a
 //! superset of the matches; the store still applies the full pattern.
+//!
+//! PostgreSQL has no `GLOB`: [`Pattern::to_postgres_regex`] translates the
+//! parsed pattern into an equivalent anchored regular expression for its
+//! `~` operator.
 
 use std::fmt;
 
@@ -279,6 +283,76 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// The pattern as an anchored PostgreSQL regular expression (for the
+    /// `~` operator) matching exactly the paths [`Pattern::matches`]
+    /// accepts; `None` when no path can match (a class with only empty
+    /// ranges such as `[c-a]`), so the store need not query at all.
+    ///
+    /// Every character other than an ASCII letter or digit is written as a
+    /// `\uXXXX` / `\UXXXXXXXX` escape, inside and outside brackets, so no
+    /// pattern character is ever a regex operator. `.` matches any
+    /// character including newline (PostgreSQL's default, not
+    /// newline-sensitive), and `$` only the end of the text.
+    pub fn to_postgres_regex(&self) -> Option<String> {
+        let mut re = String::with_capacity(self.text.len() * 2 + 2);
+        re.push('^');
+        for token in &self.tokens {
+            match token {
+                Token::Literal(c) => push_regex_char(&mut re, *c),
+                Token::AnyOne => re.push('.'),
+                Token::AnySeq => re.push_str(".*"),
+                Token::Class { negated, items } => {
+                    let items: Vec<&ClassItem> = items
+                        .iter()
+                        .filter(|item| match item {
+                            ClassItem::Char(_) => true,
+                            ClassItem::Range(lo, hi) => lo <= hi,
+                        })
+                        .collect();
+                    if items.is_empty() {
+                        if *negated {
+                            // Not in an empty class: any character.
+                            re.push('.');
+                            continue;
+                        }
+                        return None;
+                    }
+                    re.push('[');
+                    if *negated {
+                        re.push('^');
+                    }
+                    for item in items {
+                        match *item {
+                            ClassItem::Char(c) => push_regex_char(&mut re, c),
+                            ClassItem::Range(lo, hi) => {
+                                push_regex_char(&mut re, lo);
+                                re.push('-');
+                                push_regex_char(&mut re, hi);
+                            }
+                        }
+                    }
+                    re.push(']');
+                }
+            }
+        }
+        re.push('$');
+        Some(re)
+    }
+}
+
+/// Append `c` to a PostgreSQL regular expression as a literal character.
+fn push_regex_char(re: &mut String, c: char) {
+    use std::fmt::Write;
+    if c.is_ascii_alphanumeric() {
+        re.push(c);
+    } else if u32::from(c) <= 0xFFFF {
+        let _ = write!(re, "\\u{:04X}", u32::from(c));
+    } else {
+        let _ = write!(re, "\\U{:08X}", u32::from(c));
+    }
+}
+
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -431,6 +505,23 @@ mod tests {
         assert!(Pattern::parse(&"a".repeat(MAX_PATTERN_LEN)).is_ok());
         let msg = Pattern::parse("[ab").unwrap_err().to_string();
         assert!(msg.contains("not closed"), "{msg}");
+    }
+
+    #[test]
+    fn postgres_regex_escapes_everything_but_ascii_alphanumerics() {
+        assert_eq!(
+            p("my.sql/d*").to_postgres_regex().as_deref(),
+            Some("^my\\u002Esql\\u002Fd.*$")
+        );
+        assert_eq!(
+            p("a?[^]x-z]é\u{1F600}").to_postgres_regex().as_deref(),
+            Some("^a.[^\\u005Dxx-z]\\u00E9\\U0001F600$")
+        );
+        // Empty ranges are dropped (the character before '-' stays a
+        // member, as in SQLite).
+        assert_eq!(p("a[c-a]").to_postgres_regex().as_deref(), Some("^a[c]$"));
+        assert_eq!(p("a[c-ab]").to_postgres_regex().as_deref(), Some("^a[cb]$"));
+        assert_eq!(p("a[^c-a]").to_postgres_regex().as_deref(), Some("^a[^c]$"));
     }
 
     #[test]

@@ -32,10 +32,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::glob::{PathCondition, Pattern};
-use super::{MetadataError, MetadataStore};
-use crate::model::{
-    Atom, Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest, atom_path,
-};
+pub use super::{HostActiveJobs, HostSummary};
+use super::{MetadataError, MetadataStore, ServerStore, jobs_json, validate_add, validate_find};
+use crate::model::{Atom, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, atom_path};
 
 /// How long a connection waits for another process's write lock before
 /// failing with "database is locked".
@@ -60,28 +59,6 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The file path, for error messages.
     location: String,
-}
-
-/// The latest running-jobs report of one host.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostActiveJobs {
-    /// The reporting host.
-    pub host: String,
-    /// When the store received the report.
-    pub received: DateTime<Utc>,
-    /// The jobs running on the host at that time (possibly none).
-    pub jobs: Vec<JobStatus>,
-}
-
-/// A host that has backups in the index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostSummary {
-    /// Host name.
-    pub host: String,
-    /// Start time of its newest backup.
-    pub last_backup: DateTime<Utc>,
-    /// Number of its backups in the index.
-    pub backups: i64,
 }
 
 impl SqliteStore {
@@ -283,57 +260,6 @@ fn is_busy(e: &sqlx::Error) -> bool {
             .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
         _ => false,
     }
-}
-
-/// Refuse an empty required field.
-fn require(what: &str, value: &str) -> Result<(), MetadataError> {
-    if value.is_empty() {
-        return Err(MetadataError::BadRequest(format!("{what} is empty")));
-    }
-    Ok(())
-}
-
-/// Refuse text SQL cannot carry faithfully.
-fn no_nul(what: &str, value: &str) -> Result<(), MetadataError> {
-    if value.contains('\0') {
-        return Err(MetadataError::BadRequest(format!(
-            "{what} {value:?} contains a NUL character"
-        )));
-    }
-    Ok(())
-}
-
-/// Check an add_dataset request before touching the database.
-fn validate_add(backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
-    require("backup id", &backup.id)?;
-    require("backup host", &backup.host)?;
-    require("dataset id", &dataset.id)?;
-    for (what, value) in [
-        ("backup id", &backup.id),
-        ("backup host", &backup.host),
-        ("dataset id", &dataset.id),
-        ("dataset name", &dataset.name),
-        ("dataset source", &dataset.source),
-        ("dataset snapshot_id", &dataset.snapshot_id),
-    ] {
-        no_nul(what, value)?;
-    }
-    let mut names = std::collections::HashSet::new();
-    for atom in &dataset.atoms {
-        require(
-            &format!("an atom name in dataset {:?}", dataset.id),
-            &atom.name,
-        )?;
-        no_nul("atom name", &atom.name)?;
-        no_nul("atom path", &atom.path)?;
-        if !names.insert(atom.name.as_str()) {
-            return Err(MetadataError::BadRequest(format!(
-                "atom {:?} appears twice in dataset {:?}",
-                atom.name, dataset.id
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Decode the dataset columns `id, name, source, snapshot_id, total_files,
@@ -587,14 +513,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
-        let pattern = Pattern::parse(&req.pattern)
-            .map_err(|e| MetadataError::BadRequest(format!("pattern {:?}: {e}", req.pattern)))?;
-        if req.num_versions < 0 {
-            return Err(MetadataError::BadRequest(format!(
-                "num_versions is {}: give 0 for all versions or a positive count",
-                req.num_versions
-            )));
-        }
+        let pattern = validate_find(req)?;
         let mut qb = QueryBuilder::new("");
         push_find_query(&mut qb, &pattern, req);
         let rows = qb
@@ -639,18 +558,7 @@ impl MetadataStore for SqliteStore {
         &self,
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError> {
-        require("host", &req.host)?;
-        no_nul("host", &req.host)?;
-        let jobs = serde_json::to_string(&req.active_jobs)
-            .map_err(|e| MetadataError::BadRequest(format!("jobs of host {:?}: {e}", req.host)))?;
-        // Store only what active_jobs() can read back (a NaN progress
-        // would be written as null and poison the host's entry).
-        serde_json::from_str::<Vec<JobStatus>>(&jobs).map_err(|e| {
-            MetadataError::BadRequest(format!(
-                "jobs of host {:?} cannot be stored faithfully: {e}",
-                req.host
-            ))
-        })?;
+        let jobs = jobs_json(req)?;
         sqlx::query(
             "INSERT INTO active_jobs (host, received, jobs) VALUES (?, ?, ?) \
              ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs",
@@ -665,9 +573,90 @@ impl MetadataStore for SqliteStore {
     }
 }
 
+/// Group rows of `id, host, timestamp` followed by the eight dataset
+/// columns into backups (rows ordered by backup).
+fn backups_from_rows(
+    store: &SqliteStore,
+    rows: &[SqliteRow],
+) -> Result<Vec<Backup>, MetadataError> {
+    let mut backups: Vec<Backup> = Vec::new();
+    for row in rows {
+        let id: String = row.try_get(0).map_err(|e| store.db_error(e))?;
+        let dataset = dataset_from_row(row, 3).map_err(|e| store.db_error(e))?;
+        match backups.last_mut() {
+            Some(b) if b.id == id => b.datasets.push(dataset),
+            _ => backups.push(Backup {
+                id,
+                host: row.try_get(1).map_err(|e| store.db_error(e))?,
+                timestamp: store.timestamp(row.try_get(2).map_err(|e| store.db_error(e))?)?,
+                datasets: vec![dataset],
+            }),
+        }
+    }
+    Ok(backups)
+}
+
+#[async_trait]
+impl ServerStore for SqliteStore {
+    async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
+        SqliteStore::hosts(self).await
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
+        SqliteStore::active_jobs(self).await
+    }
+
+    async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError> {
+        let rows = sqlx::query(
+            "WITH recent AS (SELECT id, host, timestamp FROM backups \
+             ORDER BY timestamp DESC, id LIMIT ?) \
+             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration \
+             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        backups_from_rows(self, &rows)
+    }
+
+    async fn ping(&self) -> Result<(), MetadataError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+}
+
+#[cfg(test)]
+impl SqliteStore {
+    /// Rows in backups, datasets and atoms.
+    pub(crate) async fn counts(&self) -> (i64, i64, i64) {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM backups), (SELECT COUNT(*) FROM datasets), \
+             (SELECT COUNT(*) FROM atoms)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    //! SQLite-specific tests; the behaviour shared with PostgreSQL is
+    //! tested for both by `metadata::conformance`.
+
     use super::*;
+    use crate::metadata::conformance::{backup, dataset, find, ts};
     use sqlx::Connection;
     use tempfile::TempDir;
 
@@ -679,542 +668,10 @@ mod tests {
         (dir, s)
     }
 
-    fn ts(s: &str) -> DateTime<Utc> {
-        s.parse().unwrap()
-    }
-
-    fn backup(id: &str, host: &str, t: &str) -> Backup {
-        Backup {
-            id: id.into(),
-            timestamp: ts(t),
-            host: host.into(),
-            datasets: Vec::new(),
-        }
-    }
-
-    fn dataset(id: &str, source: &str, name: &str, atoms: &[&str]) -> Dataset {
-        Dataset {
-            id: id.into(),
-            name: name.into(),
-            source: source.into(),
-            atoms: atoms
-                .iter()
-                .map(|a| Atom {
-                    name: (*a).into(),
-                    path: String::new(),
-                })
-                .collect(),
-            snapshot_id: format!("snap-{id}"),
-            total_files: 10,
-            total_bytes: 2000,
-            bytes_added: 300,
-            duration: 4,
-        }
-    }
-
-    fn find(pattern: &str) -> FindRequest {
-        FindRequest {
-            pattern: pattern.into(),
-            ..FindRequest::default()
-        }
-    }
-
-    /// `backup_id:source/dataset/atom` for every atom returned, in order.
-    fn flat(backups: &[Backup]) -> Vec<String> {
-        backups
-            .iter()
-            .flat_map(|b| {
-                b.datasets.iter().flat_map(move |d| {
-                    d.atoms.iter().map(move |a| {
-                        format!("{}:{}", b.id, atom_path(&d.source, &d.name, &a.name))
-                    })
-                })
-            })
-            .collect()
-    }
-
-    async fn counts(s: &SqliteStore) -> (i64, i64, i64) {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM backups), (SELECT COUNT(*) FROM datasets), \
-             (SELECT COUNT(*) FROM atoms)",
-        )
-        .fetch_one(&s.pool)
-        .await
-        .unwrap();
-        (row.get(0), row.get(1), row.get(2))
-    }
-
-    /// Host h1: backups b1 < b2 < b3, each with mysql/db {site1, site2} and
-    /// files/home {alice/docs, bob}; host h2: c1 (between b2 and b3) with
-    /// mysql/db {site1, site10}.
     async fn fleet() -> (TempDir, SqliteStore) {
         let (dir, s) = store().await;
-        for (i, (id, t)) in [
-            ("b1", "2026-01-01T00:00:00Z"),
-            ("b2", "2026-01-02T00:00:00Z"),
-            ("b3", "2026-01-03T00:00:00Z"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let b = backup(id, "h1", t);
-            s.add_dataset(
-                &b,
-                &dataset(&format!("m{i}"), "mysql", "db", &["site1", "site2"]),
-            )
-            .await
-            .unwrap();
-            s.add_dataset(
-                &b,
-                &dataset(&format!("f{i}"), "files", "home", &["alice/docs", "bob"]),
-            )
-            .await
-            .unwrap();
-        }
-        let c = backup("c1", "h2", "2026-01-02T12:00:00Z");
-        s.add_dataset(&c, &dataset("mc", "mysql", "db", &["site1", "site10"]))
-            .await
-            .unwrap();
+        crate::metadata::conformance::fleet(&s).await;
         (dir, s)
-    }
-
-    #[tokio::test]
-    async fn add_then_find_round_trips_every_field() {
-        let (_dir, s) = store().await;
-        let b = backup("bk-1", "host-a", "2026-03-04T05:06:07.123456Z");
-        let mut d = Dataset {
-            id: "ds-1".into(),
-            name: "home".into(),
-            source: "files".into(),
-            atoms: vec![
-                Atom {
-                    name: "bob".into(),
-                    path: "home/bob".into(),
-                },
-                Atom {
-                    name: "alice".into(),
-                    path: "home/alice".into(),
-                },
-            ],
-            snapshot_id: "a".repeat(64),
-            total_files: 123,
-            total_bytes: 1 << 40,
-            bytes_added: 98765,
-            duration: 42,
-        };
-        s.add_dataset(&b, &d).await.unwrap();
-        let got = s.find_atoms(&find("files/home/*")).await.unwrap();
-        d.atoms.sort_by(|x, y| x.name.cmp(&y.name));
-        let mut want = b.clone();
-        want.datasets = vec![d];
-        assert_eq!(got, vec![want]);
-    }
-
-    #[tokio::test]
-    async fn timestamps_keep_microseconds_and_truncate_below() {
-        let (_dir, s) = store().await;
-        let b = backup("b", "h", "2026-03-04T05:06:07.123456789Z");
-        s.add_dataset(&b, &dataset("d", "s", "n", &["a"]))
-            .await
-            .unwrap();
-        let got = s.find_atoms(&find("s/n/a")).await.unwrap();
-        assert_eq!(got[0].timestamp, ts("2026-03-04T05:06:07.123456Z"));
-        // A retry with the same nanosecond timestamp is the same backup.
-        s.add_dataset(&b, &dataset("d2", "s", "n2", &["a"]))
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn re_adding_a_dataset_changes_nothing() {
-        let (_dir, s) = store().await;
-        let b = backup("b1", "h1", "2026-01-01T00:00:00Z");
-        let d = dataset("d1", "mysql", "db", &["x", "y"]);
-        s.add_dataset(&b, &d).await.unwrap();
-        s.add_dataset(&b, &d).await.unwrap();
-        assert_eq!(counts(&s).await, (1, 1, 2));
-        // Same keys, different contents: still a success, stored one kept.
-        let other = dataset("d1", "mysql", "db", &["x", "y", "z"]);
-        s.add_dataset(&b, &other).await.unwrap();
-        assert_eq!(counts(&s).await, (1, 1, 2));
-        // Another dataset of the same backup reuses the backup row.
-        s.add_dataset(&b, &dataset("d2", "files", "home", &["x"]))
-            .await
-            .unwrap();
-        assert_eq!(counts(&s).await, (1, 2, 3));
-        let got = s.find_atoms(&find("*")).await.unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].datasets.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn large_datasets_are_stored_whole() {
-        let (_dir, s) = store().await;
-        let names: Vec<String> = (0..2 * ATOMS_PER_INSERT + 50)
-            .map(|i| format!("a{i:04}"))
-            .collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let b = backup("b", "h", "2026-01-01T00:00:00Z");
-        s.add_dataset(&b, &dataset("d", "s", "n", &refs))
-            .await
-            .unwrap();
-        let n = refs.len() as i64;
-        assert_eq!(counts(&s).await, (1, 1, n));
-        let got = s.find_atoms(&find("s/n/a*")).await.unwrap();
-        let atoms: Vec<&str> = got[0].datasets[0]
-            .atoms
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect();
-        assert_eq!(atoms, refs);
-        // A duplicate in the last chunk rolls back the whole dataset.
-        let mut dup = refs.clone();
-        dup[0] = "a0000x";
-        dup.push("a0000x");
-        let err = s
-            .add_dataset(&b, &dataset("d2", "s", "n", &dup))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, MetadataError::BadRequest(_)), "{err}");
-        assert_eq!(counts(&s).await, (1, 1, n));
-    }
-
-    #[tokio::test]
-    async fn known_backup_with_other_host_or_time_is_a_conflict() {
-        let (_dir, s) = store().await;
-        let b = backup("b1", "h1", "2026-01-01T00:00:00Z");
-        s.add_dataset(&b, &dataset("d1", "s", "n", &["a"]))
-            .await
-            .unwrap();
-        let other_host = backup("b1", "h2", "2026-01-01T00:00:00Z");
-        let err = s
-            .add_dataset(&other_host, &dataset("d2", "s", "n", &["a"]))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, MetadataError::Conflict(_)), "{err}");
-        let other_time = backup("b1", "h1", "2026-01-01T00:00:01Z");
-        let err = s
-            .add_dataset(&other_time, &dataset("d2", "s", "n", &["a"]))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("already recorded"), "{err}");
-        assert_eq!(counts(&s).await, (1, 1, 1));
-    }
-
-    #[tokio::test]
-    async fn add_rejects_missing_fields_and_duplicate_atoms() {
-        let (_dir, s) = store().await;
-        let b = backup("b1", "h1", "2026-01-01T00:00:00Z");
-        let d = dataset("d1", "s", "n", &["a"]);
-        let cases: Vec<(Backup, Dataset, &str)> = vec![
-            (
-                backup("", "h1", "2026-01-01T00:00:00Z"),
-                d.clone(),
-                "backup id",
-            ),
-            (
-                backup("b1", "", "2026-01-01T00:00:00Z"),
-                d.clone(),
-                "backup host",
-            ),
-            (b.clone(), dataset("", "s", "n", &["a"]), "dataset id"),
-            (b.clone(), dataset("d1", "s", "n", &["a", ""]), "atom name"),
-            (
-                b.clone(),
-                dataset("d1", "s", "n", &["a", "b", "a"]),
-                "twice",
-            ),
-            (b.clone(), dataset("d1", "s", "n", &["a\0b"]), "NUL"),
-        ];
-        for (b, d, what) in cases {
-            match s.add_dataset(&b, &d).await {
-                Err(MetadataError::BadRequest(msg)) => assert!(msg.contains(what), "{msg}"),
-                other => panic!("{what}: expected BadRequest, got {other:?}"),
-            }
-        }
-        assert_eq!(counts(&s).await, (0, 0, 0));
-    }
-
-    #[tokio::test]
-    async fn find_literal_returns_every_version_newest_first() {
-        let (_dir, s) = fleet().await;
-        let got = s.find_atoms(&find("mysql/db/site1")).await.unwrap();
-        assert_eq!(
-            flat(&got),
-            [
-                "b3:mysql/db/site1",
-                "c1:mysql/db/site1",
-                "b2:mysql/db/site1",
-                "b1:mysql/db/site1"
-            ]
-        );
-        for pair in got.windows(2) {
-            assert!(pair[0].timestamp > pair[1].timestamp);
-        }
-        // Only the matching dataset, with all its stored fields.
-        assert_eq!(got[0].datasets.len(), 1);
-        let d = &got[0].datasets[0];
-        assert_eq!(
-            (
-                d.id.as_str(),
-                d.snapshot_id.as_str(),
-                d.total_files,
-                d.total_bytes
-            ),
-            ("m2", "snap-m2", 10, 2000)
-        );
-        assert_eq!((d.bytes_added, d.duration), (300, 4));
-        assert_eq!(got[1].host, "h2");
-        assert!(
-            s.find_atoms(&find("mysql/db/site"))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            s.find_atoms(&find("MYSQL/db/site1"))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-    }
-
-    #[tokio::test]
-    async fn find_prefix_glob_returns_only_matching_datasets_and_atoms() {
-        let (_dir, s) = fleet().await;
-        let got = s.find_atoms(&find("files/*")).await.unwrap();
-        assert_eq!(
-            flat(&got),
-            [
-                "b3:files/home/alice/docs",
-                "b3:files/home/bob",
-                "b2:files/home/alice/docs",
-                "b2:files/home/bob",
-                "b1:files/home/alice/docs",
-                "b1:files/home/bob",
-            ]
-        );
-        assert!(got.iter().all(|b| b.datasets.len() == 1));
-        // No backup without a match (c1 has no files dataset).
-        assert!(got.iter().all(|b| b.id != "c1"));
-        let got = s.find_atoms(&find("files/home/b*")).await.unwrap();
-        assert_eq!(
-            flat(&got),
-            [
-                "b3:files/home/bob",
-                "b2:files/home/bob",
-                "b1:files/home/bob"
-            ]
-        );
-        assert_eq!(got[0].datasets[0].atoms.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn find_question_mark_class_and_star_across_slashes() {
-        let (_dir, s) = fleet().await;
-        let req = FindRequest {
-            host: "h2".into(),
-            ..find("mysql/db/site?")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            ["c1:mysql/db/site1"]
-        );
-        let req = FindRequest {
-            num_versions: 1,
-            ..find("mysql/db/site[2-9]")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            ["b3:mysql/db/site2"]
-        );
-        let req = FindRequest {
-            num_versions: 1,
-            ..find("*/[ab]*")
-        };
-        // Matches home/alice/docs via '*' spanning "files/home" and "lice/docs".
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            ["b3:files/home/alice/docs", "b3:files/home/bob"]
-        );
-        let req = FindRequest {
-            num_versions: 1,
-            ..find("f*docs")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            ["b3:files/home/alice/docs"]
-        );
-        let req = FindRequest {
-            host: "h2".into(),
-            ..find("*")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            ["c1:mysql/db/site1", "c1:mysql/db/site10"]
-        );
-    }
-
-    #[tokio::test]
-    async fn find_host_and_older_than_filters() {
-        let (_dir, s) = fleet().await;
-        let req = FindRequest {
-            host: "h1".into(),
-            ..find("mysql/db/site1")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            [
-                "b3:mysql/db/site1",
-                "b2:mysql/db/site1",
-                "b1:mysql/db/site1"
-            ]
-        );
-        let req = FindRequest {
-            host: "nope".into(),
-            ..find("*")
-        };
-        assert!(s.find_atoms(&req).await.unwrap().is_empty());
-        // Strictly before: b2's own timestamp excludes b2.
-        let req = FindRequest {
-            older_than: Some(ts("2026-01-02T00:00:00Z")),
-            ..find("mysql/db/site1")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            ["b1:mysql/db/site1"]
-        );
-        let req = FindRequest {
-            older_than: Some(ts("2026-01-02T00:00:00.000001Z")),
-            ..find("mysql/db/site1")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            ["b2:mysql/db/site1", "b1:mysql/db/site1"]
-        );
-    }
-
-    #[tokio::test]
-    async fn find_num_versions_keeps_newest_per_atom() {
-        let (_dir, s) = fleet().await;
-        let req = FindRequest {
-            num_versions: 1,
-            ..find("mysql/*")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            [
-                "b3:mysql/db/site1",
-                "b3:mysql/db/site2",
-                "c1:mysql/db/site10"
-            ]
-        );
-        let req = FindRequest {
-            num_versions: 2,
-            ..find("mysql/*")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            [
-                "b3:mysql/db/site1",
-                "b3:mysql/db/site2",
-                "c1:mysql/db/site1",
-                "c1:mysql/db/site10",
-                "b2:mysql/db/site2",
-            ]
-        );
-        // Versions are counted after the host and time filters.
-        let req = FindRequest {
-            num_versions: 1,
-            host: "h1".into(),
-            older_than: Some(ts("2026-01-03T00:00:00Z")),
-            ..find("mysql/db/site1")
-        };
-        assert_eq!(
-            flat(&s.find_atoms(&req).await.unwrap()),
-            ["b2:mysql/db/site1"]
-        );
-        let req = FindRequest {
-            num_versions: 100,
-            ..find("mysql/db/site1")
-        };
-        assert_eq!(s.find_atoms(&req).await.unwrap().len(), 4);
-    }
-
-    #[tokio::test]
-    async fn num_versions_agrees_with_filtering_all_versions() {
-        let (_dir, s) = fleet().await;
-        // A tie: another host's backup at b2's time holding the same path.
-        s.add_dataset(
-            &backup("a9", "h3", "2026-01-02T00:00:00Z"),
-            &dataset("mt", "mysql", "db", &["site1", "site3"]),
-        )
-        .await
-        .unwrap();
-        let mut checked = 0;
-        for pattern in [
-            "*",
-            "mysql/db/site1",
-            "mysql/*",
-            "*/site1*",
-            "files/home/*",
-            "[fm]*/[bd]*",
-            "nothing*",
-        ] {
-            for host in ["", "h1", "h2", "h3"] {
-                for older_than in [None, Some(ts("2026-01-02T00:00:00Z"))] {
-                    let all = FindRequest {
-                        pattern: pattern.into(),
-                        host: host.into(),
-                        num_versions: 0,
-                        older_than,
-                    };
-                    let all_flat = flat(&s.find_atoms(&all).await.unwrap());
-                    for n in 1..=3 {
-                        let req = FindRequest {
-                            num_versions: n,
-                            ..all.clone()
-                        };
-                        // Keep the first n entries of each path, in the
-                        // newest-first order of the full result.
-                        let mut seen = std::collections::HashMap::new();
-                        let want: Vec<String> = all_flat
-                            .iter()
-                            .filter(|e| {
-                                let path = e.split_once(':').unwrap().1.to_owned();
-                                let k = seen.entry(path).or_insert(0);
-                                *k += 1;
-                                *k <= n
-                            })
-                            .cloned()
-                            .collect();
-                        let got = s.find_atoms(&req).await.unwrap();
-                        assert_eq!(flat(&got), want, "{req:?}");
-                        checked += usize::from(want.len() < all_flat.len());
-                    }
-                }
-            }
-        }
-        assert!(checked > 20, "only {checked} requests dropped versions");
-    }
-
-    #[tokio::test]
-    async fn bad_find_requests_are_bad_requests() {
-        let (_dir, s) = fleet().await;
-        for req in [
-            find(""),
-            find("mysql/[db"),
-            find("x[^]"),
-            FindRequest {
-                num_versions: -1,
-                ..find("*")
-            },
-        ] {
-            match s.find_atoms(&req).await {
-                Err(MetadataError::BadRequest(msg)) => assert!(!msg.is_empty()),
-                other => panic!("{req:?}: expected BadRequest, got {other:?}"),
-            }
-        }
     }
 
     /// The `detail` lines of EXPLAIN QUERY PLAN for the find query.
@@ -1357,89 +814,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn active_jobs_keeps_the_latest_report_per_host() {
-        let (_dir, s) = store().await;
-        let job = |host: &str, id: &str| JobStatus {
-            host: host.into(),
-            job_id: id.into(),
-            backup_id: "b".into(),
-            dataset_id: "d".into(),
-            dataset_source: "src".into(),
-            status: Some(crate::model::RunningJobStatus {
-                percent_done: 0.5,
-                current_files: vec!["/x".into()],
-                ..Default::default()
-            }),
-        };
-        let before = Utc::now();
-        for jobs in [
-            vec![job("h1", "j1")],
-            vec![job("h1", "j2"), job("h1", "j3")],
-        ] {
-            s.update_active_job_status(&UpdateActiveJobStatusRequest {
-                host: "h1".into(),
-                active_jobs: jobs,
-            })
-            .await
-            .unwrap();
-        }
-        s.update_active_job_status(&UpdateActiveJobStatusRequest {
-            host: "h0".into(),
-            active_jobs: vec![],
-        })
-        .await
-        .unwrap();
-        let got = s.active_jobs().await.unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!((got[0].host.as_str(), got[0].jobs.len()), ("h0", 0));
-        assert_eq!(got[1].host, "h1");
-        assert_eq!(got[1].jobs, vec![job("h1", "j2"), job("h1", "j3")]);
-        assert!(got[1].received >= before - chrono::Duration::microseconds(1));
-        assert!(got[1].received <= Utc::now());
-
-        let err = s
-            .update_active_job_status(&UpdateActiveJobStatusRequest::default())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, MetadataError::BadRequest(_)), "{err}");
-        let mut nan = job("h2", "j");
-        if let Some(st) = nan.status.as_mut() {
-            st.percent_done = f64::NAN;
-        }
-        let err = s
-            .update_active_job_status(&UpdateActiveJobStatusRequest {
-                host: "h2".into(),
-                active_jobs: vec![nan],
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, MetadataError::BadRequest(_)), "{err}");
-        assert_eq!(s.active_jobs().await.unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn hosts_lists_last_backup_per_host() {
-        let (_dir, s) = fleet().await;
-        assert_eq!(
-            s.hosts().await.unwrap(),
-            vec![
-                HostSummary {
-                    host: "h1".into(),
-                    last_backup: ts("2026-01-03T00:00:00Z"),
-                    backups: 3,
-                },
-                HostSummary {
-                    host: "h2".into(),
-                    last_backup: ts("2026-01-02T12:00:00Z"),
-                    backups: 1,
-                },
-            ]
-        );
-        let (_dir2, empty) = store().await;
-        assert!(empty.hosts().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
     async fn two_handles_on_one_file_work_concurrently() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.db");
@@ -1466,8 +840,8 @@ mod tests {
         let tb = tokio::spawn(write(b.clone(), "hb"));
         ta.await.unwrap();
         tb.await.unwrap();
-        assert_eq!(counts(&a).await, (50, 50, 100));
-        assert_eq!(counts(&b).await, (50, 50, 100));
+        assert_eq!(a.counts().await, (50, 50, 100));
+        assert_eq!(b.counts().await, (50, 50, 100));
         a.close().await;
         b.close().await;
         // Data survives reopening.

@@ -7,3 +7,4 @@ mod agent;
 mod backup_restore;
 mod config_check;
 mod failures;
+mod metadb;

@@ -1,0 +1,930 @@
+//! The metadata index on PostgreSQL, for a `tabacco metadb` server that
+//! outgrows one SQLite file.
+//!
+//! Same tables, same semantics as the embedded SQLite store
+//! ([`super::sqlite`]); the shared conformance suite
+//! (`metadata::conformance`) runs against both. Differences are only in
+//! how things are spelled:
+//!
+//! - every text column is `COLLATE "C"` (`migrations/postgres/`), so
+//!   ordering is by code point like SQLite's `BINARY` and the literal-prefix
+//!   range of a pattern ([`Pattern::condition`]) is served by the B-tree
+//!   indexes on `global_path`;
+//! - the glob is applied as an anchored regular expression
+//!   ([`Pattern::to_postgres_regex`]);
+//! - idempotent inserts use `ON CONFLICT DO NOTHING`, so concurrent retries
+//!   of the same record from several connections cannot race into a unique
+//!   violation; a dataset's atoms go in as one `unnest` of arrays;
+//! - timestamps are `timestamptz`, truncated to microseconds before they
+//!   are stored, as the SQLite store does.
+//!
+//! Queries are built at run time (no database needed to compile).
+//! Migrations are applied on connect; the migrator's advisory lock makes
+//! concurrent starts safe. The database must use the UTF8 encoding.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use super::glob::{PathCondition, Pattern};
+use super::{
+    HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, jobs_json,
+    truncate_micros, validate_add, validate_find,
+};
+use crate::model::{Atom, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, atom_path};
+
+/// Connections in the pool.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// How long a request waits for a free connection (or for the server to
+/// answer a new one) before failing.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLSTATE `invalid_regular_expression` (PostgreSQL refuses a pattern's
+/// translation, e.g. as too complex).
+const INVALID_REGULAR_EXPRESSION: &str = "2201B";
+
+/// A metadata store in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    /// Connection pool.
+    pool: PgPool,
+    /// The URL without password, for error messages.
+    location: String,
+}
+
+/// `url` with any password replaced by `***` (in the user info and in a
+/// `password=` query parameter), for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url` (`postgres://user:pass@host:port/db`,
+    /// with the driver's query parameters such as `sslmode` or `options`)
+    /// and migrate it.
+    pub async fn connect(url: &str) -> Result<PostgresStore, MetadataError> {
+        let location = redact_url(url);
+        let options: PgConnectOptions =
+            url.parse()
+                .map_err(|source: sqlx::Error| MetadataError::Database {
+                    location: location.clone(),
+                    source,
+                })?;
+        PostgresStore::connect_with(options, location).await
+    }
+
+    /// Connect with prepared options; `location` names the database in
+    /// errors (no password).
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        location: String,
+    ) -> Result<PostgresStore, MetadataError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|source| MetadataError::Database {
+                location: location.clone(),
+                source,
+            })?;
+        let store = PostgresStore { pool, location };
+        let encoding: String = sqlx::query_scalar("SHOW server_encoding")
+            .fetch_one(&store.pool)
+            .await
+            .map_err(|e| store.db_error(e))?;
+        if encoding != "UTF8" {
+            return Err(store.corrupt(format!(
+                "the database uses the {encoding} encoding; tabacco needs UTF8 \
+                 (create it with ENCODING 'UTF8')"
+            )));
+        }
+        sqlx::migrate!("migrations/postgres")
+            .run(&store.pool)
+            .await
+            .map_err(|source| MetadataError::Migration {
+                location: store.location.clone(),
+                source,
+            })?;
+        tracing::debug!(database = %store.location, "metadata database open");
+        Ok(store)
+    }
+
+    /// Wrap a database error with the location; PostgreSQL refusing a
+    /// pattern's regular expression is the client's problem.
+    fn db_error(&self, source: sqlx::Error) -> MetadataError {
+        if let sqlx::Error::Database(db) = &source
+            && db.code().as_deref() == Some(INVALID_REGULAR_EXPRESSION)
+        {
+            return MetadataError::BadRequest(format!(
+                "the pattern cannot be evaluated by PostgreSQL: {}",
+                db.message()
+            ));
+        }
+        MetadataError::Database {
+            location: self.location.clone(),
+            source,
+        }
+    }
+
+    /// A stored value that cannot be used.
+    fn corrupt(&self, detail: String) -> MetadataError {
+        MetadataError::Database {
+            location: self.location.clone(),
+            source: sqlx::Error::Decode(detail.into()),
+        }
+    }
+
+    /// The stored dataset (with atoms, by name) of a backup, if any.
+    async fn stored_dataset(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        backup_id: &str,
+        dataset_id: &str,
+    ) -> Result<Option<Dataset>, MetadataError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, name, source, snapshot_id, total_files, total_bytes, bytes_added, duration
+             FROM datasets WHERE backup_id = $1 AND id = $2",
+        )
+        .bind(backup_id)
+        .bind(dataset_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.db_error(e))?
+        else {
+            return Ok(None);
+        };
+        let mut dataset = dataset_from_row(&row, 0).map_err(|e| self.db_error(e))?;
+        let atoms = sqlx::query(
+            "SELECT name, path FROM atoms WHERE backup_id = $1 AND dataset_id = $2 ORDER BY name",
+        )
+        .bind(backup_id)
+        .bind(dataset_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        for row in atoms {
+            dataset.atoms.push(Atom {
+                name: row.try_get(0).map_err(|e| self.db_error(e))?,
+                path: row.try_get(1).map_err(|e| self.db_error(e))?,
+            });
+        }
+        Ok(Some(dataset))
+    }
+}
+
+/// Decode the dataset columns `id, name, source, snapshot_id, total_files,
+/// total_bytes, bytes_added, duration` starting at column `at`.
+fn dataset_from_row(row: &PgRow, at: usize) -> Result<Dataset, sqlx::Error> {
+    Ok(Dataset {
+        id: row.try_get(at)?,
+        name: row.try_get(at + 1)?,
+        source: row.try_get(at + 2)?,
+        atoms: Vec::new(),
+        snapshot_id: row.try_get(at + 3)?,
+        total_files: row.try_get(at + 4)?,
+        total_bytes: row.try_get(at + 5)?,
+        bytes_added: row.try_get(at + 6)?,
+        duration: row.try_get(at + 7)?,
+    })
+}
+
+/// Append the conditions selecting `atoms` rows of `host` (if not empty)
+/// whose global path lies after `after` (an SQL expression, exclusive) or
+/// from `lower` (inclusive, if not empty), and before `upper`, joined by
+/// `AND`. Appends nothing if there is no condition.
+fn push_path_walk_filter(
+    qb: &mut QueryBuilder<Postgres>,
+    host: &str,
+    after: Option<&str>,
+    lower: &str,
+    upper: Option<&str>,
+) {
+    let mut conds = qb.separated(" AND ");
+    if !host.is_empty() {
+        conds.push("host = ").push_bind_unseparated(host.to_owned());
+    }
+    if let Some(expr) = after {
+        conds.push("global_path > ").push_unseparated(expr);
+    } else if !lower.is_empty() {
+        conds
+            .push("global_path >= ")
+            .push_bind_unseparated(lower.to_owned());
+    }
+    if let Some(upper) = upper {
+        conds
+            .push("global_path < ")
+            .push_bind_unseparated(upper.to_owned());
+    }
+}
+
+/// Append the find query for `req` to `qb`: the same two shapes and the
+/// same columns and order as the SQLite store's (`sqlite::push_find_query`),
+/// with `regex` (the pattern's translation) in place of `GLOB`.
+///
+/// - all versions: one range (or equality) scan of an `atoms` index;
+/// - the newest N versions: a recursive CTE walks the distinct paths of
+///   the prefix range through the index (one seek per path), keeps those
+///   matching the regex, and takes each path's newest N rows with a
+///   `LATERAL` index seek and `LIMIT`.
+fn push_find_query(
+    qb: &mut QueryBuilder<Postgres>,
+    pattern: &Pattern,
+    regex: &str,
+    req: &FindRequest,
+) {
+    let cond = pattern.condition();
+    let older_than = req.older_than.as_ref().map(truncate_micros);
+    if req.num_versions > 0 {
+        qb.push("WITH RECURSIVE paths(p) AS (");
+        match &cond {
+            PathCondition::Equals(path) => {
+                qb.push("SELECT ").push_bind(path.clone()).push("::text");
+            }
+            PathCondition::Glob { lower, upper, .. } => {
+                qb.push("SELECT (SELECT global_path FROM atoms");
+                let upper = upper.as_deref();
+                if !req.host.is_empty() || !lower.is_empty() || upper.is_some() {
+                    qb.push(" WHERE ");
+                    push_path_walk_filter(qb, &req.host, None, lower, upper);
+                }
+                qb.push(
+                    " ORDER BY global_path LIMIT 1) \
+                     UNION ALL SELECT (SELECT global_path FROM atoms WHERE ",
+                );
+                push_path_walk_filter(qb, &req.host, Some("paths.p"), lower, upper);
+                qb.push(" ORDER BY global_path LIMIT 1) FROM paths WHERE paths.p IS NOT NULL");
+            }
+        }
+        qb.push(
+            "), matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
+             a.timestamp FROM paths CROSS JOIN LATERAL (SELECT backup_id, dataset_id, name, \
+             path, host, timestamp FROM atoms WHERE global_path = paths.p",
+        );
+        if !req.host.is_empty() {
+            qb.push(" AND host = ").push_bind(req.host.clone());
+        }
+        if let Some(t) = older_than {
+            qb.push(" AND timestamp < ").push_bind(t);
+        }
+        qb.push(" ORDER BY timestamp DESC, backup_id, dataset_id LIMIT ")
+            .push_bind(req.num_versions)
+            .push(") a");
+        if let PathCondition::Glob { .. } = &cond {
+            qb.push(" WHERE paths.p ~ ").push_bind(regex.to_owned());
+        }
+    } else {
+        qb.push(
+            "WITH matched AS (SELECT backup_id, dataset_id, name, path, host, timestamp \
+             FROM atoms WHERE ",
+        );
+        match &cond {
+            PathCondition::Equals(path) => {
+                qb.push("global_path = ").push_bind(path.clone());
+            }
+            PathCondition::Glob { lower, upper, .. } => {
+                if !lower.is_empty() {
+                    qb.push("global_path >= ")
+                        .push_bind(lower.clone())
+                        .push(" AND ");
+                }
+                if let Some(upper) = upper {
+                    qb.push("global_path < ")
+                        .push_bind(upper.clone())
+                        .push(" AND ");
+                }
+                qb.push("global_path ~ ").push_bind(regex.to_owned());
+            }
+        }
+        if !req.host.is_empty() {
+            qb.push(" AND host = ").push_bind(req.host.clone());
+        }
+        if let Some(t) = older_than {
+            qb.push(" AND timestamp < ").push_bind(t);
+        }
+    }
+    qb.push(
+        ") SELECT m.backup_id, m.host, m.timestamp, \
+         d.id, d.name, d.source, d.snapshot_id, d.total_files, d.total_bytes, d.bytes_added, \
+         d.duration, m.name, m.path \
+         FROM matched m JOIN datasets d ON d.backup_id = m.backup_id AND d.id = m.dataset_id \
+         ORDER BY m.timestamp DESC, m.backup_id, d.source, d.name, d.id, m.name",
+    );
+}
+
+#[async_trait]
+impl MetadataStore for PostgresStore {
+    async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
+        validate_add(backup, dataset)?;
+        let ts = truncate_micros(&backup.timestamp);
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+
+        // Insert-or-keep, then compare: a concurrent insert of the same
+        // backup makes this wait for it instead of failing.
+        sqlx::query(
+            "INSERT INTO backups (id, host, timestamp) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&backup.id)
+        .bind(&backup.host)
+        .bind(ts)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let row = sqlx::query("SELECT host, timestamp FROM backups WHERE id = $1")
+            .bind(&backup.id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
+        let stored_ts: DateTime<Utc> = row.try_get(1).map_err(|e| self.db_error(e))?;
+        if host != backup.host || stored_ts != ts {
+            return Err(MetadataError::Conflict(format!(
+                "backup {:?} is already recorded with host {host:?} and timestamp {}, \
+                 not host {:?} and timestamp {}",
+                backup.id,
+                stored_ts.to_rfc3339(),
+                backup.host,
+                backup.timestamp.to_rfc3339(),
+            )));
+        }
+
+        let inserted = sqlx::query(
+            "INSERT INTO datasets (backup_id, id, name, source, snapshot_id, total_files, \
+             total_bytes, bytes_added, duration) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (backup_id, id) DO NOTHING",
+        )
+        .bind(&backup.id)
+        .bind(&dataset.id)
+        .bind(&dataset.name)
+        .bind(&dataset.source)
+        .bind(&dataset.snapshot_id)
+        .bind(dataset.total_files)
+        .bind(dataset.total_bytes)
+        .bind(dataset.bytes_added)
+        .bind(dataset.duration)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?
+        .rows_affected();
+        if inserted == 0 {
+            if let Some(stored) = self
+                .stored_dataset(&mut tx, &backup.id, &dataset.id)
+                .await?
+            {
+                let mut given = dataset.clone();
+                given.atoms.sort_by(|a, b| a.name.cmp(&b.name));
+                if stored != given {
+                    tracing::warn!(
+                        database = %self.location,
+                        backup = %backup.id,
+                        dataset = %dataset.id,
+                        "dataset already recorded with different contents; keeping the stored one"
+                    );
+                }
+            }
+            return Ok(());
+        }
+
+        // All atoms in one statement, as arrays.
+        let names: Vec<&str> = dataset.atoms.iter().map(|a| a.name.as_str()).collect();
+        let paths: Vec<&str> = dataset.atoms.iter().map(|a| a.path.as_str()).collect();
+        let globals: Vec<String> = dataset
+            .atoms
+            .iter()
+            .map(|a| atom_path(&dataset.source, &dataset.name, &a.name))
+            .collect();
+        sqlx::query(
+            "INSERT INTO atoms (backup_id, dataset_id, name, path, global_path, host, timestamp) \
+             SELECT $1, $2, a.name, a.path, a.global_path, $6, $7 \
+             FROM unnest($3::text[], $4::text[], $5::text[]) AS a(name, path, global_path)",
+        )
+        .bind(&backup.id)
+        .bind(&dataset.id)
+        .bind(&names)
+        .bind(&paths)
+        .bind(&globals)
+        .bind(&backup.host)
+        .bind(ts)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        tracing::debug!(
+            database = %self.location,
+            backup = %backup.id,
+            dataset = %dataset.id,
+            atoms = dataset.atoms.len(),
+            "dataset recorded"
+        );
+        Ok(())
+    }
+
+    async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
+        let pattern = validate_find(req)?;
+        let Some(regex) = pattern.to_postgres_regex() else {
+            return Ok(Vec::new());
+        };
+        let mut qb = QueryBuilder::new("");
+        push_find_query(&mut qb, &pattern, &regex, req);
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+
+        let mut backups: Vec<Backup> = Vec::new();
+        for row in &rows {
+            let backup_id: String = row.try_get(0).map_err(|e| self.db_error(e))?;
+            let mut dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
+            let atom = Atom {
+                name: row.try_get(11).map_err(|e| self.db_error(e))?,
+                path: row.try_get(12).map_err(|e| self.db_error(e))?,
+            };
+            let index = match backups.last() {
+                Some(b) if b.id == backup_id => backups.len() - 1,
+                _ => {
+                    backups.push(Backup {
+                        id: backup_id,
+                        host: row.try_get(1).map_err(|e| self.db_error(e))?,
+                        timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
+                        datasets: Vec::new(),
+                    });
+                    backups.len() - 1
+                }
+            };
+            let backup = &mut backups[index];
+            match backup.datasets.last_mut() {
+                Some(d) if d.id == dataset.id => d.atoms.push(atom),
+                _ => {
+                    dataset.atoms.push(atom);
+                    backup.datasets.push(dataset);
+                }
+            }
+        }
+        Ok(backups)
+    }
+
+    async fn update_active_job_status(
+        &self,
+        req: &UpdateActiveJobStatusRequest,
+    ) -> Result<(), MetadataError> {
+        let jobs = jobs_json(req)?;
+        sqlx::query(
+            "INSERT INTO active_jobs (host, received, jobs) VALUES ($1, $2, $3) \
+             ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs",
+        )
+        .bind(&req.host)
+        .bind(truncate_micros(&Utc::now()))
+        .bind(jobs)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ServerStore for PostgresStore {
+    async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
+        let rows = sqlx::query(
+            "SELECT host, MAX(timestamp), COUNT(*) FROM backups GROUP BY host ORDER BY host",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(HostSummary {
+                    host: row.try_get(0).map_err(|e| self.db_error(e))?,
+                    last_backup: row.try_get(1).map_err(|e| self.db_error(e))?,
+                    backups: row.try_get(2).map_err(|e| self.db_error(e))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
+        let rows = sqlx::query("SELECT host, received, jobs FROM active_jobs ORDER BY host")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        rows.iter()
+            .map(|row| {
+                let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
+                let received = row.try_get(1).map_err(|e| self.db_error(e))?;
+                let json: String = row.try_get(2).map_err(|e| self.db_error(e))?;
+                let jobs = serde_json::from_str(&json).map_err(|e| {
+                    self.corrupt(format!(
+                        "active_jobs row of host {host:?} is not a JSON list of jobs: {e}"
+                    ))
+                })?;
+                Ok(HostActiveJobs {
+                    host,
+                    received,
+                    jobs,
+                })
+            })
+            .collect()
+    }
+
+    async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError> {
+        let rows = sqlx::query(
+            "WITH recent AS (SELECT id, host, timestamp FROM backups \
+             ORDER BY timestamp DESC, id LIMIT $1) \
+             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration \
+             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        let mut backups: Vec<Backup> = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get(0).map_err(|e| self.db_error(e))?;
+            let dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
+            match backups.last_mut() {
+                Some(b) if b.id == id => b.datasets.push(dataset),
+                _ => backups.push(Backup {
+                    id,
+                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
+                    timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
+                    datasets: vec![dataset],
+                }),
+            }
+        }
+        Ok(backups)
+    }
+
+    async fn ping(&self) -> Result<(), MetadataError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+impl PostgresStore {
+    /// Rows in backups, datasets and atoms.
+    pub(crate) async fn counts(&self) -> (i64, i64, i64) {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM backups), (SELECT COUNT(*) FROM datasets), \
+             (SELECT COUNT(*) FROM atoms)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+}
+
+/// Helpers for tests against a real PostgreSQL server.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+    use super::{PostgresStore, redact_url};
+
+    /// Where tests find PostgreSQL unless `TABACCO_TEST_POSTGRES_URL` says
+    /// otherwise.
+    pub(crate) const DEFAULT_TEST_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// The test server's URL.
+    pub(crate) fn test_url() -> String {
+        std::env::var("TABACCO_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_URL.to_owned())
+    }
+
+    /// A schema of its own for one test, dropped when the value is dropped.
+    /// Tests fail (never skip) when the server is unreachable.
+    pub(crate) struct TestSchema {
+        /// Connection options with `search_path` set to the schema.
+        pub(crate) options: PgConnectOptions,
+        /// Options for the database itself.
+        admin: PgConnectOptions,
+        /// Schema name.
+        pub(crate) name: String,
+    }
+
+    impl TestSchema {
+        /// Create a fresh schema.
+        pub(crate) async fn new() -> TestSchema {
+            let url = test_url();
+            let admin: PgConnectOptions = url
+                .parse()
+                .unwrap_or_else(|e| panic!("TABACCO_TEST_POSTGRES_URL {}: {e}", redact_url(&url)));
+            let mut conn = PgConnection::connect_with(&admin)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL for the tests is unreachable at {}: {e}. Start it \
+                     (pg_ctlcluster --skip-systemctl-redirect <version> main start) or point \
+                     TABACCO_TEST_POSTGRES_URL at a server",
+                        redact_url(&url)
+                    )
+                });
+            let name = format!("tabacco_test_{}", uuid::Uuid::now_v7().simple());
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("create test schema");
+            let _ = conn.close().await;
+            TestSchema {
+                options: admin.clone().options([("search_path", name.as_str())]),
+                admin,
+                name,
+            }
+        }
+
+        /// A migrated store in the schema.
+        pub(crate) async fn store(&self) -> PostgresStore {
+            PostgresStore::connect_with(self.options.clone(), format!("test schema {}", self.name))
+                .await
+                .expect("connect to the test schema")
+        }
+    }
+
+    impl Drop for TestSchema {
+        fn drop(&mut self) {
+            let admin = self.admin.clone();
+            let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+            // Drop may run inside or outside a runtime: use a thread of
+            // its own with a runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut conn)
+                            .await;
+                        let _ = conn.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::TestSchema;
+    use super::*;
+    use crate::metadata::conformance::{find, fleet, ts};
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:s3cret@db:5432/x?sslmode=require"),
+            "postgres://u:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u@db/x?password=s3cret&a=b"),
+            "postgres://u@db/x?password=***&a=b"
+        );
+        assert_eq!(redact_url("postgres://db"), "postgres://db");
+        assert_eq!(redact_url("nonsense"), "nonsense");
+    }
+
+    /// The plan of the find query, one line per node.
+    async fn plan(s: &PostgresStore, req: &FindRequest) -> Vec<String> {
+        let pattern = Pattern::parse(&req.pattern).unwrap();
+        let regex = pattern.to_postgres_regex().unwrap();
+        let mut conn = s.pool.acquire().await.unwrap();
+        // The test tables are tiny: make the planner show what it would do
+        // with a large one rather than read a page sequentially.
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let mut qb = QueryBuilder::new("EXPLAIN ");
+        push_find_query(&mut qb, &pattern, &regex, req);
+        let lines = qb
+            .build()
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+        sqlx::query("RESET enable_seqscan")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        lines
+    }
+
+    /// The scan nodes on `atoms` in a plan, each with whether it has an
+    /// index condition (a range or equality seek rather than a full read).
+    fn atoms_scans(plan: &[String]) -> Vec<(String, bool)> {
+        let mut scans = Vec::new();
+        for (i, line) in plan.iter().enumerate() {
+            if !(line.contains("Scan")
+                && (line.contains(" on atoms") || line.contains("using atoms_")))
+            {
+                continue;
+            }
+            // Detail lines follow the node up to the next node.
+            let seeks = plan[i + 1..]
+                .iter()
+                .take_while(|l| !l.contains("->"))
+                .any(|l| l.contains("Index Cond:"));
+            scans.push((line.trim().to_owned(), seeks));
+        }
+        scans
+    }
+
+    /// Whether the plan reads all of atoms (sequentially or a whole index).
+    fn scans_atoms(plan: &[String]) -> bool {
+        atoms_scans(plan)
+            .iter()
+            .any(|(node, seeks)| node.contains("Seq Scan") || !seeks)
+    }
+
+    fn searches_atoms_by_index(plan: &[String]) -> bool {
+        atoms_scans(plan)
+            .iter()
+            .any(|(node, seeks)| *seeks && node.contains("using atoms_"))
+    }
+
+    #[tokio::test]
+    async fn find_query_plan_uses_an_atoms_index() {
+        let schema = TestSchema::new().await;
+        let s = schema.store().await;
+        fleet(&s).await;
+        sqlx::query("ANALYZE").execute(&s.pool).await.unwrap();
+        for req in [
+            find("mysql/db/site1"),
+            find("host1*/mysql/*"),
+            FindRequest {
+                num_versions: 1,
+                ..find("mysql/db/site1")
+            },
+            FindRequest {
+                num_versions: 1,
+                older_than: Some(ts("2026-01-03T00:00:00Z")),
+                ..find("host1*/mysql/*")
+            },
+            FindRequest {
+                host: "h1".into(),
+                ..find("mysql/*")
+            },
+            FindRequest {
+                host: "h1".into(),
+                num_versions: 1,
+                ..find("*")
+            },
+        ] {
+            let plan = plan(&s, &req).await;
+            assert!(!scans_atoms(&plan), "{req:?} scans atoms: {plan:#?}");
+            assert!(searches_atoms_by_index(&plan), "{req:?}: {plan:#?}");
+        }
+        // The check can fail: a bare '*' without host has no index range.
+        let plan = plan(&s, &find("*")).await;
+        assert!(scans_atoms(&plan), "{plan:#?}");
+    }
+
+    #[tokio::test]
+    async fn regex_translation_agrees_with_pattern_matches() {
+        let schema = TestSchema::new().await;
+        let s = schema.store().await;
+        let mut cases: Vec<(String, String)> = Vec::new();
+        let mut seed: u64 = 0x9e37;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n
+        };
+        let pat_chars = [
+            'a',
+            'b',
+            '/',
+            '*',
+            '?',
+            '[',
+            ']',
+            '^',
+            '-',
+            'é',
+            '.',
+            '\\',
+            '$',
+            '(',
+            '|',
+            '\n',
+            '\u{1F600}',
+            '%',
+            '_',
+            '{',
+        ];
+        let text_chars = [
+            'a',
+            'b',
+            '/',
+            '-',
+            ']',
+            '^',
+            'é',
+            '*',
+            '.',
+            '\\',
+            '$',
+            '(',
+            '\n',
+            '\u{1F600}',
+            '_',
+        ];
+        for _ in 0..300 {
+            let p: String = (0..1 + next(7))
+                .map(|_| pat_chars[next(pat_chars.len())])
+                .collect();
+            for _ in 0..10 {
+                let t: String = (0..next(6))
+                    .map(|_| text_chars[next(text_chars.len())])
+                    .collect();
+                // Every other pattern is a mutation of the text, so that
+                // many match.
+                let p = if next(2) == 0 {
+                    t.chars()
+                        .map(|c| match next(8) {
+                            0..=2 => c.to_string(),
+                            3 => "?".into(),
+                            4 => "*".into(),
+                            5 => format!("[{c}b-a]"),
+                            6 => "[^a-b]".into(),
+                            _ => pat_chars[next(pat_chars.len())].to_string(),
+                        })
+                        .collect()
+                } else {
+                    p.clone()
+                };
+                cases.push((p, t));
+            }
+        }
+        let (mut valid, mut matched) = (0, 0);
+        for (p, t) in &cases {
+            let Ok(pattern) = Pattern::parse(p) else {
+                continue;
+            };
+            valid += 1;
+            let want = pattern.matches(t);
+            let got = match pattern.to_postgres_regex() {
+                None => false,
+                Some(re) => sqlx::query_scalar::<_, bool>("SELECT $1::text COLLATE \"C\" ~ $2")
+                    .bind(t)
+                    .bind(&re)
+                    .fetch_one(&s.pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{p:?} as {re:?}: {e}")),
+            };
+            matched += usize::from(want);
+            assert_eq!(got, want, "{t:?} against {p:?}");
+        }
+        assert!(
+            valid > 1500 && matched > 300,
+            "{valid} valid, {matched} matched"
+        );
+    }
+}

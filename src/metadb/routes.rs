@@ -1,0 +1,438 @@
+//! The HTTP routes: the JSON API, health check, OpenAPI document, metrics
+//! and the web page.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /api/add_dataset` | record `{backup, dataset}` (idempotent) |
+//! | `POST /api/find_atoms` | a `FindRequest` -> `[Backup]` |
+//! | `POST /api/update_active_job_status` | a host's running jobs |
+//! | `GET /api/hosts` | hosts, last backup, active jobs |
+//! | `GET /api/openapi.json` | the OpenAPI 3 document (`docs/openapi.json`) |
+//! | `GET /healthz` | 200 when the database answers, else 503 |
+//! | `GET /metrics` | Prometheus metrics |
+//! | `GET /` | the web page |
+//!
+//! Request bodies must be `application/json`, at most `max_body_bytes`
+//! long, and are parsed strictly: an unknown field anywhere is a 400 (the
+//! shared wire types in `model` stay lenient for the client side). Every
+//! error is `{"error": "..."}` with a 4xx for client mistakes; a panic in a
+//! handler becomes a 500 and the server keeps serving.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::page;
+use crate::model::{Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest};
+
+/// The OpenAPI 3 document of this API (committed as `docs/openapi.json`).
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
+/// Body of `POST /api/add_dataset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddDatasetRequest {
+    /// The backup the dataset belongs to (its `datasets` list is ignored).
+    pub backup: Backup,
+    /// The dataset to record.
+    pub dataset: Dataset,
+}
+
+/// One entry of `GET /api/hosts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// Host name.
+    pub host: String,
+    /// Start time of its newest backup (`null`: none yet, only job reports).
+    pub last_backup: Option<DateTime<Utc>>,
+    /// Number of its backups in the index.
+    pub backups: i64,
+    /// Its running jobs, from its latest report.
+    pub active_jobs: Vec<JobStatus>,
+    /// When that report arrived (`null`: never).
+    pub active_jobs_updated: Option<DateTime<Utc>>,
+}
+
+/// A JSON request body, parsed strictly (unknown fields refused).
+pub struct ApiJson<T>(pub T);
+
+/// Whether the request says its body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+/// Parse `bytes` as `T`, refusing unknown fields and trailing data, with
+/// the path of the offending field in the message.
+pub fn parse_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut unknown = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = {
+        let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let ignored = serde_ignored::Deserializer::new(&mut de, &mut record);
+        serde_path_to_error::deserialize(ignored).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." || path.is_empty() {
+                ApiError::BadRequest(format!("invalid JSON body: {inner}"))
+            } else {
+                ApiError::BadRequest(format!("invalid JSON body at {path}: {inner}"))
+            }
+        })?
+    };
+    de.end()
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    if !unknown.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field{} in the JSON body: {} (see /api/openapi.json)",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.join(", ")
+        )));
+    }
+    Ok(value)
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::Client {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                message: "the request body must be JSON with Content-Type: application/json"
+                    .to_owned(),
+            });
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(
+                    "the request body is larger than this server's max_body_bytes".to_owned(),
+                )
+            } else if status.is_client_error() {
+                ApiError::Client {
+                    status,
+                    message: rejection.body_text(),
+                }
+            } else {
+                ApiError::Internal(rejection.body_text())
+            }
+        })?;
+        parse_strict(&bytes).map(ApiJson)
+    }
+}
+
+/// Empty success body.
+fn ok() -> Json<serde_json::Value> {
+    Json(serde_json::json!({}))
+}
+
+/// `POST /api/add_dataset`.
+async fn add_dataset(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<AddDatasetRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.check_write(&caller, &req.backup.host)?;
+    state.store.add_dataset(&req.backup, &req.dataset).await?;
+    state.metrics.dataset_added();
+    tracing::info!(
+        caller = caller.name(),
+        host = %req.backup.host,
+        backup = %req.backup.id,
+        dataset = %req.dataset.id,
+        atoms = req.dataset.atoms.len(),
+        "dataset recorded"
+    );
+    Ok(ok())
+}
+
+/// `POST /api/find_atoms`.
+async fn find_atoms(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<FindRequest>,
+) -> Result<Json<Vec<Backup>>, ApiError> {
+    state.auth.check_read(&caller)?;
+    Ok(Json(state.store.find_atoms(&req).await?))
+}
+
+/// `POST /api/update_active_job_status`.
+async fn update_active_job_status(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<UpdateActiveJobStatusRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.check_write(&caller, &req.host)?;
+    if let Some(job) = req
+        .active_jobs
+        .iter()
+        .find(|j| !j.host.is_empty() && j.host != req.host)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "job {:?} names host {:?} in a report of host {:?}",
+            job.job_id, job.host, req.host
+        )));
+    }
+    state.store.update_active_job_status(&req).await?;
+    Ok(ok())
+}
+
+/// Hosts with backups or job reports, by name.
+pub async fn host_statuses(state: &AppState) -> Result<Vec<HostStatus>, ApiError> {
+    let hosts = state.store.hosts().await?;
+    let jobs = state.store.active_jobs().await?;
+    let mut out: std::collections::BTreeMap<String, HostStatus> = hosts
+        .into_iter()
+        .map(|h| {
+            (
+                h.host.clone(),
+                HostStatus {
+                    host: h.host,
+                    last_backup: Some(h.last_backup),
+                    backups: h.backups,
+                    active_jobs: Vec::new(),
+                    active_jobs_updated: None,
+                },
+            )
+        })
+        .collect();
+    for report in jobs {
+        let entry = out
+            .entry(report.host.clone())
+            .or_insert_with(|| HostStatus {
+                host: report.host.clone(),
+                last_backup: None,
+                backups: 0,
+                active_jobs: Vec::new(),
+                active_jobs_updated: None,
+            });
+        entry.active_jobs = report.jobs;
+        entry.active_jobs_updated = Some(report.received);
+    }
+    Ok(out.into_values().collect())
+}
+
+/// `GET /api/hosts`.
+async fn hosts(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<HostStatus>>, ApiError> {
+    state.auth.check_read(&caller)?;
+    Ok(Json(host_statuses(&state).await?))
+}
+
+/// `GET /healthz`: 200 `{"status": "ok"}` when the database answers.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(ErrorBody {
+                    error: "the metadata database does not answer".to_owned(),
+                }),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /api/openapi.json`.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// `GET /metrics`.
+async fn metrics(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+    state.auth.check_read(&caller)?;
+    match state.store.hosts().await {
+        Ok(hosts) => state.metrics.set_hosts(&hosts),
+        // Serve the rest; the host gauges keep their last values.
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the host list"),
+    }
+    let text = state
+        .metrics
+        .encode()
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// Unknown paths.
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no such route: {method} {}; see /api/openapi.json",
+        uri.path()
+    ))
+}
+
+/// Known paths, wrong method.
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} does not accept {method}; see /api/openapi.json",
+        uri.path()
+    ))
+}
+
+/// Count and time every request by route and status; answer 503 when one
+/// takes longer than the request timeout.
+async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(%route, %method, timeout = ?state.request_timeout, "request timed out");
+            ApiError::Unavailable(format!(
+                "the request took longer than {} s; retry later",
+                state.request_timeout.as_secs_f64()
+            ))
+            .into_response()
+        }
+    };
+    state.metrics.observe_request(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// A panic in a handler: 500, logged, the server keeps serving.
+fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let detail = err
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    ApiError::Internal(format!("a request handler panicked: {detail}")).into_response()
+}
+
+/// Routes with the list of (method, path) they serve.
+struct Routes {
+    /// The router so far.
+    router: Router<Arc<AppState>>,
+    /// What it serves.
+    list: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    /// Add one route.
+    fn add(
+        mut self,
+        method: &'static str,
+        path: &'static str,
+        handler: MethodRouter<Arc<AppState>>,
+    ) -> Routes {
+        self.list.push((method, path));
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+/// The application and the (method, path) pairs it serves (what the
+/// OpenAPI document must describe).
+pub fn router(state: Arc<AppState>) -> (Router, Vec<(&'static str, &'static str)>) {
+    let routes = Routes {
+        router: Router::new(),
+        list: Vec::new(),
+    }
+    .add("post", "/api/add_dataset", post(add_dataset))
+    .add("post", "/api/find_atoms", post(find_atoms))
+    .add(
+        "post",
+        "/api/update_active_job_status",
+        post(update_active_job_status),
+    )
+    .add("get", "/api/hosts", get(hosts))
+    .add("get", "/api/openapi.json", get(openapi))
+    .add("get", "/healthz", get(healthz))
+    .add("get", "/metrics", get(metrics))
+    .add("get", "/", get(page::page));
+    let router = routes
+        .router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state);
+    (router, routes.list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_parse_names_unknown_and_bad_fields() {
+        let ok: FindRequest = parse_strict(br#"{"pattern":"a*","num_versions":1}"#).unwrap();
+        assert_eq!(ok.num_versions, 1);
+        let e = parse_strict::<FindRequest>(br#"{"pattern":"a*","limit":1}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field") && e.to_string().contains("limit"),
+            "{e}"
+        );
+        let e = parse_strict::<AddDatasetRequest>(
+            br#"{"backup":{"id":"b","timestamp":"2026-01-01T00:00:00Z","host":"h"},
+                 "dataset":{"id":"d","source":"s","atoms":[{"name":"a","pth":"x"}]}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("pth"), "{e}");
+        let e = parse_strict::<FindRequest>(br#"{"pattern":"a*","num_versions":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("num_versions"), "{e}");
+        let e = parse_strict::<FindRequest>(br#"{"pattern":"a*"} x"#).unwrap_err();
+        assert!(e.to_string().contains("invalid JSON"), "{e}");
+        let e = parse_strict::<FindRequest>(b"").unwrap_err();
+        assert!(matches!(e, ApiError::BadRequest(_)), "{e}");
+        // Go clients' zero time still means "unset".
+        let r: FindRequest =
+            parse_strict(br#"{"pattern":"x","older_than":"0001-01-01T00:00:00Z"}"#).unwrap();
+        assert!(r.older_than.is_none());
+    }
+
+    #[test]
+    fn json_content_types() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        for (v, want) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("application/problem+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            assert_eq!(is_json(&h), want, "{v}");
+        }
+    }
+}
