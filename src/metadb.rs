@@ -28,12 +28,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tower::ServiceExt;
 
 use crate::metadata::ServerStore;
 use auth::{AuthPolicy, TlsSetupError, certificate_identity, server_tls_config};
@@ -42,6 +43,11 @@ use metrics::Metrics;
 
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a request may take once its headers are in (reading the body
+/// included); then it is answered with 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most TLS handshakes in progress at once.
 const MAX_HANDSHAKES: usize = 256;
 
@@ -59,6 +65,8 @@ pub struct AppState {
     pub stale_after: Duration,
     /// TLS configuration; `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Longest a request may take ([`REQUEST_TIMEOUT`]).
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -83,6 +91,7 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             stale_after: config.stale_after,
             tls,
+            request_timeout: REQUEST_TIMEOUT,
         }
     }
 }
@@ -236,39 +245,56 @@ impl Listener for TlsListener {
     }
 }
 
-impl Connected<IncomingStream<'_, PlainListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> PeerInfo {
-        stream.remote_addr().clone()
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> PeerInfo {
-        stream.remote_addr().clone()
-    }
-}
-
 /// Serve the API on `listener` until `shutdown` completes, then stop
-/// accepting and wait for in-flight requests to finish.
+/// accepting and wait for in-flight requests to finish (idle keep-alive
+/// connections are closed).
 pub async fn serve<F>(listener: TcpListener, state: Arc<AppState>, shutdown: F) -> io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let app = routes::router(state.clone())
-        .0
-        .into_make_service_with_connect_info::<PeerInfo>();
+    let router = routes::router(state.clone()).0;
     match state.tls.clone() {
-        None => {
-            axum::serve(PlainListener(listener), app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(config) => {
-            axum::serve(TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        None => run(PlainListener(listener), router, shutdown).await,
+        Some(config) => run(TlsListener::new(listener, config)?, router, shutdown).await,
     }
+}
+
+/// The accept loop: one task per connection, HTTP/1.1 with a header read
+/// timeout (a client trickling its headers cannot hold a connection
+/// forever), the peer's [`PeerInfo`] in every request's extensions as
+/// `ConnectInfo<PeerInfo>`.
+async fn run<L, F>(mut listener: L, router: axum::Router, shutdown: F) -> io::Result<()>
+where
+    L: Listener<Addr = PeerInfo>,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            conn = listener.accept() => conn,
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer.clone()));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ pub enum ApiError {
         /// What went wrong.
         message: String,
     },
+    /// The server cannot answer now (e.g. the request took too long);
+    /// retrying later may work (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// The database cannot be reached or failed (503 for health checks,
     /// 500 otherwise); the detail is logged, not shown.
     #[error("metadata database: {0}")]
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Client { status, .. } => *status,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

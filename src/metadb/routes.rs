@@ -297,7 +297,8 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ))
 }
 
-/// Count and time every request by route and status.
+/// Count and time every request by route and status; answer 503 when one
+/// takes longer than the request timeout.
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
@@ -305,7 +306,17 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
-    let resp = next.run(req).await;
+    let resp = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(%route, %method, timeout = ?state.request_timeout, "request timed out");
+            ApiError::Unavailable(format!(
+                "the request took longer than {} s; retry later",
+                state.request_timeout.as_secs_f64()
+            ))
+            .into_response()
+        }
+    };
     state.metrics.observe_request(
         &route,
         &method,

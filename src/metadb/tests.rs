@@ -122,7 +122,19 @@ async fn start_with(
     host: &str,
 ) -> TestServer {
     let (store, backing) = backend(postgres).await;
-    let state = Arc::new(AppState::new(store.clone(), &config).unwrap());
+    let state = AppState::new(store.clone(), &config).unwrap();
+    start_state(state, store, backing, client, host).await
+}
+
+/// Start a server with prepared state.
+async fn start_state(
+    state: AppState,
+    store: Arc<dyn ServerStore>,
+    backing: Backing,
+    client: reqwest::Client,
+    host: &str,
+) -> TestServer {
+    let state = Arc::new(state);
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1173,12 +1185,137 @@ async fn client_certificates_and_tokens_together() {
     s.stop().await;
 }
 
+/// A store that hangs on the pattern `slow`, panics on `panic`, takes
+/// half a second on `wait`, and otherwise finds nothing.
+struct UnrulyStore;
+
+#[async_trait::async_trait]
+impl crate::metadata::MetadataStore for UnrulyStore {
+    async fn add_dataset(
+        &self,
+        _: &Backup,
+        _: &Dataset,
+    ) -> Result<(), crate::metadata::MetadataError> {
+        Ok(())
+    }
+
+    async fn find_atoms(
+        &self,
+        req: &crate::model::FindRequest,
+    ) -> Result<Vec<Backup>, crate::metadata::MetadataError> {
+        match req.pattern.as_str() {
+            "slow" => {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                Ok(Vec::new())
+            }
+            "panic" => panic!("the unruly store panics"),
+            "wait" => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                Ok(Vec::new())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    async fn update_active_job_status(
+        &self,
+        _: &crate::model::UpdateActiveJobStatusRequest,
+    ) -> Result<(), crate::metadata::MetadataError> {
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ServerStore for UnrulyStore {
+    async fn hosts(
+        &self,
+    ) -> Result<Vec<crate::metadata::HostSummary>, crate::metadata::MetadataError> {
+        Ok(Vec::new())
+    }
+    async fn active_jobs(
+        &self,
+    ) -> Result<Vec<crate::metadata::HostActiveJobs>, crate::metadata::MetadataError> {
+        Ok(Vec::new())
+    }
+    async fn recent_backups(&self, _: i64) -> Result<Vec<Backup>, crate::metadata::MetadataError> {
+        Ok(Vec::new())
+    }
+    async fn ping(&self) -> Result<(), crate::metadata::MetadataError> {
+        Ok(())
+    }
+    async fn close(&self) {}
+}
+
+#[tokio::test]
+async fn slow_and_panicking_requests_get_json_errors_and_the_server_keeps_serving() {
+    let store: Arc<dyn ServerStore> = Arc::new(UnrulyStore);
+    let mut state = AppState::new(store.clone(), &test_config()).unwrap();
+    state.request_timeout = std::time::Duration::from_millis(300);
+    let s = start_state(
+        state,
+        store,
+        Backing::Dir(tempfile::tempdir().unwrap()),
+        reqwest::Client::new(),
+        "127.0.0.1",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, v) = s.post("/api/find_atoms", &json!({"pattern": "slow"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("retry"), "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let (status, v) = s
+        .post("/api/find_atoms", &json!({"pattern": "panic"}))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(
+        !v["error"].as_str().unwrap().contains("unruly"),
+        "internals stay in the log: {v}"
+    );
+    let (status, v) = s.post("/api/find_atoms", &json!({"pattern": "fine"})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v, json!([]));
+    let (_, text) = s.get("/metrics").await;
+    assert!(
+        text.contains("route=\"/api/find_atoms\",method=\"POST\",status=\"503\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("route=\"/api/find_atoms\",method=\"POST\",status=\"500\"} 1"),
+        "{text}"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_and_frees_the_port() {
-    let s = start(false).await;
-    seed(&s).await;
+    let store: Arc<dyn ServerStore> = Arc::new(UnrulyStore);
+    let state = AppState::new(store.clone(), &test_config()).unwrap();
+    let mut s = start_state(
+        state,
+        store,
+        Backing::Dir(tempfile::tempdir().unwrap()),
+        reqwest::Client::new(),
+        "127.0.0.1",
+    )
+    .await;
     let addr = s.addr;
-    s.stop().await;
+    // A request in flight when the shutdown starts still gets its answer.
+    let client = s.client.clone();
+    let url = s.url("/api/find_atoms");
+    let in_flight = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"pattern": "wait"}))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let _ = s.stop.take().unwrap().send(());
+    assert_eq!(in_flight.await.unwrap().unwrap(), StatusCode::OK);
+    s.task.take().unwrap().await.unwrap().unwrap();
+    // No longer listening.
     assert!(
         reqwest::Client::new()
             .get(format!("http://{addr}/healthz"))
