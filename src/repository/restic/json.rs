@@ -275,6 +275,9 @@ pub fn parse_error_line(line: &str) -> Option<ErrorMessage> {
     }
 }
 
+/// Longest remaining-time estimate taken seriously (one year).
+const MAX_REMAINING_SECS: i64 = 365 * 24 * 3600;
+
 /// Build a status from a `status` message, field by field, so that no
 /// single odd field loses the rest.
 fn status_from(map: &Map<String, Value>) -> RunningJobStatus {
@@ -282,7 +285,11 @@ fn status_from(map: &Map<String, Value>) -> RunningJobStatus {
     RunningJobStatus {
         message_type: "status".to_string(),
         seconds_elapsed: int("seconds_elapsed"),
-        seconds_remaining: int("seconds_remaining"),
+        // restic 0.14 says "unknown" with absurd estimates (up to i64::MAX):
+        // anything past a year counts as no estimate.
+        seconds_remaining: Some(int("seconds_remaining"))
+            .filter(|s| (0..=MAX_REMAINING_SECS).contains(s))
+            .unwrap_or(0),
         percent_done: map.get("percent_done").map(value_f64).unwrap_or(0.0),
         total_files: int("total_files"),
         files_done: int("files_done"),
@@ -369,6 +376,11 @@ mod tests {
         };
         assert_eq!(s.total_files, 1);
         assert_eq!(s.seconds_remaining, 2);
+        let l = r#"{"message_type":"status","percent_done":0.1,"seconds_remaining":9223372036854775807}"#;
+        let BackupLine::Status(s) = parse_backup_line(l) else {
+            panic!("not a status")
+        };
+        assert_eq!(s.seconds_remaining, 0, "absurd estimate dropped");
         assert_eq!(s.files_done, 0);
         assert!(s.current_files.is_empty());
     }
