@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod config_manager;
 pub mod handler;
+pub mod html;
 pub mod jobs;
 pub mod logging;
 pub mod manager;

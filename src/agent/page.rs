@@ -10,21 +10,7 @@ use indicatif::HumanBytes;
 use super::AgentStatus;
 use crate::jobs::status::JobInfo;
 
-/// Escape text for HTML content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::html::escape;
 
 fn time(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     match t {
@@ -222,14 +208,6 @@ mod tests {
     use crate::agent::{LastRun, SourceStatus};
     use crate::jobs::status::{JobResult, StatusRegistry};
     use crate::model::{Dataset, RunningJobStatus};
-
-    #[test]
-    fn escape_covers_html_specials() {
-        assert_eq!(
-            escape(r#"<a href="x">&'"#),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
-    }
 
     #[test]
     fn page_lists_sources_and_jobs_and_escapes_them() {

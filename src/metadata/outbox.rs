@@ -717,32 +717,9 @@ impl MetadataStore for OutboxStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Atom;
     use std::collections::{BTreeSet, VecDeque};
 
-    fn sample(id: &str) -> (Backup, Dataset) {
-        let b = Backup {
-            id: format!("b-{id}"),
-            timestamp: "2026-01-02T03:04:05Z".parse().unwrap(),
-            host: "host-a".into(),
-            datasets: vec![],
-        };
-        let d = Dataset {
-            id: id.to_string(),
-            name: "users".into(),
-            source: "home".into(),
-            atoms: vec![Atom {
-                name: "alice".into(),
-                path: String::new(),
-            }],
-            snapshot_id: "ab".repeat(32),
-            total_files: 1,
-            total_bytes: 2,
-            bytes_added: 3,
-            duration: 4,
-        };
-        (b, d)
-    }
+    use crate::metadata::remote::tests::sample;
 
     fn rejected(status: u16) -> MetadataError {
         MetadataError::Rejected {

@@ -679,7 +679,7 @@ pub(crate) mod testserver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::testserver::{Reply, Script, start};
     use super::*;
     use crate::model::Atom;

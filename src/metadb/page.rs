@@ -45,21 +45,7 @@ pub struct SearchForm {
     pub versions: Option<String>,
 }
 
-/// Escape text for HTML element content and quoted attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::html::escape;
 
 /// A duration as its two largest units: `3d 4h`, `5h 12m`, `7m 3s`, `9s`.
 pub fn format_age(d: Duration) -> String {
@@ -441,15 +427,6 @@ fn recent_section(html: &mut String, recent: &[Backup]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-        assert_eq!(escape("plain/é"), "plain/é");
-    }
 
     #[test]
     fn ages_and_sizes_read_well() {
