@@ -368,6 +368,9 @@ mod tests {
             ("0 0 * * * *", "6 field"),
             ("61 * * * *", "not a valid cron"),
             ("daily", "1 field"),
+            ("@reboot", "unknown schedule"),
+            ("0 0 * * * * 2030", "7 field"),
+            ("* 24 * * *", "not a valid cron"),
         ] {
             let e = Schedule::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");

@@ -198,26 +198,13 @@ impl MetadbConfig {
 
 /// Parse a YAML document, naming the field of an error.
 fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
-    let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        let mut track = serde_path_to_error::Track::new();
-        let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
-        let r = T::deserialize(tracked);
-        if r.is_err() {
-            let p = track.path().to_string();
-            if p != "." && p != "?" {
-                path = p;
-            }
-        }
-        r
-    });
-    result.map_err(|e| ConfigError {
-        location: if path.is_empty() {
+    crate::config::load::parse_doc(text).map_err(|e| ConfigError {
+        location: if e.path.is_empty() {
             file.display().to_string()
         } else {
-            format!("{}: {path}", file.display())
+            format!("{}: {}", file.display(), e.path)
         },
-        message: e.without_snippet().to_string(),
+        message: e.message,
     })
 }
 
