@@ -451,10 +451,80 @@ async fn sizes(backend: &str, args: &RunArgs) -> Result<(u64, u64)> {
     }
 }
 
+/// Write counters to explain the ingest rate: SQLite (in this process),
+/// `/proc/self/io`: bytes written, write and read system calls;
+/// PostgreSQL, `pg_stat_wal` (whole cluster): WAL bytes, full-page images,
+/// WAL records.
+enum IoProbe {
+    Sqlite,
+    Postgres(PgConnection),
+}
+
+impl IoProbe {
+    async fn new(backend: &str, args: &RunArgs) -> Result<IoProbe> {
+        Ok(match backend {
+            "sqlite" => IoProbe::Sqlite,
+            _ => IoProbe::Postgres(
+                PgConnectOptions::from_str(args.postgres.as_deref().unwrap_or_default())?
+                    .connect()
+                    .await?,
+            ),
+        })
+    }
+
+    async fn read(&mut self) -> Result<[u64; 3]> {
+        match self {
+            IoProbe::Sqlite => {
+                let text = std::fs::read_to_string("/proc/self/io")?;
+                let field = |name: &str| -> u64 {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                Ok([field("wchar:"), field("syscw:"), field("syscr:")])
+            }
+            IoProbe::Postgres(conn) => {
+                let (bytes, fpi, records): (i64, i64, i64) = sqlx::query_as(
+                    "SELECT wal_bytes::bigint, wal_fpi, wal_records FROM pg_stat_wal",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                Ok([bytes as u64, fpi as u64, records as u64])
+            }
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            IoProbe::Sqlite => "written",
+            IoProbe::Postgres(_) => "of WAL",
+        }
+    }
+
+    fn detail(&self, c: [u64; 3], n: f64) -> String {
+        match self {
+            IoProbe::Sqlite => format!(
+                "{:.2} write and {:.2} read system calls",
+                c[1] as f64 / n,
+                c[2] as f64 / n
+            ),
+            IoProbe::Postgres(_) => format!(
+                "{:.2} full-page images, {:.2} WAL records",
+                c[1] as f64 / n,
+                c[2] as f64 / n
+            ),
+        }
+    }
+}
+
+/// Makes the next request of a query shape.
+type MakeRequest = Box<dyn Fn(&mut Rng, &Shape) -> FindRequest>;
+
 /// A query shape: its label and a generator of requests.
 struct QueryShape {
     label: &'static str,
-    make: Box<dyn Fn(&mut Rng, &Shape) -> FindRequest>,
+    make: MakeRequest,
 }
 
 /// A small deterministic generator (LCG) for query parameters.
@@ -600,14 +670,23 @@ async fn run(args: RunArgs) -> Result<()> {
         let (mut store_total, mut raw_total) = (Duration::ZERO, Duration::ZERO);
         let per_round = (shape.hosts * shape.atoms) as f64;
         let started = Instant::now();
+        let mut io = IoProbe::new(backend, &args).await?;
+        let (mut store_io, mut raw_io) = ([0u64; 3], [0u64; 3]);
         for b in 0..shape.backups {
             let rows = round(&shape, b);
+            let before = io.read().await?;
             let t = Instant::now();
             store_ingest(&store, &rows, args.concurrency).await?;
             let ds = t.elapsed();
+            let middle = io.read().await?;
             let t = Instant::now();
             raw.ingest(&rows).await?;
             let dr = t.elapsed();
+            let after = io.read().await?;
+            for i in 0..3 {
+                store_io[i] += middle[i].saturating_sub(before[i]);
+                raw_io[i] += after[i].saturating_sub(middle[i]);
+            }
             store_total += ds;
             raw_total += dr;
             store_rates.push(per_round / ds.as_secs_f64());
@@ -658,6 +737,15 @@ async fn run(args: RunArgs) -> Result<()> {
                 bytes as f64 / f64::from(1u32 << 30)
             );
         }
+        let n = total as f64;
+        for (label, c) in [("store", store_io), ("raw", raw_io)] {
+            println!(
+                "    {label:<5} I/O per atom-version: {:.1} KiB {} ({})",
+                c[0] as f64 / 1024.0 / n,
+                io.what(),
+                io.detail(c, n)
+            );
+        }
         let ratio = s.median / r.median;
         println!(
             "    ingest: store / raw = {ratio:.2} (overall {:.2}; goal >= 0.5: {})",
@@ -665,6 +753,23 @@ async fn run(args: RunArgs) -> Result<()> {
             if ratio >= 0.5 { "ok" } else { "MISSES" }
         );
         drop(raw);
+        if backend == "postgres" {
+            // Planner statistics, as autovacuum would gather them: without
+            // any (autovacuum off, or not run yet after a bulk load) the
+            // planner guesses thousands of rows for `global_path = $1` and
+            // hash-joins all datasets.
+            let url = args.postgres.as_deref().unwrap_or_default();
+            let mut conn = pg_options(url, PG_STORE_SCHEMA)?.connect().await?;
+            let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+                .fetch_one(&mut conn)
+                .await?;
+            let t = Instant::now();
+            sqlx::query("ANALYZE").execute(&mut conn).await?;
+            println!(
+                "  postgres ANALYZE of the store's tables before the queries (autovacuum is {autovacuum} here): {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
         println!("  {backend} find_atoms latency through the store (random hosts and atoms):");
         time_queries(&store, &shape, args.queries).await?;
         store.close().await;

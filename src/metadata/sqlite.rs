@@ -94,7 +94,8 @@ struct QueuedReport {
 }
 
 /// Most reports written by one statement (3 parameters each, well below
-/// SQLite's limit of 32766); more stay queued for the next writer.
+/// SQLite's limit of 32766); the writer writes the whole queue, in as many
+/// statements as needed.
 const REPORTS_PER_BATCH: usize = 1000;
 
 impl SqliteStore {
@@ -627,18 +628,17 @@ impl MetadataStore for SqliteStore {
                     // Still queued: write the queue. In a task of its own,
                     // so that this request being cancelled cannot drop the
                     // other callers' reports half-way.
-                    let batch: Vec<QueuedReport> = {
-                        let mut queue = self.queued_reports();
-                        let n = queue.len().min(REPORTS_PER_BATCH);
-                        queue.drain(..n).collect()
-                    };
+                    let mut queued = std::mem::take(&mut *self.queued_reports());
                     let pool = self.pool.clone();
                     tokio::spawn(async move {
-                        let ok = write_reports(&pool, &batch).await.is_ok();
-                        drop(guard);
-                        for report in batch {
-                            let _ = report.done.send(ok);
+                        while !queued.is_empty() {
+                            let rest = queued.split_off(queued.len().min(REPORTS_PER_BATCH));
+                            let ok = write_reports(&pool, &queued).await.is_ok();
+                            for report in std::mem::replace(&mut queued, rest) {
+                                let _ = report.done.send(ok);
+                            }
                         }
+                        drop(guard);
                     });
                     stored.await.unwrap_or(false)
                 }
@@ -968,13 +968,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_reports_are_group_committed_in_order() {
         let (_dir, s) = store().await;
-        // 100 hosts at once, each sending two reports in turn: every
-        // report is stored before its call returns, so the second wins.
-        let tasks: Vec<_> = (0..100)
+        // 1200 hosts at once (more than one statement's worth), each
+        // sending two reports in turn: every report is stored before its
+        // call returns, so the second wins.
+        let tasks: Vec<_> = (0..1200)
             .map(|i| {
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let host = format!("h{i:03}");
+                    let host = format!("h{i:04}");
                     s.update_active_job_status(&report(&host, "first"))
                         .await
                         .unwrap();
@@ -988,9 +989,9 @@ mod tests {
             t.await.unwrap();
         }
         let jobs = s.active_jobs().await.unwrap();
-        assert_eq!(jobs.len(), 100);
+        assert_eq!(jobs.len(), 1200);
         for (i, h) in jobs.iter().enumerate() {
-            assert_eq!(h.host, format!("h{i:03}"));
+            assert_eq!(h.host, format!("h{i:04}"));
             assert_eq!(h.jobs.len(), 1);
             assert_eq!(h.jobs[0].job_id, "second", "{h:?}");
         }
