@@ -58,3 +58,13 @@ if len(meds) == 2:
     print(f"  {label}: tabacco / anchor = {meds[1] / meds[0]:.3f}")
 PY
 }
+
+# Path of the benchmark program examples/index_bench.rs (built if missing;
+# BENCH_BUILD=1 forces a rebuild; INDEX_BENCH overrides the path).
+index_bench() {
+    local bin=${INDEX_BENCH:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/index_bench}
+    if [ ! -x "$bin" ] || [ -n "${BENCH_BUILD:-}" ]; then
+        (cd "$ROOT" && cargo build --release --locked -q --example index_bench) >&2
+    fi
+    echo "$bin"
+}

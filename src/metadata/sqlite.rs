@@ -19,8 +19,22 @@
 //! The file may be opened by several processes at once (the agent and a
 //! hand-run CLI): it uses WAL journaling, a busy timeout, and write
 //! transactions that take the write lock up front (`BEGIN IMMEDIATE`).
+//! Within one process, writers first queue on an async mutex
+//! ([`SqliteStore`]'s `writer`), so concurrent writes of one process (the
+//! metadata server's requests) never meet SQLite's busy handler, which
+//! sleeps 1 to 100 ms between attempts.
+//!
+//! Running-jobs reports (`update_active_job_status`, every host's
+//! periodic ping) are group-committed: a report joins a queue, and
+//! whichever caller gets the write lock writes every queued report in one
+//! statement and hands each caller its result. A caller still returns only
+//! once its own report is stored; under load one commit (and one round
+//! trip to the connection's thread) serves many pings instead of one
+//! each, which is what bounds the server's ping rate (see
+//! `bench/server_load.sh`).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,7 +73,30 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The file path, for error messages.
     location: String,
+    /// Held by this process's writers for the length of their write
+    /// transaction (SQLite admits one writer at a time anyway).
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// Running-jobs reports waiting to be written (group commit).
+    reports: Arc<std::sync::Mutex<Vec<QueuedReport>>>,
 }
+
+/// A running-jobs report waiting in [`SqliteStore`]'s queue.
+#[derive(Debug)]
+struct QueuedReport {
+    /// Reporting host.
+    host: String,
+    /// When the store received it (microseconds since the epoch).
+    received: i64,
+    /// The jobs as JSON text.
+    jobs: String,
+    /// Where the writer sends whether the batch holding it was stored.
+    done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Most reports written by one statement (3 parameters each, well below
+/// SQLite's limit of 32766); the writer writes the whole queue, in as many
+/// statements as needed.
+const REPORTS_PER_BATCH: usize = 1000;
 
 impl SqliteStore {
     /// Open (creating if needed) the database file and migrate it.
@@ -105,7 +142,12 @@ impl SqliteStore {
                 Err(source) => return Err(MetadataError::Database { location, source }),
             }
         };
-        let store = SqliteStore { pool, location };
+        let store = SqliteStore {
+            pool,
+            location,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            reports: Arc::default(),
+        };
         store.migrate().await?;
         tracing::debug!(database = %store.location, "metadata database open");
         Ok(store)
@@ -191,6 +233,14 @@ impl SqliteStore {
                 })
             })
             .collect()
+    }
+
+    /// The queue of running-jobs reports (a panic while it was held
+    /// cannot leave it inconsistent: it is only pushed to and drained).
+    fn queued_reports(&self) -> std::sync::MutexGuard<'_, Vec<QueuedReport>> {
+        self.reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Wrap a database error with the file path.
@@ -408,6 +458,7 @@ impl MetadataStore for SqliteStore {
     async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
         validate_add(backup, dataset)?;
         let ts = backup.timestamp.timestamp_micros();
+        let _writer = self.writer.lock().await;
         // Take the write lock now: a deferred transaction that reads first
         // fails instead of waiting if another process writes in between.
         let mut tx = self
@@ -559,18 +610,72 @@ impl MetadataStore for SqliteStore {
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError> {
         let jobs = jobs_json(req)?;
+        let received = Utc::now().timestamp_micros();
+        let (done, mut stored) = tokio::sync::oneshot::channel();
+        self.queued_reports().push(QueuedReport {
+            host: req.host.clone(),
+            received,
+            jobs: jobs.clone(),
+            done,
+        });
+        let batched = tokio::select! {
+            // Another caller wrote the batch holding this report.
+            r = &mut stored => r.unwrap_or(false),
+            guard = self.writer.clone().lock_owned() => match stored.try_recv() {
+                // Written by the previous holder of the lock.
+                Ok(ok) => ok,
+                Err(_) => {
+                    // Still queued: write the queue. In a task of its own,
+                    // so that this request being cancelled cannot drop the
+                    // other callers' reports half-way.
+                    let mut queued = std::mem::take(&mut *self.queued_reports());
+                    let pool = self.pool.clone();
+                    tokio::spawn(async move {
+                        while !queued.is_empty() {
+                            let rest = queued.split_off(queued.len().min(REPORTS_PER_BATCH));
+                            let ok = write_reports(&pool, &queued).await.is_ok();
+                            for report in std::mem::replace(&mut queued, rest) {
+                                let _ = report.done.send(ok);
+                            }
+                        }
+                        drop(guard);
+                    });
+                    stored.await.unwrap_or(false)
+                }
+            },
+        };
+        if batched {
+            return Ok(());
+        }
+        // The batch failed (or its writer was lost): write this report
+        // alone, for its own result and error.
+        let _writer = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO active_jobs (host, received, jobs) VALUES (?, ?, ?) \
              ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs",
         )
         .bind(&req.host)
-        .bind(Utc::now().timestamp_micros())
+        .bind(received)
         .bind(jobs)
         .execute(&self.pool)
         .await
         .map_err(|e| self.db_error(e))?;
         Ok(())
     }
+}
+
+/// Store queued running-jobs reports in one statement (in queue order, so
+/// the last report of a host wins).
+async fn write_reports(pool: &SqlitePool, batch: &[QueuedReport]) -> Result<(), sqlx::Error> {
+    let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO active_jobs (host, received, jobs) ");
+    qb.push_values(batch, |mut row, r| {
+        row.push_bind(&r.host)
+            .push_bind(r.received)
+            .push_bind(&r.jobs);
+    });
+    qb.push(" ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs");
+    qb.build().execute(pool).await?;
+    Ok(())
 }
 
 /// Group rows of `id, host, timestamp` followed by the eight dataset
@@ -847,6 +952,87 @@ mod tests {
         // Data survives reopening.
         let c = SqliteStore::open(&path).await.unwrap();
         assert_eq!(c.hosts().await.unwrap().len(), 2);
+    }
+
+    fn report(host: &str, job: &str) -> UpdateActiveJobStatusRequest {
+        UpdateActiveJobStatusRequest {
+            host: host.to_owned(),
+            active_jobs: vec![crate::model::JobStatus {
+                host: host.to_owned(),
+                job_id: job.to_owned(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reports_are_group_committed_in_order() {
+        let (_dir, s) = store().await;
+        // 1200 hosts at once (more than one statement's worth), each
+        // sending two reports in turn: every report is stored before its
+        // call returns, so the second wins.
+        let tasks: Vec<_> = (0..1200)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let host = format!("h{i:04}");
+                    s.update_active_job_status(&report(&host, "first"))
+                        .await
+                        .unwrap();
+                    s.update_active_job_status(&report(&host, "second"))
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let jobs = s.active_jobs().await.unwrap();
+        assert_eq!(jobs.len(), 1200);
+        for (i, h) in jobs.iter().enumerate() {
+            assert_eq!(h.host, format!("h{i:04}"));
+            assert_eq!(h.jobs.len(), 1);
+            assert_eq!(h.jobs[0].job_id, "second", "{h:?}");
+        }
+        assert!(s.queued_reports().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_two_reports_of_one_host_keeps_the_later() {
+        let (_dir, s) = store().await;
+        let (tx1, _rx1) = tokio::sync::oneshot::channel();
+        let (tx2, _rx2) = tokio::sync::oneshot::channel();
+        let batch = [
+            QueuedReport {
+                host: "h".into(),
+                received: 1,
+                jobs: "[]".into(),
+                done: tx1,
+            },
+            QueuedReport {
+                host: "h".into(),
+                received: 2,
+                jobs: "[]".into(),
+                done: tx2,
+            },
+        ];
+        write_reports(&s.pool, &batch).await.unwrap();
+        let jobs = s.active_jobs().await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].received.timestamp_micros(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_report_to_a_closed_store_fails_with_its_own_error() {
+        let (_dir, s) = store().await;
+        s.close().await;
+        let err = s
+            .update_active_job_status(&report("h", "j"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MetadataError::Database { .. }), "{err}");
+        assert!(s.queued_reports().is_empty());
     }
 
     #[tokio::test]
