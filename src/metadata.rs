@@ -17,6 +17,7 @@ pub mod glob;
 pub mod outbox;
 pub mod postgres;
 pub mod remote;
+mod sql;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};

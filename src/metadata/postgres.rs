@@ -26,10 +26,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::glob::{PathCondition, Pattern};
+use super::sql::{dataset_from_row, push_path_walk_filter};
 use super::{
     HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, jobs_json,
     truncate_micros, validate_add, validate_find,
@@ -198,51 +199,6 @@ impl PostgresStore {
             });
         }
         Ok(Some(dataset))
-    }
-}
-
-/// Decode the dataset columns `id, name, source, snapshot_id, total_files,
-/// total_bytes, bytes_added, duration` starting at column `at`.
-fn dataset_from_row(row: &PgRow, at: usize) -> Result<Dataset, sqlx::Error> {
-    Ok(Dataset {
-        id: row.try_get(at)?,
-        name: row.try_get(at + 1)?,
-        source: row.try_get(at + 2)?,
-        atoms: Vec::new(),
-        snapshot_id: row.try_get(at + 3)?,
-        total_files: row.try_get(at + 4)?,
-        total_bytes: row.try_get(at + 5)?,
-        bytes_added: row.try_get(at + 6)?,
-        duration: row.try_get(at + 7)?,
-    })
-}
-
-/// Append the conditions selecting `atoms` rows of `host` (if not empty)
-/// whose global path lies after `after` (an SQL expression, exclusive) or
-/// from `lower` (inclusive, if not empty), and before `upper`, joined by
-/// `AND`. Appends nothing if there is no condition.
-fn push_path_walk_filter(
-    qb: &mut QueryBuilder<Postgres>,
-    host: &str,
-    after: Option<&str>,
-    lower: &str,
-    upper: Option<&str>,
-) {
-    let mut conds = qb.separated(" AND ");
-    if !host.is_empty() {
-        conds.push("host = ").push_bind_unseparated(host.to_owned());
-    }
-    if let Some(expr) = after {
-        conds.push("global_path > ").push_unseparated(expr);
-    } else if !lower.is_empty() {
-        conds
-            .push("global_path >= ")
-            .push_bind_unseparated(lower.to_owned());
-    }
-    if let Some(upper) = upper {
-        conds
-            .push("global_path < ")
-            .push_bind_unseparated(upper.to_owned());
     }
 }
 

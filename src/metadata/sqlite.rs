@@ -46,6 +46,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::glob::{PathCondition, Pattern};
+use super::sql::{dataset_from_row, push_path_walk_filter};
 pub use super::{HostActiveJobs, HostSummary};
 use super::{MetadataError, MetadataStore, ServerStore, jobs_json, validate_add, validate_find};
 use crate::model::{Atom, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, atom_path};
@@ -309,51 +310,6 @@ fn is_busy(e: &sqlx::Error) -> bool {
             .and_then(|c| c.parse::<i32>().ok())
             .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
         _ => false,
-    }
-}
-
-/// Decode the dataset columns `id, name, source, snapshot_id, total_files,
-/// total_bytes, bytes_added, duration` starting at column `at`.
-fn dataset_from_row(row: &SqliteRow, at: usize) -> Result<Dataset, sqlx::Error> {
-    Ok(Dataset {
-        id: row.try_get(at)?,
-        name: row.try_get(at + 1)?,
-        source: row.try_get(at + 2)?,
-        atoms: Vec::new(),
-        snapshot_id: row.try_get(at + 3)?,
-        total_files: row.try_get(at + 4)?,
-        total_bytes: row.try_get(at + 5)?,
-        bytes_added: row.try_get(at + 6)?,
-        duration: row.try_get(at + 7)?,
-    })
-}
-
-/// Append `cond_1 AND cond_2 ...` selecting atoms rows of `host` (if not empty) whose
-/// global path lies after `after` (a SQL expression, exclusive) or from
-/// `lower` (a bound value, inclusive, if not empty) and before `upper`.
-/// Appends nothing if there is no condition.
-fn push_path_walk_filter(
-    qb: &mut QueryBuilder<Sqlite>,
-    host: &str,
-    after: Option<&str>,
-    lower: &str,
-    upper: Option<&str>,
-) {
-    let mut conds = qb.separated(" AND ");
-    if !host.is_empty() {
-        conds.push("host = ").push_bind_unseparated(host.to_owned());
-    }
-    if let Some(expr) = after {
-        conds.push("global_path > ").push_unseparated(expr);
-    } else if !lower.is_empty() {
-        conds
-            .push("global_path >= ")
-            .push_bind_unseparated(lower.to_owned());
-    }
-    if let Some(upper) = upper {
-        conds
-            .push("global_path < ")
-            .push_bind_unseparated(upper.to_owned());
     }
 }
 
