@@ -30,7 +30,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::glob::{PathCondition, Pattern};
-use super::sql::{dataset_from_row, push_path_walk_filter};
+use super::sql::{
+    FoundDataset, dataset_from_row, group_backups, push_find_tail, push_path_walk_filter,
+};
 use super::{
     HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, jobs_json,
     truncate_micros, validate_add, validate_find,
@@ -202,15 +204,13 @@ impl PostgresStore {
     }
 }
 
-/// Append the find query for `req` to `qb`: the same two shapes and the
-/// same columns and order as the SQLite store's (`sqlite::push_find_query`),
-/// with `regex` (the pattern's translation) in place of `GLOB`.
-///
-/// - all versions: one range (or equality) scan of an `atoms` index;
-/// - the newest N versions: a recursive CTE walks the distinct paths of
-///   the prefix range through the index (one seek per path), keeps those
-///   matching the regex, and takes each path's newest N rows with a
-///   `LATERAL` index seek and `LIMIT`.
+/// Append the find query for `req` to `qb`: the same shape, columns and
+/// order as the SQLite store's (`sqlite::push_find_query`): the matching
+/// distinct paths (the literal path, or for a glob a recursive CTE walking
+/// the prefix range through the index, one seek per path, keeping those
+/// matching `regex`, the pattern's translation), then each path's
+/// versions, all or the newest N, through a `LATERAL` index scan; the
+/// atoms of each dataset as two arrays, names and paths.
 fn push_find_query(
     qb: &mut QueryBuilder<Postgres>,
     pattern: &Pattern,
@@ -219,81 +219,46 @@ fn push_find_query(
 ) {
     let cond = pattern.condition();
     let older_than = req.older_than.as_ref().map(truncate_micros);
-    if req.num_versions > 0 {
-        qb.push("WITH RECURSIVE paths(p) AS (");
-        match &cond {
-            PathCondition::Equals(path) => {
-                qb.push("SELECT ").push_bind(path.clone()).push("::text");
+    qb.push("WITH RECURSIVE paths(p) AS (");
+    match &cond {
+        PathCondition::Equals(path) => {
+            qb.push("SELECT ").push_bind(path.clone()).push("::text");
+        }
+        PathCondition::Glob { lower, upper, .. } => {
+            qb.push("SELECT (SELECT global_path FROM atoms");
+            let upper = upper.as_deref();
+            if !req.host.is_empty() || !lower.is_empty() || upper.is_some() {
+                qb.push(" WHERE ");
+                push_path_walk_filter(qb, &req.host, None, lower, upper);
             }
-            PathCondition::Glob { lower, upper, .. } => {
-                qb.push("SELECT (SELECT global_path FROM atoms");
-                let upper = upper.as_deref();
-                if !req.host.is_empty() || !lower.is_empty() || upper.is_some() {
-                    qb.push(" WHERE ");
-                    push_path_walk_filter(qb, &req.host, None, lower, upper);
-                }
-                qb.push(
-                    " ORDER BY global_path LIMIT 1) \
-                     UNION ALL SELECT (SELECT global_path FROM atoms WHERE ",
-                );
-                push_path_walk_filter(qb, &req.host, Some("paths.p"), lower, upper);
-                qb.push(" ORDER BY global_path LIMIT 1) FROM paths WHERE paths.p IS NOT NULL");
-            }
-        }
-        qb.push(
-            "), matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
-             a.timestamp FROM paths CROSS JOIN LATERAL (SELECT backup_id, dataset_id, name, \
-             path, host, timestamp FROM atoms WHERE global_path = paths.p",
-        );
-        if !req.host.is_empty() {
-            qb.push(" AND host = ").push_bind(req.host.clone());
-        }
-        if let Some(t) = older_than {
-            qb.push(" AND timestamp < ").push_bind(t);
-        }
-        qb.push(" ORDER BY timestamp DESC, backup_id, dataset_id LIMIT ")
-            .push_bind(req.num_versions)
-            .push(") a");
-        if let PathCondition::Glob { .. } = &cond {
-            qb.push(" WHERE paths.p ~ ").push_bind(regex.to_owned());
-        }
-    } else {
-        qb.push(
-            "WITH matched AS (SELECT backup_id, dataset_id, name, path, host, timestamp \
-             FROM atoms WHERE ",
-        );
-        match &cond {
-            PathCondition::Equals(path) => {
-                qb.push("global_path = ").push_bind(path.clone());
-            }
-            PathCondition::Glob { lower, upper, .. } => {
-                if !lower.is_empty() {
-                    qb.push("global_path >= ")
-                        .push_bind(lower.clone())
-                        .push(" AND ");
-                }
-                if let Some(upper) = upper {
-                    qb.push("global_path < ")
-                        .push_bind(upper.clone())
-                        .push(" AND ");
-                }
-                qb.push("global_path ~ ").push_bind(regex.to_owned());
-            }
-        }
-        if !req.host.is_empty() {
-            qb.push(" AND host = ").push_bind(req.host.clone());
-        }
-        if let Some(t) = older_than {
-            qb.push(" AND timestamp < ").push_bind(t);
+            qb.push(
+                " ORDER BY global_path LIMIT 1) \
+                 UNION ALL SELECT (SELECT global_path FROM atoms WHERE ",
+            );
+            push_path_walk_filter(qb, &req.host, Some("paths.p"), lower, upper);
+            qb.push(" ORDER BY global_path LIMIT 1) FROM paths WHERE paths.p IS NOT NULL");
         }
     }
     qb.push(
-        ") SELECT m.backup_id, m.host, m.timestamp, \
-         d.id, d.name, d.source, d.snapshot_id, d.total_files, d.total_bytes, d.bytes_added, \
-         d.duration, m.name, m.path \
-         FROM matched m JOIN datasets d ON d.backup_id = m.backup_id AND d.id = m.dataset_id \
-         ORDER BY m.timestamp DESC, m.backup_id, d.source, d.name, d.id, m.name",
+        "), matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
+         a.timestamp FROM paths CROSS JOIN LATERAL (SELECT backup_id, dataset_id, name, \
+         path, host, timestamp FROM atoms WHERE global_path = paths.p",
     );
+    if !req.host.is_empty() {
+        qb.push(" AND host = ").push_bind(req.host.clone());
+    }
+    if let Some(t) = older_than {
+        qb.push(" AND timestamp < ").push_bind(t);
+    }
+    if req.num_versions > 0 {
+        qb.push(" ORDER BY timestamp DESC, backup_id, dataset_id LIMIT ")
+            .push_bind(req.num_versions);
+    }
+    qb.push(") a");
+    if let PathCondition::Glob { .. } = &cond {
+        qb.push(" WHERE paths.p ~ ").push_bind(regex.to_owned());
+    }
+    push_find_tail(qb, &["array_agg(name)", "array_agg(path)"]);
 }
 
 #[async_trait]
@@ -417,36 +382,26 @@ impl MetadataStore for PostgresStore {
             .await
             .map_err(|e| self.db_error(e))?;
 
-        let mut backups: Vec<Backup> = Vec::new();
-        for row in &rows {
-            let backup_id: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-            let mut dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
-            let atom = Atom {
-                name: row.try_get(11).map_err(|e| self.db_error(e))?,
-                path: row.try_get(12).map_err(|e| self.db_error(e))?,
-            };
-            let index = match backups.last() {
-                Some(b) if b.id == backup_id => backups.len() - 1,
-                _ => {
-                    backups.push(Backup {
-                        id: backup_id,
-                        host: row.try_get(1).map_err(|e| self.db_error(e))?,
-                        timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
-                        datasets: Vec::new(),
-                    });
-                    backups.len() - 1
-                }
-            };
-            let backup = &mut backups[index];
-            match backup.datasets.last_mut() {
-                Some(d) if d.id == dataset.id => d.atoms.push(atom),
-                _ => {
-                    dataset.atoms.push(atom);
-                    backup.datasets.push(dataset);
-                }
-            }
-        }
-        Ok(backups)
+        let found = rows
+            .iter()
+            .map(|row| {
+                let mut dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
+                let names: Vec<String> = row.try_get(11).map_err(|e| self.db_error(e))?;
+                let paths: Vec<String> = row.try_get(12).map_err(|e| self.db_error(e))?;
+                dataset.atoms = names
+                    .into_iter()
+                    .zip(paths)
+                    .map(|(name, path)| Atom { name, path })
+                    .collect();
+                Ok(FoundDataset {
+                    backup_id: row.try_get(0).map_err(|e| self.db_error(e))?,
+                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
+                    timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
+                    dataset,
+                })
+            })
+            .collect::<Result<Vec<_>, MetadataError>>()?;
+        Ok(group_backups(found))
     }
 
     async fn update_active_job_status(
