@@ -31,7 +31,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::glob::{PathCondition, Pattern};
 use super::sql::{
-    FoundDataset, dataset_from_row, group_backups, push_find_tail, push_path_walk_filter,
+    FoundDataset, dataset_from_row, group_backups, push_find_tail, push_matching_paths,
 };
 use super::{
     HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, jobs_json,
@@ -219,26 +219,7 @@ fn push_find_query(
 ) {
     let cond = pattern.condition();
     let older_than = req.older_than.as_ref().map(truncate_micros);
-    qb.push("WITH RECURSIVE paths(p) AS (");
-    match &cond {
-        PathCondition::Equals(path) => {
-            qb.push("SELECT ").push_bind(path.clone()).push("::text");
-        }
-        PathCondition::Glob { lower, upper, .. } => {
-            qb.push("SELECT (SELECT global_path FROM atoms");
-            let upper = upper.as_deref();
-            if !req.host.is_empty() || !lower.is_empty() || upper.is_some() {
-                qb.push(" WHERE ");
-                push_path_walk_filter(qb, &req.host, None, lower, upper);
-            }
-            qb.push(
-                " ORDER BY global_path LIMIT 1) \
-                 UNION ALL SELECT (SELECT global_path FROM atoms WHERE ",
-            );
-            push_path_walk_filter(qb, &req.host, Some("paths.p"), lower, upper);
-            qb.push(" ORDER BY global_path LIMIT 1) FROM paths WHERE paths.p IS NOT NULL");
-        }
-    }
+    push_matching_paths(qb, &cond, &req.host, "::text");
     qb.push(
         "), matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
          a.timestamp FROM paths CROSS JOIN LATERAL (SELECT backup_id, dataset_id, name, \

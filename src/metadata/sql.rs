@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
+use super::glob::PathCondition;
 use crate::model::{Atom, Backup, Dataset};
 
 /// Decode the dataset columns `id, name, source, snapshot_id, total_files,
@@ -30,11 +31,51 @@ where
     })
 }
 
+/// Append `WITH RECURSIVE paths(p) AS (...)`: the distinct global paths
+/// to look up for `cond`. A literal path is the one row (`literal_cast`
+/// after its parameter, e.g. PostgreSQL's `::text`); a glob walks the
+/// distinct paths of `host` (if not empty) in the pattern's literal-prefix
+/// range through an `atoms` index, one seek per path (a "loose index
+/// scan"), ending with a NULL row. The caller keeps the paths that match
+/// the pattern (`WHERE paths.p GLOB ...` or a regex).
+pub(crate) fn push_matching_paths<DB>(
+    qb: &mut QueryBuilder<DB>,
+    cond: &PathCondition,
+    host: &str,
+    literal_cast: &str,
+) where
+    DB: Database,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    qb.push("WITH RECURSIVE paths(p) AS (");
+    match cond {
+        PathCondition::Equals(path) => {
+            qb.push("SELECT ")
+                .push_bind(path.clone())
+                .push(literal_cast);
+        }
+        PathCondition::Glob { lower, upper, .. } => {
+            qb.push("SELECT (SELECT global_path FROM atoms");
+            let upper = upper.as_deref();
+            if !host.is_empty() || !lower.is_empty() || upper.is_some() {
+                qb.push(" WHERE ");
+                push_path_walk_filter(qb, host, None, lower, upper);
+            }
+            qb.push(
+                " ORDER BY global_path LIMIT 1) \
+                 UNION ALL SELECT (SELECT global_path FROM atoms WHERE ",
+            );
+            push_path_walk_filter(qb, host, Some("paths.p"), lower, upper);
+            qb.push(" ORDER BY global_path LIMIT 1) FROM paths WHERE paths.p IS NOT NULL");
+        }
+    }
+}
+
 /// Append the conditions selecting `atoms` rows of `host` (if not empty)
 /// whose global path lies after `after` (an SQL expression, exclusive) or
 /// from `lower` (inclusive, if not empty), and before `upper`, joined by
 /// `AND`. Appends nothing if there is no condition.
-pub(crate) fn push_path_walk_filter<DB>(
+fn push_path_walk_filter<DB>(
     qb: &mut QueryBuilder<DB>,
     host: &str,
     after: Option<&str>,

@@ -48,7 +48,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::glob::{PathCondition, Pattern};
 use super::sql::{
     FoundDataset, atoms_from_json, dataset_from_row, group_backups, push_find_tail,
-    push_path_walk_filter,
+    push_matching_paths,
 };
 pub use super::{HostActiveJobs, HostSummary};
 use super::{MetadataError, MetadataStore, ServerStore, jobs_json, validate_add, validate_find};
@@ -333,26 +333,7 @@ fn is_busy(e: &sqlx::Error) -> bool {
 /// the newest N is never needed.
 fn push_find_query(qb: &mut QueryBuilder<Sqlite>, pattern: &Pattern, req: &FindRequest) {
     let cond = pattern.condition();
-    qb.push("WITH RECURSIVE paths(p) AS (");
-    match &cond {
-        PathCondition::Equals(path) => {
-            qb.push("SELECT ").push_bind(path.clone());
-        }
-        PathCondition::Glob { lower, upper, .. } => {
-            qb.push("SELECT (SELECT global_path FROM atoms");
-            let upper = upper.as_deref();
-            if !req.host.is_empty() || !lower.is_empty() || upper.is_some() {
-                qb.push(" WHERE ");
-                push_path_walk_filter(qb, &req.host, None, lower, upper);
-            }
-            qb.push(
-                " ORDER BY global_path LIMIT 1) \
-                 UNION ALL SELECT (SELECT global_path FROM atoms WHERE ",
-            );
-            push_path_walk_filter(qb, &req.host, Some("paths.p"), lower, upper);
-            qb.push(" ORDER BY global_path LIMIT 1) FROM paths WHERE paths.p IS NOT NULL");
-        }
-    }
+    push_matching_paths(qb, &cond, &req.host, "");
     qb.push(
         "), matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
          a.timestamp FROM paths CROSS JOIN atoms a ON ",
