@@ -41,7 +41,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use tabacco::metadata::ServerStore;
 use tabacco::metadata::postgres::PostgresStore;
-use tabacco::metadata::sqlite::SqliteStore;
+use tabacco::metadata::sqlite::{self, SqliteStore};
 use tabacco::model::{Atom, Backup, Dataset, FindRequest, atom_path};
 
 /// Command line.
@@ -191,6 +191,7 @@ fn sqlite_options(path: &Path) -> SqliteConnectOptions {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
+        .pragma("cache_size", format!("-{}", sqlite::CACHE_KIB))
 }
 
 /// The raw anchor on SQLite: the round in one transaction of prepared
