@@ -4,6 +4,9 @@
 # per atom, two at a time on both sides (tabacco's default dataset
 # parallelism). Reports wall time and the number of restic processes that
 # open the repository per run, counted by a wrapper around restic.
+# The raw side's stderr goes to $WORK/many/raw-stderr.log: two restic
+# processes sharing one cache print harmless "error clearing pack files
+# in cache" lines.
 #
 #   bench/many_atoms.sh [--quick]    (quick: 20 atoms, 3 runs; full: 200)
 source "$(dirname "$0")/lib.sh"
@@ -35,7 +38,7 @@ YAML
 cat > "$W/raw.sh" <<SH
 #!/usr/bin/env bash
 set -euo pipefail
-seq 1 $N | xargs -P 2 -I{} bash -c 'set -o pipefail; head -c 65536 /dev/urandom | $W/restic-counting -r $W/repo-raw backup --stdin --stdin-filename many/db{}/main --host bench-host --tag backup_id=x --tag dataset_id=y --tag source=many >/dev/null'
+seq 1 $N | xargs -P 2 -I{} bash -c 'set -o pipefail; head -c 65536 /dev/urandom | $W/restic-counting -r $W/repo-raw backup --stdin --stdin-filename many/db{}/main --host bench-host --tag backup_id=x --tag dataset_id=y --tag source=many >/dev/null 2>>$W/raw-stderr.log'
 SH
 chmod +x "$W/raw.sh"
 
@@ -49,4 +52,4 @@ report "$W/many.json" "many atoms"
 "$BENCH_DIR/fresh_repo.sh" "$W/repo-raw" "$W/repo-tabacco"; rm -rf "$W/state"
 : > "$W/opens.log"; "$W/raw.sh"; raw_opens=$(wc -l < "$W/opens.log")
 : > "$W/opens.log"; "$TABACCO" --config "$W/etc/agent.yml" backup many >/dev/null 2>&1; tab_opens=$(wc -l < "$W/opens.log")
-echo "  repository opens per run: restic per atom $raw_opens, tabacco $tab_opens ($(sort "$W/opens.log" | uniq -c | awk '{printf "%s %s; ", $1, $2}'))"
+echo "  repository opens per run: restic per atom $raw_opens, tabacco $tab_opens ($(sort "$W/opens.log" | uniq -c | awk '{print $1 " " $2}' | paste -sd, -))"
