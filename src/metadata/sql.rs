@@ -182,23 +182,13 @@ mod tests {
             backup_id: backup.to_owned(),
             host: "h".to_owned(),
             timestamp: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
-            dataset: Dataset {
-                id: dataset.to_owned(),
-                atoms: atoms
-                    .iter()
-                    .map(|n| Atom {
-                        name: (*n).to_owned(),
-                        path: String::new(),
-                    })
-                    .collect(),
-                name: "mysql".to_owned(),
-                source: "src".to_owned(),
-                snapshot_id: String::new(),
-                total_files: 0,
-                total_bytes: 0,
-                bytes_added: 0,
-                duration: 0,
-            },
+            // Only id and source have no default.
+            dataset: serde_json::from_value(serde_json::json!({
+                "id": dataset,
+                "source": "src",
+                "atoms": atoms.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
+            }))
+            .expect("a valid dataset"),
         }
     }
 
