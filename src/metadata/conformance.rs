@@ -81,6 +81,34 @@ pub(crate) fn find(pattern: &str) -> FindRequest {
     }
 }
 
+/// Requests whose query plan must seek an `atoms` index and never read
+/// the whole table, on the [`fleet`] (each store's plan test checks them):
+/// literal, prefix glob, newest N, older-than, host-filtered.
+pub(crate) fn indexed_find_requests() -> Vec<FindRequest> {
+    vec![
+        find("mysql/db/site1"),
+        find("host1*/mysql/*"),
+        FindRequest {
+            num_versions: 1,
+            ..find("mysql/db/site1")
+        },
+        FindRequest {
+            num_versions: 1,
+            older_than: Some(ts("2026-01-03T00:00:00Z")),
+            ..find("host1*/mysql/*")
+        },
+        FindRequest {
+            host: "h1".into(),
+            ..find("mysql/*")
+        },
+        FindRequest {
+            host: "h1".into(),
+            num_versions: 1,
+            ..find("*")
+        },
+    ]
+}
+
 /// `backup_id:source/dataset/atom` for every atom returned, in order.
 pub(crate) fn flat(backups: &[Backup]) -> Vec<String> {
     backups

@@ -603,7 +603,7 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::TestSchema;
     use super::*;
-    use crate::metadata::conformance::{find, fleet, ts};
+    use crate::metadata::conformance::{find, fleet, indexed_find_requests};
 
     #[test]
     fn urls_are_redacted() {
@@ -686,28 +686,7 @@ mod tests {
         let s = schema.store().await;
         fleet(&s).await;
         sqlx::query("ANALYZE").execute(&s.pool).await.unwrap();
-        for req in [
-            find("mysql/db/site1"),
-            find("host1*/mysql/*"),
-            FindRequest {
-                num_versions: 1,
-                ..find("mysql/db/site1")
-            },
-            FindRequest {
-                num_versions: 1,
-                older_than: Some(ts("2026-01-03T00:00:00Z")),
-                ..find("host1*/mysql/*")
-            },
-            FindRequest {
-                host: "h1".into(),
-                ..find("mysql/*")
-            },
-            FindRequest {
-                host: "h1".into(),
-                num_versions: 1,
-                ..find("*")
-            },
-        ] {
+        for req in indexed_find_requests() {
             let plan = plan(&s, &req).await;
             assert!(!scans_atoms(&plan), "{req:?} scans atoms: {plan:#?}");
             assert!(searches_atoms_by_index(&plan), "{req:?}: {plan:#?}");

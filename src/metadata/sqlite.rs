@@ -664,7 +664,7 @@ mod tests {
     //! tested for both by `metadata::conformance`.
 
     use super::*;
-    use crate::metadata::conformance::{backup, dataset, find, ts};
+    use crate::metadata::conformance::{backup, dataset, find, indexed_find_requests};
     use sqlx::Connection;
     use tempfile::TempDir;
 
@@ -713,28 +713,7 @@ mod tests {
     #[tokio::test]
     async fn find_query_plan_uses_an_atoms_index() {
         let (_dir, s) = fleet().await;
-        for req in [
-            find("mysql/db/site1"),
-            find("host1*/mysql/*"),
-            FindRequest {
-                num_versions: 1,
-                ..find("mysql/db/site1")
-            },
-            FindRequest {
-                num_versions: 1,
-                older_than: Some(ts("2026-01-03T00:00:00Z")),
-                ..find("host1*/mysql/*")
-            },
-            FindRequest {
-                host: "h1".into(),
-                ..find("mysql/*")
-            },
-            FindRequest {
-                host: "h1".into(),
-                num_versions: 1,
-                ..find("*")
-            },
-        ] {
+        for req in indexed_find_requests() {
             let plan = plan(&s, &req).await;
             assert!(!scans_atoms(&plan), "{req:?} scans atoms: {plan:#?}");
             assert!(searches_atoms_by_index(&plan), "{req:?}: {plan:#?}");
