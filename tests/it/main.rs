@@ -4,8 +4,10 @@
 mod common;
 
 mod agent;
+mod agent_proc;
 mod backup_restore;
 mod config_check;
 mod failures;
 mod metadb;
+mod metadb_server;
 mod remote;

@@ -2,94 +2,13 @@
 //! the printed address, SQLite and PostgreSQL databases, tokens, the
 //! exposure check, and graceful shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-/// A running `tabacco metadb`.
-struct Server {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-    /// Where its stderr goes.
-    log: PathBuf,
-}
-
-impl Server {
-    /// Start the binary with `--config config` and `args`; wait for its
-    /// `listening on` line.
-    fn start(dir: &Path, config: &Path, args: &[&str]) -> Server {
-        let log = dir.join(format!("metadb-{}.log", uuid::Uuid::now_v7()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tabacco"))
-            .arg("--config")
-            .arg(config)
-            .arg("metadb")
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tabacco metadb");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let Some(base) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "no 'listening on' line (got {line:?}); log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        Server {
-            base: base.to_owned(),
-            child,
-            log,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// SIGTERM, and insist on a clean exit within 15 s.
-    fn terminate(mut self) -> String {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                assert!(status.success(), "exit {status} after SIGTERM; log:\n{log}");
-                return log;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("tabacco metadb did not stop within 15 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use crate::metadb_server::MetadbServer;
 
 fn add_body(backup: &str, host: &str, dataset: &str) -> Value {
     json!({
@@ -101,7 +20,7 @@ fn add_body(backup: &str, host: &str, dataset: &str) -> Value {
 
 async fn post(
     client: &reqwest::Client,
-    s: &Server,
+    s: &MetadbServer,
     path: &str,
     body: &Value,
     token: Option<&str>,
@@ -129,7 +48,7 @@ fn versions(v: &Value) -> usize {
 /// same database still has the records.
 async fn exercise(dir: &Path, config: &Path, args: &[&str]) {
     let client = reqwest::Client::new();
-    let s = Server::start(dir, config, args);
+    let s = MetadbServer::start(dir, config, args);
     assert!(s.base.starts_with("http://127.0.0.1:"), "{}", s.base);
     for _ in 0..2 {
         let (status, v) = post(
@@ -165,7 +84,7 @@ async fn exercise(dir: &Path, config: &Path, args: &[&str]) {
     let log = s.terminate();
     assert!(log.contains("SIGTERM"), "{log}");
 
-    let s = Server::start(dir, config, args);
+    let s = MetadbServer::start(dir, config, args);
     let (status, v) = post(
         &client,
         &s,
@@ -248,7 +167,7 @@ async fn metadb_binary_with_a_tokens_file() {
         "listen: 127.0.0.1:0\ndatabase: sqlite://m.sqlite\ntokens_file: tokens.yml\n",
     )
     .unwrap();
-    let s = Server::start(dir.path(), &config, &[]);
+    let s = MetadbServer::start(dir.path(), &config, &[]);
     let client = reqwest::Client::new();
     let (status, _) = post(
         &client,

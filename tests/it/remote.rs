@@ -7,10 +7,8 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -19,7 +17,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use crate::agent_proc::Agent;
 use crate::common::{Env, text};
+use crate::metadb_server::MetadbServer;
 
 /// What the stand-in received and how it answers.
 #[derive(Clone)]
@@ -267,146 +267,19 @@ fn unusable_metadb_settings_exit_2_naming_the_key() {
 // End to end: the real `tabacco metadb` server, `tabacco backup`, `tabacco
 // agent` and `tabacco restore`.
 
-/// A running `tabacco metadb` on a SQLite file in `dir`.
-struct Metadb {
-    child: std::process::Child,
-    /// `http(s)://127.0.0.1:PORT`.
-    base: String,
-    log: PathBuf,
-}
-
-impl Metadb {
-    /// Start with `metadb.yml` = `yaml` (plus a SQLite database in `dir`)
-    /// and `args`; wait for its `listening on` line.
-    fn start(dir: &Path, yaml: &str, args: &[&str]) -> Metadb {
-        use std::io::BufRead;
-        let config = dir.join("metadb.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "database: sqlite://{}\n{yaml}",
-                dir.join("metadb.sqlite").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("metadb-{}.log", uuid::Uuid::now_v7()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tabacco"))
-            .arg("--config")
-            .arg(&config)
-            .arg("metadb")
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tabacco metadb");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let Some(base) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "no 'listening on' line (got {line:?}); log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        Metadb {
-            base: base.trim_end_matches('/').to_owned(),
-            child,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Metadb {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A running `tabacco agent`, its stderr in a file.
-struct AgentProc {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn start(env: &Env) -> AgentProc {
-        let log = env.path(&format!("agent-{}.log", uuid::Uuid::now_v7()));
-        let mut cmd = env.cmd(&["agent", "--http-addr", "127.0.0.1:0"]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let agent = AgentProc {
-            child: cmd.spawn().expect("start tabacco agent"),
-            log,
-        };
-        agent.wait_for(30, "the agent to serve", || {
-            agent.log().contains("listening on http://")
-        });
-        agent
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Wait until `cond` holds, up to `secs`; panics with the log if not.
-    fn wait_for(&self, secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !cond() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {secs}s waiting for {what}; agent log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// SIGKILL: no chance to clean up.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, and wait for the exit.
-    fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "agent did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Start `tabacco metadb` with `metadb.yml` = `yaml` plus a SQLite
+/// database in `dir`, and `args`.
+fn start_metadb(dir: &Path, yaml: &str, args: &[&str]) -> MetadbServer {
+    let config = dir.join("metadb.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "database: sqlite://{}\n{yaml}",
+            dir.join("metadb.sqlite").display()
+        ),
+    )
+    .unwrap();
+    MetadbServer::start(dir, &config, args)
 }
 
 /// (backup id, atom path) of every atom version in a `query --json` result.
@@ -464,7 +337,7 @@ fn e2e_server_down_during_backups_then_delivered_once_each() {
     std::fs::copy(&queued[0], &copy).unwrap();
 
     let srv = tempfile::tempdir().unwrap();
-    let server = Metadb::start(srv.path(), "", &["--listen", &format!("127.0.0.1:{port}")]);
+    let server = start_metadb(srv.path(), "", &["--listen", &format!("127.0.0.1:{port}")]);
     assert_eq!(server.base, url);
     let out = env.ok(&["backup", "home"]);
     assert!(
@@ -515,19 +388,19 @@ fn e2e_agent_killed_with_records_pending_delivers_them_after_a_restart() {
             root = env.path("data").display()
         ),
     );
-    let agent = AgentProc::start(&env);
+    let agent = Agent::start(&env);
     agent.wait_for(120, "two queued records", || {
         outbox_files(&env, "").len() >= 2
     });
-    agent.kill();
+    drop(agent); // SIGKILL: no chance to clean up.
     let pending = queued_backups(&env);
     assert!(pending.len() >= 2, "{pending:?}");
 
     // No more schedule: the restarted agent only delivers.
     setup(&env, &url);
     let srv = tempfile::tempdir().unwrap();
-    let server = Metadb::start(srv.path(), "", &["--listen", &format!("127.0.0.1:{port}")]);
-    let agent = AgentProc::start(&env);
+    let server = start_metadb(srv.path(), "", &["--listen", &format!("127.0.0.1:{port}")]);
+    let agent = Agent::start(&env);
     agent.wait_for(60, "the outbox to empty", || {
         outbox_files(&env, "").is_empty()
     });
@@ -546,21 +419,7 @@ fn e2e_agent_killed_with_records_pending_delivers_them_after_a_restart() {
     let mut unique = got.clone();
     unique.dedup();
     assert_eq!(unique, got, "no duplicates");
-    let metrics = {
-        use std::io::{Read, Write};
-        let log = agent.log();
-        let addr = log
-            .split("listening on http://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap()
-            .to_string();
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body
-    };
+    let metrics = agent.metrics();
     assert!(
         metrics.contains("tabacco_outbox_pending_records 0"),
         "{metrics}"
@@ -627,7 +486,7 @@ fn e2e_host_b_restores_what_the_agent_of_host_a_backed_up_over_mutual_tls() {
     let pki = tempfile::tempdir().unwrap();
     make_pki(pki.path(), &["host-a", "host-b"]);
     let srv = tempfile::tempdir().unwrap();
-    let server = Metadb::start(
+    let server = start_metadb(
         srv.path(),
         &format!(
             "listen: 127.0.0.1:0\ntls:\n  cert: {p}/server.pem\n  key: {p}/server.key\n  client_ca: {p}/ca.pem\n",
@@ -655,7 +514,7 @@ fn e2e_host_b_restores_what_the_agent_of_host_a_backed_up_over_mutual_tls() {
             root = data.display()
         ),
     );
-    let agent = AgentProc::start(&a);
+    let agent = Agent::start(&a);
     agent.wait_for(120, "a backup recorded on the server", || {
         let out = a.run(&["query", "--json", "--host", "host-a", "home/users/alice"]);
         out.status.success()
@@ -730,7 +589,7 @@ fn e2e_bearer_token_is_accepted_and_a_wrong_one_keeps_records_queued() {
     use sha2::Digest;
     let srv = tempfile::tempdir().unwrap();
     let hash = hex::encode(sha2::Sha256::digest(b"token-of-testhost"));
-    let server = Metadb::start(
+    let server = start_metadb(
         srv.path(),
         &format!("listen: 127.0.0.1:0\ntokens:\n  testhost: {hash}\n"),
         &[],
