@@ -16,7 +16,7 @@ use super::{AppState, routes, serve};
 use crate::metadata::ServerStore;
 use crate::metadata::postgres::test_support::TestSchema;
 use crate::metadata::sqlite::SqliteStore;
-use crate::model::{Atom, Backup, Dataset, JobStatus, RunningJobStatus, atom_path};
+use crate::model::{Atom, Backup, Dataset, JobStatus, RunningJobStatus};
 
 /// Keeps a backend's storage alive for a test.
 #[allow(dead_code)]
@@ -177,16 +177,7 @@ fn add_body(backup: Value, dataset: Value) -> Value {
 /// `backup_id:source/dataset/atom` for each atom of a find result.
 fn flat(v: &Value) -> Vec<String> {
     let backups: Vec<Backup> = serde_json::from_value(v.clone()).unwrap();
-    backups
-        .iter()
-        .flat_map(|b| {
-            b.datasets.iter().flat_map(move |d| {
-                d.atoms
-                    .iter()
-                    .map(move |a| format!("{}:{}", b.id, atom_path(&d.source, &d.name, &a.name)))
-            })
-        })
-        .collect()
+    crate::metadata::conformance::flat(&backups)
 }
 
 /// h1: b1 (01-01) and b2 (01-02) with mysql/db {site1, site2}; h2: c1 (01-03)
