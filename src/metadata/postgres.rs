@@ -221,7 +221,7 @@ fn push_find_query(
     let older_than = req.older_than.as_ref().map(truncate_micros);
     push_matching_paths(qb, &cond, &req.host, "::text");
     qb.push(
-        "), matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
+        ", matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
          a.timestamp FROM paths CROSS JOIN LATERAL (SELECT backup_id, dataset_id, name, \
          path, host, timestamp FROM atoms WHERE global_path = paths.p",
     );

@@ -69,6 +69,7 @@ pub(crate) fn push_matching_paths<DB>(
             qb.push(" ORDER BY global_path LIMIT 1) FROM paths WHERE paths.p IS NOT NULL");
         }
     }
+    qb.push(")");
 }
 
 /// Append the conditions selecting `atoms` rows of `host` (if not empty)

@@ -342,7 +342,7 @@ fn push_find_query(qb: &mut QueryBuilder<Sqlite>, pattern: &Pattern, req: &FindR
     let cond = pattern.condition();
     push_matching_paths(qb, &cond, &req.host, "");
     qb.push(
-        "), matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
+        ", matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
          a.timestamp FROM paths CROSS JOIN atoms a ON ",
     );
     if req.num_versions > 0 {
@@ -350,14 +350,13 @@ fn push_find_query(qb: &mut QueryBuilder<Sqlite>, pattern: &Pattern, req: &FindR
     } else {
         qb.push("a.global_path = paths.p");
     }
-    let col = if req.num_versions > 0 { "" } else { "a." };
+    // Unqualified: `paths` has no such column, so these name the atom row,
+    // whether of the join or of the newest-N subquery.
     if !req.host.is_empty() {
-        qb.push(format_args!(" AND {col}host = "))
-            .push_bind(req.host.clone());
+        qb.push(" AND host = ").push_bind(req.host.clone());
     }
     if let Some(t) = req.older_than {
-        qb.push(format_args!(" AND {col}timestamp < "))
-            .push_bind(t.timestamp_micros());
+        qb.push(" AND timestamp < ").push_bind(t.timestamp_micros());
     }
     if req.num_versions > 0 {
         qb.push(" ORDER BY timestamp DESC, backup_id, dataset_id LIMIT ")
