@@ -8,6 +8,7 @@ mod agent_proc;
 mod backup_restore;
 mod config_check;
 mod failures;
+mod many_atoms;
 mod metadb;
 mod metadb_server;
 mod remote;
