@@ -5,7 +5,9 @@
 # parallelism as tabacco's default `parallel_dumps`). Reports wall time,
 # the restic runs that open the repository per run (counted by a wrapper
 # around restic), and tabacco's peak RSS and peak spool size during a run
-# (sampled every 50 ms from /proc and `du`).
+# (sampled every 50 ms from /proc and `du`). Then the restore of every
+# atom of that snapshot: tabacco (one `restic restore` into a scratch
+# directory) against one `restic dump` per atom.
 # The raw side's stderr goes to $WORK/many/raw-stderr.log: two restic
 # processes sharing one cache print harmless "error clearing pack files
 # in cache" lines.
@@ -81,4 +83,21 @@ SH
     : > "$W/opens.log"; read -r rss spool < <(sample_run); tab_opens=$(wc -l < "$W/opens.log")
     echo "  repository opens per run: restic per atom $raw_opens, tabacco $tab_opens ($(sort "$W/opens.log" | uniq -c | awk '{print $1 " " $2}' | paste -sd, -))"
     echo "  tabacco peak RSS $((rss / 1024)) MiB ($rss KiB), peak spool $((spool / 1024)) KiB for $((N * 64)) KiB of dumps"
+
+    # Restore of every atom of that snapshot: one `restic dump` per atom
+    # (2 at a time) against one `tabacco restore` of them all.
+    snap=$(restic -r "$W/repo-tabacco" snapshots --json --no-lock | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+    cat > "$W/raw-restore.sh" <<SH
+#!/usr/bin/env bash
+set -euo pipefail
+seq 1 $N | xargs -P 2 -I{} bash -c 'restic -r $W/repo-tabacco dump --no-lock $snap /many/all/db{} > /dev/null'
+SH
+    chmod +x "$W/raw-restore.sh"
+    hyperfine -N --runs "$runs" --export-json "$W/restore-$N.json" --style none \
+        --prepare "rm -rf $W/restored" \
+        -n "restic dump per atom (x$N)" "$W/raw-restore.sh" \
+        -n "tabacco restore ($N atoms)" "bash -c \"$TABACCO --config $W/etc/agent.yml restore --target $W/restored 'many/all/*' >/dev/null 2>&1\"" >/dev/null
+    report "$W/restore-$N.json" "restore of $N atoms"
+    : > "$W/opens.log"; "$TABACCO" --config "$W/etc/agent.yml" restore --target "$W/restored" 'many/all/*' >/dev/null 2>&1
+    echo "  repository opens per restore: tabacco $(wc -l < "$W/opens.log") ($(sort "$W/opens.log" | uniq -c | awk '{print $1 " " $2}' | paste -sd, -)), restic dump per atom $N"
 done
