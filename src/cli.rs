@@ -41,8 +41,9 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "tabacco", version, about, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Main configuration file; `handlers/` and `sources/` are read from
-    /// its directory.
+    /// Main configuration file of the agent, `backup`, `restore`, `query`
+    /// and `config check`; `handlers/` and `sources/` are read from its
+    /// directory. (`metadb` reads its own, see `tabacco metadb --help`.)
     #[arg(long, global = true, env = "TABACCO_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
@@ -57,6 +58,28 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Where `config` came from (command line, `TABACCO_CONFIG`, default);
+    /// set by [`Cli::parse_args`].
+    #[arg(skip)]
+    pub config_source: Option<clap::parser::ValueSource>,
+}
+
+impl Cli {
+    /// Parse the process's arguments (exiting on `--help` or a mistake, as
+    /// clap does), remembering where `--config` came from.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.config_source = matches.value_source("config");
+        cli
+    }
+
+    /// Whether `--config` was given on the command line itself.
+    pub fn config_on_command_line(&self) -> bool {
+        self.config_source == Some(clap::parser::ValueSource::CommandLine)
+    }
 }
 
 /// Log line formats.
@@ -83,8 +106,10 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Run the metadata server (the fleet's central index). `--config`
-    /// names its metadb.yml (default /etc/tabacco/metadb.yml if present).
+    /// Run the metadata server (the fleet's central index). Its own
+    /// configuration file is `--server-config` (or `TABACCO_METADB_CONFIG`,
+    /// default /etc/tabacco/metadb.yml if present); `TABACCO_CONFIG`, the
+    /// agent's, is ignored.
     Metadb(metadb::MetadbArgs),
 }
 
@@ -125,13 +150,17 @@ impl CliError {
 
 /// Run the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
+    let config_on_command_line = cli.config_on_command_line();
     let result = match cli.command {
         Command::Agent(args) => agent::run(&cli.config, args).await,
         Command::Backup(args) => backup::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args).await,
         Command::Query(args) => query::run(&cli.config, args).await,
         Command::Config(ConfigCommand::Check) => check::run(&cli.config),
-        Command::Metadb(args) => metadb::run(&cli.config, args).await,
+        Command::Metadb(args) => {
+            let explicit = config_on_command_line.then_some(cli.config.as_path());
+            metadb::run(explicit, args).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
