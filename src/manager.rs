@@ -29,9 +29,9 @@ use crate::process::ProcessError;
 use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
 
-/// How many datasets of one source are backed up at once unless
-/// `queue_config.workers.datasets` says otherwise.
-pub const DEFAULT_PARALLEL_DATASETS: usize = 2;
+/// The queue (`queue_config.workers`) bounding how many datasets of one
+/// source are backed up at once.
+pub const DATASETS_QUEUE: &str = "datasets";
 
 /// Errors that stop a backup or restore as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -397,14 +397,7 @@ impl Manager {
             lock(state).planned = datasets;
             return Ok(());
         }
-        let limit = rctx
-            .config()
-            .queue
-            .workers
-            .get("datasets")
-            .copied()
-            .unwrap_or(DEFAULT_PARALLEL_DATASETS)
-            .max(1);
+        let limit = rctx.config().queue.workers(DATASETS_QUEUE).max(1);
         futures::stream::iter(datasets)
             .map(|ds| self.backup_dataset(rctx, handler, backup, ds, observer, state))
             .buffer_unordered(limit)

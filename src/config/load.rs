@@ -306,7 +306,10 @@ fn read_spec_dir<T: DeserializeOwned>(
         let path = entry.path();
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => paths.push(path),
-            Ok(_) => {}
+            Ok(_) => FileErrors { file: &path, out }.add(
+                WHOLE_FILE,
+                format!("is not a regular file: every {kind}/*.yml must be a YAML file"),
+            ),
             Err(e) => FileErrors { file: &path, out }.add(WHOLE_FILE, format!("cannot read: {e}")),
         }
     }
@@ -425,8 +428,18 @@ fn resolve_main(
     if let Some(q) = raw.queue_config {
         for (name, n) in q.workers.unwrap_or_default() {
             let field = format!("queue_config.workers.{name}");
-            if name.trim().is_empty() {
-                errs.add(field, "queue name is empty");
+            if !crate::config::QUEUES.iter().any(|(q, _, _)| *q == name) {
+                let known: Vec<String> = crate::config::QUEUES
+                    .iter()
+                    .map(|(q, n, what)| format!("{q} ({what}, default {n})"))
+                    .collect();
+                errs.add(
+                    field,
+                    format!(
+                        "unknown queue {name:?}: the queues are {}",
+                        known.join(" and ")
+                    ),
+                );
             } else if n < 1 {
                 errs.add(field, format!("must be at least 1, not {n}"));
             } else {
@@ -1256,7 +1269,7 @@ hostname: host1
 queue_config:
   workers:
     backup: 3
-    restore: 1
+    datasets: 1
 repository:
   name: offsite
   type: restic
@@ -1329,7 +1342,7 @@ datasets:
         assert_eq!(c.path, root.join("agent.yml"));
         assert_eq!(c.hostname, "host1");
         assert_eq!(c.queue.workers("backup"), 3);
-        assert_eq!(c.queue.workers("restore"), 1);
+        assert_eq!(c.queue.workers("datasets"), 1);
         assert_eq!(c.repository.name, "offsite");
         assert_eq!(c.repository.kind, "restic");
         assert_eq!(
@@ -1965,6 +1978,30 @@ datasets:
     }
 
     // ----- handler fit -----
+
+    #[test]
+    fn unknown_queue_names_and_directories_named_yml_are_mistakes() {
+        let main = format!("{MAIN}queue_config:\n  workers:\n    backups: 3\n");
+        let (dir, errs) = errors(&[("agent.yml", &main)]);
+        assert_error(
+            &dir,
+            &errs,
+            "agent.yml",
+            "queue_config.workers.backups",
+            "unknown queue \"backups\": the queues are backup",
+        );
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+
+        let (dir, r) = load_with(&[("sources/sub.yml/x.yml", "name: x\n")]);
+        let errs = r.unwrap_err().0;
+        assert_error(
+            &dir,
+            &errs,
+            "sources/sub.yml",
+            WHOLE_FILE,
+            "is not a regular file",
+        );
+    }
 
     #[test]
     fn pipe_datasets_hold_any_number_of_atoms() {

@@ -34,16 +34,19 @@ impl Config {
                 self.embedded_metadb_path().display()
             ),
         };
-        let queues = if self.queue.workers.is_empty() {
-            "defaults (backup: 2 workers, others: 1)".to_string()
-        } else {
-            self.queue
-                .workers
-                .iter()
-                .map(|(q, n)| format!("{q}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let queues = crate::config::QUEUES
+            .iter()
+            .map(|(q, _, _)| {
+                let n = self.queue.workers(q);
+                let set = if self.queue.workers.contains_key(*q) {
+                    ""
+                } else {
+                    " (default)"
+                };
+                format!("{q}: {n}{set}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         let main = vec![
             row(["config", &self.path.display().to_string()]),
             row(["hostname", &self.hostname]),
