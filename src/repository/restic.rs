@@ -86,7 +86,7 @@ impl fmt::Debug for Restic {
         };
         f.debug_struct("Restic")
             .field("name", &self.name)
-            .field("uri", &redact_uri(&self.uri))
+            .field("uri", &crate::redact::url(&self.uri))
             .field("password", &password)
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("cache_dir", &self.cache_dir)
@@ -122,34 +122,6 @@ fn unique_full_id(short: &str, names: &[String]) -> Option<String> {
         .filter(|n| json::is_full_id(n) && n.starts_with(short));
     let first = found.next()?;
     found.next().is_none().then(|| first.clone())
-}
-
-/// `uri` with the password of any `user:password@` part replaced by `***`.
-pub fn redact_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
-        return uri.to_string();
-    };
-    let auth_start = scheme_end + 3;
-    let auth_end = uri[auth_start..]
-        .find('/')
-        .map(|i| auth_start + i)
-        .unwrap_or(uri.len());
-    let authority = &uri[auth_start..auth_end];
-    let Some(at) = authority.rfind('@') else {
-        return uri.to_string();
-    };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => "***".to_string(),
-    };
-    format!(
-        "{}{}@{}{}",
-        &uri[..auth_start],
-        user,
-        &authority[at + 1..],
-        &uri[auth_end..]
-    )
 }
 
 /// Why a restic command failed, as far as it matters to us.
@@ -426,7 +398,7 @@ impl Restic {
 
     /// The repository URI with any password in it hidden, for messages.
     pub fn display_uri(&self) -> String {
-        redact_uri(&self.uri)
+        crate::redact::url(&self.uri)
     }
 
     /// A restic command `restic SUBCOMMAND ARGS... [--cache-dir D]
@@ -1204,23 +1176,6 @@ mod tests {
         assert_eq!(unique_full_id("abcd1234", &names), Some(a.clone()));
         assert_eq!(unique_full_id("abcd1234", &[a, b]), None, "ambiguous");
         assert_eq!(unique_full_id("12345678", &names), None);
-    }
-
-    #[test]
-    fn uris_are_redacted() {
-        assert_eq!(redact_uri("/srv/restic"), "/srv/restic");
-        assert_eq!(
-            redact_uri("rest:https://user:s3cr3t@host:8000/repo"),
-            "rest:https://user:***@host:8000/repo"
-        );
-        assert_eq!(
-            redact_uri("rest:https://token@host/"),
-            "rest:https://***@host/"
-        );
-        assert_eq!(
-            redact_uri("s3:https://s3.example/bucket"),
-            "s3:https://s3.example/bucket"
-        );
     }
 
     #[test]
