@@ -15,7 +15,6 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
-use crate::config::params::ParamTypeError;
 use crate::config::{HandlerSpec, HandlerType, SourceSpec};
 use crate::model::{Backup, Dataset};
 use crate::repository::{ProgressFn, RepoError, SnapshotInfo, SnapshotMeta};
@@ -106,34 +105,21 @@ pub fn for_source(
     source: &SourceSpec,
 ) -> Result<Box<dyn Handler>, HandlerError> {
     let params = spec.params.merged_with(&source.params);
-    let config_error = |e: ParamTypeError| HandlerError::Config {
+    let config_error = |errors: Vec<(&str, String)>| HandlerError::Config {
         handler: spec.name.clone(),
         source_name: source.name.clone(),
-        message: e.to_string(),
-    };
-    let required = |key: &str| -> Result<String, HandlerError> {
-        params
-            .get_str(key)
-            .map_err(config_error)?
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| HandlerError::Config {
-                handler: spec.name.clone(),
-                source_name: source.name.clone(),
-                message: format!("parameter '{key}' is required"),
-            })
+        message: errors
+            .iter()
+            .map(|(key, message)| format!("params.{key}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; "),
     };
     Ok(match spec.kind {
-        HandlerType::File => Box::new(file::FileHandler::new(required("path")?.into())),
+        HandlerType::File => Box::new(file::FileHandler::new(
+            file::FileParams::from_params(&params).map_err(config_error)?,
+        )),
         HandlerType::Pipe => Box::new(pipe::PipeHandler::new(
-            pipe::PipeParams::from_params(&params).map_err(|errors| HandlerError::Config {
-                handler: spec.name.clone(),
-                source_name: source.name.clone(),
-                message: errors
-                    .iter()
-                    .map(|(key, message)| format!("params.{key}: {message}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            })?,
+            pipe::PipeParams::from_params(&params).map_err(config_error)?,
         )),
     })
 }

@@ -907,23 +907,8 @@ fn check_handler_fit(
     };
     match kind {
         HandlerType::File => {
-            match merged.get_str("path") {
-                Ok(Some(root)) if root.starts_with('/') => {}
-                Ok(Some(root)) => errs.add(
-                    join(p, "params.path"),
-                    format!(
-                        "{root:?}{} must be an absolute directory (the root the atoms' paths are relative to)",
-                        origin("path")
-                    ),
-                ),
-                Ok(None) => errs.add(
-                    join(p, "params.path"),
-                    format!(
-                        "missing: the file handler {handler_name:?} needs params.path, the absolute root directory (in the source or the handler)"
-                    ),
-                ),
-                Err(e) => errs.add(join(p, "params.path"), format!("{e}{}", origin("path"))),
-            }
+            let checked = crate::handler::file::FileParams::from_params(&merged).map(|_| ());
+            add_param_errors(p, checked, &merged, &origin, errs);
             for (j, set) in static_sets.iter().enumerate() {
                 let AtomsSource::Static(atoms) = &set.atoms else {
                     continue;
@@ -939,20 +924,32 @@ fn check_handler_fit(
             }
         }
         HandlerType::Pipe => {
-            if let Err(errors) = crate::handler::pipe::PipeParams::from_params(&merged) {
-                for (key, message) in errors {
-                    let origin = if merged.contains(key) {
-                        origin(key)
-                    } else {
-                        String::new()
-                    };
-                    errs.add(
-                        join(p, &format!("params.{key}")),
-                        format!("{message}{origin}"),
-                    );
-                }
-            }
+            let checked = crate::handler::pipe::PipeParams::from_params(&merged).map(|_| ());
+            add_param_errors(p, checked, &merged, &origin, errs);
         }
+    }
+}
+
+/// Report what a handler's parameter check found, each at `p.params.KEY`,
+/// saying which handler file a value came from when the source did not set
+/// it.
+fn add_param_errors(
+    p: &str,
+    checked: Result<(), Vec<(&'static str, String)>>,
+    merged: &Params,
+    origin: &dyn Fn(&str) -> String,
+    errs: &mut FileErrors<'_>,
+) {
+    for (key, message) in checked.err().unwrap_or_default() {
+        let origin = if merged.contains(key) {
+            origin(key)
+        } else {
+            String::new()
+        };
+        errs.add(
+            join(p, &format!("params.{key}")),
+            format!("{message}{origin}"),
+        );
     }
 }
 
