@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 
 use crate::model::{Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest};
+use crate::names::excerpt;
 use glob::Pattern;
 
 /// Errors from a metadata store.
@@ -239,19 +240,12 @@ pub async fn open_database(url: &DatabaseUrl) -> Result<Arc<dyn ServerStore>, Me
     })
 }
 
-/// Refuse an empty required field.
-pub(crate) fn require(what: &str, value: &str) -> Result<(), MetadataError> {
-    if value.is_empty() {
-        return Err(MetadataError::BadRequest(format!("{what} is empty")));
-    }
-    Ok(())
-}
-
 /// Refuse text SQL cannot carry faithfully (PostgreSQL text refuses NUL).
 pub(crate) fn no_nul(what: &str, value: &str) -> Result<(), MetadataError> {
     if value.contains('\0') {
         return Err(MetadataError::BadRequest(format!(
-            "{what} {value:?} contains a NUL character"
+            "{what} {} contains a NUL character",
+            excerpt(value)
         )));
     }
     Ok(())
@@ -269,33 +263,31 @@ pub(crate) fn time_in_range(what: &str, t: &DateTime<Utc>) -> Result<(), Metadat
     Ok(())
 }
 
-/// Check an add_dataset request before touching the database.
+/// Check an add_dataset request before touching the database: every
+/// identifier by [`crate::names::check_record`] (the message names the
+/// field), the time range, no NUL in the snapshot id, no negative totals,
+/// no atom twice.
 pub(crate) fn validate_add(backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
-    require("backup id", &backup.id)?;
-    require("backup host", &backup.host)?;
-    require("dataset id", &dataset.id)?;
-    time_in_range("backup timestamp", &backup.timestamp)?;
+    crate::names::check_record(backup, dataset).map_err(MetadataError::BadRequest)?;
+    time_in_range("backup.timestamp", &backup.timestamp)?;
+    no_nul("dataset.snapshot_id", &dataset.snapshot_id)?;
     for (what, value) in [
-        ("backup id", &backup.id),
-        ("backup host", &backup.host),
-        ("dataset id", &dataset.id),
-        ("dataset name", &dataset.name),
-        ("dataset source", &dataset.source),
-        ("dataset snapshot_id", &dataset.snapshot_id),
+        ("dataset.total_files", dataset.total_files),
+        ("dataset.total_bytes", dataset.total_bytes),
+        ("dataset.bytes_added", dataset.bytes_added),
+        ("dataset.duration", dataset.duration),
     ] {
-        no_nul(what, value)?;
+        if value < 0 {
+            return Err(MetadataError::BadRequest(format!(
+                "{what} is {value}: it cannot be negative"
+            )));
+        }
     }
     let mut names = std::collections::HashSet::new();
     for atom in &dataset.atoms {
-        require(
-            &format!("an atom name in dataset {:?}", dataset.id),
-            &atom.name,
-        )?;
-        no_nul("atom name", &atom.name)?;
-        no_nul("atom path", &atom.path)?;
         if !names.insert(atom.name.as_str()) {
             return Err(MetadataError::BadRequest(format!(
-                "atom {:?} appears twice in dataset {:?}",
+                "dataset.atoms: atom {:?} appears twice in dataset {:?}",
                 atom.name, dataset.id
             )));
         }
@@ -305,8 +297,9 @@ pub(crate) fn validate_add(backup: &Backup, dataset: &Dataset) -> Result<(), Met
 
 /// Check a find request; returns its parsed pattern.
 pub(crate) fn validate_find(req: &FindRequest) -> Result<Pattern, MetadataError> {
-    let pattern = Pattern::parse(&req.pattern)
-        .map_err(|e| MetadataError::BadRequest(format!("pattern {:?}: {e}", req.pattern)))?;
+    let pattern = Pattern::parse(&req.pattern).map_err(|e| {
+        MetadataError::BadRequest(format!("pattern {}: {e}", excerpt(&req.pattern)))
+    })?;
     if req.num_versions < 0 {
         return Err(MetadataError::BadRequest(format!(
             "num_versions is {}: give 0 for all versions or a positive count",
@@ -323,8 +316,8 @@ pub(crate) fn validate_find(req: &FindRequest) -> Result<Pattern, MetadataError>
 /// Check a running-jobs report and encode its jobs as the JSON text that
 /// stores keep.
 pub(crate) fn jobs_json(req: &UpdateActiveJobStatusRequest) -> Result<String, MetadataError> {
-    require("host", &req.host)?;
-    no_nul("host", &req.host)?;
+    crate::names::check_host(&req.host)
+        .map_err(|e| MetadataError::BadRequest(format!("host: {e}")))?;
     let jobs = serde_json::to_string(&req.active_jobs)
         .map_err(|e| MetadataError::BadRequest(format!("jobs of host {:?}: {e}", req.host)))?;
     // Store only what active_jobs() can read back (a NaN progress would be

@@ -85,7 +85,9 @@ pub struct FindRequest {
     #[serde(default)]
     pub num_versions: i64,
     /// Only versions backed up strictly before this time. Go clients send
-    /// the zero time (`0001-01-01T00:00:00Z`) for "unset": read as `None`.
+    /// the zero time (`0001-01-01T00:00:00Z`) for "unset": exactly that
+    /// instant is read as `None`; any other time is kept (and a store
+    /// refuses one outside the years 1 to 9999).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -94,13 +96,15 @@ pub struct FindRequest {
     pub older_than: Option<DateTime<Utc>>,
 }
 
+/// Go's zero `time.Time`, `0001-01-01T00:00:00Z`, in Unix seconds.
+const GO_ZERO_TIME_SECS: i64 = -62_135_596_800;
+
 fn zero_time_is_none<'de, D>(d: D) -> Result<Option<DateTime<Utc>>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    use chrono::Datelike;
     let t: Option<DateTime<Utc>> = Option::deserialize(d)?;
-    Ok(t.filter(|t| t.year() > 1))
+    Ok(t.filter(|t| t.timestamp() != GO_ZERO_TIME_SECS || t.timestamp_subsec_nanos() != 0))
 }
 
 /// Progress of a running backup, as reported by restic's `--json` status
@@ -233,5 +237,16 @@ mod tests {
             serde_json::from_str(r#"{"pattern":"x","older_than":"0001-01-01T00:00:00Z"}"#).unwrap();
         assert_eq!(r.host, "");
         assert!(r.older_than.is_none());
+        // Only the zero instant means "unset" (issue 10): later times of
+        // year 1 are kept, earlier ones too (and refused by the stores).
+        for t in [
+            "0001-01-02T00:00:00Z",
+            "0001-01-01T00:00:01Z",
+            "0000-06-01T00:00:00Z",
+        ] {
+            let r: FindRequest =
+                serde_json::from_str(&format!(r#"{{"pattern":"x","older_than":"{t}"}}"#)).unwrap();
+            assert!(r.older_than.is_some(), "{t}");
+        }
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{Handler, HandlerError, snapshot_meta};
-use crate::config::load::check_atom_path;
 use crate::model::{Atom, Backup, Dataset};
+use crate::names::check_atom_path;
 use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
 

@@ -413,7 +413,7 @@ async fn malformed_and_oversized_bodies_are_4xx_and_the_server_still_serves(s: &
         ("/api/add_dataset", br#"{"backup":{"id":"x","timestamp":"yesterday","host":"h"},"dataset":{"id":"d","source":"s"}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "timestamp"),
         ("/api/add_dataset", br#"{"backup":{"id":"x","timestamp":"2026-01-01T00:00:00Z","host":"h"}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "dataset"),
         ("/api/update_active_job_status", br#"{"host":"h","active_jobs":[{"host":"other","job_id":"j","backup_id":"b","dataset_id":"d","dataset_source":"s"}]}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "names host"),
-        ("/api/update_active_job_status", br#"{"host":""}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "host is empty"),
+        ("/api/update_active_job_status", br#"{"host":""}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "host name is empty"),
     ];
     for (path, body, ct, want, text) in cases {
         let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
@@ -499,7 +499,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
         .post(
             "/api/add_dataset",
             &add_body(
-                backup_json("<b>fresh</b>", "h3<script>", &now),
+                backup_json("<b>fresh<b>", "h3<script>", &now),
                 dataset_json("d9", "files", "home", &["<img src=x>", "a&b"]),
             ),
         )
@@ -523,7 +523,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="));
     assert!(html.contains("h3&lt;script&gt;"), "escaped host");
     assert!(
-        html.contains("&lt;b&gt;fresh&lt;/b&gt;"),
+        html.contains("&lt;b&gt;fresh&lt;b&gt;"),
         "escaped backup id"
     );
     // Hosts: h1 and h2 backed up in January 2026, long ago: stale.
@@ -533,7 +533,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(html.contains("job-7") && html.contains("<progress max=\"1\" value=\"0.400\">"));
     assert!(html.contains("4 / 10"));
     // Recent backups, newest first.
-    let fresh = html.find("&lt;b&gt;fresh&lt;/b&gt;").unwrap();
+    let fresh = html.find("&lt;b&gt;fresh&lt;b&gt;").unwrap();
     let c1 = html.find("<code>c1</code>").unwrap();
     assert!(fresh < c1);
 
