@@ -13,6 +13,8 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod faults;
 pub mod glob;
 pub mod outbox;
 pub mod postgres;
@@ -178,7 +180,9 @@ pub trait ServerStore: MetadataStore {
     /// all its datasets (ordered by source, name, id) but without atoms.
     async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError>;
 
-    /// Check that the database answers (for health checks).
+    /// Check that the database answers and takes a write now (for health
+    /// checks: a store that can read but not write, e.g. on a full disk,
+    /// fails).
     async fn ping(&self) -> Result<(), MetadataError>;
 
     /// Close the connections; later calls fail.

@@ -479,10 +479,14 @@ impl ServerStore for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
+        sqlx::query(
+            "INSERT INTO health_probe (id, checked) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET checked = excluded.checked",
+        )
+        .bind(Utc::now().timestamp_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 

@@ -264,6 +264,7 @@ api_tests!(
     page_shows_hosts_jobs_backups_and_search_results,
     metrics_count_requests_datasets_and_host_timestamps,
     healthz_answers,
+    path_escapes_are_refused_naming_the_field,
 );
 
 async fn add_find_and_idempotent_re_add(s: &TestServer) {
@@ -614,6 +615,108 @@ async fn healthz_answers(s: &TestServer) {
     let (status, v) = s.post("/api/find_atoms", &json!({"pattern": "*"})).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(!v["error"].as_str().unwrap().contains("sqlite"), "{v}");
+}
+
+/// Issue 10: a host's record whose identifiers would leave a restore's
+/// target is refused with 400 naming the field, for every field.
+async fn path_escapes_are_refused_naming_the_field(s: &TestServer) {
+    let ok = || {
+        add_body(
+            backup_json("b1", "h1", "2026-01-01T00:00:00Z"),
+            dataset_json("d1", "files", "docs", &["a"]),
+        )
+    };
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    for (pointer, field) in [
+        ("/backup/id", "backup.id"),
+        ("/backup/host", "backup.host"),
+        ("/dataset/id", "dataset.id"),
+        ("/dataset/source", "dataset.source"),
+        ("/dataset/name", "dataset.name"),
+        ("/dataset/atoms/0/name", "dataset.atoms[0].name"),
+        ("/dataset/atoms/0/path", "dataset.atoms[0].path"),
+    ] {
+        for bad in ["/tmp/ESCAPED", "..", "../../etc"] {
+            let mut body = ok();
+            if pointer.ends_with("/path") {
+                body["dataset"]["atoms"][0]["path"] = json!(bad);
+            } else {
+                *body.pointer_mut(pointer).unwrap() = json!(bad);
+            }
+            cases.push((body, field));
+        }
+    }
+    for (body, field) in cases {
+        let (status, v) = s.post("/api/add_dataset", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.starts_with(&format!("{field}: ")), "{field}: {msg}");
+    }
+    let (status, v) = s.post("/api/find_atoms", &json!({"pattern": "*"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v, json!([]), "nothing was stored");
+    let (status, v) = s.post("/api/add_dataset", &ok()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+/// Issue 10: the server's SQLite database on a full disk. A write fails
+/// (500), `/healthz` says 503 while writes fail, and once space is freed
+/// the first write succeeds and the health check recovers.
+#[tokio::test]
+async fn a_full_disk_gives_503_health_and_the_first_write_after_freeing_space_succeeds() {
+    let Some(fs) = crate::metadata::faults::SmallTmpfs::mount("1m") else {
+        return;
+    };
+    let store = SqliteStore::open(&fs.path().join("metadb.sqlite"))
+        .await
+        .unwrap();
+    let state = AppState::new(Arc::new(store.clone()), &test_config()).unwrap();
+    let s = start_state(
+        state,
+        Arc::new(store.clone()),
+        Backing::Dir(tempfile::tempdir().unwrap()),
+        reqwest::Client::new(),
+        "127.0.0.1",
+    )
+    .await;
+    let body = |b: &str, n: usize| {
+        let atoms: Vec<String> = (0..n)
+            .map(|i| format!("{i:04}-{}", "y".repeat(200)))
+            .collect();
+        let atoms: Vec<&str> = atoms.iter().map(String::as_str).collect();
+        add_body(
+            backup_json(b, "h1", "2026-01-01T00:00:00Z"),
+            dataset_json(&format!("{b}-d"), "files", "home", &atoms),
+        )
+    };
+    let (status, v) = s.post("/api/add_dataset", &body("b0", 1)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(s.get("/healthz").await.0, StatusCode::OK);
+    store.checkpoint_truncate().await;
+    let filler = fs.fill();
+    let (status, v) = s.post("/api/add_dataset", &body("b1", 150)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    for _ in 0..3 {
+        let (status, text) = s.get("/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    }
+    std::fs::remove_file(filler).unwrap();
+    let (status, v) = s.post("/api/add_dataset", &body("b1", 3)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the first write after freeing space: {v}"
+    );
+    assert_eq!(s.get("/healthz").await.0, StatusCode::OK);
+    for i in 2..12 {
+        let (status, v) = s.post("/api/add_dataset", &body(&format!("b{i}"), 3)).await;
+        assert_eq!(status, StatusCode::OK, "write {i}: {v}");
+    }
+    let (_, v) = s
+        .post("/api/find_atoms", &json!({"pattern": "files/*"}))
+        .await;
+    assert_eq!(flat(&v).len(), 1 + 11 * 3);
+    s.stop().await;
 }
 
 #[tokio::test]
