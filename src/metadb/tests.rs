@@ -998,6 +998,38 @@ async fn tls_without_client_certificates_serves_https() {
     s.stop().await;
 }
 
+/// Issue 10: an HTTP/2-capable client (curl's default, like a browser)
+/// negotiates a protocol the server speaks and gets the page over TLS.
+#[tokio::test]
+async fn an_http2_capable_client_gets_the_page_over_tls() {
+    let pki = Pki::new();
+    let mut config = test_config();
+    config.tls = Some(pki.tls_files(false));
+    let s = start_tls(&pki, config).await;
+    let port = s.addr.port();
+    let out = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--http2", "--max-time", "60"])
+        .arg("--cacert")
+        .arg(pki.dir.path().join("ca.pem"))
+        .args(["--resolve", &format!("metadb.test:{port}:127.0.0.1")])
+        .args(["--write-out", "\n%{http_code} %{http_version}"])
+        .arg(format!("https://metadb.test:{port}/"))
+        .output()
+        .await
+        .expect("curl is needed for this test (scripts/deps installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (page, status_line) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(status_line, "200 1.1", "{stdout}");
+    assert!(page.contains("<html"), "{page}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn mtls_requires_a_certificate_and_hosts_write_only_their_own_records() {
     let pki = Pki::new();
