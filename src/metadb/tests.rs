@@ -998,6 +998,45 @@ async fn tls_without_client_certificates_serves_https() {
     s.stop().await;
 }
 
+/// Issue 10: established connections are capped by `max_connections`;
+/// one more client waits until a connection closes, then is served.
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_until_one_closes() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = test_config();
+    config.max_connections = 2;
+    let s = start_with(false, config, reqwest::Client::new(), "127.0.0.1").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        // Incomplete headers: each holds its connection (and permit).
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    let client = reqwest::Client::new();
+    let waiting = client
+        .get(s.url("/healthz"))
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        waiting.as_ref().is_err_and(|e| e.is_timeout()),
+        "a third connection was served: {waiting:?}"
+    );
+    held.pop();
+    let resp = client
+        .get(s.url("/healthz"))
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(held);
+    s.stop().await;
+}
+
 /// Issue 10: an HTTP/2-capable client (curl's default, like a browser)
 /// negotiates a protocol the server speaks and gets the page over TLS.
 #[tokio::test]
