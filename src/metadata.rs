@@ -43,7 +43,7 @@ pub enum MetadataError {
     #[error("conflicts with stored data: {0}")]
     Conflict(String),
     /// The database failed.
-    #[error("metadata database {location}: {source}")]
+    #[error("metadata database {location}: {source}{}", storage_hint(source))]
     Database {
         /// Which database (file path or URL without password).
         location: String,
@@ -106,6 +106,22 @@ pub enum MetadataError {
     /// The client configuration (`metadb` in `agent.yml`) cannot be used.
     #[error("{0}")]
     Config(String),
+}
+
+/// What to check when SQLite reports a full disk (`SQLITE_FULL`) or an
+/// I/O error (`SQLITE_IOERR_*`, e.g. no room for its shared-memory file).
+fn storage_hint(e: &sqlx::Error) -> &'static str {
+    let code = match e {
+        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i32>().ok()),
+        _ => None,
+    };
+    match code.map(|c| c & 0xff) {
+        Some(10 | 13) => {
+            " (check that the file system holding the database has free space and is writable; \
+             the next write after that succeeds)"
+        }
+        _ => "",
+    }
 }
 
 impl MetadataError {
