@@ -265,6 +265,7 @@ api_tests!(
     metrics_count_requests_datasets_and_host_timestamps,
     healthz_answers,
     path_escapes_are_refused_naming_the_field,
+    older_than_in_year_1_filters_and_bad_input_is_not_reflected,
 );
 
 async fn add_find_and_idempotent_re_add(s: &TestServer) {
@@ -657,6 +658,45 @@ async fn path_escapes_are_refused_naming_the_field(s: &TestServer) {
     assert_eq!(v, json!([]), "nothing was stored");
     let (status, v) = s.post("/api/add_dataset", &ok()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+/// Issue 10, smaller points over HTTP: a year-1 `older_than` other than
+/// Go's zero time filters (it used to mean "unset"), year 0 is refused,
+/// and a huge bad pattern is not echoed back whole.
+async fn older_than_in_year_1_filters_and_bad_input_is_not_reflected(s: &TestServer) {
+    seed(s).await;
+    let find = |older_than: &str| json!({"pattern": "*", "older_than": older_than});
+    let (status, v) = s
+        .post("/api/find_atoms", &find("0001-01-02T00:00:00Z"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v, json!([]), "every version is newer than year 1");
+    let (status, v) = s
+        .post("/api/find_atoms", &find("0001-01-01T00:00:00Z"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(!flat(&v).is_empty(), "Go's zero time still means unset");
+    let (status, v) = s
+        .post("/api/find_atoms", &find("0000-06-01T00:00:00Z"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("older_than"), "{v}");
+    let huge = format!("[{}", "x".repeat(50_000));
+    let (status, v) = s.post("/api/find_atoms", &json!({"pattern": huge})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.len() < 400, "{} bytes reflected: {msg:.200}", msg.len());
+    let (status, v) = s
+        .post(
+            "/api/add_dataset",
+            &add_body(
+                backup_json("b9", "h1", "2026-01-01T00:00:00Z"),
+                json!({"id": "d", "name": "n", "source": "s", "snapshot_id": "x".repeat(50_000) + "\u{0}"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().len() < 400, "{v:.300}");
 }
 
 /// Issue 10: the server's SQLite database on a full disk. A write fails
