@@ -18,6 +18,7 @@ pub mod manager;
 pub mod metadata;
 pub mod metadb;
 pub mod model;
+pub mod names;
 pub mod process;
 pub mod redact;
 pub mod repository;

@@ -20,11 +20,12 @@ use chrono::{DurationRound, Utc};
 use futures::StreamExt;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::load::{check_name, parse_dataset_specs};
+use crate::config::load::parse_dataset_specs;
 use crate::config::{AtomSpec, AtomsSource, DatasetSpec, DatasetsSource, SourceSpec};
 use crate::handler::{self, DatasetBackup, Handler, HandlerError};
 use crate::metadata::{MetadataError, MetadataStore};
 use crate::model::{Atom, Backup, Dataset, FindRequest, RunningJobStatus, atom_path};
+use crate::names::{check_name, check_record, excerpt, join_below};
 use crate::process::ProcessError;
 use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
@@ -552,9 +553,38 @@ impl Manager {
         req: &FindRequest,
         target: &Path,
     ) -> Result<RestoreReport, ManagerError> {
-        let backups = self.store.find_atoms(req).await?;
-        if backups.is_empty() {
+        let found = self.store.find_atoms(req).await?;
+        if found.is_empty() {
             return Err(ManagerError::NothingFound(req.pattern.clone()));
+        }
+        // Restore paths and the commands' environment are built from these
+        // records: one that breaks the identifier rules (written by a
+        // compromised host through an older server, say) is refused, never
+        // followed.
+        let mut report = RestoreReport::default();
+        let mut backups = Vec::with_capacity(found.len());
+        for mut b in found {
+            for ds in std::mem::take(&mut b.datasets) {
+                if let Err(e) = check_record(&b, &ds) {
+                    let error = format!(
+                        "refusing the index record of backup {} dataset {} (host {}): {e}",
+                        excerpt(&b.id),
+                        excerpt(&ds.id),
+                        excerpt(&b.host)
+                    );
+                    error!("{error}");
+                    report.failures.push(DatasetFailure {
+                        dataset: ds.name.clone(),
+                        atom: None,
+                        error,
+                    });
+                } else {
+                    b.datasets.push(ds);
+                }
+            }
+            if !b.datasets.is_empty() {
+                backups.push(b);
+            }
         }
         let mut versions: HashMap<String, usize> = HashMap::new();
         for b in &backups {
@@ -593,7 +623,6 @@ impl Manager {
                     source,
                 })?;
         }
-        let mut report = RestoreReport::default();
         for (name, items) in &by_source {
             let Some(source) = rctx.find_source(name) else {
                 continue;
@@ -627,7 +656,18 @@ impl Manager {
                 if source_ok {
                     for (b, ds) in items {
                         let dest = if per_backup_dirs {
-                            target.join(&b.id)
+                            match join_below(target, &b.id) {
+                                Ok(dest) => dest,
+                                Err(e) => {
+                                    report.failures.push(DatasetFailure {
+                                        dataset: ds.name.clone(),
+                                        atom: None,
+                                        error: format!("backup {}: {e}", excerpt(&b.id)),
+                                    });
+                                    source_ok = false;
+                                    continue;
+                                }
+                            }
                         } else {
                             target.to_path_buf()
                         };

@@ -13,6 +13,8 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod faults;
 pub mod glob;
 pub mod outbox;
 pub mod postgres;
@@ -27,6 +29,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 
 use crate::model::{Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest};
+use crate::names::excerpt;
 use glob::Pattern;
 
 /// Errors from a metadata store.
@@ -40,7 +43,7 @@ pub enum MetadataError {
     #[error("conflicts with stored data: {0}")]
     Conflict(String),
     /// The database failed.
-    #[error("metadata database {location}: {source}")]
+    #[error("metadata database {location}: {source}{}", storage_hint(source))]
     Database {
         /// Which database (file path or URL without password).
         location: String,
@@ -103,6 +106,22 @@ pub enum MetadataError {
     /// The client configuration (`metadb` in `agent.yml`) cannot be used.
     #[error("{0}")]
     Config(String),
+}
+
+/// What to check when SQLite reports a full disk (`SQLITE_FULL`) or an
+/// I/O error (`SQLITE_IOERR_*`, e.g. no room for its shared-memory file).
+fn storage_hint(e: &sqlx::Error) -> &'static str {
+    let code = match e {
+        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i32>().ok()),
+        _ => None,
+    };
+    match code.map(|c| c & 0xff) {
+        Some(10 | 13) => {
+            " (check that the file system holding the database has free space and is writable; \
+             the next write after that succeeds)"
+        }
+        _ => "",
+    }
 }
 
 impl MetadataError {
@@ -177,7 +196,9 @@ pub trait ServerStore: MetadataStore {
     /// all its datasets (ordered by source, name, id) but without atoms.
     async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError>;
 
-    /// Check that the database answers (for health checks).
+    /// Check that the database answers and takes a write now (for health
+    /// checks: a store that can read but not write, e.g. on a full disk,
+    /// fails).
     async fn ping(&self) -> Result<(), MetadataError>;
 
     /// Close the connections; later calls fail.
@@ -239,19 +260,12 @@ pub async fn open_database(url: &DatabaseUrl) -> Result<Arc<dyn ServerStore>, Me
     })
 }
 
-/// Refuse an empty required field.
-pub(crate) fn require(what: &str, value: &str) -> Result<(), MetadataError> {
-    if value.is_empty() {
-        return Err(MetadataError::BadRequest(format!("{what} is empty")));
-    }
-    Ok(())
-}
-
 /// Refuse text SQL cannot carry faithfully (PostgreSQL text refuses NUL).
 pub(crate) fn no_nul(what: &str, value: &str) -> Result<(), MetadataError> {
     if value.contains('\0') {
         return Err(MetadataError::BadRequest(format!(
-            "{what} {value:?} contains a NUL character"
+            "{what} {} contains a NUL character",
+            excerpt(value)
         )));
     }
     Ok(())
@@ -269,33 +283,31 @@ pub(crate) fn time_in_range(what: &str, t: &DateTime<Utc>) -> Result<(), Metadat
     Ok(())
 }
 
-/// Check an add_dataset request before touching the database.
+/// Check an add_dataset request before touching the database: every
+/// identifier by [`crate::names::check_record`] (the message names the
+/// field), the time range, no NUL in the snapshot id, no negative totals,
+/// no atom twice.
 pub(crate) fn validate_add(backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
-    require("backup id", &backup.id)?;
-    require("backup host", &backup.host)?;
-    require("dataset id", &dataset.id)?;
-    time_in_range("backup timestamp", &backup.timestamp)?;
+    crate::names::check_record(backup, dataset).map_err(MetadataError::BadRequest)?;
+    time_in_range("backup.timestamp", &backup.timestamp)?;
+    no_nul("dataset.snapshot_id", &dataset.snapshot_id)?;
     for (what, value) in [
-        ("backup id", &backup.id),
-        ("backup host", &backup.host),
-        ("dataset id", &dataset.id),
-        ("dataset name", &dataset.name),
-        ("dataset source", &dataset.source),
-        ("dataset snapshot_id", &dataset.snapshot_id),
+        ("dataset.total_files", dataset.total_files),
+        ("dataset.total_bytes", dataset.total_bytes),
+        ("dataset.bytes_added", dataset.bytes_added),
+        ("dataset.duration", dataset.duration),
     ] {
-        no_nul(what, value)?;
+        if value < 0 {
+            return Err(MetadataError::BadRequest(format!(
+                "{what} is {value}: it cannot be negative"
+            )));
+        }
     }
     let mut names = std::collections::HashSet::new();
     for atom in &dataset.atoms {
-        require(
-            &format!("an atom name in dataset {:?}", dataset.id),
-            &atom.name,
-        )?;
-        no_nul("atom name", &atom.name)?;
-        no_nul("atom path", &atom.path)?;
         if !names.insert(atom.name.as_str()) {
             return Err(MetadataError::BadRequest(format!(
-                "atom {:?} appears twice in dataset {:?}",
+                "dataset.atoms: atom {:?} appears twice in dataset {:?}",
                 atom.name, dataset.id
             )));
         }
@@ -305,8 +317,9 @@ pub(crate) fn validate_add(backup: &Backup, dataset: &Dataset) -> Result<(), Met
 
 /// Check a find request; returns its parsed pattern.
 pub(crate) fn validate_find(req: &FindRequest) -> Result<Pattern, MetadataError> {
-    let pattern = Pattern::parse(&req.pattern)
-        .map_err(|e| MetadataError::BadRequest(format!("pattern {:?}: {e}", req.pattern)))?;
+    let pattern = Pattern::parse(&req.pattern).map_err(|e| {
+        MetadataError::BadRequest(format!("pattern {}: {e}", excerpt(&req.pattern)))
+    })?;
     if req.num_versions < 0 {
         return Err(MetadataError::BadRequest(format!(
             "num_versions is {}: give 0 for all versions or a positive count",
@@ -323,8 +336,8 @@ pub(crate) fn validate_find(req: &FindRequest) -> Result<Pattern, MetadataError>
 /// Check a running-jobs report and encode its jobs as the JSON text that
 /// stores keep.
 pub(crate) fn jobs_json(req: &UpdateActiveJobStatusRequest) -> Result<String, MetadataError> {
-    require("host", &req.host)?;
-    no_nul("host", &req.host)?;
+    crate::names::check_host(&req.host)
+        .map_err(|e| MetadataError::BadRequest(format!("host: {e}")))?;
     let jobs = serde_json::to_string(&req.active_jobs)
         .map_err(|e| MetadataError::BadRequest(format!("jobs of host {:?}: {e}", req.host)))?;
     // Store only what active_jobs() can read back (a NaN progress would be

@@ -67,6 +67,8 @@ pub struct AppState {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Longest a request may take ([`REQUEST_TIMEOUT`]).
     pub request_timeout: Duration,
+    /// Most client connections served at once (`max_connections`).
+    pub max_connections: usize,
 }
 
 impl AppState {
@@ -92,6 +94,7 @@ impl AppState {
             stale_after: config.stale_after,
             tls,
             request_timeout: REQUEST_TIMEOUT,
+            max_connections: config.max_connections,
         }
     }
 }
@@ -253,27 +256,54 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let router = routes::router(state.clone()).0;
+    let limit = state.max_connections;
     match state.tls.clone() {
-        None => run(PlainListener(listener), router, shutdown).await,
-        Some(config) => run(TlsListener::new(listener, config)?, router, shutdown).await,
+        None => run(PlainListener(listener), router, limit, shutdown).await,
+        Some(config) => run(TlsListener::new(listener, config)?, router, limit, shutdown).await,
     }
 }
 
 /// The accept loop: one task per connection, HTTP/1.1 with a header read
 /// timeout (a client trickling its headers cannot hold a connection
 /// forever), the peer's [`PeerInfo`] in every request's extensions as
-/// `ConnectInfo<PeerInfo>`.
-async fn run<L, F>(mut listener: L, router: axum::Router, shutdown: F) -> io::Result<()>
+/// `ConnectInfo<PeerInfo>`. At most `max_connections` are served at once
+/// (mini-redis: a semaphore permit is taken before `accept` and held by
+/// the connection's task); while the cap is reached, new clients wait in
+/// the kernel's listen queue and one warning says so.
+async fn run<L, F>(
+    mut listener: L,
+    router: axum::Router,
+    max_connections: usize,
+    shutdown: F,
+) -> io::Result<()>
 where
     L: Listener<Addr = PeerInfo>,
     F: Future<Output = ()> + Send + 'static,
 {
+    let permits = Arc::new(Semaphore::new(max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections,
+                    "connection limit reached: new clients wait until a connection closes \
+                     (raise max_connections in metadb.yml if this is normal load)"
+                );
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (io, peer) = tokio::select! {
             conn = listener.accept() => conn,
             () = &mut shutdown => break,
@@ -287,6 +317,7 @@ where
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }

@@ -42,16 +42,16 @@ pub struct Dataset {
     #[serde(default)]
     pub snapshot_id: String,
     /// Number of files in the snapshot.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub total_files: i64,
     /// Number of bytes in the snapshot.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub total_bytes: i64,
     /// Number of bytes this backup added to the repository.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub bytes_added: i64,
     /// Duration of the backup, in seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub duration: i64,
 }
 
@@ -82,10 +82,12 @@ pub struct FindRequest {
     #[serde(default)]
     pub host: String,
     /// Keep only the newest N versions of each atom (0: all versions).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub num_versions: i64,
     /// Only versions backed up strictly before this time. Go clients send
-    /// the zero time (`0001-01-01T00:00:00Z`) for "unset": read as `None`.
+    /// the zero time (`0001-01-01T00:00:00Z`) for "unset": exactly that
+    /// instant is read as `None`; any other time is kept (and a store
+    /// refuses one outside the years 1 to 9999).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -94,13 +96,48 @@ pub struct FindRequest {
     pub older_than: Option<DateTime<Utc>>,
 }
 
+/// Go's zero `time.Time`, `0001-01-01T00:00:00Z`, in Unix seconds.
+const GO_ZERO_TIME_SECS: i64 = -62_135_596_800;
+
+/// An `i64` written as a JSON integer or as a number with no fractional
+/// part (`3.0`): JSON Schema (and so the OpenAPI document) counts both as
+/// integers, and some JSON encoders write whole floats that way.
+fn integer<'de, D>(d: D) -> Result<i64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Integer;
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number (64-bit signed)")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} is larger than a 64-bit integer")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // i64::MAX as f64 rounds up to 2^63, which is out of range.
+            if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 {
+                Ok(v as i64)
+            } else {
+                Err(E::custom(format!(
+                    "{v} is not a whole number in the 64-bit range"
+                )))
+            }
+        }
+    }
+    d.deserialize_any(Integer)
+}
+
 fn zero_time_is_none<'de, D>(d: D) -> Result<Option<DateTime<Utc>>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    use chrono::Datelike;
     let t: Option<DateTime<Utc>> = Option::deserialize(d)?;
-    Ok(t.filter(|t| t.year() > 1))
+    Ok(t.filter(|t| t.timestamp() != GO_ZERO_TIME_SECS || t.timestamp_subsec_nanos() != 0))
 }
 
 /// Progress of a running backup, as reported by restic's `--json` status
@@ -111,28 +148,28 @@ pub struct RunningJobStatus {
     #[serde(default)]
     pub message_type: String,
     /// Seconds since the backup started.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub seconds_elapsed: i64,
     /// Estimated seconds left.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub seconds_remaining: i64,
     /// Fraction done, 0.0 to 1.0.
     #[serde(default)]
     pub percent_done: f64,
     /// Files found so far.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub total_files: i64,
     /// Files processed so far.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub files_done: i64,
     /// Bytes found so far.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub total_bytes: i64,
     /// Bytes processed so far.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub bytes_done: i64,
     /// Files that could not be read.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub error_count: i64,
     /// Files being read right now.
     #[serde(default)]
@@ -217,6 +254,22 @@ mod tests {
     }
 
     #[test]
+    fn integers_may_be_written_as_whole_floats() {
+        let r: FindRequest = serde_json::from_str(r#"{"pattern":"x","num_versions":3.0}"#).unwrap();
+        assert_eq!(r.num_versions, 3);
+        for bad in ["3.5", "1e300", "9223372036854775808", "\"3\""] {
+            let e = serde_json::from_str::<FindRequest>(&format!(
+                r#"{{"pattern":"x","num_versions":{bad}}}"#
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("whole number") || e.to_string().contains("larger"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn find_request_accepts_go_style_json() {
         let r: FindRequest = serde_json::from_str(
             r#"{"pattern":"a/*","host":"","num_versions":2,"older_than":"2026-01-01T00:00:00.5+01:00"}"#,
@@ -233,5 +286,16 @@ mod tests {
             serde_json::from_str(r#"{"pattern":"x","older_than":"0001-01-01T00:00:00Z"}"#).unwrap();
         assert_eq!(r.host, "");
         assert!(r.older_than.is_none());
+        // Only the zero instant means "unset" (issue 10): later times of
+        // year 1 are kept, earlier ones too (and refused by the stores).
+        for t in [
+            "0001-01-02T00:00:00Z",
+            "0001-01-01T00:00:01Z",
+            "0000-06-01T00:00:00Z",
+        ] {
+            let r: FindRequest =
+                serde_json::from_str(&format!(r#"{{"pattern":"x","older_than":"{t}"}}"#)).unwrap();
+            assert!(r.older_than.is_some(), "{t}");
+        }
     }
 }

@@ -8,16 +8,18 @@
 //! schedules, durations and handler parameters, and keeps going past every
 //! mistake so that `tabacco config check` can list them all at once.
 //!
-//! The pure checks ([`check_schedule`], [`check_name`],
-//! [`check_source_name`], [`check_atom_path`], [`parse_dataset_specs`]) are
-//! public so that the manager can apply the same rules to what commands
-//! print at backup time.
+//! The pure checks ([`check_schedule`], [`parse_dataset_specs`]) are public
+//! so that the manager can apply the same rules to what commands print at
+//! backup time; names and ids are checked by [`crate::names`], the one
+//! owner of those rules.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+
+use crate::names::{check_atom_path, check_host, check_name, check_source_name};
 
 use super::raw::{OneOrMany, RawConfig, RawDataset, RawHandler, RawMetadb, RawSource};
 use super::{
@@ -393,18 +395,21 @@ fn resolve_main(
 
     let hostname = match raw.hostname.filter(|h| !h.trim().is_empty()) {
         Some(h) => {
-            if let Some(c) = h.chars().find(|c| c.is_whitespace() || c.is_control()) {
-                errs.add(
-                    "hostname",
-                    format!(
-                        "{h:?} contains {c:?}: a host name has no spaces or control characters"
-                    ),
-                );
+            if let Err(e) = check_host(&h) {
+                errs.add("hostname", e);
             }
             h
         }
         None => match gethostname::gethostname().into_string() {
-            Ok(h) if !h.is_empty() => h,
+            Ok(h) if !h.is_empty() => {
+                if let Err(e) = check_host(&h) {
+                    errs.add(
+                        "hostname",
+                        format!("not set, and the machine's {e}: set hostname"),
+                    );
+                }
+                h
+            }
             Ok(_) => {
                 errs.add(
                     "hostname",
@@ -1058,88 +1063,6 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Check a dataset or atom name (`kind`: "dataset", "atom"): a safe
-/// relative path, i.e. non-empty, no NUL or control characters, no `/` at
-/// either end, no empty, `.` or `..` segment.
-pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err(format!("missing or empty: every {kind} needs a name"));
-    }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "{kind} name {name:?} contains the control character {c:?}"
-        ));
-    }
-    if name.starts_with('/') || name.ends_with('/') {
-        return Err(format!(
-            "{kind} name {name:?} starts or ends with '/': it must be a relative path"
-        ));
-    }
-    for seg in name.split('/') {
-        if seg.is_empty() {
-            return Err(format!(
-                "{kind} name {name:?} has an empty path segment ('//')"
-            ));
-        }
-        if seg == "." || seg == ".." {
-            return Err(format!("{kind} name {name:?} has a {seg:?} path segment"));
-        }
-    }
-    Ok(())
-}
-
-/// Check a source name: a single safe path segment: non-empty, no `/`,
-/// not `.` or `..`, no `,` (restic tags are split on commas), no
-/// whitespace, NUL or control characters.
-pub fn check_source_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("missing or empty: every source needs a name".to_string());
-    }
-    if let Some(c) = name.chars().find(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!(
-            "source name {name:?} contains {c:?}: no whitespace or control characters"
-        ));
-    }
-    if name.contains('/') {
-        return Err(format!(
-            "source name {name:?} contains '/': it must be a single path segment"
-        ));
-    }
-    if name.contains(',') {
-        return Err(format!(
-            "source name {name:?} contains ',': restic splits tags on commas"
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a valid source name"));
-    }
-    Ok(())
-}
-
-/// Check an atom's `path` for the `file` handler: non-empty, relative (no
-/// leading `/`), no `..` segment, no NUL or control characters.
-pub fn check_atom_path(path: &str) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("is empty: give a path relative to the source's root, or remove it to use the atom name".to_string());
-    }
-    if let Some(c) = path.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "atom path {path:?} contains the control character {c:?}"
-        ));
-    }
-    if path.starts_with('/') {
-        return Err(format!(
-            "atom path {path:?} is absolute: it must be relative to the source's root (params.path)"
-        ));
-    }
-    if path.split('/').any(|seg| seg == "..") {
-        return Err(format!(
-            "atom path {path:?} has a '..' segment: it must stay below the source's root"
-        ));
-    }
-    Ok(())
-}
-
 /// Parse what a `datasets_command` printed: a YAML or JSON list of dataset
 /// specs (`name`, `atoms: [{name, path}]` or `atoms_command`), checked with
 /// the same rules as static datasets. Blank output is an empty list. The
@@ -1750,42 +1673,6 @@ datasets:
     }
 
     #[test]
-    fn check_source_name_rules() {
-        assert!(check_source_name("mail-1.example_x").is_ok());
-        for bad in [
-            "", "a/b", "/a", "..", ".", "a,b", "a b", "a\nb", "a\0b", "a\u{7f}b",
-        ] {
-            assert!(check_source_name(bad).is_err(), "{bad:?} accepted");
-        }
-        assert!(check_source_name("a,b").unwrap_err().contains("comma"));
-    }
-
-    #[test]
-    fn check_name_rules() {
-        for good in [
-            "a",
-            "a/b/c",
-            "user@example.com",
-            "a b",
-            "..a",
-            "a..",
-            ".hidden",
-        ] {
-            assert!(check_name("dataset", good).is_ok(), "{good:?} rejected");
-        }
-        for bad in [
-            "", "/a", "a/", "a//b", "../a", "a/../b", "a/..", "..", ".", "a/./b", "a\0b", "a\nb",
-        ] {
-            assert!(check_name("atom", bad).is_err(), "{bad:?} accepted");
-        }
-        assert!(
-            check_name("atom", "a//b")
-                .unwrap_err()
-                .starts_with("atom name")
-        );
-    }
-
-    #[test]
     fn dataset_and_atom_names_are_checked() {
         let s = "\
 name: s
@@ -2053,15 +1940,6 @@ datasets:
         // Paths are not the pipe handler's business.
         let p = "name: s\nhandler: pg\ndatasets: [{name: d, atoms: [{name: a, path: /x}]}]\n";
         ok(&[("sources/s.yml", p)]);
-    }
-
-    #[test]
-    fn check_atom_path_rules() {
-        assert!(check_atom_path("a/b").is_ok());
-        assert!(check_atom_path("./a").is_ok());
-        for bad in ["", "/a", "..", "a/..", "a/../b", "a\0"] {
-            assert!(check_atom_path(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]

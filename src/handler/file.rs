@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{DatasetBackup, Handler, HandlerError, snapshot_meta};
-use crate::config::load::check_atom_path;
 use crate::config::params::Params;
 use crate::model::{Atom, Backup, Dataset};
+use crate::names::check_atom_path;
 use crate::repository::ProgressFn;
 use crate::runtime::RuntimeContext;
 

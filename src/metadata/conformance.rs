@@ -191,6 +191,7 @@ store_tests!(
     large_datasets_are_stored_whole,
     known_backup_with_other_host_or_time_is_a_conflict,
     add_rejects_missing_fields_and_duplicate_atoms,
+    add_refuses_path_escapes_in_every_identifier,
     find_literal_returns_every_version_newest_first,
     find_prefix_glob_returns_only_matching_datasets_and_atoms,
     find_question_mark_class_and_star_across_slashes,
@@ -331,21 +332,117 @@ async fn add_rejects_missing_fields_and_duplicate_atoms(s: &dyn TestStore) {
         (
             backup("b1", "", "2026-01-01T00:00:00Z"),
             d.clone(),
-            "backup host",
+            "backup.host",
         ),
         (b.clone(), dataset("", "s", "n", &["a"]), "dataset id"),
-        (b.clone(), dataset("d1", "s", "n", &["a", ""]), "atom name"),
+        (
+            b.clone(),
+            dataset("d1", "s", "n", &["a", ""]),
+            "dataset.atoms[1].name",
+        ),
         (
             b.clone(),
             dataset("d1", "s", "n", &["a", "b", "a"]),
             "twice",
         ),
-        (b.clone(), dataset("d1", "s", "n", &["a\0b"]), "NUL"),
+        (
+            b.clone(),
+            dataset("d1", "s", "n", &["a\0b"]),
+            "control character",
+        ),
+        (
+            b.clone(),
+            Dataset {
+                total_files: -1,
+                ..d.clone()
+            },
+            "dataset.total_files",
+        ),
+        (
+            b.clone(),
+            Dataset {
+                duration: -5,
+                ..d.clone()
+            },
+            "dataset.duration",
+        ),
     ];
     for (b, d, what) in cases {
         match s.add_dataset(&b, &d).await {
             Err(MetadataError::BadRequest(msg)) => assert!(msg.contains(what), "{msg}"),
             other => panic!("{what}: expected BadRequest, got {other:?}"),
+        }
+    }
+    assert_eq!(s.counts().await, (0, 0, 0));
+}
+
+/// Issue 10: a record whose identifiers could leave a restore's target
+/// (or a pipe atom's snapshot path) is refused with the field named, and
+/// nothing is stored.
+async fn add_refuses_path_escapes_in_every_identifier(s: &dyn TestStore) {
+    let b = || backup("b1", "h1", "2026-01-01T00:00:00Z");
+    let d = || dataset("d1", "files", "docs", &["a"]);
+    let mut cases: Vec<(Backup, Dataset, &str)> = Vec::new();
+    for bad in ["/tmp/ESCAPED", "..", ".", "../x", "a/b"] {
+        cases.push((
+            Backup {
+                id: bad.into(),
+                ..b()
+            },
+            d(),
+            "backup.id",
+        ));
+        cases.push((
+            Backup {
+                host: bad.into(),
+                ..b()
+            },
+            d(),
+            "backup.host",
+        ));
+        cases.push((
+            b(),
+            Dataset {
+                id: bad.into(),
+                ..d()
+            },
+            "dataset.id",
+        ));
+        cases.push((
+            b(),
+            Dataset {
+                source: bad.into(),
+                ..d()
+            },
+            "dataset.source",
+        ));
+    }
+    for bad in ["..", ".", "../x", "a/../..", "/abs", "a//b", "a/"] {
+        cases.push((
+            b(),
+            Dataset {
+                name: bad.into(),
+                ..d()
+            },
+            "dataset.name",
+        ));
+        cases.push((
+            b(),
+            dataset("d1", "files", "docs", &[bad]),
+            "dataset.atoms[0].name",
+        ));
+    }
+    for bad in ["/etc", "../../etc", "a/../../b"] {
+        let mut ds = d();
+        ds.atoms[0].path = bad.into();
+        cases.push((b(), ds, "dataset.atoms[0].path"));
+    }
+    for (b, d, field) in cases {
+        match s.add_dataset(&b, &d).await {
+            Err(MetadataError::BadRequest(msg)) => {
+                assert!(msg.starts_with(&format!("{field}: ")), "{field}: {msg}")
+            }
+            other => panic!("{field} ({b:?}, {d:?}): expected BadRequest, got {other:?}"),
         }
     }
     assert_eq!(s.counts().await, (0, 0, 0));
@@ -721,7 +818,7 @@ async fn special_characters_in_paths_match_literally(s: &dyn TestStore) {
         "x\\y",
         "$1",
         "ü/ñ",
-        "line\nbreak",
+        "line break",
         "star*",
         "[br]",
         "dot.",
@@ -747,8 +844,8 @@ async fn special_characters_in_paths_match_literally(s: &dyn TestStore) {
         ("*[*]", &["my.sql/d(b)/star*"]),
         ("*[[]br]", &["my.sql/d(b)/[br]"]),
         ("*/ü/*", &["my.sql/d(b)/ü/ñ"]),
-        ("my.sql/d(b)/line?break", &["my.sql/d(b)/line\nbreak"]),
-        ("*line*", &["my.sql/d(b)/line\nbreak"]),
+        ("my.sql/d(b)/line?break", &["my.sql/d(b)/line break"]),
+        ("*line*", &["my.sql/d(b)/line break"]),
         ("*$1", &["my.sql/d(b)/$1"]),
         ("*.", &["my.sql/d(b)/dot."]),
         ("my.sql/*%*", &["my.sql/d(b)/a%b"]),

@@ -449,10 +449,14 @@ impl ServerStore for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
+        sqlx::query(
+            "INSERT INTO health_probe (id, checked) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET checked = excluded.checked",
+        )
+        .bind(Utc::now().timestamp_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -577,6 +581,95 @@ mod tests {
     use super::test_support::TestSchema;
     use super::*;
     use crate::metadata::conformance::{find, fleet, indexed_find_requests};
+
+    /// Issue 10: the store's connections are killed again and again in the
+    /// middle of an ingest (`pg_terminate_backend`, what a server restart
+    /// or a failover does to them). Each writer retries a failed add until
+    /// it succeeds, as the agents' outboxes do; the index ends up with
+    /// every dataset exactly once, whole.
+    #[tokio::test]
+    async fn terminated_connections_mid_ingest_lose_and_duplicate_nothing() {
+        use crate::metadata::conformance::{backup, dataset};
+        use sqlx::Connection;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        const WRITERS: usize = 4;
+        const PER_WRITER: usize = 40;
+        const ATOMS: usize = 30;
+        let schema = TestSchema::new().await;
+        let app = format!("tabacco-kill-test-{}", schema.name);
+        let store = Arc::new(
+            PostgresStore::connect_with(
+                schema.options.clone().application_name(&app),
+                format!("test schema {}", schema.name),
+            )
+            .await
+            .unwrap(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let killer = {
+            let (stop, app) = (stop.clone(), app.clone());
+            let mut conn = sqlx::postgres::PgConnection::connect_with(&schema.options)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let mut kills = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE application_name = $1",
+                    )
+                    .bind(&app)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                    kills += n;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                kills
+            })
+        };
+        let names: Vec<String> = (0..ATOMS).map(|i| format!("atom-{i}")).collect();
+        let names = Arc::new(names);
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (store, names) = (store.clone(), names.clone());
+                tokio::spawn(async move {
+                    let mut failures = 0u32;
+                    for i in 0..PER_WRITER {
+                        let b = backup(&format!("b{w}-{i}"), "h", "2026-01-01T00:00:00Z");
+                        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let d = dataset("d", "files", "docs", &refs);
+                        while let Err(e) = store.add_dataset(&b, &d).await {
+                            assert!(
+                                matches!(e, MetadataError::Database { .. }),
+                                "not a retryable failure: {e}"
+                            );
+                            failures += 1;
+                            assert!(failures < 5000, "the store does not recover: {e}");
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let mut failures = 0;
+        for w in writers {
+            failures += w.await.unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let kills = killer.await.unwrap();
+        eprintln!("{kills} connections terminated, {failures} adds failed and were retried");
+        assert!(
+            kills > 0 && failures > 0,
+            "the fault was not injected mid-ingest: {kills} kills, {failures} failed adds"
+        );
+        let n = (WRITERS * PER_WRITER) as i64;
+        assert_eq!(store.counts().await, (n, n, n * ATOMS as i64));
+        store.ping().await.unwrap();
+        ServerStore::close(&*store).await;
+    }
 
     /// The plan of the find query, one line per node.
     async fn plan(s: &PostgresStore, req: &FindRequest) -> Vec<String> {

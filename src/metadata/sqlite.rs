@@ -24,6 +24,13 @@
 //! metadata server's requests) never meet SQLite's busy handler, which
 //! sleeps 1 to 100 ms between attempts.
 //!
+//! A write that fails (a full disk, an I/O error, a cancelled request)
+//! leaves nothing behind: its transaction is rolled back, and a pooled
+//! connection whose rollback failed is discarded before it is handed out
+//! again (`outside_transaction`), so the next write after the fault works.
+//! `ping` (the server's `/healthz`) writes a one-row probe table, so it
+//! fails while writes do.
+//!
 //! Running-jobs reports (`update_active_job_status`, every host's
 //! periodic ping) are group-committed: a report joins a queue, and
 //! whichever caller gets the write lock writes every queued report in one
@@ -142,6 +149,7 @@ impl SqliteStore {
         let pool = loop {
             match SqlitePoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
+                .before_acquire(|conn, _| Box::pin(async move { Ok(outside_transaction(conn)) }))
                 .connect_with(options.clone())
                 .await
             {
@@ -309,6 +317,31 @@ impl SqliteStore {
         }
         Ok(Some(dataset))
     }
+}
+
+/// Whether a pooled connection may be handed out: `false` (it is closed
+/// and replaced) when it is still inside a transaction.
+///
+/// Dropping an uncommitted `Transaction` (an error path, a cancelled
+/// request) queues a `ROLLBACK` on the connection's worker. After a "disk
+/// full" or I/O error, SQLite has often rolled the transaction back by
+/// itself, so that `ROLLBACK` fails ("no transaction is active"), sqlx
+/// keeps its transaction depth at 1, and every later `begin_with("BEGIN
+/// IMMEDIATE")` on that connection failed with "attempted to call
+/// begin_with at non-zero transaction depth": the store stayed broken
+/// until restarted (issue 10). The pool pings a connection before this
+/// check (`test_before_acquire`), and the ping queues behind that
+/// rollback on the same worker, so the depth read here is settled.
+fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "discarding a metadata database connection left inside a transaction \
+             (its rollback failed after an error); a new one replaces it"
+        );
+        return false;
+    }
+    true
 }
 
 /// Whether `e` is SQLite's "database is locked" (SQLITE_BUSY or
@@ -630,10 +663,21 @@ impl ServerStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+        let _writer = self.writer.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| self.db_error(e))?;
+        sqlx::query(
+            "INSERT INTO health_probe (id, checked) VALUES (1, ?) \
+             ON CONFLICT (id) DO UPDATE SET checked = excluded.checked",
+        )
+        .bind(Utc::now().timestamp_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -655,6 +699,15 @@ impl SqliteStore {
         .unwrap();
         (row.get(0), row.get(1), row.get(2))
     }
+
+    /// Checkpoint the WAL and truncate it to zero bytes, so that the next
+    /// write must grow the file (fault tests fill the disk after this).
+    pub(crate) async fn checkpoint_truncate(&self) {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
 }
 
 #[cfg(test)]
@@ -666,6 +719,80 @@ mod tests {
     use crate::metadata::conformance::{backup, dataset, find, indexed_find_requests};
     use sqlx::Connection;
     use tempfile::TempDir;
+
+    /// A dataset of `n` atoms with long names (about 200 KiB of rows).
+    fn bulky(id: &str, n: usize) -> Dataset {
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("{i:05}-{}", "x".repeat(200)))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        dataset(id, "files", "docs", &names)
+    }
+
+    /// Issue 10: after "database or disk is full" (SQLite often rolls the
+    /// transaction back by itself, and the pooled connection kept sqlx's
+    /// transaction depth at 1), every later write failed until a restart.
+    /// Now a write on a full disk fails cleanly, the health check fails
+    /// with it, and the first write after space is freed succeeds.
+    #[tokio::test]
+    async fn a_full_disk_fails_writes_cleanly_and_the_first_write_after_freeing_space_succeeds() {
+        let Some(fs) = crate::metadata::faults::SmallTmpfs::mount("1m") else {
+            return;
+        };
+        let s = SqliteStore::open(&fs.path().join("meta.db")).await.unwrap();
+        let t = "2026-01-01T00:00:00Z";
+        s.add_dataset(&backup("b0", "h", t), &bulky("d0", 1))
+            .await
+            .unwrap();
+        s.ping().await.unwrap();
+        s.checkpoint_truncate().await;
+        let filler = fs.fill();
+        for i in 1..=3 {
+            let e = s
+                .add_dataset(&backup(&format!("b{i}"), "h", t), &bulky("d", 200))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, MetadataError::Database { .. }) && e.to_string().contains("full"),
+                "{e}"
+            );
+            let e = s.ping().await.unwrap_err();
+            assert!(e.to_string().contains("full"), "{e}");
+        }
+        std::fs::remove_file(filler).unwrap();
+        for i in 1..=10 {
+            s.add_dataset(&backup(&format!("b{i}"), "h", t), &bulky("d", 5))
+                .await
+                .unwrap_or_else(|e| panic!("write {i} after freeing space: {e}"));
+        }
+        s.ping().await.unwrap();
+        assert_eq!(s.counts().await, (11, 11, 1 + 10 * 5));
+        s.close().await;
+    }
+
+    /// Issue 10: a write cancelled at any point (a request future
+    /// dropped, a timeout) leaves nothing half-written and no connection
+    /// stuck in a transaction.
+    #[tokio::test]
+    async fn cancelled_writes_leave_whole_datasets_and_a_working_store() {
+        let (_dir, s) = store().await;
+        let t = "2026-01-01T00:00:00Z";
+        for i in 0..60u64 {
+            let (b, d) = (backup(&format!("b{i}"), "h", t), bulky("d", 50));
+            let _ = tokio::time::timeout(Duration::from_micros(i * i * 40), s.add_dataset(&b, &d))
+                .await;
+        }
+        let (backups, datasets, atoms) = s.counts().await;
+        assert_eq!(atoms, datasets * 50, "a dataset was stored in part");
+        assert!(backups >= datasets);
+        for i in 0..60u64 {
+            s.add_dataset(&backup(&format!("b{i}"), "h", t), &bulky("d", 50))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.counts().await, (60, 60, 60 * 50));
+        s.ping().await.unwrap();
+    }
 
     async fn store() -> (TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();

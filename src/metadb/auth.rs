@@ -283,7 +283,10 @@ pub fn server_tls_config(
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsSetupError::Rustls(format!("tls.cert and tls.key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server speaks HTTP/1.1 only (hyper's http1 connection, with its
+    // header read timeout and graceful drain): advertising h2 made curl and
+    // every browser pick HTTP/2 and fail on the first frame (issue 10).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -11,6 +11,7 @@
 //! max_body_bytes: 16777216
 //! allow_unauthenticated: false
 //! stale_after: 2d
+//! max_connections: 1024
 //! ```
 //!
 //! Relative paths are relative to the directory of the file. Every field
@@ -35,6 +36,8 @@ pub const DEFAULT_DATABASE: &str = "sqlite:///var/lib/tabacco/metadb.sqlite";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 /// Age of a host's newest backup after which the web page highlights it.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(2 * 24 * 3600);
+/// Most client connections served at once unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// A configuration problem, with the file (or flag) and field.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,10 @@ pub struct RawConfig {
     /// Age (`36h`, `2d`) after which a host's last backup is stale.
     #[serde(default)]
     pub stale_after: Option<String>,
+    /// Most client connections served at once (more wait in the listen
+    /// queue until one closes).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// The `tls` section.
@@ -171,6 +178,8 @@ pub struct MetadbConfig {
     pub allow_unauthenticated: bool,
     /// When a host's newest backup counts as stale.
     pub stale_after: Duration,
+    /// Most client connections served at once.
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for MetadbConfig {
@@ -185,6 +194,7 @@ impl std::fmt::Debug for MetadbConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("allow_unauthenticated", &self.allow_unauthenticated)
             .field("stale_after", &self.stale_after)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -366,6 +376,13 @@ pub fn resolve(
             message: format!("{text:?} is not a duration such as 36h or 2d: {e}"),
         })?,
     };
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(ConfigError {
+            location: at("max_connections"),
+            message: "0 would serve nobody: give at least 1".to_owned(),
+        });
+    }
     Ok(MetadbConfig {
         listen,
         database,
@@ -378,6 +395,7 @@ pub fn resolve(
         max_body_bytes,
         allow_unauthenticated: raw.allow_unauthenticated || over.allow_unauthenticated,
         stale_after,
+        max_connections,
     })
 }
 
@@ -487,6 +505,10 @@ mod tests {
         assert!(e.to_string().contains("stale_after"), "{e}");
         let e = resolve(raw("max_body_bytes: 10\n"), None, Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("too small"), "{e}");
+        let e = resolve(raw("max_connections: 0\n"), None, Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("max_connections"), "{e}");
+        let c = resolve(raw("max_connections: 5\n"), None, Overrides::default()).unwrap();
+        assert_eq!(c.max_connections, 5);
     }
 
     #[test]

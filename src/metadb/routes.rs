@@ -8,7 +8,7 @@
 //! | `POST /api/update_active_job_status` | a host's running jobs |
 //! | `GET /api/hosts` | hosts, last backup, active jobs |
 //! | `GET /api/openapi.json` | the OpenAPI 3 document (`docs/openapi.json`) |
-//! | `GET /healthz` | 200 when the database answers, else 503 |
+//! | `GET /healthz` | 200 when the database answers and takes a write, else 503 |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /` | the web page |
 //!
@@ -244,7 +244,8 @@ async fn hosts(
     Ok(Json(host_statuses(&state).await?))
 }
 
-/// `GET /healthz`: 200 `{"status": "ok"}` when the database answers.
+/// `GET /healthz`: 200 `{"status": "ok"}` when the database answers and
+/// takes a write (a one-row probe table), 503 otherwise.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
@@ -253,7 +254,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(ErrorBody {
-                    error: "the metadata database does not answer".to_owned(),
+                    error: "the metadata database does not answer or cannot take writes".to_owned(),
                 }),
             )
                 .into_response()

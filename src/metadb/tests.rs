@@ -264,6 +264,8 @@ api_tests!(
     page_shows_hosts_jobs_backups_and_search_results,
     metrics_count_requests_datasets_and_host_timestamps,
     healthz_answers,
+    path_escapes_are_refused_naming_the_field,
+    older_than_in_year_1_filters_and_bad_input_is_not_reflected,
 );
 
 async fn add_find_and_idempotent_re_add(s: &TestServer) {
@@ -413,7 +415,7 @@ async fn malformed_and_oversized_bodies_are_4xx_and_the_server_still_serves(s: &
         ("/api/add_dataset", br#"{"backup":{"id":"x","timestamp":"yesterday","host":"h"},"dataset":{"id":"d","source":"s"}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "timestamp"),
         ("/api/add_dataset", br#"{"backup":{"id":"x","timestamp":"2026-01-01T00:00:00Z","host":"h"}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "dataset"),
         ("/api/update_active_job_status", br#"{"host":"h","active_jobs":[{"host":"other","job_id":"j","backup_id":"b","dataset_id":"d","dataset_source":"s"}]}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "names host"),
-        ("/api/update_active_job_status", br#"{"host":""}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "host is empty"),
+        ("/api/update_active_job_status", br#"{"host":""}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "host name is empty"),
     ];
     for (path, body, ct, want, text) in cases {
         let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
@@ -499,7 +501,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
         .post(
             "/api/add_dataset",
             &add_body(
-                backup_json("<b>fresh</b>", "h3<script>", &now),
+                backup_json("<b>fresh<b>", "h3<script>", &now),
                 dataset_json("d9", "files", "home", &["<img src=x>", "a&b"]),
             ),
         )
@@ -523,7 +525,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="));
     assert!(html.contains("h3&lt;script&gt;"), "escaped host");
     assert!(
-        html.contains("&lt;b&gt;fresh&lt;/b&gt;"),
+        html.contains("&lt;b&gt;fresh&lt;b&gt;"),
         "escaped backup id"
     );
     // Hosts: h1 and h2 backed up in January 2026, long ago: stale.
@@ -533,7 +535,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(html.contains("job-7") && html.contains("<progress max=\"1\" value=\"0.400\">"));
     assert!(html.contains("4 / 10"));
     // Recent backups, newest first.
-    let fresh = html.find("&lt;b&gt;fresh&lt;/b&gt;").unwrap();
+    let fresh = html.find("&lt;b&gt;fresh&lt;b&gt;").unwrap();
     let c1 = html.find("<code>c1</code>").unwrap();
     assert!(fresh < c1);
 
@@ -614,6 +616,147 @@ async fn healthz_answers(s: &TestServer) {
     let (status, v) = s.post("/api/find_atoms", &json!({"pattern": "*"})).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(!v["error"].as_str().unwrap().contains("sqlite"), "{v}");
+}
+
+/// Issue 10: a host's record whose identifiers would leave a restore's
+/// target is refused with 400 naming the field, for every field.
+async fn path_escapes_are_refused_naming_the_field(s: &TestServer) {
+    let ok = || {
+        add_body(
+            backup_json("b1", "h1", "2026-01-01T00:00:00Z"),
+            dataset_json("d1", "files", "docs", &["a"]),
+        )
+    };
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    for (pointer, field) in [
+        ("/backup/id", "backup.id"),
+        ("/backup/host", "backup.host"),
+        ("/dataset/id", "dataset.id"),
+        ("/dataset/source", "dataset.source"),
+        ("/dataset/name", "dataset.name"),
+        ("/dataset/atoms/0/name", "dataset.atoms[0].name"),
+        ("/dataset/atoms/0/path", "dataset.atoms[0].path"),
+    ] {
+        for bad in ["/tmp/ESCAPED", "..", "../../etc"] {
+            let mut body = ok();
+            if pointer.ends_with("/path") {
+                body["dataset"]["atoms"][0]["path"] = json!(bad);
+            } else {
+                *body.pointer_mut(pointer).unwrap() = json!(bad);
+            }
+            cases.push((body, field));
+        }
+    }
+    for (body, field) in cases {
+        let (status, v) = s.post("/api/add_dataset", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.starts_with(&format!("{field}: ")), "{field}: {msg}");
+    }
+    let (status, v) = s.post("/api/find_atoms", &json!({"pattern": "*"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v, json!([]), "nothing was stored");
+    let (status, v) = s.post("/api/add_dataset", &ok()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+/// Issue 10, smaller points over HTTP: a year-1 `older_than` other than
+/// Go's zero time filters (it used to mean "unset"), year 0 is refused,
+/// and a huge bad pattern is not echoed back whole.
+async fn older_than_in_year_1_filters_and_bad_input_is_not_reflected(s: &TestServer) {
+    seed(s).await;
+    let find = |older_than: &str| json!({"pattern": "*", "older_than": older_than});
+    let (status, v) = s
+        .post("/api/find_atoms", &find("0001-01-02T00:00:00Z"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v, json!([]), "every version is newer than year 1");
+    let (status, v) = s
+        .post("/api/find_atoms", &find("0001-01-01T00:00:00Z"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(!flat(&v).is_empty(), "Go's zero time still means unset");
+    let (status, v) = s
+        .post("/api/find_atoms", &find("0000-06-01T00:00:00Z"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("older_than"), "{v}");
+    let huge = format!("[{}", "x".repeat(50_000));
+    let (status, v) = s.post("/api/find_atoms", &json!({"pattern": huge})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.len() < 400, "{} bytes reflected: {msg:.200}", msg.len());
+    let (status, v) = s
+        .post(
+            "/api/add_dataset",
+            &add_body(
+                backup_json("b9", "h1", "2026-01-01T00:00:00Z"),
+                json!({"id": "d", "name": "n", "source": "s", "snapshot_id": "x".repeat(50_000) + "\u{0}"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().len() < 400, "{v:.300}");
+}
+
+/// Issue 10: the server's SQLite database on a full disk. A write fails
+/// (500), `/healthz` says 503 while writes fail, and once space is freed
+/// the first write succeeds and the health check recovers.
+#[tokio::test]
+async fn a_full_disk_gives_503_health_and_the_first_write_after_freeing_space_succeeds() {
+    let Some(fs) = crate::metadata::faults::SmallTmpfs::mount("1m") else {
+        return;
+    };
+    let store = SqliteStore::open(&fs.path().join("metadb.sqlite"))
+        .await
+        .unwrap();
+    let state = AppState::new(Arc::new(store.clone()), &test_config()).unwrap();
+    let s = start_state(
+        state,
+        Arc::new(store.clone()),
+        Backing::Dir(tempfile::tempdir().unwrap()),
+        reqwest::Client::new(),
+        "127.0.0.1",
+    )
+    .await;
+    let body = |b: &str, n: usize| {
+        let atoms: Vec<String> = (0..n)
+            .map(|i| format!("{i:04}-{}", "y".repeat(200)))
+            .collect();
+        let atoms: Vec<&str> = atoms.iter().map(String::as_str).collect();
+        add_body(
+            backup_json(b, "h1", "2026-01-01T00:00:00Z"),
+            dataset_json(&format!("{b}-d"), "files", "home", &atoms),
+        )
+    };
+    let (status, v) = s.post("/api/add_dataset", &body("b0", 1)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(s.get("/healthz").await.0, StatusCode::OK);
+    store.checkpoint_truncate().await;
+    let filler = fs.fill();
+    let (status, v) = s.post("/api/add_dataset", &body("b1", 150)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    for _ in 0..3 {
+        let (status, text) = s.get("/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    }
+    std::fs::remove_file(filler).unwrap();
+    let (status, v) = s.post("/api/add_dataset", &body("b1", 3)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the first write after freeing space: {v}"
+    );
+    assert_eq!(s.get("/healthz").await.0, StatusCode::OK);
+    for i in 2..12 {
+        let (status, v) = s.post("/api/add_dataset", &body(&format!("b{i}"), 3)).await;
+        assert_eq!(status, StatusCode::OK, "write {i}: {v}");
+    }
+    let (_, v) = s
+        .post("/api/find_atoms", &json!({"pattern": "files/*"}))
+        .await;
+    assert_eq!(flat(&v).len(), 1 + 11 * 3);
+    s.stop().await;
 }
 
 #[tokio::test]
@@ -892,6 +1035,77 @@ async fn tls_without_client_certificates_serves_https() {
         .send()
         .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    s.stop().await;
+}
+
+/// Issue 10: established connections are capped by `max_connections`;
+/// one more client waits until a connection closes, then is served.
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_until_one_closes() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = test_config();
+    config.max_connections = 2;
+    let s = start_with(false, config, reqwest::Client::new(), "127.0.0.1").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        // Incomplete headers: each holds its connection (and permit).
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    let client = reqwest::Client::new();
+    let waiting = client
+        .get(s.url("/healthz"))
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        waiting.as_ref().is_err_and(|e| e.is_timeout()),
+        "a third connection was served: {waiting:?}"
+    );
+    held.pop();
+    let resp = client
+        .get(s.url("/healthz"))
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(held);
+    s.stop().await;
+}
+
+/// Issue 10: an HTTP/2-capable client (curl's default, like a browser)
+/// negotiates a protocol the server speaks and gets the page over TLS.
+#[tokio::test]
+async fn an_http2_capable_client_gets_the_page_over_tls() {
+    let pki = Pki::new();
+    let mut config = test_config();
+    config.tls = Some(pki.tls_files(false));
+    let s = start_tls(&pki, config).await;
+    let port = s.addr.port();
+    let out = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--http2", "--max-time", "60"])
+        .arg("--cacert")
+        .arg(pki.dir.path().join("ca.pem"))
+        .args(["--resolve", &format!("metadb.test:{port}:127.0.0.1")])
+        .args(["--write-out", "\n%{http_code} %{http_version}"])
+        .arg(format!("https://metadb.test:{port}/"))
+        .output()
+        .await
+        .expect("curl is needed for this test (scripts/deps installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (page, status_line) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(status_line, "200 1.1", "{stdout}");
+    assert!(page.contains("<html"), "{page}");
     s.stop().await;
 }
 

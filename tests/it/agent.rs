@@ -492,3 +492,59 @@ fn agent_sigkill_leaves_no_child_process_behind() {
     });
     assert!(agent.status()["sources"][0]["last_success"].is_string());
 }
+
+/// Issue 10: the agent's `work_dir` (its embedded index) fills up, all
+/// but 64 KiB. Its backups of a dataset of 300 long-named atoms fail while
+/// the disk is full (the snapshot is made, its record cannot be written);
+/// once space is freed the same agent records again, without a restart (a
+/// pooled connection used to stay stuck inside a transaction, and every
+/// later record failed).
+#[test]
+fn agent_records_again_once_its_full_work_dir_is_freed() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("work")).unwrap();
+    let Some(fs) = crate::faults::SmallTmpfs::mount_on(&env.path("work"), "4m") else {
+        return;
+    };
+    let data = env.path("data");
+    for i in 0..300 {
+        std::fs::write(data.join(format!("{i:03}-{}", "n".repeat(200))), "x").unwrap();
+    }
+    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
+    env.write(
+        "etc/sources/files.yml",
+        &format!(
+            "name: files\nhandler: files\nschedule: '@every 1s'\nparams: {{path: {d}}}\n\
+             datasets:\n  - name: all\n    atoms_command: ls {d}\n",
+            d = data.display()
+        ),
+    );
+    let mut agent = Agent::start(&env);
+    let recorded = || backups_per_source(&env).get("files").copied().unwrap_or(0);
+    agent.wait_for(60, "a first backup", || recorded() >= 1);
+    let filler = fs.fill_leaving(64 << 10);
+    let errors = |agent: &Agent| {
+        metric(
+            &agent.metrics(),
+            r#"tabacco_backup_runs_total{source="files",result="error"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    agent.wait_for(60, "two backups failing on the full disk", || {
+        errors(&agent) >= 2.0
+    });
+    std::fs::remove_file(filler).unwrap();
+    let before = recorded();
+    agent.wait_for(60, "two backups recorded after freeing space", || {
+        recorded() >= before + 2
+    });
+    let log = agent.log();
+    assert!(
+        log.contains("could not be recorded in the index") && log.contains("free space"),
+        "{log}"
+    );
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(60)).is_some());
+    drop(agent);
+    drop(fs);
+}

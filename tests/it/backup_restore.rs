@@ -261,3 +261,97 @@ fn hooks_and_dynamic_datasets_get_names_in_environment() {
     assert_eq!(read(&target.join("$(touch pwned).restored")), b"payload");
     assert!(!env.path("pwned").exists());
 }
+
+/// Copy backup `from` of `env`'s embedded index under the backup ids
+/// `ids`, a second later each: records a compromised host could have
+/// written through a server that did not check identifiers (issue 10).
+fn craft_index_records(env: &Env, from: &str, ids: &[&str]) {
+    let db = env.path("work/metadata.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let later = 1_000_000 * (i as i64 + 1);
+            for sql in [
+                "INSERT INTO backups SELECT ?1, host, timestamp + ?2 FROM backups \
+                 WHERE id = ?3",
+                "INSERT INTO datasets SELECT ?1, id, name, source, snapshot_id, total_files, \
+                 total_bytes, bytes_added, duration FROM datasets \
+                 WHERE backup_id = ?3",
+                "INSERT INTO atoms SELECT ?1, dataset_id, name, path, global_path, host, \
+                 timestamp + ?2 FROM atoms WHERE backup_id = ?3",
+            ] {
+                sqlx::query(sql)
+                    .bind(id)
+                    .bind(later)
+                    .bind(from)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+        c.close().await.unwrap();
+    });
+}
+
+/// Issue 10: a record whose backup id is an absolute path or climbs out
+/// with `..` made `restore --num-versions N` write outside `--target`.
+/// Such records are refused with a clear error; the valid version is
+/// restored below the target; nothing appears anywhere else.
+#[test]
+fn restore_refuses_index_records_that_would_escape_the_target() {
+    let env = Env::new();
+    file_source(&env);
+    env.ok(&["backup", "home"]);
+    let real = env.query(&["home/users/alice"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let escaped = env.path("ESCAPED");
+    let escaped_str = escaped.display().to_string();
+    craft_index_records(&env, &real, &[&escaped_str, "../ESCAPED2"]);
+    assert_eq!(
+        env.query(&["home/users/alice"]).as_array().unwrap().len(),
+        3
+    );
+
+    let target = env.path("restore");
+    let out = env.run(&[
+        "restore",
+        "--num-versions",
+        "3",
+        "--target",
+        target.to_str().unwrap(),
+        "home/users/alice",
+    ]);
+    let text = crate::common::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for bad in [escaped_str.as_str(), "../ESCAPED2"] {
+        assert!(
+            text.contains("refusing the index record") && text.contains(bad),
+            "{bad}: {text}"
+        );
+    }
+    assert!(!escaped.exists(), "restore wrote to {}", escaped.display());
+    assert!(
+        !env.path("ESCAPED2").exists(),
+        "restore wrote to ../ESCAPED2"
+    );
+    // The valid version (the only one left) went straight into the target.
+    let restored = target.join(env.path("data").strip_prefix("/").unwrap());
+    assert_eq!(read(&restored.join("alice/notes.txt")), b"alice v1\n");
+    assert!(text.contains(&real), "{text}");
+    let entries: Vec<_> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let data = env.path("data");
+    let first = data.components().nth(1).unwrap();
+    assert_eq!(entries, [first.as_os_str().to_owned()]);
+}

@@ -169,3 +169,40 @@ fn source_timeout_kills_the_dump_and_records_nothing() {
     );
     assert!(atom_versions(&env.query(&["*"])).is_empty());
 }
+
+/// Issue 10: the agent's `work_dir` (its embedded index) on a full disk.
+/// The backup fails with a clear error; once space is freed, the next
+/// backup is recorded (the store used to stay broken after a full disk).
+#[test]
+fn a_full_work_dir_fails_cleanly_and_the_next_backup_after_freeing_space_is_recorded() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("work")).unwrap();
+    let Some(fs) = crate::faults::SmallTmpfs::mount_on(&env.path("work"), "1m") else {
+        return;
+    };
+    file_source(&env);
+    env.ok(&["backup", "home"]);
+    assert_eq!(atom_versions(&env.query(&["home/*"])).len(), 1);
+
+    let filler = fs.fill();
+    env.write("data/alice/a.txt", "second version\n");
+    let out = env.run(&["backup", "home"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    // Whatever needs the disk first fails (the source's lock file, the
+    // index's shared-memory file or a write), and says so.
+    assert!(
+        t.contains("free space") || t.contains("No space left on device"),
+        "the error says what to check: {t}"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    env.write("data/alice/a.txt", "third version\n");
+    let out = env.ok(&["backup", "home"]);
+    assert!(out.contains("1 dataset(s) recorded"), "{out}");
+    let versions = atom_versions(&env.query(&["home/*"]));
+    assert!(
+        (2..=3).contains(&versions.len()),
+        "the first and the last backup are recorded: {versions:?}"
+    );
+}

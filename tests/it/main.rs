@@ -2,6 +2,10 @@
 //! repositories and SQLite files in temporary directories.
 
 mod common;
+/// The store fault helpers (a small tmpfs), shared with the unit tests.
+#[allow(dead_code)]
+#[path = "../../src/metadata/faults.rs"]
+mod faults;
 
 mod agent;
 mod agent_proc;
