@@ -26,7 +26,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 
-use crate::model::{Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Backup, Dataset, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
+};
 use glob::Pattern;
 
 /// Errors from a metadata store.
@@ -147,6 +151,27 @@ pub struct HostActiveJobs {
     pub received: DateTime<Utc>,
     /// The jobs running on the host at that time (possibly none).
     pub jobs: Vec<JobStatus>,
+    /// The rest of that report: the sources' state, the outbox backlog.
+    pub state: HostState,
+}
+
+/// What a host's latest report says beyond its running jobs (stored as
+/// JSON next to them; every field is absent for an agent that does not
+/// report it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Every configured source of the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<SourceReport>>,
+    /// Dataset records waiting in its outbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_pending: Option<i64>,
+    /// Dataset records refused for good, kept in its `outbox/rejected/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_rejected: Option<i64>,
+    /// How often it reports, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_interval_seconds: Option<f64>,
 }
 
 /// A host that has backups in the index.
@@ -336,6 +361,57 @@ pub(crate) fn jobs_json(req: &UpdateActiveJobStatusRequest) -> Result<String, Me
         ))
     })?;
     Ok(jobs)
+}
+
+/// The JSON text that stores keep for the rest of a report
+/// ([`HostState`]); refuses what could not be read back.
+pub(crate) fn state_json(req: &UpdateActiveJobStatusRequest) -> Result<String, MetadataError> {
+    let state = HostState {
+        sources: req.sources.clone(),
+        outbox_pending: req.outbox_pending,
+        outbox_rejected: req.outbox_rejected,
+        report_interval_seconds: req.report_interval_seconds,
+    };
+    for s in state.sources.iter().flatten() {
+        no_nul("source name", &s.name)?;
+    }
+    let json = serde_json::to_string(&state)
+        .map_err(|e| MetadataError::BadRequest(format!("report of host {:?}: {e}", req.host)))?;
+    match serde_json::from_str::<HostState>(&json) {
+        Ok(back) if back == state => Ok(json),
+        Ok(_) => Err(MetadataError::BadRequest(format!(
+            "report of host {:?} cannot be stored faithfully (a number that is not finite?)",
+            req.host
+        ))),
+        Err(e) => Err(MetadataError::BadRequest(format!(
+            "report of host {:?} cannot be stored faithfully: {e}",
+            req.host
+        ))),
+    }
+}
+
+/// Decode a stored report row (`jobs` JSON, `state` JSON or NULL); the
+/// error says what is wrong with it.
+pub(crate) fn decode_report(
+    host: String,
+    received: DateTime<Utc>,
+    jobs: &str,
+    state: Option<&str>,
+) -> Result<HostActiveJobs, String> {
+    let jobs = serde_json::from_str(jobs)
+        .map_err(|e| format!("active_jobs row of host {host:?} is not a JSON list of jobs: {e}"))?;
+    let state = match state {
+        None => HostState::default(),
+        Some(s) => serde_json::from_str(s).map_err(|e| {
+            format!("active_jobs row of host {host:?}: its state is not valid: {e}")
+        })?,
+    };
+    Ok(HostActiveJobs {
+        host,
+        received,
+        jobs,
+        state,
+    })
 }
 
 /// A time truncated to whole microseconds, the resolution every backend

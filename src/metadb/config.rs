@@ -11,6 +11,7 @@
 //! max_body_bytes: 16777216
 //! allow_unauthenticated: false
 //! stale_after: 2d
+//! silent_after: 2m
 //! ```
 //!
 //! Relative paths are relative to the directory of the file. Every field
@@ -78,6 +79,9 @@ pub struct RawConfig {
     /// Age (`36h`, `2d`) after which a host's last backup is stale.
     #[serde(default)]
     pub stale_after: Option<String>,
+    /// Time (`2m`, `90s`) without a report after which a host is silent.
+    #[serde(default)]
+    pub silent_after: Option<String>,
 }
 
 /// The `tls` section.
@@ -130,6 +134,8 @@ pub struct Overrides {
     pub allow_unauthenticated: bool,
     /// `--stale-after`.
     pub stale_after: Option<String>,
+    /// `--silent-after`.
+    pub silent_after: Option<String>,
 }
 
 /// Resolved TLS file paths.
@@ -171,6 +177,9 @@ pub struct MetadbConfig {
     pub allow_unauthenticated: bool,
     /// When a host's newest backup counts as stale.
     pub stale_after: Duration,
+    /// When a host that stopped reporting counts as silent (or three of
+    /// its report intervals, if longer).
+    pub silent_after: Duration,
 }
 
 impl std::fmt::Debug for MetadbConfig {
@@ -185,6 +194,7 @@ impl std::fmt::Debug for MetadbConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("allow_unauthenticated", &self.allow_unauthenticated)
             .field("stale_after", &self.stale_after)
+            .field("silent_after", &self.silent_after)
             .finish()
     }
 }
@@ -366,6 +376,13 @@ pub fn resolve(
             message: format!("{text:?} is not a duration such as 36h or 2d: {e}"),
         })?,
     };
+    let silent_after = match over.silent_after.or(raw.silent_after) {
+        None => crate::metadb::fleet::DEFAULT_SILENT_AFTER,
+        Some(text) => humantime::parse_duration(&text).map_err(|e| ConfigError {
+            location: at("silent_after"),
+            message: format!("{text:?} is not a duration such as 2m or 90s: {e}"),
+        })?,
+    };
     Ok(MetadbConfig {
         listen,
         database,
@@ -378,6 +395,7 @@ pub fn resolve(
         max_body_bytes,
         allow_unauthenticated: raw.allow_unauthenticated || over.allow_unauthenticated,
         stale_after,
+        silent_after,
     })
 }
 

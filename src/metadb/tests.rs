@@ -453,6 +453,8 @@ async fn hosts_and_job_status(s: &TestServer) {
             current_files: vec!["/var/lib/mysql/x".into()],
             ..RunningJobStatus::default()
         }),
+        dataset_name: None,
+        state: None,
     };
     let (status, v) = s
         .post(
@@ -680,7 +682,27 @@ async fn openapi_document_matches_routes_and_model() {
     };
     let job = JobStatus {
         status: Some(RunningJobStatus::default()),
+        dataset_name: Some("n".into()),
+        state: Some("running".into()),
         ..JobStatus::default()
+    };
+    let source = crate::model::SourceReport {
+        name: "s".into(),
+        schedule: Some("@daily".into()),
+        next_run: Some(Utc::now()),
+        last_run: Some(crate::model::RunReport {
+            result: crate::model::RunResult::Ok,
+            finished_at: Utc::now(),
+            duration_seconds: 1.0,
+            backup_id: Some("b".into()),
+            job_id: Some("j".into()),
+            error: Some("e".into()),
+            datasets_recorded: 1,
+            datasets_failed: 0,
+            atoms_failed: 0,
+        }),
+        last_success: Some(Utc::now()),
+        running: false,
     };
     let dataset = Dataset {
         atoms: vec![Atom {
@@ -704,6 +726,11 @@ async fn openapi_document_matches_routes_and_model() {
             .unwrap(),
         ),
         ("JobStatus", serde_json::to_value(&job).unwrap()),
+        ("SourceReport", serde_json::to_value(&source).unwrap()),
+        (
+            "RunReport",
+            serde_json::to_value(source.last_run.as_ref().unwrap()).unwrap(),
+        ),
         (
             "RunningJobStatus",
             serde_json::to_value(RunningJobStatus::default()).unwrap(),
@@ -713,6 +740,10 @@ async fn openapi_document_matches_routes_and_model() {
             serde_json::to_value(crate::model::UpdateActiveJobStatusRequest {
                 host: "h".into(),
                 active_jobs: vec![job.clone()],
+                sources: Some(vec![source.clone()]),
+                outbox_pending: Some(1),
+                outbox_rejected: Some(0),
+                report_interval_seconds: Some(30.0),
             })
             .unwrap(),
         ),
@@ -732,6 +763,11 @@ async fn openapi_document_matches_routes_and_model() {
                 backups: 0,
                 active_jobs: vec![],
                 active_jobs_updated: None,
+                last_seen: None,
+                silent: true,
+                sources: Some(vec![source.clone()]),
+                outbox_pending: Some(0),
+                outbox_rejected: Some(0),
             })
             .unwrap(),
         ),
