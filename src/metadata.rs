@@ -202,6 +202,10 @@ pub trait ServerStore: MetadataStore {
     /// all its datasets (ordered by source, name, id) but without atoms.
     async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError>;
 
+    /// The `limit` newest backups of `host`, in the same form as
+    /// [`ServerStore::recent_backups`] (a host's page).
+    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError>;
+
     /// Check that the database answers (for health checks).
     async fn ping(&self) -> Result<(), MetadataError>;
 

@@ -893,6 +893,13 @@ async fn recent_backups_lists_newest_first_without_atoms(s: &dyn TestStore) {
     assert_eq!(got[0].datasets[1].total_bytes, 2000);
     assert_eq!(s.recent_backups(100).await.unwrap().len(), 4);
     assert!(s.recent_backups(0).await.unwrap().is_empty());
+    // One host's backups, in the same form.
+    let got = s.host_backups("h1", 2).await.unwrap();
+    let ids: Vec<&str> = got.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["b3", "b2"]);
+    assert!(got.iter().all(|b| b.host == "h1"));
+    assert_eq!(got[0].datasets.len(), 2);
+    assert!(s.host_backups("nobody", 10).await.unwrap().is_empty());
     s.ping().await.unwrap();
 }
 

@@ -407,6 +407,31 @@ impl MetadataStore for PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Group rows of `id, host, timestamp` followed by the eight dataset
+    /// columns into backups (rows ordered by backup).
+    fn backups_from_rows(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<Vec<Backup>, MetadataError> {
+        let mut backups: Vec<Backup> = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0).map_err(|e| self.db_error(e))?;
+            let dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
+            match backups.last_mut() {
+                Some(b) if b.id == id => b.datasets.push(dataset),
+                _ => backups.push(Backup {
+                    id,
+                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
+                    timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
+                    datasets: vec![dataset],
+                }),
+            }
+        }
+        Ok(backups)
+    }
+}
+
 #[async_trait]
 impl ServerStore for PostgresStore {
     async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
@@ -456,21 +481,24 @@ impl ServerStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.db_error(e))?;
-        let mut backups: Vec<Backup> = Vec::new();
-        for row in &rows {
-            let id: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-            let dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
-            match backups.last_mut() {
-                Some(b) if b.id == id => b.datasets.push(dataset),
-                _ => backups.push(Backup {
-                    id,
-                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
-                    timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
-                    datasets: vec![dataset],
-                }),
-            }
-        }
-        Ok(backups)
+        self.backups_from_rows(&rows)
+    }
+
+    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
+        let rows = sqlx::query(
+            "WITH recent AS (SELECT id, host, timestamp FROM backups WHERE host = $1 \
+             ORDER BY timestamp DESC, id LIMIT $2) \
+             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration \
+             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
+        )
+        .bind(host)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        self.backups_from_rows(&rows)
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

@@ -635,6 +635,23 @@ impl ServerStore for SqliteStore {
         backups_from_rows(self, &rows)
     }
 
+    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
+        let rows = sqlx::query(
+            "WITH recent AS (SELECT id, host, timestamp FROM backups WHERE host = ? \
+             ORDER BY timestamp DESC, id LIMIT ?) \
+             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration \
+             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
+        )
+        .bind(host)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        backups_from_rows(self, &rows)
+    }
+
     async fn ping(&self) -> Result<(), MetadataError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -6,11 +6,12 @@
 //! | `POST /api/add_dataset` | record `{backup, dataset}` (idempotent) |
 //! | `POST /api/find_atoms` | a `FindRequest` -> `[Backup]` |
 //! | `POST /api/update_active_job_status` | a host's running jobs |
-//! | `GET /api/hosts` | hosts, last backup, active jobs |
+//! | `GET /api/hosts` | hosts: last backup, last report, sources' state, active jobs |
 //! | `GET /api/openapi.json` | the OpenAPI 3 document (`docs/openapi.json`) |
 //! | `GET /healthz` | 200 when the database answers, else 503 |
 //! | `GET /metrics` | Prometheus metrics |
-//! | `GET /` | the web page |
+//! | `GET /` | the fleet page |
+//! | `GET /hosts/{host}` | one host's page |
 //!
 //! Request bodies must be `application/json`, at most `max_body_bytes`
 //! long, and are parsed strictly: an unknown field anywhere is a 400 (the
@@ -435,7 +436,8 @@ pub fn router(state: Arc<AppState>) -> (Router, Vec<(&'static str, &'static str)
     .add("get", "/api/openapi.json", get(openapi))
     .add("get", "/healthz", get(healthz))
     .add("get", "/metrics", get(metrics))
-    .add("get", "/", get(page::page));
+    .add("get", "/", get(page::page))
+    .add("get", "/hosts/{host}", get(page::host_page));
     let router = routes
         .router
         .fallback(not_found)
