@@ -128,7 +128,7 @@ tr.stale td{background:#fde2e1}tr.stale td.age{font-weight:bold;color:#a00}\
 .spin{display:inline-block;width:.8em;height:.8em;border:2px solid #999;\
 border-top-color:transparent;border-radius:50%;animation:s 1s linear infinite}\
 @keyframes s{to{transform:rotate(360deg)}}\
-code{font-family:ui-monospace,monospace}pre.cmd{margin:0;white-space:pre-wrap}\
+code{font-family:ui-monospace,monospace}code.cmd{white-space:pre-wrap;overflow-wrap:anywhere}\
 form label{margin-right:1em}input[type=number]{width:5em}";
 
 /// The headers every page is sent with.
@@ -708,7 +708,7 @@ fn results_table(html: &mut String, backups: &[Backup]) {
             html,
             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td>\
              <td><code title=\"{}\">{}</code></td><td class=\"num\">{}</td><td><code>{}</code></td>\
-             <td><pre class=\"cmd\"><code>{}</code></pre></td></tr>",
+             <td><code class=\"cmd\">{}</code></td></tr>",
             escape(&path),
             escape(&time(&b.timestamp)),
             escape(&b.host),
@@ -922,7 +922,7 @@ fn sources_section(
             html,
             "<tr{class}><td><b>{}</b></td><td><code>{}</code></td><td>{next}</td><td>{last}</td>\
              <td>{failed}</td><td>{error}</td><td>{success}</td><td>{newest_text}</td>\
-             <td><pre class=\"cmd\"><code>{}</code></pre></td></tr>",
+             <td><code class=\"cmd\">{}</code></td></tr>",
             escape(&s.name),
             escape(s.schedule.as_deref().unwrap_or("on demand")),
             escape(&restore),
