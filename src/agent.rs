@@ -824,6 +824,8 @@ mod tests {
     struct GateRepo {
         gate: tokio::sync::Semaphore,
         started: tokio::sync::Notify,
+        /// Stream backups started.
+        calls: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait::async_trait]
@@ -840,9 +842,16 @@ mod tests {
             &self,
             _: &SnapshotMeta,
             _: ShellCommand,
-            _: &str,
+            file_name: &str,
             progress: Option<ProgressFn>,
         ) -> Result<SnapshotInfo, RepoError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if file_name.contains("/bad/") {
+                return Err(RepoError::Config {
+                    name: "test".into(),
+                    message: "the bad dataset always fails".into(),
+                });
+            }
             if let Some(p) = progress {
                 p(&RunningJobStatus {
                     percent_done: 0.5,
@@ -870,6 +879,17 @@ mod tests {
     }
 
     fn setup(main_extra: &str) -> (tempfile::TempDir, Agent, Arc<FakeStore>, Arc<GateRepo>) {
+        setup_with(
+            main_extra,
+            "name: s\nhandler: pipe\nschedule: '@daily'\ndatasets: [{name: d, atoms: [{name: a}]}]\n",
+        )
+    }
+
+    /// An agent whose only source `s` is `source_yaml`.
+    fn setup_with(
+        main_extra: &str,
+        source_yaml: &str,
+    ) -> (tempfile::TempDir, Agent, Arc<FakeStore>, Arc<GateRepo>) {
         let dir = tempfile::tempdir().unwrap();
         let w = |rel: &str, text: &str| {
             let p = dir.path().join(rel);
@@ -886,14 +906,12 @@ mod tests {
             "handlers/pipe.yml",
             "name: pipe\ntype: pipe\nparams:\n  backup_command: echo x\n  restore_command: cat\n",
         );
-        w(
-            "sources/s.yml",
-            "name: s\nhandler: pipe\nschedule: '@daily'\ndatasets: [{name: d, atoms: [{name: a}]}]\n",
-        );
+        w("sources/s.yml", source_yaml);
         let config = Arc::new(crate::config::load(&dir.path().join("agent.yml")).unwrap());
         let repo = Arc::new(GateRepo {
             gate: tokio::sync::Semaphore::new(0),
             started: tokio::sync::Notify::new(),
+            calls: std::sync::atomic::AtomicUsize::new(0),
         });
         let rctx = RuntimeContext::with_repository(config, Shell::default(), repo.clone());
         let store = Arc::new(FakeStore::default());
@@ -1023,5 +1041,137 @@ mod tests {
             .unwrap();
         assert_eq!(agent.status().jobs.done[0].result, Some(JobResult::Ok));
         assert_eq!(lock(&store.datasets).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_with_a_failed_dataset_is_partial_and_not_a_success() {
+        let (_dir, agent, store, repo) = setup_with(
+            "",
+            "name: s\nhandler: pipe\nschedule: '@daily'\n\
+             datasets: [{name: good, atoms: [{name: a}]}, {name: bad, atoms: [{name: a}]}]\n",
+        );
+        repo.gate.add_permits(10);
+        agent.trigger("s");
+        until("the job to finish", || {
+            agent.jobs().counts() == (0, 0) && !agent.status().jobs.done.is_empty()
+        })
+        .await;
+        let status = agent.status();
+        let s = &status.sources[0];
+        let run = s.last_run.as_ref().unwrap();
+        assert_eq!(run.result, RunResult::Partial);
+        assert_eq!((run.datasets_recorded, run.datasets_failed), (1, 1));
+        assert_eq!(run.atoms_failed, 1);
+        assert!(
+            run.error.as_deref().unwrap().contains("dataset 'bad'"),
+            "{run:?}"
+        );
+        assert!(s.last_success.is_none(), "a partial run is not a success");
+        assert_eq!(lock(&store.datasets).len(), 1);
+        let m = agent.metrics_text();
+        assert!(
+            m.contains(r#"tabacco_backup_runs_total{source="s",result="partial"} 1"#),
+            "{m}"
+        );
+        assert!(
+            !m.contains("tabacco_backup_last_success_timestamp_seconds{"),
+            "{m}"
+        );
+        assert!(
+            m.contains(r#"tabacco_backup_last_failure_timestamp_seconds{source="s"}"#),
+            "{m}"
+        );
+        // The report carries the source's state.
+        let report = agent.status_report();
+        let src = &report.sources.as_ref().unwrap()[0];
+        assert_eq!(src.last_run.as_ref().unwrap().result, RunResult::Partial);
+        assert_eq!(src.schedule.as_deref(), Some("@daily"));
+        assert!(report.outbox_pending.is_none(), "no outbox configured");
+        assert_eq!(report.report_interval_seconds, Some(30.0));
+    }
+
+    #[tokio::test]
+    async fn the_grace_period_after_shutdown_starts_no_new_dataset() {
+        // One dataset at a time: the second would start after the first.
+        let (_dir, agent, store, repo) = setup_with(
+            "shutdown_timeout: 10s\nqueue_config:\n  workers:\n    datasets: 1\n",
+            "name: s\nhandler: pipe\nschedule: '@daily'\n\
+             datasets: [{name: one, atoms: [{name: a}]}, {name: two, atoms: [{name: a}]}]\n",
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(agent.clone().run(listener, rx));
+        agent.trigger("s");
+        repo.started.notified().await;
+        // While the report shows the second dataset waiting, by name.
+        let active = agent.jobs().active_jobs("h1");
+        assert_eq!(active.len(), 2, "{active:?}");
+        assert_eq!(active[1].dataset_name.as_deref(), Some("two"));
+        assert_eq!(active[1].state.as_deref(), Some("pending"));
+        tx.send(Event::Shutdown).await.unwrap();
+        until("the agent to stop scheduling", || {
+            agent.status().shutting_down
+        })
+        .await;
+        repo.gate.add_permits(10);
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the agent stops")
+            .unwrap();
+        assert_eq!(
+            repo.calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "no dataset started during the grace period"
+        );
+        assert_eq!(lock(&store.datasets).len(), 1, "the running one finished");
+        let status = agent.status();
+        let run = status.sources[0].last_run.as_ref().unwrap();
+        assert_eq!(run.result, RunResult::Cancelled);
+        assert!(status.sources[0].last_success.is_none());
+        let done = &status.jobs.done[0];
+        assert_eq!(done.datasets[1].name, "two");
+        assert!(
+            done.error.as_deref().unwrap().contains("not started"),
+            "{done:?}"
+        );
+    }
+
+    #[test]
+    fn full_backup_time_is_the_oldest_newest_dataset() {
+        let t = |s: &str| -> DateTime<Utc> { s.parse().unwrap() };
+        let backup = |ts: &str, names: &[&str]| crate::model::Backup {
+            id: ts.into(),
+            timestamp: t(ts),
+            host: "h".into(),
+            datasets: names
+                .iter()
+                .map(|n| crate::model::Dataset {
+                    id: format!("{ts}{n}"),
+                    name: (*n).into(),
+                    source: "s".into(),
+                    atoms: vec![],
+                    snapshot_id: String::new(),
+                    total_files: 0,
+                    total_bytes: 0,
+                    bytes_added: 0,
+                    duration: 0,
+                })
+                .collect(),
+        };
+        // A full run on day 1; on day 3 only a and b were recorded (the
+        // run was cancelled): the last full backup is still day 1.
+        let found = [
+            backup("2026-01-03T00:00:00Z", &["a", "b"]),
+            backup("2026-01-01T00:00:00Z", &["c"]),
+        ];
+        assert_eq!(
+            full_backup_time(&["a", "b", "c"], &found),
+            Some(t("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            full_backup_time(&["a", "b"], &found),
+            Some(t("2026-01-03T00:00:00Z"))
+        );
+        assert_eq!(full_backup_time(&["a", "d"], &found), None);
     }
 }
