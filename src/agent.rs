@@ -377,6 +377,11 @@ impl Agent {
                 inner.metrics.run(source, RunResult::Skipped.as_str());
                 self.with_source(source, |s| {
                     s.skipped_runs += 1;
+                    // A skip never hides a failure: the failed run stays
+                    // the last run until a run ends again.
+                    if s.last_run.as_ref().is_some_and(|r| r.result.is_failure()) {
+                        return;
+                    }
                     s.last_run = Some(RunReport {
                         result: RunResult::Skipped,
                         finished_at: Utc::now(),

@@ -73,7 +73,23 @@ fn progress(job: &JobInfo) -> String {
     let mut out = String::new();
     for d in &job.datasets {
         let _ = write!(out, "<div><b>{}</b> {}", escape(&d.name), escape(&d.state));
-        if let Some(p) = &d.progress {
+        if let Some(p) = d.progress.as_ref().filter(|p| p.total_bytes <= 0) {
+            // A stream of unknown size: no percentage to show.
+            let rate = if p.seconds_elapsed > 0 {
+                format!(
+                    " · {}/s",
+                    HumanBytes((p.bytes_done / p.seconds_elapsed).max(0) as u64)
+                )
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                out,
+                " streaming, size unknown · {} so far{rate} · {}s elapsed",
+                HumanBytes(p.bytes_done.max(0) as u64),
+                p.seconds_elapsed
+            );
+        } else if let Some(p) = &d.progress {
             let pct = (p.percent_done * 100.0).clamp(0.0, 100.0);
             let _ = write!(
                 out,
@@ -283,7 +299,23 @@ mod tests {
                 percent_done: 0.42,
                 files_done: 5,
                 total_files: 10,
+                total_bytes: 100,
                 current_files: vec!["/srv/<evil>".into()],
+                ..Default::default()
+            },
+        );
+        let stream = Dataset {
+            id: "d2".into(),
+            name: "dump".into(),
+            ..ds.clone()
+        };
+        reg.dataset_started(&running, &stream);
+        reg.progress(
+            &running,
+            "d2",
+            &RunningJobStatus {
+                bytes_done: 4096,
+                seconds_elapsed: 2,
                 ..Default::default()
             },
         );
@@ -331,6 +363,10 @@ mod tests {
         assert!(html.contains("<code>@every 1h</code>"));
         assert!(html.contains("in 1h"));
         assert!(html.contains("42.0%"));
+        assert!(
+            html.contains("streaming, size unknown · 4.00 KiB so far · 2.00 KiB/s"),
+            "{html}"
+        );
         assert!(
             html.contains("Running (1)")
                 && html.contains("Pending (1)")
