@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::agent::metric;
 use crate::agent_proc::{Agent, http_get};
 use crate::browser::Browser;
 use crate::common::{Env, PASSWORD};
@@ -42,7 +43,8 @@ fn host_config(env: &Env, host: &str, url: &str) {
     );
 }
 
-/// `host_status["sources"]` entry named `name`.
+/// The entry of `sources` named `name` in a host of `/api/hosts` or an
+/// agent's `/api/status`.
 fn source<'a>(host: &'a Value, name: &str) -> Option<&'a Value> {
     host["sources"]
         .as_array()?
@@ -79,17 +81,6 @@ fn wait<T: std::fmt::Debug>(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The value of the metric line `series` (exact name and labels).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 /// `promtool` from Debian's `prometheus` package (scripts/deps).
@@ -185,14 +176,7 @@ fn fleet_failing_source_partial_run_and_silent_host_reach_api_pages_browser_and_
     // b's failing source reaches the server within one report interval of
     // failing on b (plus slack for a loaded machine), with its error.
     let failed_at = wait(Duration::from_secs(60), "ldap to fail on host-b", || {
-        let st = b.status();
-        let ldap = st["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "ldap")
-            .cloned()
-            .unwrap();
+        let ldap = source(&b.status(), "ldap").cloned().unwrap();
         (ldap["last_run"]["result"] == "error", ldap)
     });
     let seen_failing = Instant::now();
@@ -270,14 +254,7 @@ fn fleet_failing_source_partial_run_and_silent_host_reach_api_pages_browser_and_
     )
     .unwrap();
     assert!(failure > success, "{m}");
-    let st = b.status();
-    let mixed = st["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "mixed")
-        .unwrap()
-        .clone();
+    let mixed = source(&b.status(), "mixed").cloned().unwrap();
     // The latest run may be a later partial one: still partial.
     assert_eq!(mixed["last_run"]["result"], "partial", "{mixed}");
     assert_eq!(mixed["last_run"]["datasets_failed"], 1, "{mixed}");
