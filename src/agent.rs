@@ -1179,4 +1179,32 @@ mod tests {
         );
         assert_eq!(full_backup_time(&["a", "d"], &found), None);
     }
+
+    #[tokio::test]
+    async fn a_skipped_run_never_hides_a_failed_one() {
+        let (dir, agent, _store, repo) = setup_with(
+            "",
+            "name: s\nhandler: pipe\nschedule: '@daily'\ndatasets: [{name: bad, atoms: [{name: a}]}]\n",
+        );
+        repo.gate.add_permits(10);
+        agent.trigger("s");
+        until("the failed run", || {
+            agent.status().sources[0]
+                .last_run
+                .as_ref()
+                .is_some_and(|r| r.result == RunResult::Error)
+        })
+        .await;
+        // A backup by hand holds the lock: the scheduled run is skipped.
+        let held = SourceLock::try_acquire(&dir.path().join("work"), "s", HolderKind::Cli).unwrap();
+        agent.trigger("s");
+        let s = agent.status().sources[0].clone();
+        assert_eq!(s.skipped_runs, 1);
+        assert_eq!(
+            s.last_run.unwrap().result,
+            RunResult::Error,
+            "still failing"
+        );
+        drop(held);
+    }
 }
