@@ -503,12 +503,17 @@ impl Agent {
                 let bytes: i64 = report.backup.datasets.iter().map(|d| d.bytes_added).sum();
                 let files: i64 = report.backup.datasets.iter().map(|d| d.total_files).sum();
                 inner.metrics.added(&source, bytes, files);
+                // Atoms left out of a recorded dataset (pipe datasets of
+                // many atoms) count as failed atoms, not failed datasets.
+                let left_out = report.failures.iter().filter(|f| f.atom.is_some()).count();
+                inner.metrics.atoms_failed(&source, left_out);
                 run.result = report.result();
                 run.error = report.error_text();
                 run.backup_id = Some(report.backup.id.clone());
                 run.datasets_recorded = report.backup.datasets.len() as i64;
-                run.datasets_failed = report.failures.len() as i64;
-                run.atoms_failed = report.failed_atoms as i64;
+                run.datasets_failed =
+                    report.failures.iter().filter(|f| f.atom.is_none()).count() as i64;
+                run.atoms_failed = (report.failed_atoms + left_out) as i64;
             }
         }
         let result = run.result;
@@ -842,6 +847,15 @@ mod tests {
             _: Option<ProgressFn>,
         ) -> Result<SnapshotInfo, RepoError> {
             unreachable!("only pipe sources here")
+        }
+        async fn backup_relative(
+            &self,
+            _: &SnapshotMeta,
+            _: &Path,
+            _: &[PathBuf],
+            _: Option<ProgressFn>,
+        ) -> Result<SnapshotInfo, RepoError> {
+            unreachable!("only single-atom pipe datasets here")
         }
         async fn stream_backup(
             &self,

@@ -23,7 +23,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::load::{check_name, parse_dataset_specs};
 use crate::config::{AtomSpec, AtomsSource, DatasetSpec, DatasetsSource, SourceSpec};
-use crate::handler::{self, Handler, HandlerError};
+use crate::handler::{self, DatasetBackup, Handler, HandlerError};
 use crate::metadata::{MetadataError, MetadataStore};
 use crate::model::{Atom, Backup, Dataset, FindRequest, RunResult, RunningJobStatus, atom_path};
 use crate::process::ProcessError;
@@ -121,6 +121,8 @@ impl Observer for NoObserver {}
 pub struct DatasetFailure {
     /// Dataset name.
     pub dataset: String,
+    /// The atom that failed, when the rest of the dataset was recorded.
+    pub atom: Option<String>,
     /// Full error text.
     pub error: String,
 }
@@ -136,7 +138,8 @@ pub struct BackupReport {
     pub fatal: Option<String>,
     /// Datasets that would have been backed up (dry run only).
     pub planned: Vec<Dataset>,
-    /// Atoms of the failed datasets whose atoms were known.
+    /// Atoms of the failed datasets whose atoms were known (atoms left
+    /// out of a recorded dataset are `failures` with an `atom`).
     pub failed_atoms: usize,
     /// Datasets not started because the stop token was cancelled (they
     /// are among `failures` too).
@@ -394,6 +397,13 @@ impl Manager {
     ) -> Result<(), ManagerError> {
         let shell = rctx.shell();
         let env = source_env(backup, &source.name);
+        // The caller holds the source's lock: what is in its spool was
+        // left by a killed run.
+        if !shell.is_dry_run()
+            && let Err(e) = handler::spool::clear_source(rctx.work_dir(), &source.name)
+        {
+            warn!("cannot remove the spool left by an earlier run: {e}");
+        }
         if let Some(cmd) = &source.pre_backup_command {
             shell
                 .run(cmd, &env)
@@ -435,6 +445,7 @@ impl Manager {
                     error!(dataset = %spec.name, "{error}");
                     lock(state).failures.push(DatasetFailure {
                         dataset: spec.name.clone(),
+                        atom: None,
                         error,
                     });
                 }
@@ -540,6 +551,7 @@ impl Manager {
                 st.failed_atoms += dataset.atoms.len();
                 st.failures.push(DatasetFailure {
                     dataset: dataset.name.clone(),
+                    atom: None,
                     error: "not started: the agent is shutting down".into(),
                 });
                 return;
@@ -552,8 +564,18 @@ impl Manager {
                 Arc::new(move |st: &RunningJobStatus| observer.progress(&ds, st))
             };
             let result = handler.backup(rctx, backup, &dataset, Some(progress)).await;
+            let mut atom_failures = Vec::new();
             let outcome = match result {
-                Ok(info) => {
+                Ok(DatasetBackup {
+                    snapshot: info,
+                    failed_atoms,
+                }) => {
+                    // Atoms whose own part failed are not in the snapshot:
+                    // record the others, report these.
+                    dataset
+                        .atoms
+                        .retain(|a| !failed_atoms.iter().any(|f| f.atom == a.name));
+                    atom_failures = failed_atoms;
                     dataset.snapshot_id = info.snapshot_id.clone();
                     dataset.total_files = info.total_files;
                     dataset.total_bytes = info.total_bytes;
@@ -580,6 +602,14 @@ impl Manager {
                         "dataset backed up and recorded"
                     );
                     lock(state).recorded.push(dataset.clone());
+                    for f in &atom_failures {
+                        error!(atom = %f.atom, "atom left out of the backup: {}", f.error);
+                        lock(state).failures.push(DatasetFailure {
+                            dataset: dataset.name.clone(),
+                            atom: Some(f.atom.clone()),
+                            error: format!("atom '{}' left out: {}", f.atom, f.error),
+                        });
+                    }
                 }
                 Err(e) => {
                     error!("dataset backup failed: {e}");
@@ -587,6 +617,7 @@ impl Manager {
                     st.failed_atoms += dataset.atoms.len();
                     st.failures.push(DatasetFailure {
                         dataset: dataset.name.clone(),
+                        atom: None,
                         error: e.clone(),
                     });
                 }
@@ -675,6 +706,7 @@ impl Manager {
                     };
                     report.failures.push(DatasetFailure {
                         dataset: String::new(),
+                        atom: None,
                         error: error_chain(&e),
                     });
                     source_ok = false;
@@ -700,6 +732,7 @@ impl Manager {
                                 error!(dataset = %ds.name, "restore failed: {error}");
                                 report.failures.push(DatasetFailure {
                                     dataset: ds.name.clone(),
+                                    atom: None,
                                     error,
                                 });
                                 source_ok = false;
@@ -725,6 +758,7 @@ impl Manager {
                         };
                         report.failures.push(DatasetFailure {
                             dataset: String::new(),
+                            atom: None,
                             error: error_chain(&e),
                         });
                     }

@@ -954,33 +954,16 @@ fn check_handler_fit(
             }
         }
         HandlerType::Pipe => {
-            for key in ["backup_command", "restore_command"] {
-                match merged.get_str(key) {
-                    Ok(Some(c)) if !c.trim().is_empty() => {}
-                    Ok(_) => errs.add(
-                        join(p, &format!("params.{key}")),
-                        format!(
-                            "missing: the pipe handler {handler_name:?} needs params.{key} (in the source or the handler)"
-                        ),
-                    ),
-                    Err(e) => errs.add(
-                        join(p, &format!("params.{key}")),
-                        format!("{e}{}", origin(key)),
-                    ),
-                }
-            }
-            for (j, set) in static_sets.iter().enumerate() {
-                let AtomsSource::Static(atoms) = &set.atoms else {
-                    continue;
-                };
-                if atoms.len() > 1 {
+            if let Err(errors) = crate::handler::pipe::PipeParams::from_params(&merged) {
+                for (key, message) in errors {
+                    let origin = if merged.contains(key) {
+                        origin(key)
+                    } else {
+                        String::new()
+                    };
                     errs.add(
-                        join(&index(p, "datasets", j), "atoms"),
-                        format!(
-                            "dataset {:?} has {} atoms: pipe datasets hold exactly one atom for now (split it into one dataset per atom)",
-                            set.name,
-                            atoms.len()
-                        ),
+                        join(p, &format!("params.{key}")),
+                        format!("{message}{origin}"),
                     );
                 }
             }
@@ -2012,21 +1995,24 @@ datasets:
     // ----- handler fit -----
 
     #[test]
-    fn pipe_dataset_with_several_atoms_is_rejected() {
+    fn pipe_datasets_hold_any_number_of_atoms() {
         let s = "\
 name: db
 handler: pg
+params: {parallel_dumps: 4, spool_budget: 10GiB}
 datasets:
   - name: one
     atoms: [{name: a}]
   - name: two
     atoms: [{name: a}, {name: b}]
 ";
+        ok(&[("sources/s.yml", s)]);
+        let s = "name: db\nhandler: pg\nparams: {parallel_dumps: 0}\ndatasets: [{name: d, atoms_command: ls}]\n";
         assert_only_error(
             &[("sources/s.yml", s)],
             "sources/s.yml",
-            "datasets[1].atoms",
-            "dataset \"two\" has 2 atoms: pipe datasets hold exactly one atom for now",
+            "params.parallel_dumps",
+            "out of range",
         );
     }
 

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{Handler, HandlerError, snapshot_meta};
+use super::{DatasetBackup, Handler, HandlerError, snapshot_meta};
 use crate::config::load::check_atom_path;
 use crate::model::{Atom, Backup, Dataset};
-use crate::repository::{ProgressFn, SnapshotInfo};
+use crate::repository::ProgressFn;
 use crate::runtime::RuntimeContext;
 
 /// Backs up atoms that are files or directories below a root.
@@ -53,7 +53,7 @@ impl Handler for FileHandler {
         backup: &Backup,
         dataset: &Dataset,
         progress: Option<ProgressFn>,
-    ) -> Result<SnapshotInfo, HandlerError> {
+    ) -> Result<DatasetBackup, HandlerError> {
         if !self.root.is_absolute() {
             return Err(HandlerError::Dataset {
                 dataset: dataset.name.clone(),
@@ -91,7 +91,8 @@ impl Handler for FileHandler {
         Ok(rctx
             .repo()
             .backup(&meta, &self.paths(dataset), progress)
-            .await?)
+            .await?
+            .into())
     }
 
     async fn restore(

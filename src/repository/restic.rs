@@ -222,6 +222,25 @@ fn check_abs_path(p: &Path) -> Result<(), RepoError> {
     Ok(())
 }
 
+/// Check a path given relative to a backup's working directory: relative,
+/// no `..` (restic would store it outside `/`), not starting with `-`
+/// (restic would take it as a flag).
+fn check_rel_path(p: &Path) -> Result<(), RepoError> {
+    use std::path::Component;
+    let ok = !p.as_os_str().is_empty()
+        && !p.to_string_lossy().starts_with('-')
+        && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if !ok {
+        return Err(RepoError::BadRequest {
+            message: format!(
+                "path '{}' must be relative, without '.' or '..' segments",
+                p.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Check a snapshot id given to restore/dump/forget: hex (a prefix is
 /// fine) or `latest`, never something restic would take as a flag.
 fn check_snapshot_id(id: &str) -> Result<(), RepoError> {
@@ -571,6 +590,7 @@ impl Restic {
         &self,
         version: Version,
         args: &[OsString],
+        cwd: Option<&Path>,
         progress: Option<ProgressFn>,
     ) -> Result<BackupRun, RepoError> {
         let mut collector = Collector {
@@ -579,8 +599,11 @@ impl Restic {
             stdout_errors: Vec::new(),
         };
         let mut errors = Vec::new();
-        let outcome = self
-            .restic_command("backup", args)
+        let mut command = self.restic_command("backup", args);
+        if let Some(dir) = cwd {
+            command = command.current_dir(dir);
+        }
+        let outcome = command
             .stdout_lines(|l| collector.stdout_line(l))
             .stderr_lines(stderr_collector(&mut errors))
             .status()
@@ -730,6 +753,46 @@ impl Restic {
         self.list_snapshots(version, tags, &[]).await
     }
 
+    /// `restic backup` of `paths` (absolute, or relative to `cwd`, where
+    /// restic stores `rel` as `/rel`) into one snapshot tagged with `meta`.
+    async fn backup_paths(
+        &self,
+        meta: &SnapshotMeta,
+        cwd: Option<&Path>,
+        paths: &[PathBuf],
+        extra_args: &[&str],
+        progress: Option<ProgressFn>,
+    ) -> Result<SnapshotInfo, RepoError> {
+        if paths.is_empty() {
+            return Err(RepoError::BadRequest {
+                message: "nothing to back up (no paths)".into(),
+            });
+        }
+        let mut args = Restic::backup_args(meta)?;
+        args.extend(extra_args.iter().map(OsString::from));
+        args.extend(paths.iter().map(|p| p.as_os_str().to_os_string()));
+        let version = self.version().await?;
+        let run = match self
+            .backup_once(version, &args, cwd, progress.clone())
+            .await
+        {
+            Err(e) if self.needs_init(&e) => {
+                self.init(version).await?;
+                self.backup_once(version, &args, cwd, progress).await?
+            }
+            r => r?,
+        };
+        if run.outcome.code() == Some(3) {
+            let items = unreadable_items(&run.errors, &run.outcome.stderr_tail);
+            let forget_error = self.discard(version, run.summary.as_ref()).await;
+            return Err(RepoError::Unreadable {
+                items,
+                forget_error,
+            });
+        }
+        self.finish_backup(version, &run).await
+    }
+
     /// Run a stream backup once: producer -> pipe -> `restic backup --stdin`.
     async fn stream_backup_once(
         &self,
@@ -844,33 +907,27 @@ impl Repository for Restic {
         paths: &[PathBuf],
         progress: Option<ProgressFn>,
     ) -> Result<SnapshotInfo, RepoError> {
-        if paths.is_empty() {
-            return Err(RepoError::BadRequest {
-                message: "nothing to back up (no paths)".into(),
-            });
-        }
         for p in paths {
             check_abs_path(p)?;
         }
-        let mut args = Restic::backup_args(meta)?;
-        args.extend(paths.iter().map(|p| p.as_os_str().to_os_string()));
-        let version = self.version().await?;
-        let run = match self.backup_once(version, &args, progress.clone()).await {
-            Err(e) if self.needs_init(&e) => {
-                self.init(version).await?;
-                self.backup_once(version, &args, progress).await?
-            }
-            r => r?,
-        };
-        if run.outcome.code() == Some(3) {
-            let items = unreadable_items(&run.errors, &run.outcome.stderr_tail);
-            let forget_error = self.discard(version, run.summary.as_ref()).await;
-            return Err(RepoError::Unreadable {
-                items,
-                forget_error,
-            });
+        self.backup_paths(meta, None, paths, &[], progress).await
+    }
+
+    async fn backup_relative(
+        &self,
+        meta: &SnapshotMeta,
+        root: &Path,
+        paths: &[PathBuf],
+        progress: Option<ProgressFn>,
+    ) -> Result<SnapshotInfo, RepoError> {
+        check_abs_path(root)?;
+        for p in paths {
+            check_rel_path(p)?;
         }
-        self.finish_backup(version, &run).await
+        // Freshly written files: read them all, whatever the parent
+        // snapshot says about size and time.
+        self.backup_paths(meta, Some(root), paths, &["--force"], progress)
+            .await
     }
 
     async fn stream_backup(

@@ -10,6 +10,7 @@ mod browser;
 mod config_check;
 mod failures;
 mod fleet;
+mod many_atoms;
 mod metadb;
 mod metadb_server;
 mod remote;
