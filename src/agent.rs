@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::Config;
-use crate::config::DatasetsSource;
+use crate::config::{AtomsSource, DatasetsSource};
 use crate::config_manager::{ConfigManager, ReloadError};
 use crate::jobs::lock::{HolderKind, LockError, SourceLock};
 use crate::jobs::queue::Queues;
@@ -188,31 +188,48 @@ fn unix_seconds(t: DateTime<Utc>) -> f64 {
     t.timestamp_millis() as f64 / 1000.0
 }
 
-/// The newest time by which every one of `datasets` had been recorded, from
-/// the newest version of each atom (`backups`, a `num_versions: 1` find
-/// result): the oldest of the datasets' newest backups. `None` if a
-/// dataset has never been recorded. A run that recorded only some datasets
-/// (failed, or cancelled) does not move it past the older version of the
-/// others.
+/// What a full backup of a source records: each dataset by name, with its
+/// atoms when they are listed in the configuration (`None`: printed by
+/// `atoms_command`, so any atom of the dataset counts).
+pub type ExpectedDatasets<'a> = [(&'a str, Option<Vec<&'a str>>)];
+
+/// The newest time by which everything in `expected` had been recorded,
+/// from the newest version of each atom (`backups`, a `num_versions: 1`
+/// find result): the oldest of the atoms' (or datasets') newest versions.
+/// `None` if something has never been recorded. A run that recorded only
+/// some datasets (failed, or cancelled), or a dataset without some of its
+/// atoms, does not move it past the older versions of the rest.
 pub fn full_backup_time(
-    datasets: &[&str],
+    expected: &ExpectedDatasets<'_>,
     backups: &[crate::model::Backup],
 ) -> Option<DateTime<Utc>> {
-    let mut newest: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    let mut newest: BTreeMap<(&str, Option<&str>), DateTime<Utc>> = BTreeMap::new();
+    let mut raise = |key, t: DateTime<Utc>| {
+        let e = newest.entry(key).or_insert(t);
+        if *e < t {
+            *e = t;
+        }
+    };
     for b in backups {
         for d in &b.datasets {
-            let e = newest.entry(d.name.as_str()).or_insert(b.timestamp);
-            if *e < b.timestamp {
-                *e = b.timestamp;
+            raise((d.name.as_str(), None), b.timestamp);
+            for a in &d.atoms {
+                raise((d.name.as_str(), Some(a.name.as_str())), b.timestamp);
             }
         }
     }
-    datasets
-        .iter()
-        .map(|name| newest.get(name).copied())
-        .collect::<Option<Vec<_>>>()?
-        .into_iter()
-        .min()
+    let mut oldest: Option<DateTime<Utc>> = None;
+    for (dataset, atoms) in expected {
+        let keys: Vec<(&str, Option<&str>)> = match atoms {
+            Some(atoms) => atoms.iter().map(|a| (*dataset, Some(*a))).collect(),
+            None => vec![(*dataset, None)],
+        };
+        for key in keys {
+            let t = *newest.get(&key)?;
+            oldest = Some(oldest.map_or(t, |o| o.min(t)));
+        }
+    }
+    oldest
 }
 
 impl Agent {
@@ -644,7 +661,18 @@ impl Agent {
             let DatasetsSource::Static(specs) = &s.datasets else {
                 continue;
             };
-            let names: Vec<&str> = specs.iter().map(|d| d.name.as_str()).collect();
+            let expected: Vec<(&str, Option<Vec<&str>>)> = specs
+                .iter()
+                .map(|d| {
+                    let atoms = match &d.atoms {
+                        AtomsSource::Static(atoms) => {
+                            Some(atoms.iter().map(|a| a.name.as_str()).collect())
+                        }
+                        AtomsSource::Command(_) => None,
+                    };
+                    (d.name.as_str(), atoms)
+                })
+                .collect();
             let req = FindRequest {
                 pattern: format!("{}/*", s.name),
                 host: cfg.hostname.clone(),
@@ -653,7 +681,7 @@ impl Agent {
             };
             match self.inner.manager.store().find_atoms(&req).await {
                 Ok(backups) => {
-                    if let Some(t) = full_backup_time(&names, &backups) {
+                    if let Some(t) = full_backup_time(&expected, &backups) {
                         self.inner.metrics.seen_success(&s.name, unix_seconds(t));
                         self.with_source(&s.name, |st| {
                             if st.last_success.is_none_or(|l| l < t) {
@@ -1156,19 +1184,25 @@ mod tests {
     }
 
     #[test]
-    fn full_backup_time_is_the_oldest_newest_dataset() {
+    fn full_backup_time_is_the_oldest_newest_dataset_or_atom() {
         let t = |s: &str| -> DateTime<Utc> { s.parse().unwrap() };
-        let backup = |ts: &str, names: &[&str]| crate::model::Backup {
+        let backup = |ts: &str, datasets: &[(&str, &[&str])]| crate::model::Backup {
             id: ts.into(),
             timestamp: t(ts),
             host: "h".into(),
-            datasets: names
+            datasets: datasets
                 .iter()
-                .map(|n| crate::model::Dataset {
+                .map(|(n, atoms)| crate::model::Dataset {
                     id: format!("{ts}{n}"),
                     name: (*n).into(),
                     source: "s".into(),
-                    atoms: vec![],
+                    atoms: atoms
+                        .iter()
+                        .map(|a| crate::model::Atom {
+                            name: (*a).into(),
+                            path: String::new(),
+                        })
+                        .collect(),
                     snapshot_id: String::new(),
                     total_files: 0,
                     total_bytes: 0,
@@ -1178,20 +1212,25 @@ mod tests {
                 .collect(),
         };
         // A full run on day 1; on day 3 only a and b were recorded (the
-        // run was cancelled): the last full backup is still day 1.
+        // run was cancelled), and b without its atom y: the last full
+        // backup is still day 1.
         let found = [
-            backup("2026-01-03T00:00:00Z", &["a", "b"]),
-            backup("2026-01-01T00:00:00Z", &["c"]),
+            backup("2026-01-03T00:00:00Z", &[("a", &["x"]), ("b", &["x"])]),
+            backup("2026-01-01T00:00:00Z", &[("b", &["y"]), ("c", &["x"])]),
         ];
-        assert_eq!(
-            full_backup_time(&["a", "b", "c"], &found),
-            Some(t("2026-01-01T00:00:00Z"))
-        );
-        assert_eq!(
-            full_backup_time(&["a", "b"], &found),
-            Some(t("2026-01-03T00:00:00Z"))
-        );
-        assert_eq!(full_backup_time(&["a", "d"], &found), None);
+        let day1 = Some(t("2026-01-01T00:00:00Z"));
+        let day3 = Some(t("2026-01-03T00:00:00Z"));
+        let by_name = |names: &[&'static str]| -> Vec<(&'static str, Option<Vec<&'static str>>)> {
+            names.iter().map(|n| (*n, None)).collect()
+        };
+        assert_eq!(full_backup_time(&by_name(&["a", "b", "c"]), &found), day1);
+        assert_eq!(full_backup_time(&by_name(&["a", "b"]), &found), day3);
+        assert_eq!(full_backup_time(&by_name(&["a", "d"]), &found), None);
+        // With the atoms listed, b's missing atom y holds it at day 1.
+        let with_atoms = [("a", Some(vec!["x"])), ("b", Some(vec!["x", "y"]))];
+        assert_eq!(full_backup_time(&with_atoms, &found), day1);
+        let never = [("a", Some(vec!["x", "z"]))];
+        assert_eq!(full_backup_time(&never, &found), None);
     }
 
     #[tokio::test]
