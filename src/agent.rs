@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::Config;
+use crate::config::{AtomsSource, DatasetsSource};
 use crate::config_manager::{ConfigManager, ReloadError};
 use crate::jobs::lock::{HolderKind, LockError, SourceLock};
 use crate::jobs::queue::Queues;
@@ -47,15 +48,12 @@ use crate::jobs::status::{JobObserver, JobResult, JobsSnapshot, StatusRegistry};
 use crate::manager::{Manager, error_chain};
 use crate::metadata::MetadataStore;
 use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
-use crate::model::{FindRequest, UpdateActiveJobStatusRequest};
+use crate::model::{FindRequest, RunReport, RunResult, SourceReport, UpdateActiveJobStatusRequest};
 use crate::runtime::RuntimeContext;
 use metrics::Metrics;
 
 /// Default address of the status page.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:5331";
-
-/// How often running jobs are reported to the metadata store.
-pub const STATUS_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// After cancelling jobs, how long the agent waits for them to record how
 /// they ended.
@@ -73,22 +71,9 @@ pub enum Event {
     Shutdown,
 }
 
-/// How a source's last run ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LastRun {
-    /// `ok`, `error` or `cancelled`.
-    pub result: String,
-    /// When it ended.
-    pub finished_at: DateTime<Utc>,
-    /// How long it ran, in seconds.
-    pub duration_seconds: f64,
-    /// The backup id, if the backup started.
-    pub backup_id: Option<String>,
-    /// The job id.
-    pub job_id: Option<String>,
-    /// What went wrong.
-    pub error: Option<String>,
-}
+/// How a source's last run ended: the report sent to the metadata server
+/// (`ok`, `partial`, `error`, `skipped`, `cancelled`).
+pub type LastRun = RunReport;
 
 /// What the agent knows about a source.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -101,7 +86,9 @@ pub struct SourceStatus {
     pub next_run: Option<DateTime<Utc>>,
     /// The last run by this agent.
     pub last_run: Option<LastRun>,
-    /// The last successful backup (also from the index at start).
+    /// The last run in which every dataset was recorded; at start, the
+    /// newest time by which every configured dataset had been recorded,
+    /// from the index (see [`Agent::load_last_successes`]).
     pub last_success: Option<DateTime<Utc>>,
     /// Scheduled runs skipped because the source was locked.
     pub skipped_runs: u64,
@@ -126,6 +113,13 @@ pub struct AgentStatus {
     pub sources: Vec<SourceStatus>,
     /// Pending, running and recently done jobs.
     pub jobs: JobsSnapshot,
+    /// Dataset records waiting in the outbox for the metadata server
+    /// (`None`: no metadata server configured, or the outbox unreadable).
+    pub outbox_pending: Option<i64>,
+    /// Dataset records the server refused, kept in `outbox/rejected/`.
+    pub outbox_rejected: Option<i64>,
+    /// The metadata server's web page (`metadb.url`), if one is configured.
+    pub metadb_url: Option<String>,
 }
 
 struct Inner {
@@ -148,6 +142,8 @@ struct Inner {
     /// The outbox in front of the metadata server, if one is configured:
     /// delivered in the background, counted in the metrics.
     outbox: std::sync::OnceLock<Arc<OutboxStore>>,
+    /// How often the status report is sent (read at start).
+    report_interval: Duration,
 }
 
 /// The agent. Cheap to clone (shared state).
@@ -192,6 +188,50 @@ fn unix_seconds(t: DateTime<Utc>) -> f64 {
     t.timestamp_millis() as f64 / 1000.0
 }
 
+/// What a full backup of a source records: each dataset by name, with its
+/// atoms when they are listed in the configuration (`None`: printed by
+/// `atoms_command`, so any atom of the dataset counts).
+pub type ExpectedDatasets<'a> = [(&'a str, Option<Vec<&'a str>>)];
+
+/// The newest time by which everything in `expected` had been recorded,
+/// from the newest version of each atom (`backups`, a `num_versions: 1`
+/// find result): the oldest of the atoms' (or datasets') newest versions.
+/// `None` if something has never been recorded. A run that recorded only
+/// some datasets (failed, or cancelled), or a dataset without some of its
+/// atoms, does not move it past the older versions of the rest.
+pub fn full_backup_time(
+    expected: &ExpectedDatasets<'_>,
+    backups: &[crate::model::Backup],
+) -> Option<DateTime<Utc>> {
+    let mut newest: BTreeMap<(&str, Option<&str>), DateTime<Utc>> = BTreeMap::new();
+    let mut raise = |key, t: DateTime<Utc>| {
+        let e = newest.entry(key).or_insert(t);
+        if *e < t {
+            *e = t;
+        }
+    };
+    for b in backups {
+        for d in &b.datasets {
+            raise((d.name.as_str(), None), b.timestamp);
+            for a in &d.atoms {
+                raise((d.name.as_str(), Some(a.name.as_str())), b.timestamp);
+            }
+        }
+    }
+    let mut oldest: Option<DateTime<Utc>> = None;
+    for (dataset, atoms) in expected {
+        let keys: Vec<(&str, Option<&str>)> = match atoms {
+            Some(atoms) => atoms.iter().map(|a| (*dataset, Some(*a))).collect(),
+            None => vec![(*dataset, None)],
+        };
+        for key in keys {
+            let t = *newest.get(&key)?;
+            oldest = Some(oldest.map_or(t, |o| o.min(t)));
+        }
+    }
+    oldest
+}
+
 impl Agent {
     /// An agent over a configuration, a metadata store and this host's
     /// random seed.
@@ -224,6 +264,7 @@ impl Agent {
                 cancel_jobs: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 outbox: std::sync::OnceLock::new(),
+                report_interval: cfg.status_report_interval,
             }),
         };
         agent.sync_sources(&cfg);
@@ -244,6 +285,11 @@ impl Agent {
 
     /// The metrics in OpenMetrics text.
     pub fn metrics_text(&self) -> String {
+        self.metrics_as(crate::exposition::Format::OpenMetrics)
+    }
+
+    /// The metrics in `format`.
+    pub fn metrics_as(&self, format: crate::exposition::Format) -> String {
         let (pending, running) = self.inner.jobs.counts();
         self.inner.metrics.jobs(pending, running);
         if let Some(store) = self.inner.outbox.get() {
@@ -255,7 +301,7 @@ impl Agent {
                 outbox.rejected_total(),
             );
         }
-        self.inner.metrics.render()
+        self.inner.metrics.render_as(format)
     }
 
     /// The agent's status.
@@ -270,7 +316,18 @@ impl Agent {
             shutting_down: self.inner.stopping.is_cancelled(),
             sources: lock(&self.inner.sources).values().cloned().collect(),
             jobs: self.inner.jobs.snapshot(),
+            outbox_pending: self.outbox_counts().map(|c| c.0),
+            outbox_rejected: self.outbox_counts().map(|c| c.1),
+            metadb_url: cfg.metadb.as_ref().map(|m| m.url.clone()),
         }
+    }
+
+    /// Records pending in the outbox and kept aside as rejected, if an
+    /// outbox is in use and readable.
+    fn outbox_counts(&self) -> Option<(i64, i64)> {
+        let outbox = self.inner.outbox.get()?.outbox();
+        let n = |r: Result<usize, _>| r.ok().map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        Some((n(outbox.pending())?, n(outbox.rejected_stored())?))
     }
 
     /// Make the per-source state follow the configuration's sources.
@@ -334,25 +391,46 @@ impl Agent {
             Ok(l) => l,
             Err(e @ LockError::Busy { .. }) => {
                 warn!(source = %source, "scheduled backup skipped: {e}");
-                inner.metrics.run(source, "skipped");
-                self.with_source(source, |s| s.skipped_runs += 1);
+                inner.metrics.run(source, RunResult::Skipped.as_str());
+                self.with_source(source, |s| {
+                    s.skipped_runs += 1;
+                    // A skip never hides a failure: the failed run stays
+                    // the last run until a run ends again.
+                    if s.last_run.as_ref().is_some_and(|r| r.result.is_failure()) {
+                        return;
+                    }
+                    s.last_run = Some(RunReport {
+                        result: RunResult::Skipped,
+                        finished_at: Utc::now(),
+                        duration_seconds: 0.0,
+                        backup_id: None,
+                        job_id: None,
+                        error: Some(format!("skipped: {e}")),
+                        datasets_recorded: 0,
+                        datasets_failed: 0,
+                        atoms_failed: 0,
+                    });
+                });
                 return;
             }
             Err(e) => {
                 error!(source = %source, "scheduled backup not started: {e}");
                 let now = Utc::now();
-                inner.metrics.run(source, "error");
+                inner.metrics.run(source, RunResult::Error.as_str());
                 inner
                     .metrics
                     .finished(source, false, unix_seconds(now), 0.0);
                 self.with_source(source, |s| {
-                    s.last_run = Some(LastRun {
-                        result: "error".into(),
+                    s.last_run = Some(RunReport {
+                        result: RunResult::Error,
                         finished_at: now,
                         duration_seconds: 0.0,
                         backup_id: None,
                         job_id: None,
                         error: Some(e.to_string()),
+                        datasets_recorded: 0,
+                        datasets_failed: 0,
+                        atoms_failed: 0,
                     })
                 });
                 return;
@@ -389,81 +467,85 @@ impl Agent {
         inner.jobs.set_running(&job_id);
         let observer = Arc::new(JobObserver::new(inner.jobs.clone(), job_id.clone()));
         let started = Instant::now();
+        // Once the agent is stopping, no new dataset starts (the grace
+        // period lets running ones finish); cancel_jobs kills them.
         let outcome = tokio::select! {
             biased;
             () = inner.cancel_jobs.cancelled() => None,
-            r = inner.manager.backup(&rctx, &source, observer) => Some(r),
+            r = inner.manager.backup_until(&rctx, &source, observer, &inner.stopping) => Some(r),
         };
         let duration = started.elapsed().as_secs_f64();
         let now = Utc::now();
-        let (result, error, backup_id) = match outcome {
+        let mut run = RunReport {
+            result: RunResult::Error,
+            finished_at: now,
+            duration_seconds: duration,
+            backup_id: None,
+            job_id: Some(job_id.clone()),
+            error: None,
+            datasets_recorded: 0,
+            datasets_failed: 0,
+            atoms_failed: 0,
+        };
+        match outcome {
             None => {
                 warn!(
                     duration,
                     "backup cancelled by the shutdown; its commands were killed"
                 );
-                (
-                    JobResult::Cancelled,
-                    Some(
-                        "cancelled: the agent shut down and the shutdown_timeout ran out"
-                            .to_string(),
-                    ),
-                    None,
-                )
+                run.result = RunResult::Cancelled;
+                run.error = Some(
+                    "cancelled: the agent shut down and the shutdown_timeout ran out".to_string(),
+                );
+                // What the job had finished before it was cancelled.
+                if let Some(job) = inner
+                    .jobs
+                    .snapshot()
+                    .running
+                    .iter()
+                    .find(|j| j.id == job_id)
+                {
+                    run.backup_id = job.backup_id.clone();
+                    run.datasets_recorded =
+                        job.datasets.iter().filter(|d| d.state == "ok").count() as i64;
+                    run.datasets_failed = job.datasets.len() as i64 - run.datasets_recorded;
+                }
             }
             Some(Err(e)) => {
                 let e = error_chain(&e);
                 error!("backup could not start: {e}");
-                (JobResult::Error, Some(e), None)
+                run.error = Some(e);
             }
             Some(Ok(report)) => {
                 let bytes: i64 = report.backup.datasets.iter().map(|d| d.bytes_added).sum();
                 let files: i64 = report.backup.datasets.iter().map(|d| d.total_files).sum();
                 inner.metrics.added(&source, bytes, files);
-                inner.metrics.atoms_failed(
-                    &source,
-                    report.failures.iter().filter(|f| f.atom.is_some()).count(),
-                );
-                if report.is_ok() {
-                    (JobResult::Ok, None, Some(report.backup.id))
-                } else {
-                    let mut errors: Vec<String> = report.fatal.into_iter().collect();
-                    errors.extend(
-                        report
-                            .failures
-                            .iter()
-                            .map(|f| format!("dataset '{}': {}", f.dataset, f.error)),
-                    );
-                    (
-                        JobResult::Error,
-                        Some(errors.join("; ")),
-                        Some(report.backup.id),
-                    )
-                }
+                // Atoms left out of a recorded dataset (pipe datasets of
+                // many atoms) count as failed atoms, not failed datasets.
+                let left_out = report.failures.iter().filter(|f| f.atom.is_some()).count();
+                inner.metrics.atoms_failed(&source, left_out);
+                run.result = report.result();
+                run.error = report.error_text();
+                run.backup_id = Some(report.backup.id.clone());
+                run.datasets_recorded = report.backup.datasets.len() as i64;
+                run.datasets_failed =
+                    report.failures.iter().filter(|f| f.atom.is_none()).count() as i64;
+                run.atoms_failed = (report.failed_atoms + left_out) as i64;
             }
-        };
+        }
+        let result = run.result;
         inner.metrics.run(&source, result.as_str());
         if result != JobResult::Cancelled {
-            inner.metrics.finished(
-                &source,
-                result == JobResult::Ok,
-                unix_seconds(now),
-                duration,
-            );
+            inner
+                .metrics
+                .finished(&source, result.is_success(), unix_seconds(now), duration);
         }
-        inner.jobs.finish(&job_id, result, error.clone());
+        inner.jobs.finish(&job_id, result, run.error.clone());
         self.with_source(&source, |s| {
-            if result == JobResult::Ok {
+            if result.is_success() {
                 s.last_success = Some(now);
             }
-            s.last_run = Some(LastRun {
-                result: result.as_str().to_string(),
-                finished_at: now,
-                duration_seconds: duration,
-                backup_id,
-                job_id: Some(job_id.clone()),
-                error,
-            });
+            s.last_run = Some(run);
         });
         info!(result = %result.as_str(), duration, "backup job done");
         drop(slot);
@@ -518,13 +600,37 @@ impl Agent {
         }
     }
 
-    /// Report the running jobs to the metadata store.
-    pub async fn report_status(&self) {
-        let host = self.inner.config.config().hostname.clone();
-        let req = UpdateActiveJobStatusRequest {
+    /// The periodic report: running jobs (and their datasets not started
+    /// yet), the state of every source, the outbox backlog.
+    pub fn status_report(&self) -> UpdateActiveJobStatusRequest {
+        let cfg = self.inner.config.config();
+        let host = cfg.hostname.clone();
+        let sources = lock(&self.inner.sources)
+            .values()
+            .map(|s| SourceReport {
+                name: s.name.clone(),
+                schedule: s.schedule.clone(),
+                next_run: s.next_run,
+                last_run: s.last_run.clone(),
+                last_success: s.last_success,
+                running: self.inner.jobs.is_active(&s.name),
+            })
+            .collect();
+        let outbox = self.outbox_counts();
+        UpdateActiveJobStatusRequest {
             active_jobs: self.inner.jobs.active_jobs(&host),
             host,
-        };
+            sources: Some(sources),
+            outbox_pending: outbox.map(|c| c.0),
+            outbox_rejected: outbox.map(|c| c.1),
+            report_interval_seconds: Some(self.inner.report_interval.as_secs_f64()),
+        }
+    }
+
+    /// Report the running jobs and the sources' state to the metadata
+    /// store.
+    pub async fn report_status(&self) {
+        let req = self.status_report();
         let store = self.inner.manager.store();
         match tokio::time::timeout(
             Duration::from_secs(10),
@@ -543,11 +649,30 @@ impl Agent {
         }
     }
 
-    /// Read the last successful backup of each source from the index, so
-    /// that `tabacco_backup_last_success_timestamp_seconds` survives restarts.
+    /// Read from the index when each source was last backed up in full, so
+    /// that `tabacco_backup_last_success_timestamp_seconds` survives
+    /// restarts without trusting a partial or cancelled run: see
+    /// [`full_backup_time`]. A source whose datasets come from
+    /// `datasets_command` has no fixed list to check, so it gets a last
+    /// success only from a run of this agent.
     pub async fn load_last_successes(&self) {
         let cfg = self.inner.config.config();
         for s in &cfg.sources {
+            let DatasetsSource::Static(specs) = &s.datasets else {
+                continue;
+            };
+            let expected: Vec<(&str, Option<Vec<&str>>)> = specs
+                .iter()
+                .map(|d| {
+                    let atoms = match &d.atoms {
+                        AtomsSource::Static(atoms) => {
+                            Some(atoms.iter().map(|a| a.name.as_str()).collect())
+                        }
+                        AtomsSource::Command(_) => None,
+                    };
+                    (d.name.as_str(), atoms)
+                })
+                .collect();
             let req = FindRequest {
                 pattern: format!("{}/*", s.name),
                 host: cfg.hostname.clone(),
@@ -556,7 +681,7 @@ impl Agent {
             };
             match self.inner.manager.store().find_atoms(&req).await {
                 Ok(backups) => {
-                    if let Some(t) = backups.iter().map(|b| b.timestamp).max() {
+                    if let Some(t) = full_backup_time(&expected, &backups) {
                         self.inner.metrics.seen_success(&s.name, unix_seconds(t));
                         self.with_source(&s.name, |st| {
                             if st.last_success.is_none_or(|l| l < t) {
@@ -594,7 +719,7 @@ impl Agent {
         let reporter = {
             let this = self.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(STATUS_REPORT_INTERVAL);
+                let mut tick = tokio::time::interval(this.inner.report_interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
@@ -737,6 +862,8 @@ mod tests {
     struct GateRepo {
         gate: tokio::sync::Semaphore,
         started: tokio::sync::Notify,
+        /// Stream backups started.
+        calls: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait::async_trait]
@@ -762,9 +889,16 @@ mod tests {
             &self,
             _: &SnapshotMeta,
             _: ShellCommand,
-            _: &str,
+            file_name: &str,
             progress: Option<ProgressFn>,
         ) -> Result<SnapshotInfo, RepoError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if file_name.contains("/bad/") {
+                return Err(RepoError::Config {
+                    name: "test".into(),
+                    message: "the bad dataset always fails".into(),
+                });
+            }
             if let Some(p) = progress {
                 p(&RunningJobStatus {
                     percent_done: 0.5,
@@ -792,6 +926,17 @@ mod tests {
     }
 
     fn setup(main_extra: &str) -> (tempfile::TempDir, Agent, Arc<FakeStore>, Arc<GateRepo>) {
+        setup_with(
+            main_extra,
+            "name: s\nhandler: pipe\nschedule: '@daily'\ndatasets: [{name: d, atoms: [{name: a}]}]\n",
+        )
+    }
+
+    /// An agent whose only source `s` is `source_yaml`.
+    fn setup_with(
+        main_extra: &str,
+        source_yaml: &str,
+    ) -> (tempfile::TempDir, Agent, Arc<FakeStore>, Arc<GateRepo>) {
         let dir = tempfile::tempdir().unwrap();
         let w = |rel: &str, text: &str| {
             let p = dir.path().join(rel);
@@ -808,14 +953,12 @@ mod tests {
             "handlers/pipe.yml",
             "name: pipe\ntype: pipe\nparams:\n  backup_command: echo x\n  restore_command: cat\n",
         );
-        w(
-            "sources/s.yml",
-            "name: s\nhandler: pipe\nschedule: '@daily'\ndatasets: [{name: d, atoms: [{name: a}]}]\n",
-        );
+        w("sources/s.yml", source_yaml);
         let config = Arc::new(crate::config::load(&dir.path().join("agent.yml")).unwrap());
         let repo = Arc::new(GateRepo {
             gate: tokio::sync::Semaphore::new(0),
             started: tokio::sync::Notify::new(),
+            calls: std::sync::atomic::AtomicUsize::new(0),
         });
         let rctx = RuntimeContext::with_repository(config, Shell::default(), repo.clone());
         let store = Arc::new(FakeStore::default());
@@ -867,7 +1010,7 @@ mod tests {
         until("the job to finish", || agent.jobs().counts() == (0, 0)).await;
         let status = agent.status();
         let s = &status.sources[0];
-        assert_eq!(s.last_run.as_ref().unwrap().result, "ok");
+        assert_eq!(s.last_run.as_ref().unwrap().result, RunResult::Ok);
         assert_eq!(s.skipped_runs, 1);
         assert!(s.last_success.is_some());
         assert_eq!(status.jobs.done[0].bytes_added, 100);
@@ -945,5 +1088,176 @@ mod tests {
             .unwrap();
         assert_eq!(agent.status().jobs.done[0].result, Some(JobResult::Ok));
         assert_eq!(lock(&store.datasets).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_with_a_failed_dataset_is_partial_and_not_a_success() {
+        let (_dir, agent, store, repo) = setup_with(
+            "",
+            "name: s\nhandler: pipe\nschedule: '@daily'\n\
+             datasets: [{name: good, atoms: [{name: a}]}, {name: bad, atoms: [{name: a}]}]\n",
+        );
+        repo.gate.add_permits(10);
+        agent.trigger("s");
+        until("the job to finish", || {
+            agent.jobs().counts() == (0, 0) && !agent.status().jobs.done.is_empty()
+        })
+        .await;
+        let status = agent.status();
+        let s = &status.sources[0];
+        let run = s.last_run.as_ref().unwrap();
+        assert_eq!(run.result, RunResult::Partial);
+        assert_eq!((run.datasets_recorded, run.datasets_failed), (1, 1));
+        assert_eq!(run.atoms_failed, 1);
+        assert!(
+            run.error.as_deref().unwrap().contains("dataset 'bad'"),
+            "{run:?}"
+        );
+        assert!(s.last_success.is_none(), "a partial run is not a success");
+        assert_eq!(lock(&store.datasets).len(), 1);
+        let m = agent.metrics_text();
+        assert!(
+            m.contains(r#"tabacco_backup_runs_total{source="s",result="partial"} 1"#),
+            "{m}"
+        );
+        assert!(
+            !m.contains("tabacco_backup_last_success_timestamp_seconds{"),
+            "{m}"
+        );
+        assert!(
+            m.contains(r#"tabacco_backup_last_failure_timestamp_seconds{source="s"}"#),
+            "{m}"
+        );
+        // The report carries the source's state.
+        let report = agent.status_report();
+        let src = &report.sources.as_ref().unwrap()[0];
+        assert_eq!(src.last_run.as_ref().unwrap().result, RunResult::Partial);
+        assert_eq!(src.schedule.as_deref(), Some("@daily"));
+        assert!(report.outbox_pending.is_none(), "no outbox configured");
+        assert_eq!(report.report_interval_seconds, Some(30.0));
+    }
+
+    #[tokio::test]
+    async fn the_grace_period_after_shutdown_starts_no_new_dataset() {
+        // One dataset at a time: the second would start after the first.
+        let (_dir, agent, store, repo) = setup_with(
+            "shutdown_timeout: 10s\nqueue_config:\n  workers:\n    datasets: 1\n",
+            "name: s\nhandler: pipe\nschedule: '@daily'\n\
+             datasets: [{name: one, atoms: [{name: a}]}, {name: two, atoms: [{name: a}]}]\n",
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(agent.clone().run(listener, rx));
+        agent.trigger("s");
+        repo.started.notified().await;
+        // While the report shows the second dataset waiting, by name.
+        let active = agent.jobs().active_jobs("h1");
+        assert_eq!(active.len(), 2, "{active:?}");
+        assert_eq!(active[1].dataset_name.as_deref(), Some("two"));
+        assert_eq!(active[1].state.as_deref(), Some("pending"));
+        tx.send(Event::Shutdown).await.unwrap();
+        until("the agent to stop scheduling", || {
+            agent.status().shutting_down
+        })
+        .await;
+        repo.gate.add_permits(10);
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the agent stops")
+            .unwrap();
+        assert_eq!(
+            repo.calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "no dataset started during the grace period"
+        );
+        assert_eq!(lock(&store.datasets).len(), 1, "the running one finished");
+        let status = agent.status();
+        let run = status.sources[0].last_run.as_ref().unwrap();
+        assert_eq!(run.result, RunResult::Cancelled);
+        assert!(status.sources[0].last_success.is_none());
+        let done = &status.jobs.done[0];
+        assert_eq!(done.datasets[1].name, "two");
+        assert!(
+            done.error.as_deref().unwrap().contains("not started"),
+            "{done:?}"
+        );
+    }
+
+    #[test]
+    fn full_backup_time_is_the_oldest_newest_dataset_or_atom() {
+        let t = |s: &str| -> DateTime<Utc> { s.parse().unwrap() };
+        let backup = |ts: &str, datasets: &[(&str, &[&str])]| crate::model::Backup {
+            id: ts.into(),
+            timestamp: t(ts),
+            host: "h".into(),
+            datasets: datasets
+                .iter()
+                .map(|(n, atoms)| crate::model::Dataset {
+                    id: format!("{ts}{n}"),
+                    name: (*n).into(),
+                    source: "s".into(),
+                    atoms: atoms
+                        .iter()
+                        .map(|a| crate::model::Atom {
+                            name: (*a).into(),
+                            path: String::new(),
+                        })
+                        .collect(),
+                    snapshot_id: String::new(),
+                    total_files: 0,
+                    total_bytes: 0,
+                    bytes_added: 0,
+                    duration: 0,
+                })
+                .collect(),
+        };
+        // A full run on day 1; on day 3 only a and b were recorded (the
+        // run was cancelled), and b without its atom y: the last full
+        // backup is still day 1.
+        let found = [
+            backup("2026-01-03T00:00:00Z", &[("a", &["x"]), ("b", &["x"])]),
+            backup("2026-01-01T00:00:00Z", &[("b", &["y"]), ("c", &["x"])]),
+        ];
+        let day1 = Some(t("2026-01-01T00:00:00Z"));
+        let day3 = Some(t("2026-01-03T00:00:00Z"));
+        let by_name = |names: &[&'static str]| -> Vec<(&'static str, Option<Vec<&'static str>>)> {
+            names.iter().map(|n| (*n, None)).collect()
+        };
+        assert_eq!(full_backup_time(&by_name(&["a", "b", "c"]), &found), day1);
+        assert_eq!(full_backup_time(&by_name(&["a", "b"]), &found), day3);
+        assert_eq!(full_backup_time(&by_name(&["a", "d"]), &found), None);
+        // With the atoms listed, b's missing atom y holds it at day 1.
+        let with_atoms = [("a", Some(vec!["x"])), ("b", Some(vec!["x", "y"]))];
+        assert_eq!(full_backup_time(&with_atoms, &found), day1);
+        let never = [("a", Some(vec!["x", "z"]))];
+        assert_eq!(full_backup_time(&never, &found), None);
+    }
+
+    #[tokio::test]
+    async fn a_skipped_run_never_hides_a_failed_one() {
+        let (dir, agent, _store, repo) = setup_with(
+            "",
+            "name: s\nhandler: pipe\nschedule: '@daily'\ndatasets: [{name: bad, atoms: [{name: a}]}]\n",
+        );
+        repo.gate.add_permits(10);
+        agent.trigger("s");
+        until("the failed run", || {
+            agent.status().sources[0]
+                .last_run
+                .as_ref()
+                .is_some_and(|r| r.result == RunResult::Error)
+        })
+        .await;
+        // A backup by hand holds the lock: the scheduled run is skipped.
+        let held = SourceLock::try_acquire(&dir.path().join("work"), "s", HolderKind::Cli).unwrap();
+        agent.trigger("s");
+        let s = agent.status().sources[0].clone();
+        assert_eq!(s.skipped_runs, 1);
+        assert_eq!(
+            s.last_run.unwrap().result,
+            RunResult::Error,
+            "still failing"
+        );
+        drop(held);
     }
 }

@@ -47,6 +47,9 @@ pub struct Config {
     /// Agent shutdown: how long running jobs get to finish before they
     /// are cancelled (`shutdown_timeout`, default 60 s).
     pub shutdown_timeout: Duration,
+    /// How often the agent reports its running jobs and sources' state to
+    /// the metadata store (`status_report_interval`, default 30 s).
+    pub status_report_interval: Duration,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerSpec>,
     /// Sources in the order they were read (files sorted by name).

@@ -115,6 +115,9 @@ pub fn diff(old: &Config, new: &Config) -> ReloadReport {
     if old.metadb != new.metadb {
         restart_needed.push("metadb");
     }
+    if old.status_report_interval != new.status_report_interval {
+        restart_needed.push("status_report_interval");
+    }
     ReloadReport {
         added: new_names
             .iter()

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod config_manager;
+pub mod exposition;
 pub mod handler;
 pub mod html;
 pub mod jobs;

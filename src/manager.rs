@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{DurationRound, Utc};
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::load::parse_dataset_specs;
 use crate::config::{AtomSpec, AtomsSource, DatasetSpec, DatasetsSource, SourceSpec};
 use crate::handler::{self, DatasetBackup, Handler, HandlerError};
 use crate::metadata::{MetadataError, MetadataStore};
-use crate::model::{Atom, Backup, Dataset, FindRequest, RunningJobStatus, atom_path};
+use crate::model::{Atom, Backup, Dataset, FindRequest, RunResult, RunningJobStatus, atom_path};
 use crate::names::{check_name, check_record, excerpt, join_below};
 use crate::process::ProcessError;
 use crate::repository::{ProgressFn, SnapshotInfo};
@@ -100,6 +101,9 @@ pub enum ManagerError {
 pub trait Observer: Send + Sync {
     /// A backup of a source is starting (its id is known).
     fn backup_started(&self, _backup: &Backup) {}
+    /// The datasets to back up are known (atoms resolved); each starts
+    /// later, a few at a time.
+    fn datasets_planned(&self, _datasets: &[Dataset]) {}
     /// A dataset's backup is starting.
     fn dataset_started(&self, _dataset: &Dataset) {}
     /// The repository reported progress on a dataset.
@@ -135,12 +139,46 @@ pub struct BackupReport {
     pub fatal: Option<String>,
     /// Datasets that would have been backed up (dry run only).
     pub planned: Vec<Dataset>,
+    /// Atoms of the failed datasets whose atoms were known (atoms left
+    /// out of a recorded dataset are `failures` with an `atom`).
+    pub failed_atoms: usize,
+    /// Datasets not started because the stop token was cancelled (they
+    /// are among `failures` too).
+    pub not_started: usize,
 }
 
 impl BackupReport {
     /// Whether everything succeeded.
     pub fn is_ok(&self) -> bool {
         self.failures.is_empty() && self.fatal.is_none()
+    }
+
+    /// How the run ended: `ok` only when every dataset was recorded;
+    /// `cancelled` when the stop token kept datasets from starting;
+    /// `partial` when some datasets were recorded and others not;
+    /// otherwise `error`.
+    pub fn result(&self) -> RunResult {
+        if self.not_started > 0 {
+            RunResult::Cancelled
+        } else if self.is_ok() {
+            RunResult::Ok
+        } else if !self.backup.datasets.is_empty() {
+            RunResult::Partial
+        } else {
+            RunResult::Error
+        }
+    }
+
+    /// Every failure in one line: the source's error, then each failed
+    /// dataset with its error (`None` when all went well).
+    pub fn error_text(&self) -> Option<String> {
+        let mut errors: Vec<String> = self.fatal.iter().cloned().collect();
+        errors.extend(
+            self.failures
+                .iter()
+                .map(|f| format!("dataset '{}': {}", f.dataset, f.error)),
+        );
+        (!errors.is_empty()).then(|| errors.join("; "))
     }
 }
 
@@ -218,6 +256,10 @@ struct Progress {
     recorded: Vec<Dataset>,
     failures: Vec<DatasetFailure>,
     planned: Vec<Dataset>,
+    failed_atoms: usize,
+    not_started: usize,
+    /// Once cancelled, no new dataset starts.
+    stop: CancellationToken,
 }
 
 impl Manager {
@@ -241,6 +283,21 @@ impl Manager {
         source_name: &str,
         observer: Arc<dyn Observer>,
     ) -> Result<BackupReport, ManagerError> {
+        self.backup_until(rctx, source_name, observer, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Manager::backup`], starting no new dataset once `stop` is
+    /// cancelled (the agent's grace period after SIGTERM): datasets already
+    /// running go on, the others are failures "not started" and counted in
+    /// [`BackupReport::not_started`]; `post_backup_command` still runs.
+    pub async fn backup_until(
+        &self,
+        rctx: &RuntimeContext,
+        source_name: &str,
+        observer: Arc<dyn Observer>,
+        stop: &CancellationToken,
+    ) -> Result<BackupReport, ManagerError> {
         let (source, handler) = source_handler(rctx, source_name)?;
         let now = Utc::now();
         let backup = Backup {
@@ -260,6 +317,9 @@ impl Manager {
                 recorded: Vec::new(),
                 failures: Vec::new(),
                 planned: Vec::new(),
+                failed_atoms: 0,
+                not_started: 0,
+                stop: stop.clone(),
             });
             let run = self.run_backup(rctx, source, handler.as_ref(), &backup, &observer, &state);
             let fatal = match source.timeout {
@@ -299,6 +359,8 @@ impl Manager {
                 failures: state.failures,
                 fatal,
                 planned: state.planned,
+                failed_atoms: state.failed_atoms,
+                not_started: state.not_started,
             };
             let elapsed = started.elapsed().as_secs_f64();
             if report.is_ok() {
@@ -399,6 +461,7 @@ impl Manager {
             return Ok(());
         }
         let limit = rctx.config().queue.workers(DATASETS_QUEUE).max(1);
+        observer.datasets_planned(&datasets);
         futures::stream::iter(datasets)
             .map(|ds| self.backup_dataset(rctx, handler, backup, ds, observer, state))
             .buffer_unordered(limit)
@@ -472,6 +535,21 @@ impl Manager {
     ) {
         let span = info_span!("dataset", dataset = %dataset.name, dataset_id = %dataset.id);
         async {
+            // buffer_unordered creates this future when a slot frees up:
+            // checking here is checking before the dataset would start.
+            let stopping = lock(state).stop.is_cancelled();
+            if stopping {
+                warn!("dataset not started: stopping (shutdown grace period)");
+                let mut st = lock(state);
+                st.not_started += 1;
+                st.failed_atoms += dataset.atoms.len();
+                st.failures.push(DatasetFailure {
+                    dataset: dataset.name.clone(),
+                    atom: None,
+                    error: "not started: the agent is shutting down".into(),
+                });
+                return;
+            }
             info!(atoms = dataset.atoms.len(), "dataset backup started");
             observer.dataset_started(&dataset);
             let progress: ProgressFn = {
@@ -529,7 +607,9 @@ impl Manager {
                 }
                 Err(e) => {
                     error!("dataset backup failed: {e}");
-                    lock(state).failures.push(DatasetFailure {
+                    let mut st = lock(state);
+                    st.failed_atoms += dataset.atoms.len();
+                    st.failures.push(DatasetFailure {
                         dataset: dataset.name.clone(),
                         atom: None,
                         error: e.clone(),

@@ -28,7 +28,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 
-use crate::model::{Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Backup, Dataset, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
+};
 use crate::names::excerpt;
 use glob::Pattern;
 
@@ -166,6 +170,27 @@ pub struct HostActiveJobs {
     pub received: DateTime<Utc>,
     /// The jobs running on the host at that time (possibly none).
     pub jobs: Vec<JobStatus>,
+    /// The rest of that report: the sources' state, the outbox backlog.
+    pub state: HostState,
+}
+
+/// What a host's latest report says beyond its running jobs (stored as
+/// JSON next to them; every field is absent for an agent that does not
+/// report it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Every configured source of the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<SourceReport>>,
+    /// Dataset records waiting in its outbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_pending: Option<i64>,
+    /// Dataset records refused for good, kept in its `outbox/rejected/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_rejected: Option<i64>,
+    /// How often it reports, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_interval_seconds: Option<f64>,
 }
 
 /// A host that has backups in the index.
@@ -195,6 +220,10 @@ pub trait ServerStore: MetadataStore {
     /// The `limit` newest backups, newest first (ties by id), each with
     /// all its datasets (ordered by source, name, id) but without atoms.
     async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError>;
+
+    /// The `limit` newest backups of `host`, in the same form as
+    /// [`ServerStore::recent_backups`] (a host's page).
+    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError>;
 
     /// Check that the database answers and takes a write now (for health
     /// checks: a store that can read but not write, e.g. on a full disk,
@@ -349,6 +378,58 @@ pub(crate) fn jobs_json(req: &UpdateActiveJobStatusRequest) -> Result<String, Me
         ))
     })?;
     Ok(jobs)
+}
+
+/// The JSON text that stores keep for the rest of a report
+/// ([`HostState`]); refuses what could not be read back.
+pub(crate) fn state_json(req: &UpdateActiveJobStatusRequest) -> Result<String, MetadataError> {
+    let state = HostState {
+        sources: req.sources.clone(),
+        outbox_pending: req.outbox_pending,
+        outbox_rejected: req.outbox_rejected,
+        report_interval_seconds: req.report_interval_seconds,
+    };
+    for (i, s) in state.sources.iter().flatten().enumerate() {
+        crate::names::check_source_name(&s.name)
+            .map_err(|e| MetadataError::BadRequest(format!("sources[{i}].name: {e}")))?;
+    }
+    let json = serde_json::to_string(&state)
+        .map_err(|e| MetadataError::BadRequest(format!("report of host {:?}: {e}", req.host)))?;
+    match serde_json::from_str::<HostState>(&json) {
+        Ok(back) if back == state => Ok(json),
+        Ok(_) => Err(MetadataError::BadRequest(format!(
+            "report of host {:?} cannot be stored faithfully (a number that is not finite?)",
+            req.host
+        ))),
+        Err(e) => Err(MetadataError::BadRequest(format!(
+            "report of host {:?} cannot be stored faithfully: {e}",
+            req.host
+        ))),
+    }
+}
+
+/// Decode a stored report row (`jobs` JSON, `state` JSON or NULL); the
+/// error says what is wrong with it.
+pub(crate) fn decode_report(
+    host: String,
+    received: DateTime<Utc>,
+    jobs: &str,
+    state: Option<&str>,
+) -> Result<HostActiveJobs, String> {
+    let jobs = serde_json::from_str(jobs)
+        .map_err(|e| format!("active_jobs row of host {host:?} is not a JSON list of jobs: {e}"))?;
+    let state = match state {
+        None => HostState::default(),
+        Some(s) => serde_json::from_str(s).map_err(|e| {
+            format!("active_jobs row of host {host:?}: its state is not valid: {e}")
+        })?,
+    };
+    Ok(HostActiveJobs {
+        host,
+        received,
+        jobs,
+        state,
+    })
 }
 
 /// A time truncated to whole microseconds, the resolution every backend

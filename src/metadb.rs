@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod page;
 pub mod routes;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// When a host's newest backup counts as stale (web page).
     pub stale_after: Duration,
+    /// When a host that stopped reporting counts as silent.
+    pub silent_after: Duration,
     /// TLS configuration; `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Longest a request may take ([`REQUEST_TIMEOUT`]).
@@ -92,6 +95,7 @@ impl AppState {
             metrics: Metrics::new(),
             max_body_bytes: config.max_body_bytes,
             stale_after: config.stale_after,
+            silent_after: config.silent_after,
             tls,
             request_timeout: REQUEST_TIMEOUT,
             max_connections: config.max_connections,

@@ -3,7 +3,9 @@
 //! Field names follow the original Go implementation's JSON exactly, so
 //! existing clients and servers interoperate: `Backup`, `Dataset`, `Atom`,
 //! `FindRequest`, `JobStatus`, `RunningJobStatus` and
-//! `UpdateActiveJobStatusRequest`.
+//! `UpdateActiveJobStatusRequest`. Fields added since (the per-source state
+//! in [`SourceReport`], dataset names, the outbox backlog) are optional and
+//! left out when unset, so Go peers and older agents still interoperate.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -192,6 +194,13 @@ pub struct JobStatus {
     /// Progress, if the repository reported any yet.
     #[serde(default)]
     pub status: Option<RunningJobStatus>,
+    /// Name of the dataset (`dataset_id` is an opaque id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_name: Option<String>,
+    /// `running`, or `pending` for a dataset of the job that has not
+    /// started yet (absent: `running`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// The periodic report of a host's running jobs.
@@ -202,6 +211,129 @@ pub struct UpdateActiveJobStatusRequest {
     /// Jobs running on the host right now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_jobs: Vec<JobStatus>,
+    /// The state of every configured source (absent: an agent that does
+    /// not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<SourceReport>>,
+    /// Dataset records waiting in the agent's outbox for delivery to the
+    /// metadata server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_pending: Option<i64>,
+    /// Dataset records the server refused for good, kept aside in the
+    /// agent's `outbox/rejected/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_rejected: Option<i64>,
+    /// How often the agent reports, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_interval_seconds: Option<f64>,
+}
+
+/// How a run of a source ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunResult {
+    /// Every dataset was backed up and recorded in the index.
+    Ok,
+    /// Some datasets were recorded, others failed: not a success.
+    Partial,
+    /// Nothing was recorded, or the source failed as a whole (a hook,
+    /// `datasets_command`, the timeout).
+    Error,
+    /// Not run: the source was locked by a backup still running.
+    Skipped,
+    /// Stopped by the agent's shutdown before it finished: not a success,
+    /// whatever it recorded.
+    Cancelled,
+}
+
+impl RunResult {
+    /// Every result, in the order above (also the metrics labels).
+    pub const ALL: [RunResult; 5] = [
+        RunResult::Ok,
+        RunResult::Partial,
+        RunResult::Error,
+        RunResult::Skipped,
+        RunResult::Cancelled,
+    ];
+
+    /// The lowercase name (`ok`, `partial`, `error`, `skipped`,
+    /// `cancelled`), also the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Ok => "ok",
+            RunResult::Partial => "partial",
+            RunResult::Error => "error",
+            RunResult::Skipped => "skipped",
+            RunResult::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the run counts as a success: only when every dataset was
+    /// recorded.
+    pub fn is_success(self) -> bool {
+        self == RunResult::Ok
+    }
+
+    /// Whether the run means the source needs attention (`partial`,
+    /// `error`); skipped and cancelled runs are not failures of the
+    /// source by themselves.
+    pub fn is_failure(self) -> bool {
+        matches!(self, RunResult::Partial | RunResult::Error)
+    }
+}
+
+/// The last run of a source, as reported by its agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// How it ended.
+    pub result: RunResult,
+    /// When it ended (for a skipped run: when it was due).
+    pub finished_at: DateTime<Utc>,
+    /// How long it ran, in seconds.
+    #[serde(default)]
+    pub duration_seconds: f64,
+    /// The backup id, if the backup started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// The agent's job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// What went wrong (every failed dataset, or the source's error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Datasets recorded in the index.
+    #[serde(default)]
+    pub datasets_recorded: i64,
+    /// Datasets that failed (or were not started).
+    #[serde(default)]
+    pub datasets_failed: i64,
+    /// Atoms of the failed datasets (those whose atoms were known).
+    #[serde(default)]
+    pub atoms_failed: i64,
+}
+
+/// The state of one source of a host, as reported by its agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// Source name.
+    pub name: String,
+    /// Schedule as written (absent: on demand only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Next scheduled run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<DateTime<Utc>>,
+    /// The last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<RunReport>,
+    /// The last run in which every dataset was recorded (or, read from the
+    /// index at start, the newest time by which every configured dataset
+    /// had been recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<DateTime<Utc>>,
+    /// Whether a run is going on now.
+    #[serde(default)]
+    pub running: bool,
 }
 
 #[cfg(test)]

@@ -7,13 +7,14 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Json};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Agent, AgentStatus, metrics, page};
+use super::{Agent, AgentStatus, page};
+use crate::exposition::Format;
 
 /// The routes, with the agent as state.
 pub fn router(agent: Agent) -> Router {
@@ -43,9 +44,11 @@ async fn api_status(State(agent): State<Agent>) -> Json<AgentStatus> {
     Json(agent.status())
 }
 
-async fn metrics_handler(State(agent): State<Agent>) -> impl IntoResponse {
+/// OpenMetrics, or the Prometheus text format if `Accept` prefers it.
+async fn metrics_handler(State(agent): State<Agent>, headers: HeaderMap) -> impl IntoResponse {
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        agent.metrics_text(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        agent.metrics_as(format),
     )
 }

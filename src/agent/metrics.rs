@@ -1,8 +1,10 @@
-//! The agent's Prometheus metrics (prometheus-client, OpenMetrics text at
-//! `GET /metrics`).
+//! The agent's Prometheus metrics (prometheus-client), at `GET /metrics`
+//! in OpenMetrics, or the Prometheus text format when asked (see
+//! [`crate::exposition`]).
 //!
 //! Per source: last success and failure times, duration of the last run,
-//! runs by result (`ok`, `error`, `skipped`, `cancelled`), bytes added and
+//! runs by result (`ok`, `partial`, `error`, `skipped`, `cancelled`: a
+//! success only when every dataset was recorded), bytes added and
 //! files backed up, and the next scheduled run. Per agent: jobs by state,
 //! configuration reloads by result, and `tabacco_build_info{version}`.
 //! Series of a source removed by a reload are dropped, so alerts do not
@@ -17,8 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-/// Content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use crate::exposition::Format;
+use crate::model::RunResult;
 
 /// Labels `{source}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,7 +34,7 @@ pub struct SourceLabels {
 pub struct RunLabels {
     /// Source name.
     pub source: String,
-    /// `ok`, `error`, `skipped` or `cancelled`.
+    /// `ok`, `partial`, `error`, `skipped` or `cancelled`.
     pub result: String,
 }
 
@@ -51,9 +53,6 @@ pub struct ResultLabels {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
-
-/// Results of a run, as counted in `tabacco_backup_runs_total`.
-pub const RUN_RESULTS: [&str; 4] = ["ok", "error", "skipped", "cancelled"];
 
 /// The agent's metrics.
 #[derive(Debug)]
@@ -110,12 +109,12 @@ impl Metrics {
         };
         registry.register(
             "backup_last_success_timestamp_seconds",
-            "Unix time of the last backup of the source that succeeded (also from the index at start)",
+            "Unix time of the last backup of the source in which every dataset was recorded (at start: the newest time by which the index holds every configured dataset)",
             m.last_success.clone(),
         );
         registry.register(
             "backup_last_failure_timestamp_seconds",
-            "Unix time of the last backup of the source that failed",
+            "Unix time of the last backup of the source that failed or recorded only some datasets",
             m.last_failure.clone(),
         );
         registry.register(
@@ -125,7 +124,7 @@ impl Metrics {
         );
         registry.register(
             "backup_runs",
-            "Scheduled backup runs by result (ok, error, skipped: the source was locked by a running backup, cancelled: by shutdown)",
+            "Scheduled backup runs by result (ok: every dataset recorded, partial: some, error, skipped: the source was locked by a running backup, cancelled: by shutdown)",
             m.runs.clone(),
         );
         registry.register(
@@ -185,10 +184,10 @@ impl Metrics {
     /// Make a source's series exist (zero) so dashboards see it before its
     /// first run.
     pub fn add_source(&self, source: &str) {
-        for result in RUN_RESULTS {
+        for result in RunResult::ALL {
             let _ = self.runs.get_or_create(&RunLabels {
                 source: source.to_string(),
-                result: result.to_string(),
+                result: result.as_str().to_string(),
             });
         }
         let _ = self.bytes_added.get_or_create(&src(source));
@@ -206,10 +205,10 @@ impl Metrics {
         self.files.remove(&l);
         self.atoms_failed.remove(&l);
         self.next_run.remove(&l);
-        for result in RUN_RESULTS {
+        for result in RunResult::ALL {
             self.runs.remove(&RunLabels {
                 source: source.to_string(),
-                result: result.to_string(),
+                result: result.as_str().to_string(),
             });
         }
     }
@@ -315,11 +314,15 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        self.render_as(Format::OpenMetrics)
+    }
+
+    /// Every metric in `format`.
+    pub fn render_as(&self, format: Format) -> String {
+        crate::exposition::encode(&self.registry, format).unwrap_or_else(|e| {
             tracing::error!("cannot encode metrics: {e}");
-        }
-        out
+            String::new()
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use indicatif::HumanBytes;
 
 use super::AgentStatus;
 use crate::jobs::status::JobInfo;
+use crate::model::RunResult;
 
 pub use crate::html::escape;
 
@@ -45,13 +46,16 @@ fn secs(d: Option<f64>) -> String {
     }
 }
 
-fn result_cell(result: &str) -> String {
-    let class = match result {
-        "ok" => "ok",
-        "error" => "err",
-        _ => "warn",
+fn result_cell(result: Option<RunResult>) -> String {
+    let Some(result) = result else {
+        return "?".to_string();
     };
-    format!("<span class=\"{class}\">{}</span>", escape(result))
+    let class = match result {
+        RunResult::Ok => "ok",
+        RunResult::Partial | RunResult::Error => "err",
+        RunResult::Skipped | RunResult::Cancelled => "warn",
+    };
+    format!("<span class=\"{class}\">{}</span>", result.as_str())
 }
 
 fn short(id: &Option<String>) -> String {
@@ -69,7 +73,23 @@ fn progress(job: &JobInfo) -> String {
     let mut out = String::new();
     for d in &job.datasets {
         let _ = write!(out, "<div><b>{}</b> {}", escape(&d.name), escape(&d.state));
-        if let Some(p) = &d.progress {
+        if let Some(p) = d.progress.as_ref().filter(|p| p.total_bytes <= 0) {
+            // A stream of unknown size: no percentage to show.
+            let rate = if p.seconds_elapsed > 0 {
+                format!(
+                    " · {}/s",
+                    HumanBytes((p.bytes_done / p.seconds_elapsed).max(0) as u64)
+                )
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                out,
+                " streaming, size unknown · {} so far{rate} · {}s elapsed",
+                HumanBytes(p.bytes_done.max(0) as u64),
+                p.seconds_elapsed
+            );
+        } else if let Some(p) = &d.progress {
             let pct = (p.percent_done * 100.0).clamp(0.0, 100.0);
             let _ = write!(
                 out,
@@ -116,28 +136,73 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
         config = escape(&status.config_file),
         loaded = time(Some(status.config_loaded_at), now),
     );
+    if let Some(url) = &status.metadb_url {
+        let _ = writeln!(
+            h,
+            "<p>Metadata server: <a href=\"{url}/\">{url}</a> (every host of the fleet, search and restore commands)</p>",
+            url = escape(url.trim_end_matches('/'))
+        );
+    }
+    match (status.outbox_pending, status.outbox_rejected) {
+        (Some(0), Some(0)) => h.push_str(
+            "<p class=\"ok\">Outbox: every dataset record has been delivered to the metadata server.</p>\n",
+        ),
+        (Some(pending), rejected) => {
+            let _ = write!(
+                h,
+                "<p class=\"banner err\">Outbox: {pending} dataset record(s) not yet delivered to the metadata server"
+            );
+            if let Some(r) = rejected.filter(|r| *r > 0) {
+                let _ = write!(
+                    h,
+                    "; {r} refused for good and kept in <code>outbox/rejected/</code> (see the <code>.reason</code> files)"
+                );
+            }
+            h.push_str(". Until they are delivered those backups cannot be found from other hosts; the agent's log says why delivery fails.</p>\n");
+        }
+        (None, _) if status.metadb_url.is_some() => h.push_str(
+            "<p class=\"banner err\">Outbox: cannot read the outbox directory (see the agent's log).</p>\n",
+        ),
+        (None, _) => {}
+    }
     if status.shutting_down {
         h.push_str("<p class=\"banner\">Shutting down: no new backups start; running jobs are finishing.</p>\n");
     }
 
     let _ = write!(
         h,
-        "<h2>Sources ({})</h2>\n<table><tr><th>Source</th><th>Schedule</th><th>Next run</th><th>Last result</th><th>Finished</th><th>Duration</th><th>Last success</th><th>Skipped runs</th><th>Error</th></tr>\n",
+        "<h2>Sources ({})</h2>\n<table><tr><th>Source</th><th>Schedule</th><th>Next run</th><th>Last result</th><th>Finished</th><th>Duration</th><th>Last success</th><th>Skipped runs</th><th>Failed datasets</th><th>Error</th></tr>\n",
         status.sources.len()
     );
     for s in &status.sources {
-        let (result, finished, duration, error) = match &s.last_run {
+        let (result, finished, duration, failed, error) = match &s.last_run {
             Some(r) => (
-                result_cell(&r.result),
+                result_cell(Some(r.result)),
                 time(Some(r.finished_at), now),
                 secs(Some(r.duration_seconds)),
+                if r.datasets_failed > 0 {
+                    format!(
+                        "{} of {} ({} atoms)",
+                        r.datasets_failed,
+                        r.datasets_failed + r.datasets_recorded,
+                        r.atoms_failed
+                    )
+                } else {
+                    "0".to_string()
+                },
                 r.error.as_deref().map(escape).unwrap_or_default(),
             ),
-            None => ("—".into(), "—".into(), "—".into(), String::new()),
+            None => (
+                "—".into(),
+                "—".into(),
+                "—".into(),
+                "—".into(),
+                String::new(),
+            ),
         };
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{result}</td><td>{finished}</td><td>{duration}</td><td>{}</td><td>{}</td><td>{error}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{result}</td><td>{finished}</td><td>{duration}</td><td>{}</td><td>{}</td><td>{failed}</td><td>{error}</td></tr>",
             escape(&s.name),
             escape(s.schedule.as_deref().unwrap_or("on demand")),
             time(s.next_run, now),
@@ -188,7 +253,7 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&j.source),
-                result_cell(j.result.map(|r| r.as_str()).unwrap_or("?")),
+                result_cell(j.result),
                 time(j.finished_at, now),
                 secs(j.duration_seconds),
                 short(&j.backup_id),
@@ -234,7 +299,23 @@ mod tests {
                 percent_done: 0.42,
                 files_done: 5,
                 total_files: 10,
+                total_bytes: 100,
                 current_files: vec!["/srv/<evil>".into()],
+                ..Default::default()
+            },
+        );
+        let stream = Dataset {
+            id: "d2".into(),
+            name: "dump".into(),
+            ..ds.clone()
+        };
+        reg.dataset_started(&running, &stream);
+        reg.progress(
+            &running,
+            "d2",
+            &RunningJobStatus {
+                bytes_done: 4096,
+                seconds_elapsed: 2,
                 ..Default::default()
             },
         );
@@ -253,25 +334,39 @@ mod tests {
                 schedule: Some("@every 1h".into()),
                 next_run: Some("2026-03-01T13:00:00Z".parse().unwrap()),
                 last_run: Some(LastRun {
-                    result: "ok".into(),
+                    result: RunResult::Partial,
                     finished_at: "2026-03-01T11:00:00Z".parse().unwrap(),
                     duration_seconds: 12.0,
                     backup_id: Some("b".into()),
                     job_id: None,
-                    error: None,
+                    error: Some("dataset 'ldap': slapcat: permission denied".into()),
+                    datasets_recorded: 2,
+                    datasets_failed: 1,
+                    atoms_failed: 4,
                 }),
                 last_success: None,
                 skipped_runs: 3,
             }],
             jobs: reg.snapshot(),
+            outbox_pending: Some(4),
+            outbox_rejected: Some(0),
+            metadb_url: Some("https://metadb.example:7443/".into()),
         };
         let html = render(&status, now);
+        assert!(html.contains(">partial<") && html.contains("1 of 3 (4 atoms)"));
+        assert!(html.contains("slapcat: permission denied"));
+        assert!(html.contains("4 dataset record(s) not yet delivered"));
+        assert!(html.contains("<a href=\"https://metadb.example:7443/\">"));
         assert!(html.contains("h&lt;1&gt;"));
         assert!(!html.contains("<evil>"));
         assert!(html.contains("/srv/&lt;evil&gt;"));
         assert!(html.contains("<code>@every 1h</code>"));
         assert!(html.contains("in 1h"));
         assert!(html.contains("42.0%"));
+        assert!(
+            html.contains("streaming, size unknown · 4.00 KiB so far · 2.00 KiB/s"),
+            "{html}"
+        );
         assert!(
             html.contains("Running (1)")
                 && html.contains("Pending (1)")
@@ -280,7 +375,7 @@ mod tests {
         assert!(html.contains("exit status 1"));
         assert!(html.contains("Shutting down"));
         assert!(
-            !html.contains("http://") && !html.contains("https://"),
+            !html.contains("src=\"http") && !html.contains("<link"),
             "no external assets"
         );
     }

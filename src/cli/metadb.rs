@@ -67,6 +67,9 @@ pub struct MetadbArgs {
     /// Age after which a host's newest backup counts as stale (`36h`, `2d`).
     #[arg(long)]
     pub stale_after: Option<String>,
+    /// Time without a report after which a host counts as silent (`2m`).
+    #[arg(long)]
+    pub silent_after: Option<String>,
 }
 
 impl MetadbArgs {
@@ -82,6 +85,7 @@ impl MetadbArgs {
             max_body_bytes: self.max_body_bytes,
             allow_unauthenticated: self.allow_unauthenticated,
             stale_after: self.stale_after,
+            silent_after: self.silent_after,
         }
     }
 }

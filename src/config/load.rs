@@ -38,6 +38,10 @@ pub const DEFAULT_RANDOM_SEED_FILE: &str = "random_seed";
 /// `shutdown_timeout` is not set.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often the agent reports to the metadata store, when
+/// `status_report_interval` is not set.
+pub const DEFAULT_STATUS_REPORT_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Repository name when `repository.name` is not set.
 pub const DEFAULT_REPOSITORY_NAME: &str = "main";
 
@@ -113,6 +117,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             random_seed_file: main.random_seed_file,
             metadb: main.metadb,
             shutdown_timeout: main.shutdown_timeout,
+            status_report_interval: main.status_report_interval,
             handlers: handlers
                 .into_iter()
                 .filter_map(|(name, h)| {
@@ -357,6 +362,7 @@ struct MainParts {
     random_seed_file: PathBuf,
     metadb: Option<MetadbClientConfig>,
     shutdown_timeout: Duration,
+    status_report_interval: Duration,
 }
 
 /// `value` made absolute against `dir` when relative.
@@ -505,6 +511,27 @@ fn resolve_main(
         },
     };
 
+    let status_report_interval = match raw.status_report_interval {
+        None => DEFAULT_STATUS_REPORT_INTERVAL,
+        Some(t) => match humantime::parse_duration(t.trim()) {
+            Ok(d) if d >= Duration::from_millis(100) => d,
+            Ok(_) => {
+                errs.add(
+                    "status_report_interval",
+                    format!("{t:?} is too short: give at least 100ms (default 30s)"),
+                );
+                DEFAULT_STATUS_REPORT_INTERVAL
+            }
+            Err(e) => {
+                errs.add(
+                    "status_report_interval",
+                    format!("{t:?} is not a duration ({e}): write e.g. 30s, 1m"),
+                );
+                DEFAULT_STATUS_REPORT_INTERVAL
+            }
+        },
+    };
+
     if errs.out.len() > before {
         return None;
     }
@@ -519,6 +546,7 @@ fn resolve_main(
         random_seed_file,
         metadb,
         shutdown_timeout,
+        status_report_interval,
     })
 }
 

@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// Agent shutdown: how long running jobs get to finish before they
     /// are cancelled, e.g. `60s`, `5m` (`0s`: cancel at once); default 60s.
     pub shutdown_timeout: Option<String>,
+    /// How often the agent reports its running jobs and the state of its
+    /// sources to the metadata server, e.g. `30s`; default 30s.
+    pub status_report_interval: Option<String>,
 }
 
 /// `queue_config` in `agent.yml`.

@@ -43,29 +43,10 @@ impl JobState {
     }
 }
 
-/// How a job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobResult {
-    /// Every dataset was backed up and recorded.
-    Ok,
-    /// Something failed (see the error text).
-    Error,
-    /// Stopped by the agent's shutdown before it finished.
-    Cancelled,
-}
-
-impl JobResult {
-    /// The lowercase name (`ok`, `error`, `cancelled`), also the metrics
-    /// label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobResult::Ok => "ok",
-            JobResult::Error => "error",
-            JobResult::Cancelled => "cancelled",
-        }
-    }
-}
+/// How a job ended: the run results of [`crate::model::RunResult`]
+/// (`ok` only when every dataset was recorded; `partial`, `error`,
+/// `cancelled`).
+pub use crate::model::RunResult as JobResult;
 
 /// One dataset of a running or done job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,7 +55,8 @@ pub struct DatasetStatus {
     pub dataset_id: String,
     /// Dataset name.
     pub name: String,
-    /// `running`, `ok` or `error`.
+    /// `pending` (not started yet), `running`, `ok`, `error`, or
+    /// `not started` (the job ended before it started).
     pub state: String,
     /// The latest progress report from the repository.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -199,16 +181,37 @@ impl StatusRegistry {
         self.with_job(id, |j| j.backup_id = Some(backup_id.to_string()));
     }
 
+    /// The datasets the job will back up are known: each is pending until
+    /// it starts.
+    pub fn datasets_planned(&self, id: &str, datasets: &[Dataset]) {
+        self.with_job(id, |j| {
+            for dataset in datasets {
+                if !j.datasets.iter().any(|d| d.dataset_id == dataset.id) {
+                    j.datasets.push(DatasetStatus {
+                        dataset_id: dataset.id.clone(),
+                        name: dataset.name.clone(),
+                        state: "pending".into(),
+                        progress: None,
+                        error: None,
+                    });
+                }
+            }
+        });
+    }
+
     /// A dataset of the job started.
     pub fn dataset_started(&self, id: &str, dataset: &Dataset) {
         self.with_job(id, |j| {
-            j.datasets.push(DatasetStatus {
-                dataset_id: dataset.id.clone(),
-                name: dataset.name.clone(),
-                state: "running".into(),
-                progress: None,
-                error: None,
-            })
+            match j.datasets.iter_mut().find(|d| d.dataset_id == dataset.id) {
+                Some(d) => d.state = "running".into(),
+                None => j.datasets.push(DatasetStatus {
+                    dataset_id: dataset.id.clone(),
+                    name: dataset.name.clone(),
+                    state: "running".into(),
+                    progress: None,
+                    error: None,
+                }),
+            }
         });
     }
 
@@ -257,8 +260,10 @@ impl StatusRegistry {
         job.result = Some(result);
         job.error = error;
         for d in &mut job.datasets {
-            if d.state == "running" {
-                d.state = "error".into();
+            match d.state.as_str() {
+                "running" => d.state = "error".into(),
+                "pending" => d.state = "not started".into(),
+                _ => {}
             }
         }
         inner.done.push_front(job.clone());
@@ -296,27 +301,38 @@ impl StatusRegistry {
         (inner.active.len() - running, running)
     }
 
-    /// The running datasets, as reported to the metadata store.
+    /// The running datasets, then those of running jobs not started yet
+    /// (`state: pending`), with their names, as reported to the metadata
+    /// store. Finished datasets are left out.
     pub fn active_jobs(&self, host: &str) -> Vec<JobStatus> {
         let inner = self.lock();
         let mut out = Vec::new();
-        for job in inner
-            .active
-            .values()
-            .filter(|j| j.state == JobState::Running)
-        {
-            for d in job.datasets.iter().filter(|d| d.state == "running") {
-                out.push(JobStatus {
-                    host: host.to_string(),
-                    job_id: job.id.clone(),
-                    backup_id: job.backup_id.clone().unwrap_or_default(),
-                    dataset_id: d.dataset_id.clone(),
-                    dataset_source: job.source.clone(),
-                    status: d.progress.clone(),
-                });
+        for wanted in ["running", "pending"] {
+            for job in inner
+                .active
+                .values()
+                .filter(|j| j.state == JobState::Running)
+            {
+                for d in job.datasets.iter().filter(|d| d.state == wanted) {
+                    out.push(JobStatus {
+                        host: host.to_string(),
+                        job_id: job.id.clone(),
+                        backup_id: job.backup_id.clone().unwrap_or_default(),
+                        dataset_id: d.dataset_id.clone(),
+                        dataset_source: job.source.clone(),
+                        status: d.progress.clone(),
+                        dataset_name: Some(d.name.clone()),
+                        state: Some(wanted.to_string()),
+                    });
+                }
             }
         }
         out
+    }
+
+    /// Whether a job of `source` is pending or running.
+    pub fn is_active(&self, source: &str) -> bool {
+        self.lock().active.values().any(|j| j.source == source)
     }
 }
 
@@ -341,6 +357,9 @@ impl JobObserver {
 impl Observer for JobObserver {
     fn backup_started(&self, backup: &Backup) {
         self.registry.set_backup_id(&self.job_id, &backup.id);
+    }
+    fn datasets_planned(&self, datasets: &[Dataset]) {
+        self.registry.datasets_planned(&self.job_id, datasets);
     }
     fn dataset_started(&self, dataset: &Dataset) {
         self.registry.dataset_started(&self.job_id, dataset);

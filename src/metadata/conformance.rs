@@ -736,6 +736,8 @@ async fn active_jobs_keeps_the_latest_report_per_host(s: &dyn TestStore) {
             current_files: vec!["/x".into()],
             ..Default::default()
         }),
+        dataset_name: Some("users".into()),
+        state: Some("running".into()),
     };
     let before = Utc::now();
     for jobs in [
@@ -745,20 +747,49 @@ async fn active_jobs_keeps_the_latest_report_per_host(s: &dyn TestStore) {
         s.update_active_job_status(&UpdateActiveJobStatusRequest {
             host: "h1".into(),
             active_jobs: jobs,
+            ..Default::default()
         })
         .await
         .unwrap();
     }
+    // The per-source state and outbox backlog of the report come back as
+    // sent; a report without them (an older agent) has none.
+    let sources = vec![crate::model::SourceReport {
+        name: "ldap".into(),
+        schedule: Some("@every 1h".into()),
+        next_run: Some(ts("2026-01-01T01:00:00Z")),
+        last_run: Some(crate::model::RunReport {
+            result: crate::model::RunResult::Partial,
+            finished_at: ts("2026-01-01T00:00:00Z"),
+            duration_seconds: 1.5,
+            backup_id: Some("b".into()),
+            job_id: None,
+            error: Some("dataset 'x': slapcat: permission denied".into()),
+            datasets_recorded: 2,
+            datasets_failed: 1,
+            atoms_failed: 3,
+        }),
+        last_success: None,
+        running: false,
+    }];
     s.update_active_job_status(&UpdateActiveJobStatusRequest {
         host: "h0".into(),
         active_jobs: vec![],
+        sources: Some(sources.clone()),
+        outbox_pending: Some(4),
+        outbox_rejected: Some(0),
+        report_interval_seconds: Some(30.0),
     })
     .await
     .unwrap();
     let got = s.active_jobs().await.unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!((got[0].host.as_str(), got[0].jobs.len()), ("h0", 0));
+    assert_eq!(got[0].state.sources.as_ref(), Some(&sources));
+    assert_eq!(got[0].state.outbox_pending, Some(4));
+    assert_eq!(got[0].state.report_interval_seconds, Some(30.0));
     assert_eq!(got[1].host, "h1");
+    assert_eq!(got[1].state, crate::metadata::HostState::default());
     assert_eq!(got[1].jobs, vec![job("h1", "j2"), job("h1", "j3")]);
     assert!(got[1].received >= before - chrono::Duration::microseconds(1));
     assert!(got[1].received <= Utc::now());
@@ -776,6 +807,7 @@ async fn active_jobs_keeps_the_latest_report_per_host(s: &dyn TestStore) {
         .update_active_job_status(&UpdateActiveJobStatusRequest {
             host: "h2".into(),
             active_jobs: vec![nan],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -958,6 +990,13 @@ async fn recent_backups_lists_newest_first_without_atoms(s: &dyn TestStore) {
     assert_eq!(got[0].datasets[1].total_bytes, 2000);
     assert_eq!(s.recent_backups(100).await.unwrap().len(), 4);
     assert!(s.recent_backups(0).await.unwrap().is_empty());
+    // One host's backups, in the same form.
+    let got = s.host_backups("h1", 2).await.unwrap();
+    let ids: Vec<&str> = got.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["b3", "b2"]);
+    assert!(got.iter().all(|b| b.host == "h1"));
+    assert_eq!(got[0].datasets.len(), 2);
+    assert!(s.host_backups("nobody", 10).await.unwrap().is_empty());
     s.ping().await.unwrap();
 }
 

@@ -381,9 +381,38 @@ pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
+/// A pattern that matches exactly `text` and nothing else: each `*`, `?`
+/// and `[` becomes a one-character class (`[*]`, `[?]`, `[[]`), since
+/// patterns have no escape character.
+pub fn literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_matches_only_itself() {
+        for text in ["plain/a/b", "a*b/[x]/?", "[[]/]x", "é*"] {
+            let p = Pattern::parse(&literal(text)).unwrap();
+            assert!(p.matches(text), "{text}");
+        }
+        let p = Pattern::parse(&literal("a*b")).unwrap();
+        assert!(!p.matches("axxb"));
+        assert_eq!(literal("s/d/a?"), "s/d/a[?]");
+    }
 
     fn p(s: &str) -> Pattern {
         Pattern::parse(s).unwrap()

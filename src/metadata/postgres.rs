@@ -34,8 +34,8 @@ use super::sql::{
     FoundDataset, dataset_from_row, group_backups, push_find_tail, push_matching_paths,
 };
 use super::{
-    HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, jobs_json,
-    truncate_micros, validate_add, validate_find,
+    HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, decode_report,
+    jobs_json, state_json, truncate_micros, validate_add, validate_find,
 };
 use crate::model::{Atom, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, atom_path};
 
@@ -360,17 +360,45 @@ impl MetadataStore for PostgresStore {
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError> {
         let jobs = jobs_json(req)?;
+        let state = state_json(req)?;
         sqlx::query(
-            "INSERT INTO active_jobs (host, received, jobs) VALUES ($1, $2, $3) \
-             ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs",
+            "INSERT INTO active_jobs (host, received, jobs, state) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs, \
+             state = excluded.state",
         )
         .bind(&req.host)
         .bind(truncate_micros(&Utc::now()))
         .bind(jobs)
+        .bind(state)
         .execute(&self.pool)
         .await
         .map_err(|e| self.db_error(e))?;
         Ok(())
+    }
+}
+
+impl PostgresStore {
+    /// Group rows of `id, host, timestamp` followed by the eight dataset
+    /// columns into backups (rows ordered by backup).
+    fn backups_from_rows(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<Vec<Backup>, MetadataError> {
+        let mut backups: Vec<Backup> = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0).map_err(|e| self.db_error(e))?;
+            let dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
+            match backups.last_mut() {
+                Some(b) if b.id == id => b.datasets.push(dataset),
+                _ => backups.push(Backup {
+                    id,
+                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
+                    timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
+                    datasets: vec![dataset],
+                }),
+            }
+        }
+        Ok(backups)
     }
 }
 
@@ -395,7 +423,7 @@ impl ServerStore for PostgresStore {
     }
 
     async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
-        let rows = sqlx::query("SELECT host, received, jobs FROM active_jobs ORDER BY host")
+        let rows = sqlx::query("SELECT host, received, jobs, state FROM active_jobs ORDER BY host")
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.db_error(e))?;
@@ -403,17 +431,9 @@ impl ServerStore for PostgresStore {
             .map(|row| {
                 let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
                 let received = row.try_get(1).map_err(|e| self.db_error(e))?;
-                let json: String = row.try_get(2).map_err(|e| self.db_error(e))?;
-                let jobs = serde_json::from_str(&json).map_err(|e| {
-                    self.corrupt(format!(
-                        "active_jobs row of host {host:?} is not a JSON list of jobs: {e}"
-                    ))
-                })?;
-                Ok(HostActiveJobs {
-                    host,
-                    received,
-                    jobs,
-                })
+                let jobs: String = row.try_get(2).map_err(|e| self.db_error(e))?;
+                let state: Option<String> = row.try_get(3).map_err(|e| self.db_error(e))?;
+                decode_report(host, received, &jobs, state.as_deref()).map_err(|e| self.corrupt(e))
             })
             .collect()
     }
@@ -431,21 +451,24 @@ impl ServerStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.db_error(e))?;
-        let mut backups: Vec<Backup> = Vec::new();
-        for row in &rows {
-            let id: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-            let dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
-            match backups.last_mut() {
-                Some(b) if b.id == id => b.datasets.push(dataset),
-                _ => backups.push(Backup {
-                    id,
-                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
-                    timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
-                    datasets: vec![dataset],
-                }),
-            }
-        }
-        Ok(backups)
+        self.backups_from_rows(&rows)
+    }
+
+    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
+        let rows = sqlx::query(
+            "WITH recent AS (SELECT id, host, timestamp FROM backups WHERE host = $1 \
+             ORDER BY timestamp DESC, id LIMIT $2) \
+             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration \
+             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
+        )
+        .bind(host)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        self.backups_from_rows(&rows)
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {

@@ -831,7 +831,7 @@ pub(crate) mod tests {
         store(&url)
             .update_active_job_status(&UpdateActiveJobStatusRequest {
                 host: "h".into(),
-                active_jobs: vec![],
+                ..Default::default()
             })
             .await
             .unwrap();

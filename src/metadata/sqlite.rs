@@ -58,7 +58,10 @@ use super::sql::{
     push_matching_paths,
 };
 pub use super::{HostActiveJobs, HostSummary};
-use super::{MetadataError, MetadataStore, ServerStore, jobs_json, validate_add, validate_find};
+use super::{
+    MetadataError, MetadataStore, ServerStore, decode_report, jobs_json, state_json, validate_add,
+    validate_find,
+};
 use crate::model::{Atom, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, atom_path};
 
 /// How long a connection waits for another process's write lock before
@@ -106,11 +109,13 @@ struct QueuedReport {
     received: i64,
     /// The jobs as JSON text.
     jobs: String,
+    /// The rest of the report ([`super::HostState`]) as JSON text.
+    state: String,
     /// Where the writer sends whether the batch holding it was stored.
     done: tokio::sync::oneshot::Sender<bool>,
 }
 
-/// Most reports written by one statement (3 parameters each, well below
+/// Most reports written by one statement (4 parameters each, well below
 /// SQLite's limit of 32766); the writer writes the whole queue, in as many
 /// statements as needed.
 const REPORTS_PER_BATCH: usize = 1000;
@@ -211,7 +216,7 @@ impl SqliteStore {
     /// The latest running-jobs report of every host that sent one, by host
     /// name.
     pub async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
-        let rows = sqlx::query("SELECT host, received, jobs FROM active_jobs ORDER BY host")
+        let rows = sqlx::query("SELECT host, received, jobs, state FROM active_jobs ORDER BY host")
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.db_error(e))?;
@@ -219,17 +224,9 @@ impl SqliteStore {
             .map(|row| {
                 let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
                 let received = self.timestamp(row.try_get(1).map_err(|e| self.db_error(e))?)?;
-                let json: String = row.try_get(2).map_err(|e| self.db_error(e))?;
-                let jobs = serde_json::from_str(&json).map_err(|e| {
-                    self.corrupt(format!(
-                        "active_jobs row of host {host:?} is not a JSON list of jobs: {e}"
-                    ))
-                })?;
-                Ok(HostActiveJobs {
-                    host,
-                    received,
-                    jobs,
-                })
+                let jobs: String = row.try_get(2).map_err(|e| self.db_error(e))?;
+                let state: Option<String> = row.try_get(3).map_err(|e| self.db_error(e))?;
+                decode_report(host, received, &jobs, state.as_deref()).map_err(|e| self.corrupt(e))
             })
             .collect()
     }
@@ -545,12 +542,14 @@ impl MetadataStore for SqliteStore {
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError> {
         let jobs = jobs_json(req)?;
+        let state = state_json(req)?;
         let received = Utc::now().timestamp_micros();
         let (done, mut stored) = tokio::sync::oneshot::channel();
         self.queued_reports().push(QueuedReport {
             host: req.host.clone(),
             received,
             jobs: jobs.clone(),
+            state: state.clone(),
             done,
         });
         let batched = tokio::select! {
@@ -586,12 +585,14 @@ impl MetadataStore for SqliteStore {
         // alone, for its own result and error.
         let _writer = self.writer.lock().await;
         sqlx::query(
-            "INSERT INTO active_jobs (host, received, jobs) VALUES (?, ?, ?) \
-             ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs",
+            "INSERT INTO active_jobs (host, received, jobs, state) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs, \
+             state = excluded.state",
         )
         .bind(&req.host)
         .bind(received)
         .bind(jobs)
+        .bind(state)
         .execute(&self.pool)
         .await
         .map_err(|e| self.db_error(e))?;
@@ -602,13 +603,18 @@ impl MetadataStore for SqliteStore {
 /// Store queued running-jobs reports in one statement (in queue order, so
 /// the last report of a host wins).
 async fn write_reports(pool: &SqlitePool, batch: &[QueuedReport]) -> Result<(), sqlx::Error> {
-    let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO active_jobs (host, received, jobs) ");
+    let mut qb =
+        QueryBuilder::<Sqlite>::new("INSERT INTO active_jobs (host, received, jobs, state) ");
     qb.push_values(batch, |mut row, r| {
         row.push_bind(&r.host)
             .push_bind(r.received)
-            .push_bind(&r.jobs);
+            .push_bind(&r.jobs)
+            .push_bind(&r.state);
     });
-    qb.push(" ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs");
+    qb.push(
+        " ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs, \
+         state = excluded.state",
+    );
     qb.build().execute(pool).await?;
     Ok(())
 }
@@ -655,6 +661,23 @@ impl ServerStore for SqliteStore {
              FROM recent r JOIN datasets d ON d.backup_id = r.id \
              ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
         )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        backups_from_rows(self, &rows)
+    }
+
+    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
+        let rows = sqlx::query(
+            "WITH recent AS (SELECT id, host, timestamp FROM backups WHERE host = ? \
+             ORDER BY timestamp DESC, id LIMIT ?) \
+             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration \
+             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
+        )
+        .bind(host)
         .bind(limit.max(0))
         .fetch_all(&self.pool)
         .await
@@ -972,6 +995,7 @@ mod tests {
                 job_id: job.to_owned(),
                 ..Default::default()
             }],
+            ..Default::default()
         }
     }
 
@@ -1018,12 +1042,14 @@ mod tests {
                 host: "h".into(),
                 received: 1,
                 jobs: "[]".into(),
+                state: "{}".into(),
                 done: tx1,
             },
             QueuedReport {
                 host: "h".into(),
                 received: 2,
                 jobs: "[]".into(),
+                state: "{}".into(),
                 done: tx2,
             },
         ];

@@ -12,6 +12,7 @@
 //! allow_unauthenticated: false
 //! stale_after: 2d
 //! max_connections: 1024
+//! silent_after: 2m
 //! ```
 //!
 //! Relative paths are relative to the directory of the file. Every field
@@ -85,6 +86,9 @@ pub struct RawConfig {
     /// queue until one closes).
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Time (`2m`, `90s`) without a report after which a host is silent.
+    #[serde(default)]
+    pub silent_after: Option<String>,
 }
 
 /// The `tls` section.
@@ -137,6 +141,8 @@ pub struct Overrides {
     pub allow_unauthenticated: bool,
     /// `--stale-after`.
     pub stale_after: Option<String>,
+    /// `--silent-after`.
+    pub silent_after: Option<String>,
 }
 
 /// Resolved TLS file paths.
@@ -180,6 +186,9 @@ pub struct MetadbConfig {
     pub stale_after: Duration,
     /// Most client connections served at once.
     pub max_connections: usize,
+    /// When a host that stopped reporting counts as silent (or three of
+    /// its report intervals, if longer).
+    pub silent_after: Duration,
 }
 
 impl std::fmt::Debug for MetadbConfig {
@@ -195,6 +204,7 @@ impl std::fmt::Debug for MetadbConfig {
             .field("allow_unauthenticated", &self.allow_unauthenticated)
             .field("stale_after", &self.stale_after)
             .field("max_connections", &self.max_connections)
+            .field("silent_after", &self.silent_after)
             .finish()
     }
 }
@@ -383,6 +393,13 @@ pub fn resolve(
             message: "0 would serve nobody: give at least 1".to_owned(),
         });
     }
+    let silent_after = match over.silent_after.or(raw.silent_after) {
+        None => crate::metadb::fleet::DEFAULT_SILENT_AFTER,
+        Some(text) => humantime::parse_duration(&text).map_err(|e| ConfigError {
+            location: at("silent_after"),
+            message: format!("{text:?} is not a duration such as 2m or 90s: {e}"),
+        })?,
+    };
     Ok(MetadbConfig {
         listen,
         database,
@@ -396,6 +413,7 @@ pub fn resolve(
         allow_unauthenticated: raw.allow_unauthenticated || over.allow_unauthenticated,
         stale_after,
         max_connections,
+        silent_after,
     })
 }
 

@@ -1,5 +1,6 @@
-//! Prometheus metrics of the metadata server, served at `/metrics` in the
-//! OpenMetrics text format:
+//! Prometheus metrics of the metadata server, served at `/metrics` in
+//! OpenMetrics, or the Prometheus text format when asked (see
+//! [`crate::exposition`]):
 //!
 //! - `tabacco_metadb_http_requests_total{route,method,status}`: requests
 //!   answered, by matched route (`unmatched` for unknown paths);
@@ -9,7 +10,22 @@
 //! - `tabacco_host_last_backup_timestamp_seconds{host}`: start time of each
 //!   host's newest backup, read from the database at every scrape (so it
 //!   is right with several servers on one database, and after restarts).
-//!   Alert with `time() - tabacco_host_last_backup_timestamp_seconds > ...`.
+//!   Alert with `time() - tabacco_host_last_backup_timestamp_seconds > ...`;
+//!
+//! and from the hosts' latest reports, at every scrape (see
+//! [`super::fleet`] for the rules):
+//!
+//! - `tabacco_host_last_seen_timestamp_seconds{host}`: when its latest
+//!   report arrived;
+//! - `tabacco_host_silent{host}`: 1 when it has not reported within
+//!   `silent_after`;
+//! - `tabacco_host_outbox_pending_records{host}`,
+//!   `tabacco_host_outbox_rejected_records{host}`: its undelivered and
+//!   refused dataset records;
+//! - `tabacco_source_failing{host,source}`: 1 when the source's last run
+//!   was `partial` or `error`;
+//! - `tabacco_source_last_success_timestamp_seconds{host,source}`: its last
+//!   run in which every dataset was recorded.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,10 +35,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use super::routes::HostStatus;
 use crate::metadata::HostSummary;
 
-/// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use crate::exposition::Format;
 
 /// Labels of a request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +65,15 @@ pub struct HostLabels {
     pub host: String,
 }
 
+/// Labels of per-source gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// Host name.
+    pub host: String,
+    /// Source name.
+    pub source: String,
+}
+
 /// The server's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -62,6 +87,18 @@ pub struct Metrics {
     datasets_added: Counter,
     /// Newest backup per host, Unix seconds.
     host_last_backup: Family<HostLabels, Gauge<f64, AtomicU64>>,
+    /// Latest report per host, Unix seconds.
+    host_last_seen: Family<HostLabels, Gauge<f64, AtomicU64>>,
+    /// 1 for a silent host.
+    host_silent: Family<HostLabels, Gauge>,
+    /// Records waiting in each host's outbox.
+    host_outbox_pending: Family<HostLabels, Gauge>,
+    /// Records refused and kept aside per host.
+    host_outbox_rejected: Family<HostLabels, Gauge>,
+    /// 1 for a source whose last run was partial or error.
+    source_failing: Family<SourceLabels, Gauge>,
+    /// Last full success per source, Unix seconds.
+    source_last_success: Family<SourceLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -100,12 +137,54 @@ impl Metrics {
             "Start time of each host's newest backup in the index (Unix seconds)",
             host_last_backup.clone(),
         );
+        let host_last_seen = Family::<HostLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "tabacco_host_last_seen_timestamp_seconds",
+            "When each host's latest status report arrived (Unix seconds)",
+            host_last_seen.clone(),
+        );
+        let host_silent = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "tabacco_host_silent",
+            "1 when the host has not reported within silent_after (its agent is down or cannot reach this server)",
+            host_silent.clone(),
+        );
+        let host_outbox_pending = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "tabacco_host_outbox_pending_records",
+            "Dataset records waiting in the host's outbox for delivery to this server, from its latest report",
+            host_outbox_pending.clone(),
+        );
+        let host_outbox_rejected = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "tabacco_host_outbox_rejected_records",
+            "Dataset records this server refused for good, kept in the host's outbox/rejected/, from its latest report",
+            host_outbox_rejected.clone(),
+        );
+        let source_failing = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "tabacco_source_failing",
+            "1 when the source's last run was partial or error (some of its data is not in the index)",
+            source_failing.clone(),
+        );
+        let source_last_success = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "tabacco_source_last_success_timestamp_seconds",
+            "The source's last run in which every dataset was recorded (Unix seconds), from the host's latest report",
+            source_last_success.clone(),
+        );
         Metrics {
             registry,
             requests,
             durations,
             datasets_added,
             host_last_backup,
+            host_last_seen,
+            host_silent,
+            host_outbox_pending,
+            host_outbox_rejected,
+            source_failing,
+            source_last_success,
         }
     }
 
@@ -142,11 +221,53 @@ impl Metrics {
         }
     }
 
-    /// The exposition text.
+    /// Set the gauges from the hosts' latest reports (series of hosts and
+    /// sources no longer reported are dropped).
+    pub fn set_fleet(&self, hosts: &[HostStatus]) {
+        self.host_last_seen.clear();
+        self.host_silent.clear();
+        self.host_outbox_pending.clear();
+        self.host_outbox_rejected.clear();
+        self.source_failing.clear();
+        self.source_last_success.clear();
+        let secs = |t: &chrono::DateTime<chrono::Utc>| t.timestamp_micros() as f64 / 1e6;
+        for h in hosts {
+            let hl = HostLabels {
+                host: h.host.clone(),
+            };
+            if let Some(t) = &h.last_seen {
+                self.host_last_seen.get_or_create(&hl).set(secs(t));
+            }
+            self.host_silent.get_or_create(&hl).set(i64::from(h.silent));
+            if let Some(n) = h.outbox_pending {
+                self.host_outbox_pending.get_or_create(&hl).set(n);
+            }
+            if let Some(n) = h.outbox_rejected {
+                self.host_outbox_rejected.get_or_create(&hl).set(n);
+            }
+            for s in h.sources.iter().flatten() {
+                let sl = SourceLabels {
+                    host: h.host.clone(),
+                    source: s.name.clone(),
+                };
+                self.source_failing
+                    .get_or_create(&sl)
+                    .set(i64::from(super::fleet::is_failing(s)));
+                if let Some(t) = &s.last_success {
+                    self.source_last_success.get_or_create(&sl).set(secs(t));
+                }
+            }
+        }
+    }
+
+    /// The OpenMetrics exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        self.encode_as(Format::OpenMetrics)
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, format: Format) -> Result<String, std::fmt::Error> {
+        crate::exposition::encode(&self.registry, format)
     }
 }
 

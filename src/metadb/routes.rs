@@ -6,11 +6,12 @@
 //! | `POST /api/add_dataset` | record `{backup, dataset}` (idempotent) |
 //! | `POST /api/find_atoms` | a `FindRequest` -> `[Backup]` |
 //! | `POST /api/update_active_job_status` | a host's running jobs |
-//! | `GET /api/hosts` | hosts, last backup, active jobs |
+//! | `GET /api/hosts` | hosts: last backup, last report, sources' state, active jobs |
 //! | `GET /api/openapi.json` | the OpenAPI 3 document (`docs/openapi.json`) |
 //! | `GET /healthz` | 200 when the database answers and takes a write, else 503 |
 //! | `GET /metrics` | Prometheus metrics |
-//! | `GET /` | the web page |
+//! | `GET /` | the fleet page |
+//! | `GET /hosts/{host}` | one host's page |
 //!
 //! Request bodies must be `application/json`, at most `max_body_bytes`
 //! long, and are parsed strictly: an unknown field anywhere is a 400 (the
@@ -39,7 +40,9 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::page;
-use crate::model::{Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest};
+use crate::model::{
+    Backup, Dataset, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
+};
 
 /// The OpenAPI 3 document of this API (committed as `docs/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
@@ -66,6 +69,24 @@ pub struct HostStatus {
     pub active_jobs: Vec<JobStatus>,
     /// When that report arrived (`null`: never).
     pub active_jobs_updated: Option<DateTime<Utc>>,
+    /// When the host's latest report arrived (`null`: never); the same
+    /// time as `active_jobs_updated`.
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Whether the host has not reported within the server's
+    /// `silent_after` (see [`super::fleet::is_silent`]).
+    #[serde(default)]
+    pub silent: bool,
+    /// The state of each of its sources, from its latest report (absent:
+    /// its agent does not report them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<SourceReport>>,
+    /// Dataset records waiting in its outbox, from its latest report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_pending: Option<i64>,
+    /// Dataset records it keeps in `outbox/rejected/` (refused for good).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_rejected: Option<i64>,
 }
 
 /// A JSON request body, parsed strictly (unknown fields refused).
@@ -200,8 +221,16 @@ async fn update_active_job_status(
     Ok(ok())
 }
 
-/// Hosts with backups or job reports, by name.
+/// Hosts with backups or job reports, by name, as seen at `now`.
 pub async fn host_statuses(state: &AppState) -> Result<Vec<HostStatus>, ApiError> {
+    host_statuses_at(state, Utc::now()).await
+}
+
+/// Hosts with backups or job reports, by name, as seen at `now`.
+pub async fn host_statuses_at(
+    state: &AppState,
+    now: DateTime<Utc>,
+) -> Result<Vec<HostStatus>, ApiError> {
     let hosts = state.store.hosts().await?;
     let jobs = state.store.active_jobs().await?;
     let mut out: std::collections::BTreeMap<String, HostStatus> = hosts
@@ -215,6 +244,11 @@ pub async fn host_statuses(state: &AppState) -> Result<Vec<HostStatus>, ApiError
                     backups: h.backups,
                     active_jobs: Vec::new(),
                     active_jobs_updated: None,
+                    last_seen: None,
+                    silent: true,
+                    sources: None,
+                    outbox_pending: None,
+                    outbox_rejected: None,
                 },
             )
         })
@@ -228,9 +262,24 @@ pub async fn host_statuses(state: &AppState) -> Result<Vec<HostStatus>, ApiError
                 backups: 0,
                 active_jobs: Vec::new(),
                 active_jobs_updated: None,
+                last_seen: None,
+                silent: true,
+                sources: None,
+                outbox_pending: None,
+                outbox_rejected: None,
             });
         entry.active_jobs = report.jobs;
         entry.active_jobs_updated = Some(report.received);
+        entry.last_seen = Some(report.received);
+        entry.silent = super::fleet::is_silent(
+            Some(report.received),
+            report.state.report_interval_seconds,
+            now,
+            state.silent_after,
+        );
+        entry.sources = report.state.sources;
+        entry.outbox_pending = report.state.outbox_pending;
+        entry.outbox_rejected = report.state.outbox_rejected;
     }
     Ok(out.into_values().collect())
 }
@@ -268,18 +317,29 @@ async fn openapi() -> Response {
 }
 
 /// `GET /metrics`.
-async fn metrics(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     state.auth.check_read(&caller)?;
     match state.store.hosts().await {
         Ok(hosts) => state.metrics.set_hosts(&hosts),
         // Serve the rest; the host gauges keep their last values.
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the host list"),
     }
+    match host_statuses(&state).await {
+        Ok(hosts) => state.metrics.set_fleet(&hosts),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the hosts' reports"),
+    }
+    let format = crate::exposition::Format::from_accept(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
     let text = state
         .metrics
-        .encode()
+        .encode_as(format)
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response())
+    Ok(([(header::CONTENT_TYPE, format.content_type())], text).into_response())
 }
 
 /// Unknown paths.
@@ -377,7 +437,8 @@ pub fn router(state: Arc<AppState>) -> (Router, Vec<(&'static str, &'static str)
     .add("get", "/api/openapi.json", get(openapi))
     .add("get", "/healthz", get(healthz))
     .add("get", "/metrics", get(metrics))
-    .add("get", "/", get(page::page));
+    .add("get", "/", get(page::page))
+    .add("get", "/hosts/{host}", get(page::host_page));
     let router = routes
         .router
         .fallback(not_found)

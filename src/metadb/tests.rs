@@ -455,6 +455,8 @@ async fn hosts_and_job_status(s: &TestServer) {
             current_files: vec!["/var/lib/mysql/x".into()],
             ..RunningJobStatus::default()
         }),
+        dataset_name: None,
+        state: None,
     };
     let (status, v) = s
         .post(
@@ -509,7 +511,16 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert_eq!(status, StatusCode::OK, "{v}");
     s.post(
         "/api/update_active_job_status",
-        &json!({"host": "h1", "active_jobs": [{"host": "h1", "job_id": "job-7", "backup_id": "b", "dataset_id": "d", "dataset_source": "mysql", "status": {"percent_done": 0.4, "total_files": 10, "files_done": 4}}]}),
+        &json!({"host": "h1", "active_jobs": [
+            {"host": "h1", "job_id": "job-7", "backup_id": "b", "dataset_id": "d", "dataset_source": "mysql", "dataset_name": "users", "status": {"percent_done": 0.4, "total_files": 10, "files_done": 4, "total_bytes": 1000, "bytes_done": 400}},
+            {"host": "h1", "job_id": "job-7", "backup_id": "b", "dataset_id": "d2", "dataset_source": "mysql", "dataset_name": "stream", "status": {"seconds_elapsed": 10, "bytes_done": 10240}},
+            {"host": "h1", "job_id": "job-7", "backup_id": "b", "dataset_id": "d3", "dataset_source": "mysql", "dataset_name": "later", "state": "pending"}
+        ],
+        "sources": [
+            {"name": "ldap", "schedule": "@daily", "last_run": {"result": "partial", "finished_at": now, "error": "dataset 'cn': slapcat: permission denied", "datasets_recorded": 1, "datasets_failed": 1, "atoms_failed": 2}},
+            {"name": "mysql", "schedule": "@daily", "last_run": {"result": "ok", "finished_at": now}, "last_success": now, "running": true}
+        ],
+        "outbox_pending": 4, "outbox_rejected": 0}),
     )
     .await;
     let resp = s.client.get(s.url("/")).send().await.unwrap();
@@ -521,19 +532,66 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(csp.contains("default-src 'none'"), "{csp}");
     let html = resp.text().await.unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
-    // No scripts or external assets, and values are escaped.
-    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="));
+    // No scripts or external assets (links only to this server's pages),
+    // and values are escaped.
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("<link"));
+    assert!(
+        html.split("href=\"")
+            .skip(1)
+            .all(|rest| rest.starts_with('/')),
+        "{html}"
+    );
     assert!(html.contains("h3&lt;script&gt;"), "escaped host");
     assert!(
         html.contains("&lt;b&gt;fresh&lt;b&gt;"),
         "escaped backup id"
     );
-    // Hosts: h1 and h2 backed up in January 2026, long ago: stale.
-    assert_eq!(html.matches("<tr class=\"stale\">").count(), 2, "{html}");
-    assert!(html.contains("(stale)"));
-    // Active job with progress.
-    assert!(html.contains("job-7") && html.contains("<progress max=\"1\" value=\"0.400\">"));
+    // The summary: 3 hosts, h2 and h3 never reported (silent), h1's ldap
+    // failing, 4 records undelivered.
+    assert!(html.contains("<b>3</b>hosts"), "{html}");
+    assert!(html.contains("<b>2</b>silent hosts"), "{html}");
+    assert!(html.contains("<b>1</b>failing sources"), "{html}");
+    assert!(html.contains("<b>4</b>undelivered records"), "{html}");
+    assert!(
+        html.contains("Needs attention: 1 failing source, 2 silent hosts"),
+        "{html}"
+    );
+    // h1 (failing source) first, with the error; links to the host page.
+    let h1 = html.find("<a href=\"/hosts/h1\">h1</a>").unwrap();
+    let h2 = html.find("<a href=\"/hosts/h2\">h2</a>").unwrap();
+    assert!(h1 < h2, "failing first");
+    assert!(html.contains("slapcat: permission denied") && html.contains(">partial<"));
+    assert!(html.contains("never reported to this server"));
+    assert!(html.contains("4 dataset record(s) waiting in its outbox"));
+    // Running datasets by name, honest progress; the waiting one too.
+    assert!(html.contains(">users<") && html.contains("<progress max=\"1\" value=\"0.400\">"));
     assert!(html.contains("4 / 10"));
+    assert!(
+        html.contains("streaming, size unknown (10.0 KiB so far, 1.0 KiB/s, 10s)"),
+        "{html}"
+    );
+    assert!(!html.contains("0s left") && !html.contains("/ 0 B"));
+    assert!(html.contains(">later<") && html.contains("waiting for a slot"));
+
+    // The host page: sources with the failing one first, its error, the
+    // restore command; unknown hosts are a 404.
+    let (status, page) = s.get("/hosts/h1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let ldap = page.find("<b>ldap</b>").unwrap();
+    let mysql = page.find("<b>mysql</b>").unwrap();
+    assert!(ldap < mysql, "{page}");
+    assert!(page.contains("1 of 2 datasets (2 atoms)"), "{page}");
+    assert!(
+        page.contains("tabacco restore --host h1 --target /tmp/restore &#x27;mysql/*&#x27;"),
+        "{page}"
+    );
+    assert!(page.contains("(running now)"));
+    assert!(
+        page.contains("Recent runs") && page.contains("<code>b2</code>"),
+        "{page}"
+    );
+    let (status, _) = s.get("/hosts/nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     // Recent backups, newest first.
     let fresh = html.find("&lt;b&gt;fresh&lt;b&gt;").unwrap();
     let c1 = html.find("<code>c1</code>").unwrap();
@@ -548,6 +606,14 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(
         html.contains(
             "<td><code>mysql/db/site1</code></td><td>2026-01-02T00:00:00Z</td><td>h1</td>"
+        ),
+        "{html}"
+    );
+    // Each version with the command that restores exactly it.
+    assert!(
+        html.contains(
+            "tabacco restore --host h1 --older-than 2026-01-02T00:00:00.000001Z \
+             --target /tmp/restore mysql/db/site1"
         ),
         "{html}"
     );
@@ -801,10 +867,15 @@ async fn openapi_document_matches_routes_and_model() {
             .send()
             .await
             .unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        // A path with a parameter may answer 404 for the value, but from its
+        // handler, not as an unknown route.
         assert!(
-            ![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&resp.status()),
-            "{method} {path}: {}",
-            resp.status()
+            status != StatusCode::METHOD_NOT_ALLOWED
+                && (status != StatusCode::NOT_FOUND
+                    || (path.contains('{') && !body.contains("no such route"))),
+            "{method} {path}: {status} {body}"
         );
     }
 
@@ -823,7 +894,27 @@ async fn openapi_document_matches_routes_and_model() {
     };
     let job = JobStatus {
         status: Some(RunningJobStatus::default()),
+        dataset_name: Some("n".into()),
+        state: Some("running".into()),
         ..JobStatus::default()
+    };
+    let source = crate::model::SourceReport {
+        name: "s".into(),
+        schedule: Some("@daily".into()),
+        next_run: Some(Utc::now()),
+        last_run: Some(crate::model::RunReport {
+            result: crate::model::RunResult::Ok,
+            finished_at: Utc::now(),
+            duration_seconds: 1.0,
+            backup_id: Some("b".into()),
+            job_id: Some("j".into()),
+            error: Some("e".into()),
+            datasets_recorded: 1,
+            datasets_failed: 0,
+            atoms_failed: 0,
+        }),
+        last_success: Some(Utc::now()),
+        running: false,
     };
     let dataset = Dataset {
         atoms: vec![Atom {
@@ -847,6 +938,11 @@ async fn openapi_document_matches_routes_and_model() {
             .unwrap(),
         ),
         ("JobStatus", serde_json::to_value(&job).unwrap()),
+        ("SourceReport", serde_json::to_value(&source).unwrap()),
+        (
+            "RunReport",
+            serde_json::to_value(source.last_run.as_ref().unwrap()).unwrap(),
+        ),
         (
             "RunningJobStatus",
             serde_json::to_value(RunningJobStatus::default()).unwrap(),
@@ -856,6 +952,10 @@ async fn openapi_document_matches_routes_and_model() {
             serde_json::to_value(crate::model::UpdateActiveJobStatusRequest {
                 host: "h".into(),
                 active_jobs: vec![job.clone()],
+                sources: Some(vec![source.clone()]),
+                outbox_pending: Some(1),
+                outbox_rejected: Some(0),
+                report_interval_seconds: Some(30.0),
             })
             .unwrap(),
         ),
@@ -875,6 +975,11 @@ async fn openapi_document_matches_routes_and_model() {
                 backups: 0,
                 active_jobs: vec![],
                 active_jobs_updated: None,
+                last_seen: None,
+                silent: true,
+                sources: Some(vec![source.clone()]),
+                outbox_pending: Some(0),
+                outbox_rejected: Some(0),
             })
             .unwrap(),
         ),
@@ -1443,6 +1548,13 @@ impl ServerStore for UnrulyStore {
         Ok(Vec::new())
     }
     async fn recent_backups(&self, _: i64) -> Result<Vec<Backup>, crate::metadata::MetadataError> {
+        Ok(Vec::new())
+    }
+    async fn host_backups(
+        &self,
+        _: &str,
+        _: i64,
+    ) -> Result<Vec<Backup>, crate::metadata::MetadataError> {
         Ok(Vec::new())
     }
     async fn ping(&self) -> Result<(), crate::metadata::MetadataError> {

@@ -49,7 +49,7 @@ fn backups_per_source(env: &Env) -> BTreeMap<String, usize> {
 }
 
 /// The value of a metric line (exact name and labels).
-fn metric(text: &str, series: &str) -> Option<f64> {
+pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         l.strip_prefix(series)?
             .strip_prefix(' ')?

@@ -1,0 +1,205 @@
+//! Fleet health: the rules that turn the hosts' latest reports into what
+//! the web pages, `/api/hosts`, the metrics and the alerts show. One place,
+//! so that the page, the API and Prometheus never disagree on which host
+//! is silent or which source is failing.
+//!
+//! - A host is **silent** when its latest report is older than
+//!   `silent_after` (or three of its own report intervals, if longer), or
+//!   when it never reported.
+//! - A source is **failing** when its last run ended `partial` or
+//!   `error`: some of its data is not in the index.
+//! - A source is **stale** when its last full success (every dataset
+//!   recorded) is older than `stale_after`, or it never had one.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::SourceReport;
+
+use super::routes::HostStatus;
+
+/// `silent_after` unless `metadb.yml` says otherwise: four of the agents'
+/// default report intervals (30 s).
+pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(120);
+
+/// How many of its own report intervals a host may miss before it is
+/// silent, when that is longer than `silent_after`.
+pub const MISSED_REPORTS: f64 = 3.0;
+
+/// Whether a host whose latest report arrived at `last_seen` (`None`:
+/// never) is silent at `now`.
+pub fn is_silent(
+    last_seen: Option<DateTime<Utc>>,
+    report_interval_seconds: Option<f64>,
+    now: DateTime<Utc>,
+    silent_after: Duration,
+) -> bool {
+    let Some(seen) = last_seen else {
+        return true;
+    };
+    let own = report_interval_seconds
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| Duration::from_secs_f64((s * MISSED_REPORTS).min(1e9)))
+        .unwrap_or_default();
+    let limit = silent_after.max(own);
+    (now - seen).to_std().unwrap_or_default() > limit
+}
+
+/// Whether the source's last run left data out of the index.
+pub fn is_failing(source: &SourceReport) -> bool {
+    source
+        .last_run
+        .as_ref()
+        .is_some_and(|r| r.result.is_failure())
+}
+
+/// Whether the source's last full success is older than `stale_after` at
+/// `now` (or it never had one).
+pub fn is_stale(source: &SourceReport, now: DateTime<Utc>, stale_after: Duration) -> bool {
+    match source.last_success {
+        None => true,
+        Some(t) => (now - t).to_std().unwrap_or_default() > stale_after,
+    }
+}
+
+/// The "is my fleet safe?" counts at the top of the page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Hosts known (with backups or reports).
+    pub hosts: usize,
+    /// Hosts not heard from within `silent_after`.
+    pub silent_hosts: usize,
+    /// Sources whose last run was `partial` or `error`.
+    pub failing_sources: usize,
+    /// Sources without a full success within `stale_after`.
+    pub stale_sources: usize,
+    /// Sources reported by the hosts.
+    pub sources: usize,
+    /// Jobs running now (by job, not dataset).
+    pub running_jobs: usize,
+    /// Dataset records waiting in the hosts' outboxes, and refused ones.
+    pub undelivered_records: i64,
+}
+
+/// Count what needs attention.
+pub fn summary(hosts: &[HostStatus], now: DateTime<Utc>, stale_after: Duration) -> Summary {
+    let mut s = Summary {
+        hosts: hosts.len(),
+        ..Summary::default()
+    };
+    for h in hosts {
+        s.silent_hosts += usize::from(h.silent);
+        for src in h.sources.iter().flatten() {
+            s.sources += 1;
+            s.failing_sources += usize::from(is_failing(src));
+            s.stale_sources += usize::from(is_stale(src, now, stale_after));
+        }
+        let mut jobs: Vec<&str> = h.active_jobs.iter().map(|j| j.job_id.as_str()).collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        s.running_jobs += jobs.len();
+        s.undelivered_records +=
+            h.outbox_pending.unwrap_or(0).max(0) + h.outbox_rejected.unwrap_or(0).max(0);
+    }
+    s
+}
+
+/// How much attention a host needs: lower sorts first (failing sources,
+/// then silent, then stale sources, then the rest).
+pub fn attention(h: &HostStatus, now: DateTime<Utc>, stale_after: Duration) -> u8 {
+    let sources = h.sources.iter().flatten();
+    if sources.clone().any(is_failing) {
+        0
+    } else if h.silent {
+        1
+    } else if sources.clone().any(|s| is_stale(s, now, stale_after))
+        || h.outbox_rejected.unwrap_or(0) > 0
+        || h.outbox_pending.unwrap_or(0) > 0
+    {
+        2
+    } else {
+        3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RunReport, RunResult};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn silent_after_or_three_own_intervals() {
+        let now = t("2026-01-01T00:10:00Z");
+        let two_min = Duration::from_secs(120);
+        assert!(is_silent(None, None, now, two_min));
+        assert!(!is_silent(
+            Some(t("2026-01-01T00:08:30Z")),
+            None,
+            now,
+            two_min
+        ));
+        assert!(is_silent(
+            Some(t("2026-01-01T00:07:30Z")),
+            None,
+            now,
+            two_min
+        ));
+        // A host reporting every 5 min is silent after 15 min only.
+        assert!(!is_silent(
+            Some(t("2026-01-01T00:00:00Z")),
+            Some(300.0),
+            now,
+            two_min
+        ));
+        assert!(is_silent(
+            Some(t("2026-01-01T00:00:00Z")),
+            Some(150.0),
+            now,
+            two_min
+        ));
+    }
+
+    #[test]
+    fn failing_is_partial_or_error_and_stale_is_an_old_full_success() {
+        let now = t("2026-01-03T00:00:00Z");
+        let mut s = SourceReport {
+            name: "ldap".into(),
+            schedule: None,
+            next_run: None,
+            last_run: None,
+            last_success: Some(t("2026-01-02T12:00:00Z")),
+            running: false,
+        };
+        assert!(!is_failing(&s));
+        for (result, failing) in [
+            (RunResult::Ok, false),
+            (RunResult::Partial, true),
+            (RunResult::Error, true),
+            (RunResult::Skipped, false),
+            (RunResult::Cancelled, false),
+        ] {
+            s.last_run = Some(RunReport {
+                result,
+                finished_at: now,
+                duration_seconds: 1.0,
+                backup_id: None,
+                job_id: None,
+                error: None,
+                datasets_recorded: 0,
+                datasets_failed: 0,
+                atoms_failed: 0,
+            });
+            assert_eq!(is_failing(&s), failing, "{result:?}");
+        }
+        let day = Duration::from_secs(86400);
+        assert!(!is_stale(&s, now, day));
+        assert!(is_stale(&s, now, day / 4));
+        s.last_success = None;
+        assert!(is_stale(&s, now, day));
+    }
+}
