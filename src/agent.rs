@@ -776,6 +776,9 @@ mod tests {
         async fn stream_restore(&self, _: &str, _: &str, _: ShellCommand) -> Result<(), RepoError> {
             Ok(())
         }
+        async fn create(&self) -> Result<crate::repository::Creation, RepoError> {
+            Ok(crate::repository::Creation::Existing)
+        }
     }
 
     fn setup(main_extra: &str) -> (tempfile::TempDir, Agent, Arc<FakeStore>, Arc<GateRepo>) {

@@ -4,9 +4,11 @@
 pub mod agent;
 pub mod backup;
 pub mod check;
+pub mod interrupt;
 pub mod metadb;
 pub mod progress;
 pub mod query;
+pub mod repo;
 pub mod restore;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +29,10 @@ Exit codes:
   0  success
   1  the operation failed (a dataset failed to back up or restore, nothing matched,
      the source is locked by a running backup, ...)
-  2  invalid command line, configuration or pattern";
+  2  invalid command line, configuration or pattern
+  130, 143  `backup` or `restore` interrupted by SIGINT / SIGTERM (restic was
+     stopped with SIGINT, so it removed its repository lock; unfinished datasets
+     are not recorded)";
 
 /// Exit status: the operation failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -84,6 +89,11 @@ pub enum Command {
     /// Run the metadata server (the fleet's central index). `--config`
     /// names its metadb.yml (default /etc/tabacco/metadb.yml if present).
     Metadb(metadb::MetadbArgs),
+    /// Repository tools: `repo init` creates the configured repository
+    /// (the fleet procedure for a shared remote repository: once, before
+    /// the hosts).
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
 }
 
 /// `tabacco config ...`
@@ -130,6 +140,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Query(args) => query::run(&cli.config, args).await,
         Command::Config(ConfigCommand::Check) => check::run(&cli.config),
         Command::Metadb(args) => metadb::run(&cli.config, args).await,
+        Command::Repo(cmd) => repo::run(&cli.config, cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,6 +77,17 @@ pub enum ManagerError {
         /// The configured timeout.
         timeout: Duration,
     },
+    /// The run was interrupted (a signal to `tabacco backup`); running
+    /// commands were stopped.
+    #[error(
+        "source '{source_name}': interrupted by {by}; running commands were stopped, the datasets not finished were not recorded"
+    )]
+    Interrupted {
+        /// Source name.
+        source_name: String,
+        /// What interrupted it, e.g. `SIGINT`.
+        by: String,
+    },
     /// The metadata store failed.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
@@ -238,6 +249,21 @@ impl Manager {
         source_name: &str,
         observer: Arc<dyn Observer>,
     ) -> Result<BackupReport, ManagerError> {
+        self.backup_until(rctx, source_name, observer, std::future::pending())
+            .await
+    }
+
+    /// [`Manager::backup`], interrupted when `stop` completes (with what
+    /// interrupted it, e.g. `SIGINT`): like a timeout, running commands are
+    /// stopped (restic with `SIGINT`, so it removes its lock), unfinished
+    /// datasets are not recorded, `post_backup_command` still runs.
+    pub async fn backup_until(
+        &self,
+        rctx: &RuntimeContext,
+        source_name: &str,
+        observer: Arc<dyn Observer>,
+        stop: impl std::future::Future<Output = String>,
+    ) -> Result<BackupReport, ManagerError> {
         let (source, handler) = source_handler(rctx, source_name)?;
         let now = Utc::now();
         let backup = Backup {
@@ -259,15 +285,24 @@ impl Manager {
                 planned: Vec::new(),
             });
             let run = self.run_backup(rctx, source, handler.as_ref(), &backup, &observer, &state);
-            let fatal = match source.timeout {
-                Some(t) => match tokio::time::timeout(t, run).await {
-                    Ok(r) => r.err(),
-                    Err(_) => Some(ManagerError::TimedOut {
-                        source_name: source.name.clone(),
-                        timeout: t,
-                    }),
-                },
-                None => run.await.err(),
+            let run = async {
+                match source.timeout {
+                    Some(t) => match tokio::time::timeout(t, run).await {
+                        Ok(r) => r.err(),
+                        Err(_) => Some(ManagerError::TimedOut {
+                            source_name: source.name.clone(),
+                            timeout: t,
+                        }),
+                    },
+                    None => run.await.err(),
+                }
+            };
+            let fatal = tokio::select! {
+                fatal = run => fatal,
+                by = stop => Some(ManagerError::Interrupted {
+                    source_name: source.name.clone(),
+                    by,
+                }),
             };
             let mut fatal = fatal.map(|e| error_chain(&e));
             let state = state.into_inner().unwrap_or_else(|p| p.into_inner());

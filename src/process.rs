@@ -89,6 +89,27 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// background processes it left behind hold the pipes open.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
+/// Cancelled children whose process groups are still being stopped (their
+/// stop signal sent, `SIGKILL` not yet): see [`wait_cancelled`].
+static STOPPING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Wait until every cancelled child of this process is gone (it exited
+/// after its stop signal, or got `SIGKILL` after [`KILL_GRACE`]), at most
+/// `timeout`. Returns whether they all are. A command-line run calls this
+/// after an interrupt, before it exits, so that restic can remove its
+/// repository lock.
+pub async fn wait_cancelled(timeout: Duration) -> bool {
+    use std::sync::atomic::Ordering;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while STOPPING.load(Ordering::SeqCst) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// Most lines kept of a child's stderr for error messages.
 pub const STDERR_TAIL_LINES: usize = 20;
 
@@ -622,6 +643,7 @@ impl Drop for GroupGuard {
             "cancelled: stopping the command's process group");
         let _ = killpg(pgid, self.stop_signal);
         let drain = std::mem::take(&mut self.drain);
+        STOPPING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // The leader stays unreaped (a zombie at worst) until after the
         // final SIGKILL, so the group id cannot be reused meanwhile.
         let spawned = std::thread::Builder::new()
@@ -638,9 +660,11 @@ impl Drop for GroupGuard {
                 let _ = killpg(pgid, Signal::SIGKILL);
                 drop(drain);
                 drop(child);
+                STOPPING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         if spawned.is_err() {
             let _ = killpg(pgid, Signal::SIGKILL);
+            STOPPING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -808,8 +832,7 @@ async fn execute(cmd: ChildCommand<'_>) -> Result<Outcome, ProcessError> {
             };
             let mut c = tokio::process::Command::new(sup);
             c.arg0("tabacco")
-                .arg(supervise::SUPERVISE_ARG)
-                .arg("--")
+                .args(supervise::supervisor_args(stop_signal as i32))
                 .arg(target)
                 .args(&args);
             c

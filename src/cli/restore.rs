@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use super::interrupt::Interrupts;
 use super::{AtomFilter, CliError, load_config, open_store, progress};
 use crate::manager::{Manager, ManagerError};
 use crate::model::FindRequest;
@@ -32,7 +33,10 @@ pub struct RestoreArgs {
 }
 
 /// Run the restore; exit 1 if nothing matched or anything failed.
+/// `SIGINT` / `SIGTERM` stop it: restic gets `SIGINT`, the restore
+/// commands their stop signal; exit 130 / 143.
 pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> {
+    let interrupts = Interrupts::catch()?;
     let mut config = load_config(config_path)?;
     if args.dry_run {
         Arc::make_mut(&mut config).dry_run = true;
@@ -46,13 +50,24 @@ pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> 
         num_versions: i64::from(args.num_versions.unwrap_or(1)),
         older_than: args.filter.older_than,
     };
-    let report = manager
-        .restore(&rctx, &req, &args.target)
-        .await
-        .map_err(|e| match e {
-            ManagerError::Metadata(e) => super::store_error(e),
-            e => CliError::failed(e),
-        })?;
+    let result = tokio::select! {
+        r = manager.restore(&rctx, &req, &args.target) => r,
+        sig = interrupts.first() => {
+            // The restore's future is gone: its commands got their stop
+            // signals; wait for them.
+            let all_gone = interrupts.wait_children().await;
+            return Err(sig.error(anyhow::anyhow!(
+                "restore interrupted by {}: restic and the restore commands were stopped{}; what is under {} may be incomplete (no post_restore_command ran)",
+                sig.name(),
+                if all_gone { " and have exited" } else { " (some had not exited when we stopped waiting)" },
+                args.target.display()
+            )));
+        }
+    };
+    let report = result.map_err(|e| match e {
+        ManagerError::Metadata(e) => super::store_error(e),
+        e => CliError::failed(e),
+    })?;
     let verb = if config.dry_run {
         "would restore"
     } else {

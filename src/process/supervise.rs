@@ -20,7 +20,9 @@
 //! 4. waits: when the program exits it exits the same way (same code, or
 //!    the same signal); `SIGTERM`, `SIGINT`, `SIGHUP` and `SIGQUIT` sent to
 //!    the supervisor alone are passed on to the program; when tabacco dies
-//!    it sends `SIGTERM` to the whole group, gives the program
+//!    it sends the command's stop signal (`--stop-signal=N`, default
+//!    `SIGTERM`; `SIGINT` for restic, which removes its repository lock
+//!    only on that signal in 0.14) to the whole group, gives the program
 //!    [`super::KILL_GRACE`] to exit, then sends `SIGKILL` to the group,
 //!    itself included.
 //!
@@ -34,6 +36,45 @@ use std::sync::OnceLock;
 
 /// The hidden first argument that makes the binary a supervisor.
 pub const SUPERVISE_ARG: &str = "__supervise";
+
+/// The supervisor's option naming the signal the program gets first when
+/// tabacco dies (`--stop-signal=2`).
+pub const STOP_SIGNAL_OPT: &str = "--stop-signal=";
+
+/// The supervisor's arguments before the program: the stop signal, then
+/// `--`.
+pub fn supervisor_args(stop_signal: i32) -> [String; 3] {
+    [
+        SUPERVISE_ARG.to_string(),
+        format!("{STOP_SIGNAL_OPT}{stop_signal}"),
+        "--".to_string(),
+    ]
+}
+
+/// Split the supervisor's own options off `args`: the stop signal
+/// (`SIGTERM` unless given) and the program with its arguments.
+fn parse_args(mut args: Vec<OsString>) -> Result<(i32, Vec<OsString>), String> {
+    let mut stop_signal = libc::SIGTERM;
+    while let Some(first) = args.first() {
+        let text = first.to_string_lossy();
+        if text == "--" {
+            args.remove(0);
+            break;
+        }
+        match text.strip_prefix(STOP_SIGNAL_OPT) {
+            Some(n) => {
+                stop_signal = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| format!("bad stop signal {n:?}"))?;
+                args.remove(0);
+            }
+            None => break,
+        }
+    }
+    Ok((stop_signal, args))
+}
 
 static SUPERVISOR: OnceLock<PathBuf> = OnceLock::new();
 
@@ -179,12 +220,13 @@ fn exit_like(status: i32) -> ! {
 }
 
 /// The supervisor's entry point: `args` are the program and its arguments
-/// (after [`SUPERVISE_ARG`] and an optional `--`). Never returns.
+/// (after [`SUPERVISE_ARG`], optionally `--stop-signal=N` and `--`). Never
+/// returns.
 pub fn main(args: Vec<OsString>) -> ! {
-    let mut args = args;
-    if args.first().is_some_and(|a| a == "--") {
-        args.remove(0);
-    }
+    let (stop_signal, args) = match parse_args(args) {
+        Ok(parsed) => parsed,
+        Err(e) => fail(&e),
+    };
     if args.is_empty() {
         fail("usage: tabacco __supervise [--] PROGRAM [ARGS...] (internal)");
     }
@@ -262,9 +304,11 @@ pub fn main(args: Vec<OsString>) -> ! {
                     }
                 }
                 libc::SIGUSR1 => {
-                    // tabacco is gone: stop the whole group, politely first.
+                    // tabacco is gone: stop the whole group, politely first
+                    // (with the program's own stop signal: restic cleans
+                    // up its lock on SIGINT).
                     let pgid = libc::getpgrp();
-                    libc::kill(-pgid, libc::SIGTERM);
+                    libc::kill(-pgid, stop_signal);
                     let deadline = std::time::Instant::now() + super::KILL_GRACE;
                     loop {
                         if try_reap(child).is_some() {
@@ -274,7 +318,8 @@ pub fn main(args: Vec<OsString>) -> ! {
                         if left.is_zero() {
                             break;
                         }
-                        // Other signals (our own SIGTERM) are consumed here.
+                        // Other signals (our own stop signal) are consumed
+                        // here.
                         wait_signal(&set, Some(left));
                     }
                     // Background processes of the program too; and us.
@@ -292,6 +337,31 @@ pub fn main(args: Vec<OsString>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_signal_option_is_parsed() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            parse_args(os(&["--stop-signal=2", "--", "restic", "backup"])).unwrap(),
+            (libc::SIGINT, os(&["restic", "backup"]))
+        );
+        assert_eq!(
+            parse_args(os(&["--", "bash", "-c", "x"])).unwrap(),
+            (libc::SIGTERM, os(&["bash", "-c", "x"]))
+        );
+        assert_eq!(
+            parse_args(os(&["bash"])).unwrap(),
+            (libc::SIGTERM, os(&["bash"]))
+        );
+        // After `--` everything belongs to the program.
+        assert_eq!(
+            parse_args(os(&["--", "--stop-signal=2"])).unwrap().1,
+            os(&["--stop-signal=2"])
+        );
+        assert!(parse_args(os(&["--stop-signal=x", "--", "a"])).is_err());
+        let a = supervisor_args(libc::SIGINT);
+        assert_eq!(a[1], "--stop-signal=2");
+    }
 
     #[test]
     fn find_program_searches_path_like_execvp() {
