@@ -320,6 +320,27 @@ fn check_stdin_filename(name: &str) -> Result<&str, RepoError> {
     Ok(n)
 }
 
+/// restic 0.18.0 cannot store a stream under a name with directories
+/// ("unable to save snapshot: open /db: no such file or directory"; restic
+/// issue 5324, fixed in 0.18.1). Debian 13 ships that version.
+const STDIN_DIRS_BROKEN: (Version, Version) = (Version::new(0, 18, 0), Version::new(0, 18, 1));
+
+/// A stream name as one path segment: `%` as `%25`, `/` as `%2F`.
+fn flat_stdin_name(name: &str) -> String {
+    name.replace('%', "%25").replace('/', "%2F")
+}
+
+/// The name a stream is stored under by this restic version: the name
+/// itself, or with the versions that cannot store directories, its flat
+/// form ([`flat_stdin_name`]). A restore finds either.
+fn stored_stdin_name(version: Version, name: &str) -> String {
+    if (STDIN_DIRS_BROKEN.0..STDIN_DIRS_BROKEN.1).contains(&version) {
+        flat_stdin_name(name)
+    } else {
+        name.to_string()
+    }
+}
+
 /// What one `restic backup --json` run reported.
 #[derive(Debug)]
 struct BackupRun {
@@ -1029,7 +1050,11 @@ impl Restic {
             source,
         })?;
         let dump_error = |out: &Outcome| {
-            if out.code() == Some(2) && out.stderr_tail.contains("not found") {
+            // 0.14: exit 2, "... not found"; 0.18: exit 1, "path ... not
+            // found in snapshot".
+            if (out.code() == Some(2) && out.stderr_tail.contains("not found"))
+                || out.stderr_tail.contains("not found in snapshot")
+            {
                 RepoError::NotInSnapshot {
                     snapshot_id: snapshot_id.to_string(),
                     path: path.to_string(),
@@ -1112,9 +1137,13 @@ impl Repository for Restic {
         progress: Option<ProgressFn>,
     ) -> Result<SnapshotInfo, RepoError> {
         let name = check_stdin_filename(stdin_filename)?;
-        let mut args = Restic::backup_args(meta)?;
-        args.extend(["--stdin".into(), "--stdin-filename".into(), name.into()]);
         let version = self.version().await?;
+        let mut args = Restic::backup_args(meta)?;
+        args.extend([
+            "--stdin".into(),
+            "--stdin-filename".into(),
+            stored_stdin_name(version, name).into(),
+        ]);
         let (args, producer) = (&args, &producer);
         // A restic failure about the repository itself (missing, locked,
         // wrong password) is the cause, whatever happened to the producer
@@ -1155,7 +1184,11 @@ impl Repository for Restic {
             {
                 tracing::error!("a failed stream backup left a snapshot behind (see above)");
             }
-            if out.stderr_tail.contains("snapshot is empty") {
+            // 0.14: "snapshot is empty" (exit 1); 0.18: "read /NAME: no
+            // data read" (exit 3).
+            if out.stderr_tail.contains("snapshot is empty")
+                || out.stderr_tail.contains("no data read")
+            {
                 return Err(RepoError::EmptyStream {
                     stdin_filename: name.to_string(),
                 });
@@ -1233,8 +1266,20 @@ impl Repository for Restic {
     ) -> Result<(), RepoError> {
         check_snapshot_id(snapshot_id)?;
         let name = check_stdin_filename(stdin_filename)?;
-        let path = format!("/{name}");
         let version = self.version().await?;
+        let mut path = format!("/{name}");
+        let flat = format!("/{}", flat_stdin_name(name));
+        if flat != path {
+            // Stored flat by a restic that could not store directories?
+            // Look before the consumer starts.
+            let snaps = self.list_snapshots(version, &[], &[snapshot_id]).await?;
+            if snaps
+                .iter()
+                .any(|s| s.paths.contains(&flat) && !s.paths.contains(&path))
+            {
+                path = flat;
+            }
+        }
         let (path, consumer) = (&path, &consumer);
         self.with_retries(version, false, |wait| {
             self.stream_restore_once(version, snapshot_id, path, consumer, wait)
@@ -1279,12 +1324,25 @@ mod tests {
         ParamValue::Str(v.into())
     }
 
+    fn env_param(k: &str, v: &str) -> ParamValue {
+        ParamValue::Map([(k.to_string(), s(v))].into_iter().collect())
+    }
+
+    /// The restic the tests run: `TABACCO_TEST_RESTIC` (e.g. from
+    /// `scripts/install-restic 0.18`) or `restic` from `PATH`.
+    pub(crate) fn test_restic() -> String {
+        std::env::var("TABACCO_TEST_RESTIC")
+            .ok()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "restic".to_string())
+    }
+
     /// An initialised repository to copy (`restic init` costs seconds of
     /// key derivation). Kept between runs, one per restic version.
     fn template() -> &'static Path {
         static T: OnceLock<PathBuf> = OnceLock::new();
         T.get_or_init(|| {
-            let v = Command::new("restic")
+            let v = Command::new(test_restic())
                 .arg("version")
                 .output()
                 .expect("restic is installed");
@@ -1296,7 +1354,7 @@ mod tests {
                 return path;
             }
             let tmp = PathBuf::from(format!("{}.tmp{}", path.display(), std::process::id()));
-            let out = Command::new("restic")
+            let out = Command::new(test_restic())
                 .args(["init", "--no-cache"])
                 .env("RESTIC_REPOSITORY", &tmp)
                 .env("RESTIC_PASSWORD", PASSWORD)
@@ -1334,6 +1392,7 @@ mod tests {
             ("uri", s(repo.to_str().unwrap())),
             ("password", s(PASSWORD)),
             ("cache_dir", s(dir.path().join("cache").to_str().unwrap())),
+            ("restic_binary", s(&test_restic())),
         ];
         params.extend(extra.iter().cloned());
         let r = Restic::from_spec(&spec(&params), 0, 0).unwrap();
@@ -1381,6 +1440,49 @@ mod tests {
         assert_eq!(classify_failure(v17, Some(12), ""), Failure::WrongPassword);
         assert_eq!(classify_failure(v17, Some(10), ""), Failure::NoRepository);
         assert_eq!(classify_failure(v17, Some(11), ""), Failure::Locked);
+    }
+
+    #[test]
+    fn stream_names_are_flat_only_for_restic_0_18_0() {
+        assert_eq!(flat_stdin_name("db/site/50%"), "db%2Fsite%2F50%25");
+        assert_eq!(stored_stdin_name(Version::new(0, 14, 0), "a/b"), "a/b");
+        assert_eq!(stored_stdin_name(Version::new(0, 18, 0), "a/b"), "a%2Fb");
+        assert_eq!(stored_stdin_name(Version::new(0, 18, 1), "a/b"), "a/b");
+        assert_eq!(stored_stdin_name(Version::new(0, 18, 0), "plain"), "plain");
+    }
+
+    #[test]
+    fn lock_holders_are_named() {
+        let v14 = "repo already locked, waiting up to 0s for the lock\nunable to create lock in backend: repository is already locked by PID 4242 on web1 by root (UID 0, GID 0)\nlock was created at 2026-11-28 19:00:00 (2.5s ago)\nstorage ID 1a2b3c4d\nthe `unlock` command can be used to remove stale locks";
+        assert_eq!(
+            lock_holder(v14),
+            "by PID 4242 on web1 by root (UID 0, GID 0), lock created at 2026-11-28 19:00:00 (2.5s ago), storage ID 1a2b3c4d"
+        );
+        assert_eq!(
+            lock_holder(
+                "Fatal: repository is already locked exclusively by PID 7 on db2 by backup (UID 34, GID 34)"
+            ),
+            "exclusively by PID 7 on db2 by backup (UID 34, GID 34)"
+        );
+        assert_eq!(
+            lock_holder("Fatal: unable to create lock in backend: boom"),
+            "by another process (restic: Fatal: unable to create lock in backend: boom)"
+        );
+        assert_eq!(
+            classify_failure(
+                Version::new(0, 14, 0),
+                Some(1),
+                "Fatal: config or key 5a is damaged: ciphertext verification failed"
+            ),
+            Failure::Damaged
+        );
+        let wait = Some(Duration::from_millis(1500));
+        assert!(Restic::retry_lock_args(Version::new(0, 15, 0), wait).is_empty());
+        assert_eq!(
+            Restic::retry_lock_args(Version::new(0, 16, 0), wait),
+            vec![OsString::from("--retry-lock"), OsString::from("1s")]
+        );
+        assert!(Restic::retry_lock_args(Version::new(0, 18, 0), None).is_empty());
     }
 
     #[test]
@@ -1652,7 +1754,9 @@ mod tests {
 
     #[tokio::test]
     async fn backup_restore_round_trip() {
-        let (dir, _repo, r) = setup(false, &[]);
+        // Status lines come on restic's timer: often enough that even this
+        // small backup has some, whatever the version.
+        let (dir, _repo, r) = setup(false, &[("env", env_param("RESTIC_PROGRESS_FPS", "1000"))]);
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join("alice/sub")).unwrap();
         std::fs::write(data.join("alice/a.txt"), "alice\n").unwrap();
@@ -1881,6 +1985,121 @@ mod tests {
         );
     }
 
+    /// A `restic backup --stdin` of ours holding a (non-exclusive) lock on
+    /// `repo` until its stdin is closed or it is killed; returns once its
+    /// lock file exists.
+    fn hold_lock(repo: &Path) -> (std::process::Child, std::process::ChildStdin) {
+        use std::io::Write;
+        let before = std::fs::read_dir(repo.join("locks")).unwrap().count();
+        let mut child = Command::new(test_restic())
+            .args([
+                "backup",
+                "--stdin",
+                "--stdin-filename",
+                "held",
+                "--no-cache",
+            ])
+            .env("RESTIC_REPOSITORY", repo)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"some data\n").unwrap();
+        let start = Instant::now();
+        while std::fs::read_dir(repo.join("locks")).unwrap().count() <= before {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no lock appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (child, stdin)
+    }
+
+    #[tokio::test]
+    async fn stale_lock_of_a_killed_restic_does_not_keep_a_partial_snapshot() {
+        let (_dir, repo, r) = setup(false, &[]);
+        let (mut holder, stdin) = hold_lock(&repo);
+        holder.kill().unwrap(); // SIGKILL: the lock stays, stale
+        holder.wait().unwrap();
+        drop(stdin);
+        assert_eq!(std::fs::read_dir(repo.join("locks")).unwrap().count(), 1);
+        let shell = Shell::new(false, 0, 0);
+        let e = r
+            .stream_backup(
+                &meta("b9"),
+                shell.command("head -c 1000 /dev/zero; exit 3", &[]),
+                "dump",
+                None,
+            )
+            .await
+            .unwrap_err();
+        let t = e.to_string();
+        assert!(
+            matches!(&e, RepoError::ProducerFailed { partial, .. }
+                if matches!(**partial, PartialSnapshot::Discarded { .. })),
+            "{t}"
+        );
+        assert!(t.contains("discarded"), "{t}");
+        assert!(r.snapshots(&[]).await.unwrap().is_empty());
+        // restic 0.14 refuses the forget until our `restic unlock` removed
+        // the stale lock; newer versions may skip a stale lock themselves.
+        if r.version().await.unwrap() < Version::new(0, 17, 0) {
+            assert_eq!(
+                std::fs::read_dir(repo.join("locks")).unwrap().count(),
+                0,
+                "the stale lock was removed"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn live_lock_is_waited_for_then_reported_and_the_snapshot_left_behind() {
+        let (_dir, repo, r) = setup(false, &[("lock_wait", s("2s"))]);
+        let (mut holder, stdin) = hold_lock(&repo);
+        let shell = Shell::new(false, 0, 0);
+        let started = Instant::now();
+        let e = r
+            .stream_backup(
+                &meta("b10"),
+                shell.command("head -c 1000 /dev/zero; exit 3", &[]),
+                "dump",
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_secs(2), "it waited");
+        let t = e.to_string();
+        let RepoError::ProducerFailed { partial, .. } = &e else {
+            panic!("{e:?}");
+        };
+        let PartialSnapshot::LeftBehind { snapshot_id, .. } = &**partial else {
+            panic!("{e:?}");
+        };
+        assert!(json::is_full_id(snapshot_id), "{t}");
+        assert!(t.contains("LEFT BEHIND") && !t.contains("discarded"), "{t}");
+        assert!(t.contains(&format!("forget {snapshot_id}")), "{t}");
+        assert!(
+            t.contains(&format!("by PID {}", holder.id())),
+            "the holder is named: {t}"
+        );
+        // The holder finishes; the left-behind snapshot can go.
+        drop(stdin);
+        assert!(holder.wait().unwrap().success());
+        r.forget(snapshot_id).await.unwrap();
+        let left: Vec<_> = r
+            .snapshots(&[])
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.tag("backup_id") == Some("b10"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     #[tokio::test]
     async fn wrong_password_is_reported_and_creates_nothing() {
         let (dir, repo, _) = setup(false, &[]);
@@ -1889,6 +2108,7 @@ mod tests {
             &spec(&[
                 ("uri", s(repo.to_str().unwrap())),
                 ("password", s("not the password")),
+                ("restic_binary", s(&test_restic())),
             ]),
             0,
             0,

@@ -52,7 +52,7 @@ fn dump_failing_midway_leaves_no_record_and_no_snapshot() {
 #[test]
 fn wrong_password_is_a_clear_error_and_records_nothing() {
     let env = Env::new();
-    let init = Command::new("restic")
+    let init = Command::new(crate::common::restic())
         .args(["init"])
         .env("RESTIC_REPOSITORY", env.repo())
         .env("RESTIC_PASSWORD", "another password")
@@ -72,6 +72,14 @@ fn wrong_password_is_a_clear_error_and_records_nothing() {
 fn restic_missing_from_path_is_a_clear_error() {
     let env = Env::new();
     file_source(&env);
+    // restic from PATH, whichever restic the other tests use.
+    let main = std::fs::read_to_string(env.config()).unwrap();
+    let main: String = main
+        .lines()
+        .filter(|l| !l.contains("restic_binary"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    env.write("etc/agent.yml", &main);
     let empty = env.path("empty-bin");
     std::fs::create_dir_all(&empty).unwrap();
     let out = env
