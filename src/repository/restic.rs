@@ -503,8 +503,10 @@ impl Restic {
 
     /// A restic command `restic SUBCOMMAND ARGS... [--cache-dir D]
     /// EXTRA_ARGS...` with the repository and password in its environment
-    /// (never in argv), the configured priority, and `SIGINT` as the stop
-    /// signal (restic removes its lock on it).
+    /// (never in argv), the configured priority, `SIGINT` as the stop
+    /// signal (restic removes its lock on it), and `restic unlock` as the
+    /// clean-up when a stopped restic died by a signal anyway (restic 0.14
+    /// interrupted right after creating its lock leaves it behind).
     pub(crate) fn restic_command<'a, I, S>(&self, subcommand: &str, args: I) -> ChildCommand<'a>
     where
         I: IntoIterator<Item = S>,
@@ -532,6 +534,11 @@ impl Restic {
         };
         c.priority(self.nice_level, self.io_class)
             .stop_signal(Signal::SIGINT)
+            .cleanup_after_stop(if subcommand == "unlock" || subcommand == "version" {
+                Vec::new()
+            } else {
+                vec!["unlock"]
+            })
             .label(format!("{} {subcommand}", self.binary))
     }
 

@@ -35,11 +35,15 @@ pub fn restic_on(repo: &str) -> Command {
     c
 }
 
-/// The lock files in a local repository.
+/// The locks in a local repository: the files of `locks/` named by a
+/// 64-hex id, which are what restic reads as locks. (A restic interrupted
+/// while writing its lock file can leave `ID-tmp-N` there, which restic
+/// ignores.)
 pub fn locks(repo: &Path) -> Vec<String> {
     match std::fs::read_dir(repo.join("locks")) {
         Ok(rd) => rd
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
             .collect(),
         Err(_) => Vec::new(),
     }
