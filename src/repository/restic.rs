@@ -224,7 +224,9 @@ pub(crate) fn classify_failure(version: Version, code: Option<i32>, stderr: &str
         || stderr.contains("repository does not exist")
     {
         Failure::NoRepository
-    } else if stderr.contains("ciphertext verification failed") {
+    } else if stderr.contains("config or key") && stderr.contains("is damaged") {
+        // Not any "ciphertext verification failed": a damaged pack says
+        // that too; only the config/key pair points at a collision.
         Failure::Damaged
     } else if stderr.contains("repository is already locked")
         || stderr.contains("unable to create lock")

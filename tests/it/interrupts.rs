@@ -175,3 +175,46 @@ fn a_killed_restics_lock_does_not_keep_a_failed_dumps_partial_snapshot() {
     );
     assert!(atom_versions(&env.query(&["*"])).is_empty());
 }
+
+#[test]
+fn sigint_to_restore_stops_restic_and_exits_130() {
+    let env = Env::new();
+    // A pipe atom whose restore command never finishes reading.
+    pipe_source(&env, "head -c 3000000 /dev/urandom", None);
+    let handler = std::fs::read_to_string(env.path("etc/handlers/dump.yml")).unwrap();
+    env.write(
+        "etc/handlers/dump.yml",
+        &handler.replace("cat > /dev/null", "exec sleep 300"),
+    );
+    env.ok(&["backup", "db"]);
+    let marker = format!(
+        "tabacco-test-rint-{}-{}",
+        std::process::id(),
+        env.dir.path().display()
+    );
+    let child = env
+        .cmd(&[
+            "restore",
+            "--target",
+            env.path("t").to_str().unwrap(),
+            "db/site/main",
+        ])
+        .env("TABACCO_TEST_MARK", &marker)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    wait_until(30, "restic dump's lock", || !locks(&env.repo()).is_empty());
+    let sent = Instant::now();
+    kill(pid, Signal::SIGINT).unwrap();
+    let out = output_within(child, 30);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    assert!(t.contains("restore interrupted by SIGINT"), "{t}");
+    wait_until(10, "no process of the interrupted restore left", || {
+        processes_with(&marker, 0).is_empty()
+    });
+    assert!(sent.elapsed() < Duration::from_secs(11));
+    assert!(locks(&env.repo()).is_empty(), "{:?}", locks(&env.repo()));
+}
