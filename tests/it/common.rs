@@ -157,6 +157,20 @@ impl Env {
     }
 }
 
+/// A file source `home` (handler `files`, dataset `users`, atom `alice`)
+/// over `data/`, with `data/alice/a.txt`.
+pub fn file_source(env: &Env) {
+    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
+    env.write(
+        "etc/sources/home.yml",
+        &format!(
+            "name: home\nhandler: files\nparams: {{path: {}}}\ndatasets:\n  - name: users\n    atoms: [{{name: alice}}]\n",
+            env.path("data").display()
+        ),
+    );
+    env.write("data/alice/a.txt", "a\n");
+}
+
 /// Run a command, capturing output.
 pub fn run(mut c: Command) -> Output {
     c.output().expect("binary runs")

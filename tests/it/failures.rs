@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::common::{Env, PASSWORD, atom_versions, text};
+use crate::common::{Env, PASSWORD, atom_versions, file_source, text};
 
 fn pipe_source(env: &Env, backup_command: &str) {
     env.write(
@@ -16,18 +16,6 @@ fn pipe_source(env: &Env, backup_command: &str) {
         "etc/sources/db.yml",
         "name: db\nhandler: dump\ndatasets:\n  - name: site\n    atoms: [{name: main}]\n",
     );
-}
-
-fn file_source(env: &Env) {
-    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
-    env.write(
-        "etc/sources/home.yml",
-        &format!(
-            "name: home\nhandler: files\nparams: {{path: {}}}\ndatasets:\n  - name: users\n    atoms: [{{name: alice}}]\n",
-            env.path("data").display()
-        ),
-    );
-    env.write("data/alice/a.txt", "a\n");
 }
 
 #[test]

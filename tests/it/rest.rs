@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, atom_versions, read, restic_on, text};
+use crate::common::{Env, atom_versions, file_source, read, restic_on, text};
 
 /// `rclone serve restic` on 127.0.0.1 (a free port) over a temp dir;
 /// killed when dropped.
@@ -71,11 +71,10 @@ impl Drop for RestServer {
     }
 }
 
-#[test]
-fn backup_query_restore_against_a_rest_repository() {
-    let server = RestServer::start();
+/// A test environment whose repository is `server`'s, with the file
+/// source `home`.
+fn rest_env(server: &RestServer) -> Env {
     let env = Env::new();
-    // The repository URI: the REST server instead of the local path.
     let main = std::fs::read_to_string(env.config()).unwrap();
     let main = main.replace(
         &format!("uri: {}", env.repo().display()),
@@ -83,14 +82,14 @@ fn backup_query_restore_against_a_rest_repository() {
     );
     assert!(main.contains("rest:http"), "{main}");
     env.write("etc/agent.yml", &main);
-    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
-    env.write(
-        "etc/sources/home.yml",
-        &format!(
-            "name: home\nhandler: files\nparams: {{path: {}}}\ndatasets:\n  - name: users\n    atoms: [{{name: alice}}]\n",
-            env.path("data").display()
-        ),
-    );
+    file_source(&env);
+    env
+}
+
+#[test]
+fn backup_query_restore_against_a_rest_repository() {
+    let server = RestServer::start();
+    let env = rest_env(&server);
     env.write("data/alice/a.txt", "alice over REST\n");
     let dump_src = env.path("dump.bin");
     std::fs::write(
@@ -172,24 +171,7 @@ fn backup_query_restore_against_a_rest_repository() {
 #[test]
 fn first_backup_creates_a_rest_repository_and_checks_it() {
     let server = RestServer::start();
-    let env = Env::new();
-    let main = std::fs::read_to_string(env.config()).unwrap();
-    env.write(
-        "etc/agent.yml",
-        &main.replace(
-            &format!("uri: {}", env.repo().display()),
-            &format!("uri: \"{}\"", server.url),
-        ),
-    );
-    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
-    env.write(
-        "etc/sources/home.yml",
-        &format!(
-            "name: home\nhandler: files\nparams: {{path: {}}}\ndatasets:\n  - name: users\n    atoms: [{{name: alice}}]\n",
-            env.path("data").display()
-        ),
-    );
-    env.write("data/alice/a.txt", "a\n");
+    let env = rest_env(&server);
     // No `repo init`: the backup creates it (one host), then it opens.
     env.ok(&["backup", "home"]);
     let out = env.ok(&["repo", "init"]);

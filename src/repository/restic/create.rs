@@ -78,6 +78,22 @@ pub async fn lock_file(path: &Path, wait: Duration) -> io::Result<Option<FileLoc
     }
 }
 
+/// Take the creators' lock at `path` for `r`, waiting up to its
+/// `lock_wait`; a holder that keeps it longer is an error.
+async fn creators_lock(r: &Restic, path: &Path) -> Result<FileLock, RepoError> {
+    lock_file(path, r.lock_wait)
+        .await
+        .map_err(io_error(format!("cannot lock {}", path.display())))?
+        .ok_or_else(|| RepoError::Damaged {
+            uri: r.display_uri(),
+            message: format!(
+                "another tabacco process has been creating it for more than {} (it holds {}); its `restic init` may hang: look for that process",
+                humantime::format_duration(r.lock_wait),
+                path.display()
+            ),
+        })
+}
+
 fn io_error(context: String) -> impl FnOnce(io::Error) -> RepoError {
     move |source| RepoError::Io { context, source }
 }
@@ -106,18 +122,7 @@ pub(super) async fn create_local(
             "cannot create the repository directory {}",
             dir.display()
         )))?;
-    let lock_path = dir.join(INIT_LOCK);
-    let _lock = lock_file(&lock_path, r.lock_wait)
-        .await
-        .map_err(io_error(format!("cannot lock {}", lock_path.display())))?
-        .ok_or_else(|| RepoError::Damaged {
-            uri: uri.clone(),
-            message: format!(
-                "another tabacco process has been creating it for more than {} (it holds {}); its `restic init` may hang: look for that process",
-                humantime::format_duration(r.lock_wait),
-                lock_path.display()
-            ),
-        })?;
+    let _lock = creators_lock(r, &dir.join(INIT_LOCK)).await?;
     let config = dir.join("config");
     if config.exists() {
         return Ok(Creation::Existing);
@@ -192,18 +197,7 @@ fn remote_lock_path(uri: &str) -> PathBuf {
 /// host at a time, and check that the result opens with our password.
 pub(super) async fn create_remote(r: &Restic, version: Version) -> Result<Creation, RepoError> {
     let uri = r.display_uri();
-    let lock_path = remote_lock_path(&r.uri);
-    let _lock = lock_file(&lock_path, r.lock_wait)
-        .await
-        .map_err(io_error(format!("cannot lock {}", lock_path.display())))?
-        .ok_or_else(|| RepoError::Damaged {
-            uri: uri.clone(),
-            message: format!(
-                "another tabacco process on this host has been creating it for more than {} (it holds {})",
-                humantime::format_duration(r.lock_wait),
-                lock_path.display()
-            ),
-        })?;
+    let _lock = creators_lock(r, &remote_lock_path(&r.uri)).await?;
     match r.cat_config(version).await {
         Ok(()) => return Ok(Creation::Existing),
         Err(RepoError::NoRepository { .. }) => {}
