@@ -11,8 +11,16 @@ for a in "$@"; do [ "$a" = "--quick" ] && QUICK=1; done
 RUNS=${RUNS:-$([ "$QUICK" = 1 ] && echo 3 || echo 5)}
 export RESTIC_PASSWORD=bench-password
 
+# need COMMAND PACKAGE: install Debian's PACKAGE when COMMAND is missing,
+# as scripts/deps does for the test suite.
 need() {
-    command -v "$1" >/dev/null || { echo "bench: $1 is missing (apt-get install $2)" >&2; exit 1; }
+    command -v "$1" >/dev/null && return
+    echo "bench: installing $2 from Debian (for $1)" >&2
+    local sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+    command -v "$1" >/dev/null || { echo "bench: $1 still missing after installing $2" >&2; exit 1; }
 }
 need hyperfine hyperfine
 need restic restic

@@ -420,6 +420,10 @@ impl Agent {
                 let bytes: i64 = report.backup.datasets.iter().map(|d| d.bytes_added).sum();
                 let files: i64 = report.backup.datasets.iter().map(|d| d.total_files).sum();
                 inner.metrics.added(&source, bytes, files);
+                inner.metrics.atoms_failed(
+                    &source,
+                    report.failures.iter().filter(|f| f.atom.is_some()).count(),
+                );
                 if report.is_ok() {
                     (JobResult::Ok, None, Some(report.backup.id))
                 } else {
@@ -744,6 +748,15 @@ mod tests {
             _: Option<ProgressFn>,
         ) -> Result<SnapshotInfo, RepoError> {
             unreachable!("only pipe sources here")
+        }
+        async fn backup_relative(
+            &self,
+            _: &SnapshotMeta,
+            _: &Path,
+            _: &[PathBuf],
+            _: Option<ProgressFn>,
+        ) -> Result<SnapshotInfo, RepoError> {
+            unreachable!("only single-atom pipe datasets here")
         }
         async fn stream_backup(
             &self,

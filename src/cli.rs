@@ -20,8 +20,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
 use crate::metadata::MetadataStore;
+use crate::metadata::glob::Pattern;
 use crate::metadata::outbox::OutboxStore;
 use crate::metadata::sqlite::SqliteStore;
+use crate::model::FindRequest;
 
 /// Exit codes, also listed in `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -44,8 +46,9 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "tabacco", version, about, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Main configuration file; `handlers/` and `sources/` are read from
-    /// its directory.
+    /// Main configuration file of the agent, `backup`, `restore`, `query`
+    /// and `config check`; `handlers/` and `sources/` are read from its
+    /// directory. (`metadb` reads its own, see `tabacco metadb --help`.)
     #[arg(long, global = true, env = "TABACCO_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
@@ -60,6 +63,28 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Where `config` came from (command line, `TABACCO_CONFIG`, default);
+    /// set by [`Cli::parse_args`].
+    #[arg(skip)]
+    pub config_source: Option<clap::parser::ValueSource>,
+}
+
+impl Cli {
+    /// Parse the process's arguments (exiting on `--help` or a mistake, as
+    /// clap does), remembering where `--config` came from.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.config_source = matches.value_source("config");
+        cli
+    }
+
+    /// Whether `--config` was given on the command line itself.
+    pub fn config_on_command_line(&self) -> bool {
+        self.config_source == Some(clap::parser::ValueSource::CommandLine)
+    }
 }
 
 /// Log line formats.
@@ -86,8 +111,10 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Run the metadata server (the fleet's central index). `--config`
-    /// names its metadb.yml (default /etc/tabacco/metadb.yml if present).
+    /// Run the metadata server (the fleet's central index). Its own
+    /// configuration file is `--server-config` (or `TABACCO_METADB_CONFIG`,
+    /// default /etc/tabacco/metadb.yml if present); `TABACCO_CONFIG`, the
+    /// agent's, is ignored.
     Metadb(metadb::MetadbArgs),
     /// Repository tools: `repo init` creates the configured repository
     /// (the fleet procedure for a shared remote repository: once, before
@@ -133,13 +160,17 @@ impl CliError {
 
 /// Run the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
+    let config_on_command_line = cli.config_on_command_line();
     let result = match cli.command {
         Command::Agent(args) => agent::run(&cli.config, args).await,
         Command::Backup(args) => backup::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args).await,
         Command::Query(args) => query::run(&cli.config, args).await,
         Command::Config(ConfigCommand::Check) => check::run(&cli.config),
-        Command::Metadb(args) => metadb::run(&cli.config, args).await,
+        Command::Metadb(args) => {
+            let explicit = config_on_command_line.then_some(cli.config.as_path());
+            metadb::run(explicit, args).await
+        }
         Command::Repo(cmd) => repo::run(&cli.config, cmd).await,
     };
     match result {
@@ -210,17 +241,37 @@ pub struct AtomFilter {
     /// Only atoms backed up by this host.
     #[arg(long)]
     pub host: Option<String>,
-    /// Only versions backed up before this time (RFC 3339, or an age such
-    /// as `2d`).
+    /// Only versions backed up before this time (RFC 3339, a date such as
+    /// `2026-11-24`, or an age such as `2d`).
     #[arg(long, value_parser = parse_time)]
     pub older_than: Option<DateTime<Utc>>,
 }
 
-/// Parse a point in time: RFC 3339 (`2026-11-24T10:00:00Z`), or an age
-/// like `3d` or `12h` meaning that long before now.
+impl AtomFilter {
+    /// The index request for `pattern` with these filters, the pattern
+    /// checked here first (exit 2 naming the mistake, before any store or
+    /// server is asked). `num_versions`: 0 for every version.
+    pub fn request(&self, pattern: &str, num_versions: u32) -> Result<FindRequest, CliError> {
+        Pattern::parse(pattern)
+            .map_err(|e| CliError::usage(anyhow::anyhow!("pattern {pattern:?}: {e}")))?;
+        Ok(FindRequest {
+            pattern: pattern.to_string(),
+            host: self.host.clone().unwrap_or_default(),
+            num_versions: i64::from(num_versions),
+            older_than: self.older_than,
+        })
+    }
+}
+
+/// Parse a point in time: RFC 3339 (`2026-11-24T10:00:00Z`), a date
+/// (`2026-11-24`, midnight UTC), or an age like `3d` or `12h` meaning that
+/// long before now.
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
     }
     match humantime::parse_duration(s) {
         Ok(d) => chrono::TimeDelta::from_std(d)
@@ -228,7 +279,7 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
             .and_then(|d| Utc::now().checked_sub_signed(d))
             .ok_or_else(|| format!("'{s}' is too far in the past")),
         Err(_) => Err(format!(
-            "'{s}' is neither an RFC 3339 time (2026-11-24T10:00:00Z) nor an age (3d, 12h)"
+            "'{s}' is neither an RFC 3339 time (2026-11-24T10:00:00Z), a date (2026-11-24) nor an age (3d, 12h)"
         )),
     }
 }
@@ -245,6 +296,23 @@ mod tests {
         let age = Utc::now() - t;
         assert!(age.num_minutes() >= 119 && age.num_minutes() <= 121);
         assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+        let t = parse_time("2026-11-28").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-28T00:00:00+00:00");
+    }
+
+    #[test]
+    fn patterns_are_checked_before_any_store_is_asked() {
+        let f = AtomFilter {
+            host: Some("h1".into()),
+            older_than: None,
+        };
+        let req = f.request("db/*", 0).unwrap();
+        assert_eq!((req.host.as_str(), req.num_versions), ("h1", 0));
+        let e = f.request("", 1).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        let e = f.request("db/[a", 1).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(format!("{:#}", e.error).contains("db/[a"));
     }
 
     #[test]

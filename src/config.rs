@@ -7,6 +7,7 @@
 
 pub mod load;
 pub mod params;
+pub mod probe;
 pub mod raw;
 pub mod summary;
 
@@ -66,14 +67,24 @@ pub struct QueueSpec {
     pub workers: BTreeMap<String, usize>,
 }
 
+/// The queues `queue_config.workers` may size: name, default number of
+/// workers, and what they bound. The one list the loader checks names
+/// against, the summary prints and [`QueueSpec::workers`] falls back on.
+pub const QUEUES: &[(&str, usize, &str)] = &[
+    ("backup", 2, "backup jobs of the agent running at once"),
+    ("datasets", 2, "datasets of one source backed up at once"),
+];
+
 impl QueueSpec {
-    /// Workers for a queue: the configured number, else 2 for `backup`
-    /// and 1 for anything else.
+    /// Workers for a queue: the configured number, else its default from
+    /// [`QUEUES`] (1 for a name not there).
     pub fn workers(&self, queue: &str) -> usize {
-        self.workers
-            .get(queue)
-            .copied()
-            .unwrap_or(if queue == "backup" { 2 } else { 1 })
+        self.workers.get(queue).copied().unwrap_or_else(|| {
+            QUEUES
+                .iter()
+                .find(|(name, _, _)| *name == queue)
+                .map_or(1, |(_, n, _)| *n)
+        })
     }
 }
 

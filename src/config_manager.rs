@@ -177,6 +177,18 @@ mod tests {
                 message: "test".into(),
             })
         }
+        async fn backup_relative(
+            &self,
+            _: &crate::repository::SnapshotMeta,
+            _: &Path,
+            _: &[PathBuf],
+            _: Option<crate::repository::ProgressFn>,
+        ) -> Result<crate::repository::SnapshotInfo, RepoError> {
+            Err(RepoError::Protocol {
+                command: "none".into(),
+                message: "test".into(),
+            })
+        }
         async fn stream_backup(
             &self,
             _: &crate::repository::SnapshotMeta,

@@ -9,12 +9,12 @@
 
 pub mod file;
 pub mod pipe;
+pub mod spool;
 
 use std::path::Path;
 
 use async_trait::async_trait;
 
-use crate::config::params::ParamTypeError;
 use crate::config::{HandlerSpec, HandlerType, SourceSpec};
 use crate::model::{Backup, Dataset};
 use crate::repository::{ProgressFn, RepoError, SnapshotInfo, SnapshotMeta};
@@ -46,6 +46,36 @@ pub enum HandlerError {
     Repo(#[from] RepoError),
 }
 
+/// One atom of a dataset that could not be backed up, while the others
+/// were.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtomFailure {
+    /// Atom name.
+    pub atom: String,
+    /// What went wrong (command, exit status, stderr tail).
+    pub error: String,
+}
+
+/// What a dataset's backup produced: the snapshot, and the atoms left out
+/// of it because their own part failed (only handlers with independent
+/// atoms, such as a multi-atom pipe dataset, report those).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatasetBackup {
+    /// The snapshot holding every atom not in `failed_atoms`.
+    pub snapshot: SnapshotInfo,
+    /// Atoms that are not in the snapshot.
+    pub failed_atoms: Vec<AtomFailure>,
+}
+
+impl From<SnapshotInfo> for DatasetBackup {
+    fn from(snapshot: SnapshotInfo) -> DatasetBackup {
+        DatasetBackup {
+            snapshot,
+            failed_atoms: Vec::new(),
+        }
+    }
+}
+
 /// Backs up and restores one class of datasets.
 #[async_trait]
 pub trait Handler: Send + Sync {
@@ -56,7 +86,7 @@ pub trait Handler: Send + Sync {
         backup: &Backup,
         dataset: &Dataset,
         progress: Option<ProgressFn>,
-    ) -> Result<SnapshotInfo, HandlerError>;
+    ) -> Result<DatasetBackup, HandlerError>;
 
     /// Restore the atoms listed in `dataset` (a subset of those backed up)
     /// from its snapshot, under `target`.
@@ -75,27 +105,21 @@ pub fn for_source(
     source: &SourceSpec,
 ) -> Result<Box<dyn Handler>, HandlerError> {
     let params = spec.params.merged_with(&source.params);
-    let config_error = |e: ParamTypeError| HandlerError::Config {
+    let config_error = |errors: Vec<(&str, String)>| HandlerError::Config {
         handler: spec.name.clone(),
         source_name: source.name.clone(),
-        message: e.to_string(),
-    };
-    let required = |key: &str| -> Result<String, HandlerError> {
-        params
-            .get_str(key)
-            .map_err(config_error)?
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| HandlerError::Config {
-                handler: spec.name.clone(),
-                source_name: source.name.clone(),
-                message: format!("parameter '{key}' is required"),
-            })
+        message: errors
+            .iter()
+            .map(|(key, message)| format!("params.{key}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; "),
     };
     Ok(match spec.kind {
-        HandlerType::File => Box::new(file::FileHandler::new(required("path")?.into())),
+        HandlerType::File => Box::new(file::FileHandler::new(
+            file::FileParams::from_params(&params).map_err(config_error)?,
+        )),
         HandlerType::Pipe => Box::new(pipe::PipeHandler::new(
-            required("backup_command")?,
-            required("restore_command")?,
+            pipe::PipeParams::from_params(&params).map_err(config_error)?,
         )),
     })
 }

@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod metadb;
 pub mod model;
 pub mod process;
+pub mod redact;
 pub mod repository;
 pub mod runtime;
 pub mod shell;

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // `tabacco __supervise PROGRAM ARGS...`: the process supervisor, run
     // before anything else (no runtime, no logging, no threads).
@@ -16,7 +14,7 @@ fn main() -> ExitCode {
         tabacco::process::supervise::main(args.collect());
     }
     tabacco::process::supervise::enable_self();
-    let cli = tabacco::cli::Cli::parse();
+    let cli = tabacco::cli::Cli::parse_args();
     tabacco::logging::init(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

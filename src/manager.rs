@@ -22,16 +22,16 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::load::{check_name, parse_dataset_specs};
 use crate::config::{AtomSpec, AtomsSource, DatasetSpec, DatasetsSource, SourceSpec};
-use crate::handler::{self, Handler, HandlerError};
+use crate::handler::{self, DatasetBackup, Handler, HandlerError};
 use crate::metadata::{MetadataError, MetadataStore};
 use crate::model::{Atom, Backup, Dataset, FindRequest, RunningJobStatus, atom_path};
 use crate::process::ProcessError;
 use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
 
-/// How many datasets of one source are backed up at once unless
-/// `queue_config.workers.datasets` says otherwise.
-pub const DEFAULT_PARALLEL_DATASETS: usize = 2;
+/// The queue (`queue_config.workers`) bounding how many datasets of one
+/// source are backed up at once.
+pub const DATASETS_QUEUE: &str = "datasets";
 
 /// Errors that stop a backup or restore as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +128,8 @@ impl Observer for NoObserver {}
 pub struct DatasetFailure {
     /// Dataset name.
     pub dataset: String,
+    /// The atom that failed, when the rest of the dataset was recorded.
+    pub atom: Option<String>,
     /// Full error text.
     pub error: String,
 }
@@ -368,6 +370,13 @@ impl Manager {
     ) -> Result<(), ManagerError> {
         let shell = rctx.shell();
         let env = source_env(backup, &source.name);
+        // The caller holds the source's lock: what is in its spool was
+        // left by a killed run.
+        if !shell.is_dry_run()
+            && let Err(e) = handler::spool::clear_source(rctx.work_dir(), &source.name)
+        {
+            warn!("cannot remove the spool left by an earlier run: {e}");
+        }
         if let Some(cmd) = &source.pre_backup_command {
             shell
                 .run(cmd, &env)
@@ -409,6 +418,7 @@ impl Manager {
                     error!(dataset = %spec.name, "{error}");
                     lock(state).failures.push(DatasetFailure {
                         dataset: spec.name.clone(),
+                        atom: None,
                         error,
                     });
                 }
@@ -422,14 +432,7 @@ impl Manager {
             lock(state).planned = datasets;
             return Ok(());
         }
-        let limit = rctx
-            .config()
-            .queue
-            .workers
-            .get("datasets")
-            .copied()
-            .unwrap_or(DEFAULT_PARALLEL_DATASETS)
-            .max(1);
+        let limit = rctx.config().queue.workers(DATASETS_QUEUE).max(1);
         futures::stream::iter(datasets)
             .map(|ds| self.backup_dataset(rctx, handler, backup, ds, observer, state))
             .buffer_unordered(limit)
@@ -511,8 +514,18 @@ impl Manager {
                 Arc::new(move |st: &RunningJobStatus| observer.progress(&ds, st))
             };
             let result = handler.backup(rctx, backup, &dataset, Some(progress)).await;
+            let mut atom_failures = Vec::new();
             let outcome = match result {
-                Ok(info) => {
+                Ok(DatasetBackup {
+                    snapshot: info,
+                    failed_atoms,
+                }) => {
+                    // Atoms whose own part failed are not in the snapshot:
+                    // record the others, report these.
+                    dataset
+                        .atoms
+                        .retain(|a| !failed_atoms.iter().any(|f| f.atom == a.name));
+                    atom_failures = failed_atoms;
                     dataset.snapshot_id = info.snapshot_id.clone();
                     dataset.total_files = info.total_files;
                     dataset.total_bytes = info.total_bytes;
@@ -539,11 +552,20 @@ impl Manager {
                         "dataset backed up and recorded"
                     );
                     lock(state).recorded.push(dataset.clone());
+                    for f in &atom_failures {
+                        error!(atom = %f.atom, "atom left out of the backup: {}", f.error);
+                        lock(state).failures.push(DatasetFailure {
+                            dataset: dataset.name.clone(),
+                            atom: Some(f.atom.clone()),
+                            error: format!("atom '{}' left out: {}", f.atom, f.error),
+                        });
+                    }
                 }
                 Err(e) => {
                     error!("dataset backup failed: {e}");
                     lock(state).failures.push(DatasetFailure {
                         dataset: dataset.name.clone(),
+                        atom: None,
                         error: e.clone(),
                     });
                 }
@@ -632,6 +654,7 @@ impl Manager {
                     };
                     report.failures.push(DatasetFailure {
                         dataset: String::new(),
+                        atom: None,
                         error: error_chain(&e),
                     });
                     source_ok = false;
@@ -657,6 +680,7 @@ impl Manager {
                                 error!(dataset = %ds.name, "restore failed: {error}");
                                 report.failures.push(DatasetFailure {
                                     dataset: ds.name.clone(),
+                                    atom: None,
                                     error,
                                 });
                                 source_ok = false;
@@ -682,6 +706,7 @@ impl Manager {
                         };
                         report.failures.push(DatasetFailure {
                             dataset: String::new(),
+                            atom: None,
                             error: error_chain(&e),
                         });
                     }

@@ -217,7 +217,7 @@ impl DatabaseUrl {
         }
         Err(format!(
             "database URL {:?} is neither sqlite:///path nor postgres://...",
-            postgres::redact_url(url)
+            crate::redact::url(url)
         ))
     }
 }
@@ -226,7 +226,7 @@ impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DatabaseUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
-            DatabaseUrl::Postgres(url) => f.write_str(&postgres::redact_url(url)),
+            DatabaseUrl::Postgres(url) => f.write_str(&crate::redact::url(url)),
         }
     }
 }

@@ -243,6 +243,18 @@ pub trait Repository: Send + Sync {
         progress: Option<ProgressFn>,
     ) -> Result<SnapshotInfo, RepoError>;
 
+    /// Back up `paths`, relative to the directory `root` (absolute), into
+    /// one snapshot tagged with `meta`: `root/a/b` is stored as `/a/b`.
+    /// Every file is read again (no parent-snapshot shortcut), as the
+    /// files are freshly written dumps.
+    async fn backup_relative(
+        &self,
+        meta: &SnapshotMeta,
+        root: &Path,
+        paths: &[PathBuf],
+        progress: Option<ProgressFn>,
+    ) -> Result<SnapshotInfo, RepoError>;
+
     /// Back up the standard output of `producer` as the single file
     /// `/<stdin_filename>` of a snapshot. If the producer fails, the backup
     /// fails and no snapshot is left behind.

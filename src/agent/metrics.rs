@@ -65,6 +65,7 @@ pub struct Metrics {
     runs: Family<RunLabels, Counter>,
     bytes_added: Family<SourceLabels, Counter>,
     files: Family<SourceLabels, Counter>,
+    atoms_failed: Family<SourceLabels, Counter>,
     next_run: Family<SourceLabels, FloatGauge>,
     jobs: Family<StateLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
@@ -97,6 +98,7 @@ impl Metrics {
             runs: Family::default(),
             bytes_added: Family::default(),
             files: Family::default(),
+            atoms_failed: Family::default(),
             next_run: Family::default(),
             jobs: Family::default(),
             reloads: Family::default(),
@@ -135,6 +137,11 @@ impl Metrics {
             "backup_files",
             "Files in the datasets backed up from the source (summed over runs)",
             m.files.clone(),
+        );
+        registry.register(
+            "backup_atoms_failed",
+            "Atoms left out of a backup of the source because their own dump failed (the dataset's other atoms were recorded)",
+            m.atoms_failed.clone(),
         );
         registry.register(
             "backup_next_run_timestamp_seconds",
@@ -186,6 +193,7 @@ impl Metrics {
         }
         let _ = self.bytes_added.get_or_create(&src(source));
         let _ = self.files.get_or_create(&src(source));
+        let _ = self.atoms_failed.get_or_create(&src(source));
     }
 
     /// Drop every series of a source that is no longer configured.
@@ -196,6 +204,7 @@ impl Metrics {
         self.duration.remove(&l);
         self.bytes_added.remove(&l);
         self.files.remove(&l);
+        self.atoms_failed.remove(&l);
         self.next_run.remove(&l);
         for result in RUN_RESULTS {
             self.runs.remove(&RunLabels {
@@ -213,6 +222,13 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// `n` atoms of a run were left out because their dumps failed.
+    pub fn atoms_failed(&self, source: &str, n: usize) {
+        self.atoms_failed
+            .get_or_create(&src(source))
+            .inc_by(n as u64);
     }
 
     /// A run ended at `when` (Unix seconds) after `duration` seconds.
@@ -321,6 +337,7 @@ mod tests {
         m.finished("db", false, 1_700_000_100.0, 3.0);
         m.seen_success("db", 1_600_000_000.0);
         m.added("db", 1024, 7);
+        m.atoms_failed("db", 2);
         m.jobs(1, 2);
         m.next_run("db", Some(1_700_003_600.0));
         m.reload(false);
@@ -336,6 +353,7 @@ mod tests {
             r#"tabacco_backup_runs_total{source="db",result="error"} 0"#,
             r#"tabacco_backup_bytes_added_total{source="db"} 1024"#,
             r#"tabacco_backup_files_total{source="db"} 7"#,
+            r#"tabacco_backup_atoms_failed_total{source="db"} 2"#,
             r#"tabacco_jobs{state="pending"} 1"#,
             r#"tabacco_jobs{state="running"} 2"#,
             r#"tabacco_backup_next_run_timestamp_seconds{source="db"} 1700003600.0"#,

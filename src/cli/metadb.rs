@@ -1,7 +1,9 @@
 //! `tabacco metadb`: run the metadata server.
 //!
-//! Reads `metadb.yml` (the global `--config`; when that is left at its
-//! default, `/etc/tabacco/metadb.yml` if it exists, else built-in defaults),
+//! Reads `metadb.yml` (`--server-config` or `TABACCO_METADB_CONFIG`, else
+//! a `--config` given on the command line, else `/etc/tabacco/metadb.yml`
+//! if it exists, else built-in defaults; never the agent's
+//! `TABACCO_CONFIG`),
 //! applies the flags over it, refuses an unauthenticated non-loopback
 //! listener, opens and migrates the database, and serves until SIGTERM or
 //! SIGINT, then drains in-flight requests (at most [`DRAIN_TIMEOUT`]).
@@ -17,7 +19,6 @@ use std::time::Duration;
 use clap::Args;
 
 use super::CliError;
-use crate::config::DEFAULT_CONFIG_PATH;
 use crate::metadata::open_database;
 use crate::metadb::config::{self, Overrides, RawConfig};
 use crate::metadb::{AppState, serve, tls_for};
@@ -31,6 +32,12 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Arguments of `tabacco metadb` (each overrides `metadb.yml`).
 #[derive(Debug, Args)]
 pub struct MetadbArgs {
+    /// The server's configuration file, metadb.yml (default
+    /// /etc/tabacco/metadb.yml when it exists, else built-in defaults). A
+    /// `--config` given on the command line is taken too, for
+    /// compatibility; the agent's `TABACCO_CONFIG` never is.
+    #[arg(long, env = "TABACCO_METADB_CONFIG")]
+    pub server_config: Option<PathBuf>,
     /// Address to listen on, `host:port` (default 127.0.0.1:7443).
     #[arg(long)]
     pub listen: Option<String>,
@@ -79,33 +86,50 @@ impl MetadbArgs {
     }
 }
 
-/// Which configuration file to read, if any.
-fn config_file(config_path: &Path) -> Option<PathBuf> {
-    if config_path == Path::new(DEFAULT_CONFIG_PATH) {
-        let default = PathBuf::from(DEFAULT_METADB_CONFIG_PATH);
-        return default.exists().then_some(default);
+/// Which configuration file to read, if any: `--server-config` (or
+/// `TABACCO_METADB_CONFIG`), else a `--config` given on the command line,
+/// else the default file if it exists.
+fn config_file(server_config: Option<&Path>, config_flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = server_config.or(config_flag) {
+        return Some(p.to_owned());
     }
-    Some(config_path.to_owned())
+    let default = PathBuf::from(DEFAULT_METADB_CONFIG_PATH);
+    default.exists().then_some(default)
 }
 
-/// Wait for SIGTERM or SIGINT.
-async fn shutdown_signal() -> Result<(), CliError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| {
-        CliError::failed(anyhow::anyhow!("cannot install the SIGTERM handler: {e}"))
-    })?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| CliError::failed(anyhow::anyhow!("cannot install the SIGINT handler: {e}")))?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+/// The signals that stop the server, installed before the server says it
+/// is listening (a SIGTERM right after that line must stop it cleanly).
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<ShutdownSignals, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let installed = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| {
+                CliError::failed(anyhow::anyhow!("cannot install the {name} handler: {e}"))
+            })
+        };
+        Ok(ShutdownSignals {
+            term: installed(SignalKind::terminate(), "SIGTERM")?,
+            int: installed(SignalKind::interrupt(), "SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Wait for SIGTERM or SIGINT.
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
 }
 
 /// Run the server.
-pub async fn run(config_path: &Path, args: MetadbArgs) -> Result<(), CliError> {
-    let file = config_file(config_path);
+pub async fn run(config_flag: Option<&Path>, args: MetadbArgs) -> Result<(), CliError> {
+    let file = config_file(args.server_config.as_deref(), config_flag);
     let raw = match &file {
         Some(f) => config::read_file(f).map_err(CliError::usage)?,
         None => RawConfig::default(),
@@ -147,6 +171,7 @@ pub async fn run(config_path: &Path, args: MetadbArgs) -> Result<(), CliError> {
     let local = listener
         .local_addr()
         .map_err(|e| CliError::failed(anyhow::anyhow!("listening socket: {e}")))?;
+    let signals = ShutdownSignals::install()?;
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     tracing::info!(
         address = %local,
@@ -163,15 +188,8 @@ pub async fn run(config_path: &Path, args: MetadbArgs) -> Result<(), CliError> {
     }
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal_error: Arc<std::sync::Mutex<Option<CliError>>> = Arc::default();
-    let signal_error2 = signal_error.clone();
     let shutdown = async move {
-        if let Err(e) = shutdown_signal().await {
-            // Without signal handlers the server cannot stop cleanly: stop now.
-            if let Ok(mut slot) = signal_error2.lock() {
-                *slot = Some(e);
-            }
-        }
+        signals.recv().await;
         let _ = signalled_tx.send(());
     };
     let server = serve(listener, Arc::new(state), shutdown);
@@ -190,9 +208,6 @@ pub async fn run(config_path: &Path, args: MetadbArgs) -> Result<(), CliError> {
         }
     };
     store.close().await;
-    if let Some(e) = signal_error.lock().ok().and_then(|mut s| s.take()) {
-        return Err(e);
-    }
     tracing::info!("metadata server stopped");
     result
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::HumanBytes;
 
 use super::{AtomFilter, CliError, load_config, open_store};
-use crate::model::{Backup, FindRequest, atom_path};
+use crate::model::{Backup, atom_path};
 
 /// Arguments of `tabacco query`.
 #[derive(Debug, Args)]
@@ -15,9 +15,9 @@ pub struct QueryArgs {
     /// Host and time filters.
     #[command(flatten)]
     pub filter: AtomFilter,
-    /// Only the newest N versions of each atom (default: all).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub num_versions: Option<u32>,
+    /// Only the newest N versions of each atom (default, or 0: all).
+    #[arg(long, default_value_t = 0)]
+    pub num_versions: u32,
     /// Print JSON (`[Backup]`, as the metadata API returns it).
     #[arg(long)]
     pub json: bool,
@@ -27,20 +27,22 @@ pub struct QueryArgs {
 
 /// Run the query.
 pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
+    let req = args.filter.request(&args.pattern, args.num_versions)?;
     let config = load_config(config_path)?;
     let store = open_store(&config).await?;
-    let req = FindRequest {
-        pattern: args.pattern.clone(),
-        host: args.filter.host.clone().unwrap_or_default(),
-        num_versions: args.num_versions.map(i64::from).unwrap_or(0),
-        older_than: args.filter.older_than,
-    };
     let backups = store.find_atoms(&req).await.map_err(super::store_error)?;
     if args.json {
         let text = serde_json::to_string_pretty(&backups).map_err(CliError::failed)?;
         println!("{text}");
-    } else {
+    } else if !backups.is_empty() {
         print!("{}", table(&backups));
+    }
+    // grep's convention: no match is exit 1.
+    if backups.is_empty() {
+        return Err(CliError::failed(anyhow::anyhow!(
+            "no backed up atom matches '{}'",
+            args.pattern
+        )));
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ pub async fn run(config_path: &Path, command: RepoCommand) -> Result<(), CliErro
         RepoCommand::Init => {
             let config = load_config(config_path)?;
             let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
-            let uri = crate::repository::restic::redact_uri(
+            let uri = crate::redact::url(
                 config
                     .repository
                     .params

@@ -8,7 +8,6 @@ use clap::Args;
 use super::interrupt::Interrupts;
 use super::{AtomFilter, CliError, load_config, open_store, progress};
 use crate::manager::{Manager, ManagerError};
-use crate::model::FindRequest;
 use crate::runtime::RuntimeContext;
 
 /// Arguments of `tabacco restore`.
@@ -21,10 +20,10 @@ pub struct RestoreArgs {
     /// Host and time filters.
     #[command(flatten)]
     pub filter: AtomFilter,
-    /// Restore the newest N versions of each atom (default 1); with more
-    /// than one, each backup goes to `TARGET/<backup id>/`.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub num_versions: Option<u32>,
+    /// Restore the newest N versions of each atom (default 1, 0: all);
+    /// with more than one, each backup goes to `TARGET/<backup id>/`.
+    #[arg(long, default_value_t = 1)]
+    pub num_versions: u32,
     /// Log what would be restored; restore nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -36,6 +35,7 @@ pub struct RestoreArgs {
 /// `SIGINT` / `SIGTERM` stop it: restic gets `SIGINT`, the restore
 /// commands their stop signal; exit 130 / 143.
 pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> {
+    let req = args.filter.request(&args.pattern, args.num_versions)?;
     let interrupts = Interrupts::catch()?;
     let mut config = load_config(config_path)?;
     if args.dry_run {
@@ -44,12 +44,6 @@ pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> 
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
     let store = open_store(&config).await?;
     let manager = Manager::new(store);
-    let req = FindRequest {
-        pattern: args.pattern.clone(),
-        host: args.filter.host.clone().unwrap_or_default(),
-        num_versions: i64::from(args.num_versions.unwrap_or(1)),
-        older_than: args.filter.older_than,
-    };
     let result = tokio::select! {
         r = manager.restore(&rctx, &req, &args.target) => r,
         sig = interrupts.first() => {

@@ -306,7 +306,10 @@ fn read_spec_dir<T: DeserializeOwned>(
         let path = entry.path();
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => paths.push(path),
-            Ok(_) => {}
+            Ok(_) => FileErrors { file: &path, out }.add(
+                WHOLE_FILE,
+                format!("is not a regular file: every {kind}/*.yml must be a YAML file"),
+            ),
             Err(e) => FileErrors { file: &path, out }.add(WHOLE_FILE, format!("cannot read: {e}")),
         }
     }
@@ -425,8 +428,18 @@ fn resolve_main(
     if let Some(q) = raw.queue_config {
         for (name, n) in q.workers.unwrap_or_default() {
             let field = format!("queue_config.workers.{name}");
-            if name.trim().is_empty() {
-                errs.add(field, "queue name is empty");
+            if !crate::config::QUEUES.iter().any(|(q, _, _)| *q == name) {
+                let known: Vec<String> = crate::config::QUEUES
+                    .iter()
+                    .map(|(q, n, what)| format!("{q} ({what}, default {n})"))
+                    .collect();
+                errs.add(
+                    field,
+                    format!(
+                        "unknown queue {name:?}: the queues are {}",
+                        known.join(" and ")
+                    ),
+                );
             } else if n < 1 {
                 errs.add(field, format!("must be at least 1, not {n}"));
             } else {
@@ -897,23 +910,8 @@ fn check_handler_fit(
     };
     match kind {
         HandlerType::File => {
-            match merged.get_str("path") {
-                Ok(Some(root)) if root.starts_with('/') => {}
-                Ok(Some(root)) => errs.add(
-                    join(p, "params.path"),
-                    format!(
-                        "{root:?}{} must be an absolute directory (the root the atoms' paths are relative to)",
-                        origin("path")
-                    ),
-                ),
-                Ok(None) => errs.add(
-                    join(p, "params.path"),
-                    format!(
-                        "missing: the file handler {handler_name:?} needs params.path, the absolute root directory (in the source or the handler)"
-                    ),
-                ),
-                Err(e) => errs.add(join(p, "params.path"), format!("{e}{}", origin("path"))),
-            }
+            let checked = crate::handler::file::FileParams::from_params(&merged).map(|_| ());
+            add_param_errors(p, checked, &merged, &origin, errs);
             for (j, set) in static_sets.iter().enumerate() {
                 let AtomsSource::Static(atoms) = &set.atoms else {
                     continue;
@@ -929,37 +927,32 @@ fn check_handler_fit(
             }
         }
         HandlerType::Pipe => {
-            for key in ["backup_command", "restore_command"] {
-                match merged.get_str(key) {
-                    Ok(Some(c)) if !c.trim().is_empty() => {}
-                    Ok(_) => errs.add(
-                        join(p, &format!("params.{key}")),
-                        format!(
-                            "missing: the pipe handler {handler_name:?} needs params.{key} (in the source or the handler)"
-                        ),
-                    ),
-                    Err(e) => errs.add(
-                        join(p, &format!("params.{key}")),
-                        format!("{e}{}", origin(key)),
-                    ),
-                }
-            }
-            for (j, set) in static_sets.iter().enumerate() {
-                let AtomsSource::Static(atoms) = &set.atoms else {
-                    continue;
-                };
-                if atoms.len() > 1 {
-                    errs.add(
-                        join(&index(p, "datasets", j), "atoms"),
-                        format!(
-                            "dataset {:?} has {} atoms: pipe datasets hold exactly one atom for now (split it into one dataset per atom)",
-                            set.name,
-                            atoms.len()
-                        ),
-                    );
-                }
-            }
+            let checked = crate::handler::pipe::PipeParams::from_params(&merged).map(|_| ());
+            add_param_errors(p, checked, &merged, &origin, errs);
         }
+    }
+}
+
+/// Report what a handler's parameter check found, each at `p.params.KEY`,
+/// saying which handler file a value came from when the source did not set
+/// it.
+fn add_param_errors(
+    p: &str,
+    checked: Result<(), Vec<(&'static str, String)>>,
+    merged: &Params,
+    origin: &dyn Fn(&str) -> String,
+    errs: &mut FileErrors<'_>,
+) {
+    for (key, message) in checked.err().unwrap_or_default() {
+        let origin = if merged.contains(key) {
+            origin(key)
+        } else {
+            String::new()
+        };
+        errs.add(
+            join(p, &format!("params.{key}")),
+            format!("{message}{origin}"),
+        );
     }
 }
 
@@ -1276,7 +1269,7 @@ hostname: host1
 queue_config:
   workers:
     backup: 3
-    restore: 1
+    datasets: 1
 repository:
   name: offsite
   type: restic
@@ -1349,7 +1342,7 @@ datasets:
         assert_eq!(c.path, root.join("agent.yml"));
         assert_eq!(c.hostname, "host1");
         assert_eq!(c.queue.workers("backup"), 3);
-        assert_eq!(c.queue.workers("restore"), 1);
+        assert_eq!(c.queue.workers("datasets"), 1);
         assert_eq!(c.repository.name, "offsite");
         assert_eq!(c.repository.kind, "restic");
         assert_eq!(
@@ -1987,21 +1980,48 @@ datasets:
     // ----- handler fit -----
 
     #[test]
-    fn pipe_dataset_with_several_atoms_is_rejected() {
+    fn unknown_queue_names_and_directories_named_yml_are_mistakes() {
+        let main = format!("{MAIN}queue_config:\n  workers:\n    backups: 3\n");
+        let (dir, errs) = errors(&[("agent.yml", &main)]);
+        assert_error(
+            &dir,
+            &errs,
+            "agent.yml",
+            "queue_config.workers.backups",
+            "unknown queue \"backups\": the queues are backup",
+        );
+        assert_eq!(errs.len(), 1, "{}", ConfigErrors(errs.clone()));
+
+        let (dir, r) = load_with(&[("sources/sub.yml/x.yml", "name: x\n")]);
+        let errs = r.unwrap_err().0;
+        assert_error(
+            &dir,
+            &errs,
+            "sources/sub.yml",
+            WHOLE_FILE,
+            "is not a regular file",
+        );
+    }
+
+    #[test]
+    fn pipe_datasets_hold_any_number_of_atoms() {
         let s = "\
 name: db
 handler: pg
+params: {parallel_dumps: 4, spool_budget: 10GiB}
 datasets:
   - name: one
     atoms: [{name: a}]
   - name: two
     atoms: [{name: a}, {name: b}]
 ";
+        ok(&[("sources/s.yml", s)]);
+        let s = "name: db\nhandler: pg\nparams: {parallel_dumps: 0}\ndatasets: [{name: d, atoms_command: ls}]\n";
         assert_only_error(
             &[("sources/s.yml", s)],
             "sources/s.yml",
-            "datasets[1].atoms",
-            "dataset \"two\" has 2 atoms: pipe datasets hold exactly one atom for now",
+            "params.parallel_dumps",
+            "out of range",
         );
     }
 

@@ -25,7 +25,7 @@ impl Config {
             .get_str("uri")
             .ok()
             .flatten()
-            .map(|u| redact_uri(&u))
+            .map(|u| crate::redact::url(&u))
             .unwrap_or_else(|| "(no uri)".to_string());
         let metadb = match &self.metadb {
             Some(m) => m.url.clone(),
@@ -34,16 +34,19 @@ impl Config {
                 self.embedded_metadb_path().display()
             ),
         };
-        let queues = if self.queue.workers.is_empty() {
-            "defaults (backup: 2 workers, others: 1)".to_string()
-        } else {
-            self.queue
-                .workers
-                .iter()
-                .map(|(q, n)| format!("{q}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let queues = crate::config::QUEUES
+            .iter()
+            .map(|(q, _, _)| {
+                let n = self.queue.workers(q);
+                let set = if self.queue.workers.contains_key(*q) {
+                    ""
+                } else {
+                    " (default)"
+                };
+                format!("{q}: {n}{set}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         let main = vec![
             row(["config", &self.path.display().to_string()]),
             row(["hostname", &self.hostname]),
@@ -137,31 +140,6 @@ fn table(rows: &[Vec<String>], indent: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Mask the password of a URI's user info (`rest:https://user:pw@host/`
-/// becomes `rest:https://user:***@host/`); other URIs are returned as is.
-pub fn redact_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
-        return uri.to_string();
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &uri[rest_start..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return uri.to_string();
-    };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return uri.to_string();
-    };
-    format!(
-        "{}{}:***{}",
-        &uri[..rest_start],
-        &userinfo[..colon],
-        &uri[rest_start + at..]
-    )
 }
 
 #[cfg(test)]
@@ -271,24 +249,5 @@ sources (2):
             "{s}"
         );
         assert!(s.contains("\nhandlers (0):\n\nsources (0):\n"), "{s}");
-    }
-
-    #[test]
-    fn redact_uri_masks_only_the_password() {
-        assert_eq!(
-            redact_uri("rest:https://u:p@h:8000/x"),
-            "rest:https://u:***@h:8000/x"
-        );
-        assert_eq!(redact_uri("rest:https://u@h/x"), "rest:https://u@h/x");
-        assert_eq!(
-            redact_uri("s3:https://s3.example/b"),
-            "s3:https://s3.example/b"
-        );
-        assert_eq!(redact_uri("/srv/restic"), "/srv/restic");
-        assert_eq!(redact_uri("sftp:user@host:/srv/r"), "sftp:user@host:/srv/r");
-        assert_eq!(
-            redact_uri("rest:http://u:p@ss@h/x@y"),
-            "rest:http://u:***@h/x@y"
-        );
     }
 }

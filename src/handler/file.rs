@@ -7,11 +7,41 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{Handler, HandlerError, snapshot_meta};
+use super::{DatasetBackup, Handler, HandlerError, snapshot_meta};
 use crate::config::load::check_atom_path;
+use crate::config::params::Params;
 use crate::model::{Atom, Backup, Dataset};
-use crate::repository::{ProgressFn, SnapshotInfo};
+use crate::repository::ProgressFn;
 use crate::runtime::RuntimeContext;
+
+/// The file handler's parameters (from the handler and the source),
+/// checked in one place for `config check` and for a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileParams {
+    /// The absolute root directory the atoms' paths are relative to.
+    pub root: PathBuf,
+}
+
+impl FileParams {
+    /// Read and check the parameters; every mistake is returned as
+    /// `(parameter name, message)`.
+    pub fn from_params(params: &Params) -> Result<FileParams, Vec<(&'static str, String)>> {
+        match params.get_str("path") {
+            Ok(Some(root)) if root.starts_with('/') => Ok(FileParams { root: root.into() }),
+            Ok(Some(root)) => Err(vec![(
+                "path",
+                format!(
+                    "{root:?} must be an absolute directory (the root the atoms' paths are relative to)"
+                ),
+            )]),
+            Ok(None) => Err(vec![(
+                "path",
+                "missing: the file handler needs params.path, the absolute root directory (in the source or the handler)".to_string(),
+            )]),
+            Err(e) => Err(vec![("path", e.to_string())]),
+        }
+    }
+}
 
 /// Backs up atoms that are files or directories below a root.
 #[derive(Debug, Clone)]
@@ -20,9 +50,9 @@ pub struct FileHandler {
 }
 
 impl FileHandler {
-    /// A handler for atoms below `root` (absolute).
-    pub fn new(root: PathBuf) -> FileHandler {
-        FileHandler { root }
+    /// A handler for atoms below the root of `params`.
+    pub fn new(params: FileParams) -> FileHandler {
+        FileHandler { root: params.root }
     }
 
     /// Absolute path of an atom: the root joined with the atom's `path`,
@@ -53,16 +83,7 @@ impl Handler for FileHandler {
         backup: &Backup,
         dataset: &Dataset,
         progress: Option<ProgressFn>,
-    ) -> Result<SnapshotInfo, HandlerError> {
-        if !self.root.is_absolute() {
-            return Err(HandlerError::Dataset {
-                dataset: dataset.name.clone(),
-                message: format!(
-                    "root path {} is not absolute; set the handler's `path` to an absolute directory",
-                    self.root.display()
-                ),
-            });
-        }
+    ) -> Result<DatasetBackup, HandlerError> {
         // Atom paths may come from a datasets_command: keep them below the
         // root. restic only warns about a missing path and exits 0: check
         // that each exists first.
@@ -91,7 +112,8 @@ impl Handler for FileHandler {
         Ok(rctx
             .repo()
             .backup(&meta, &self.paths(dataset), progress)
-            .await?)
+            .await?
+            .into())
     }
 
     async fn restore(
@@ -114,7 +136,9 @@ mod tests {
 
     #[test]
     fn atom_path_defaults_to_name_below_root() {
-        let h = FileHandler::new("/srv/data".into());
+        let h = FileHandler::new(FileParams {
+            root: "/srv/data".into(),
+        });
         let a = Atom {
             name: "user1".into(),
             path: String::new(),

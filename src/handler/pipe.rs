@@ -1,23 +1,135 @@
 //! The `pipe` handler: each atom is a stream. `backup_command` writes the
-//! atom's data to stdout, which restic stores as the single file
-//! `/<source>/<dataset>/<atom>` of a snapshot; `restore_command` reads it
-//! back from stdin. Both get the atom's identity in environment variables
-//! (never spliced into the command text).
+//! atom's data to stdout, which restic stores as the file
+//! `/<source>/<dataset>/<atom>` of the dataset's snapshot;
+//! `restore_command` reads it back from stdin. Both get the atom's
+//! identity in environment variables (never spliced into the command
+//! text).
+//!
+//! A dataset of one atom streams straight into `restic backup --stdin`. A
+//! dataset of several atoms (a database server, one atom per database) is
+//! still one snapshot and one repository open: the dumps run
+//! `parallel_dumps` at a time into the dataset's [`spool`](super::spool),
+//! then one `restic backup` stores the spool. A dump that fails loses its
+//! atom only; the others are backed up and recorded.
+//!
+//! Restoring several atoms of one snapshot restores them with one `restic
+//! restore` into a scratch directory (one repository open), then feeds
+//! each file to `restore_command`; a single atom, or a scratch directory
+//! that would not fit, streams each atom with `restic dump`.
 
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 
-use super::{Handler, HandlerError, snapshot_meta};
-use crate::model::{Atom, Backup, Dataset, atom_path};
-use crate::repository::{ProgressFn, SnapshotInfo};
+use super::spool::{self, Budget, SpoolDir};
+use super::{AtomFailure, DatasetBackup, Handler, HandlerError, snapshot_meta};
+use crate::config::params::Params;
+use crate::model::{Atom, Backup, Dataset, RunningJobStatus, atom_path};
+use crate::repository::{ProgressFn, RepoError};
 use crate::runtime::RuntimeContext;
+
+/// How many dumps of one dataset run at once unless `parallel_dumps` says
+/// otherwise.
+pub const DEFAULT_PARALLEL_DUMPS: usize = 2;
+
+/// The pipe handler's parameters (from the handler and the source),
+/// checked in one place for `config check` and for a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipeParams {
+    /// Writes one atom's data to stdout.
+    pub backup_command: String,
+    /// Reads one atom's data from stdin.
+    pub restore_command: String,
+    /// Dumps of one multi-atom dataset running at once.
+    pub parallel_dumps: usize,
+    /// Most bytes a multi-atom dataset's spool may hold (`None`: the free
+    /// space of `work_dir`'s file system, less a reserve).
+    pub spool_budget: Option<u64>,
+}
+
+impl PipeParams {
+    /// Read and check the parameters; every mistake is returned as
+    /// `(parameter name, message)`.
+    pub fn from_params(params: &Params) -> Result<PipeParams, Vec<(&'static str, String)>> {
+        let mut errors = Vec::new();
+        let mut command = |key: &'static str| match params.get_str(key) {
+            Ok(Some(c)) if !c.trim().is_empty() => c,
+            Ok(_) => {
+                errors.push((
+                    key,
+                    format!(
+                        "missing: the pipe handler needs params.{key} (in the source or the handler)"
+                    ),
+                ));
+                String::new()
+            }
+            Err(e) => {
+                errors.push((key, e.to_string()));
+                String::new()
+            }
+        };
+        let backup_command = command("backup_command");
+        let restore_command = command("restore_command");
+        let parallel_dumps = match params.get_int("parallel_dumps") {
+            Ok(None) => DEFAULT_PARALLEL_DUMPS,
+            Ok(Some(n)) if (1..=256).contains(&n) => n as usize,
+            Ok(Some(n)) => {
+                errors.push((
+                    "parallel_dumps",
+                    format!("{n} is out of range: dumps running at once, 1 to 256"),
+                ));
+                DEFAULT_PARALLEL_DUMPS
+            }
+            Err(e) => {
+                errors.push(("parallel_dumps", e.to_string()));
+                DEFAULT_PARALLEL_DUMPS
+            }
+        };
+        let spool_budget = match params.get_str("spool_budget") {
+            Ok(None) => None,
+            Ok(Some(text)) => match parse_size(&text) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    errors.push(("spool_budget", e));
+                    None
+                }
+            },
+            Err(e) => {
+                errors.push(("spool_budget", e.to_string()));
+                None
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(PipeParams {
+            backup_command,
+            restore_command,
+            parallel_dumps,
+            spool_budget,
+        })
+    }
+}
+
+/// Parse a size: bytes (`1048576`) or with a unit (`512MiB`, `10 GB`).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = text.trim().parse().map_err(|e| {
+        format!("{text:?} is not a size ({e}): write e.g. 500MiB, 20GiB or a number of bytes")
+    })?;
+    if size.as_u64() == 0 {
+        return Err(format!("{text:?}: the spool budget must be more than 0"));
+    }
+    Ok(size.as_u64())
+}
 
 /// Backs up atoms produced by a command and restores them into another.
 #[derive(Debug, Clone)]
 pub struct PipeHandler {
-    backup_command: String,
-    restore_command: String,
+    params: PipeParams,
 }
 
 /// Environment for a pipe command working on one atom.
@@ -35,13 +147,207 @@ pub fn atom_env(backup: &Backup, dataset: &Dataset, atom: &Atom) -> Vec<(String,
     ]
 }
 
+/// Characters restic's `--include` takes as a pattern.
+fn is_pattern_free(name: &str) -> bool {
+    !name.contains(['*', '?', '[', ']', '\\'])
+}
+
 impl PipeHandler {
-    /// A handler running these commands.
-    pub fn new(backup_command: String, restore_command: String) -> PipeHandler {
-        PipeHandler {
-            backup_command,
-            restore_command,
+    /// A handler with these parameters.
+    pub fn new(params: PipeParams) -> PipeHandler {
+        PipeHandler { params }
+    }
+
+    /// Dump every atom into the dataset's spool, then back the spool up as
+    /// one snapshot.
+    async fn backup_spooled(
+        &self,
+        rctx: &RuntimeContext,
+        backup: &Backup,
+        dataset: &Dataset,
+        progress: Option<ProgressFn>,
+    ) -> Result<DatasetBackup, HandlerError> {
+        let fail = |message: String| HandlerError::Dataset {
+            dataset: dataset.name.clone(),
+            message,
+        };
+        let root = spool::dataset_dir(rctx.work_dir(), &dataset.source, &dataset.name);
+        let dir = SpoolDir::create(root.clone()).map_err(|e| {
+            fail(format!(
+                "cannot create the spool directory {}: {e}",
+                root.display()
+            ))
+        })?;
+        let rel = PathBuf::from(&dataset.source).join(&dataset.name);
+        let budget = Budget::for_dir(dir.path(), self.params.spool_budget).map_err(|e| {
+            fail(format!(
+                "cannot read the free space of {}: {e}",
+                root.display()
+            ))
+        })?;
+
+        // The dump phase is the first half of the progress, restic's the
+        // second.
+        let total_atoms = dataset.atoms.len() as i64;
+        let started = std::time::Instant::now();
+        let bytes = AtomicU64::new(0);
+        let done = AtomicI64::new(0);
+        let report = |n: u64| {
+            let bytes = bytes.fetch_add(n, Ordering::Relaxed) + n;
+            if let Some(p) = &progress {
+                let files_done = done.load(Ordering::Relaxed);
+                p(&RunningJobStatus {
+                    message_type: "status".into(),
+                    seconds_elapsed: started.elapsed().as_secs() as i64,
+                    percent_done: 0.5 * files_done as f64 / total_atoms as f64,
+                    total_files: total_atoms,
+                    files_done,
+                    bytes_done: bytes as i64,
+                    ..Default::default()
+                });
+            }
+        };
+
+        // Built in a loop rather than with `map`: a closure returning a
+        // borrowing future trips the compiler's higher-ranked lifetime
+        // check inside `async_trait`.
+        let mut dumps = Vec::with_capacity(dataset.atoms.len());
+        for atom in &dataset.atoms {
+            let file = dir.path().join(&rel).join(&atom.name);
+            let command = rctx.shell().command(
+                &self.params.backup_command,
+                &atom_env(backup, dataset, atom),
+            );
+            let (budget, report, done) = (&budget, &report, &done);
+            let dump = async move {
+                let result = async {
+                    if let Some(parent) = file.parent() {
+                        tokio::fs::create_dir_all(parent).await.map_err(|source| {
+                            spool::SpoolError::Io {
+                                context: format!("cannot create {}", parent.display()),
+                                source,
+                            }
+                        })?;
+                    }
+                    spool::dump_to_file(&command, &file, budget, report).await
+                }
+                .await;
+                done.fetch_add(1, Ordering::Relaxed);
+                report(0);
+                (atom, result)
+            };
+            dumps.push(dump);
         }
+        let mut dumps = futures::stream::iter(dumps).buffer_unordered(self.params.parallel_dumps);
+        let mut failed_atoms = Vec::new();
+        let mut spooled = 0usize;
+        while let Some((atom, result)) = dumps.next().await {
+            match result {
+                Ok(size) => {
+                    tracing::debug!(atom = %atom.name, size, "dump spooled");
+                    spooled += 1;
+                }
+                Err(e) if e.is_atom_only() => {
+                    let error = e.to_string();
+                    tracing::error!(atom = %atom.name, "dump failed, the atom is left out: {error}");
+                    failed_atoms.push(AtomFailure {
+                        atom: atom.name.clone(),
+                        error,
+                    });
+                }
+                // The whole dataset fails: dropping the stream kills the
+                // dumps still running, dropping `dir` removes the spool.
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+        drop(dumps);
+        if spooled == 0 {
+            let first = failed_atoms
+                .first()
+                .map(|f| format!(" (first: atom '{}': {})", f.atom, f.error))
+                .unwrap_or_default();
+            return Err(fail(format!(
+                "every dump failed ({} atoms), nothing was backed up{first}",
+                failed_atoms.len()
+            )));
+        }
+        tracing::info!(
+            atoms = spooled,
+            failed = failed_atoms.len(),
+            bytes = budget.used(),
+            "dumps spooled, backing up the spool"
+        );
+        let restic_progress: Option<ProgressFn> = progress.clone().map(|p| {
+            Arc::new(move |st: &RunningJobStatus| {
+                let mut st = st.clone();
+                st.percent_done = 0.5 + 0.5 * st.percent_done;
+                p(&st)
+            }) as ProgressFn
+        });
+        let meta = snapshot_meta(backup, dataset);
+        let snapshot = rctx
+            .repo()
+            .backup_relative(&meta, dir.path(), &[rel], restic_progress)
+            .await?;
+        drop(dir);
+        Ok(DatasetBackup {
+            snapshot,
+            failed_atoms,
+        })
+    }
+
+    /// Restore `dataset`'s atoms with one `restic restore` into a scratch
+    /// directory, then feed each to `restore_command`. `Ok(false)` when
+    /// the scratch directory would not fit (the caller streams instead).
+    async fn restore_via_scratch(
+        &self,
+        rctx: &RuntimeContext,
+        backup: &Backup,
+        dataset: &Dataset,
+        target: &Path,
+    ) -> Result<bool, HandlerError> {
+        let io = |context: String| {
+            move |source| {
+                HandlerError::Repo(RepoError::Io {
+                    context: context.clone(),
+                    source,
+                })
+            }
+        };
+        let scratch = SpoolDir::scratch(rctx.work_dir())
+            .map_err(io("cannot create a restore scratch directory".into()))?;
+        // The dataset's size bounds what its atoms need.
+        let budget = Budget::for_dir(scratch.path(), self.params.spool_budget).map_err(io(
+            format!("cannot read the free space of {}", scratch.path().display()),
+        ))?;
+        if let Err(e) = budget.fits(dataset.total_bytes.max(0) as u64) {
+            tracing::info!("restoring atom by atom, the scratch directory would not fit: {e}");
+            return Ok(false);
+        }
+        let paths: Vec<PathBuf> = dataset
+            .atoms
+            .iter()
+            .map(|a| PathBuf::from("/").join(atom_path(&dataset.source, &dataset.name, &a.name)))
+            .collect();
+        rctx.repo()
+            .restore(&dataset.snapshot_id, &paths, scratch.path())
+            .await?;
+        for (atom, path) in dataset.atoms.iter().zip(&paths) {
+            let file = scratch.path().join(path.strip_prefix("/").unwrap_or(path));
+            let input = std::fs::File::open(&file)
+                .map_err(io(format!("cannot open the restored {}", file.display())))?;
+            let mut env = atom_env(backup, dataset, atom);
+            env.push(("TABACCO_TARGET".into(), target.display().to_string()));
+            rctx.shell()
+                .command(&self.params.restore_command, &env)
+                .to_child()
+                .stdin_fd(OwnedFd::from(input))
+                .run()
+                .await
+                .map_err(|e| HandlerError::Repo(RepoError::Process(e)))?;
+            let _ = std::fs::remove_file(&file);
+        }
+        Ok(true)
     }
 }
 
@@ -53,25 +359,27 @@ impl Handler for PipeHandler {
         backup: &Backup,
         dataset: &Dataset,
         progress: Option<ProgressFn>,
-    ) -> Result<SnapshotInfo, HandlerError> {
-        let [atom] = dataset.atoms.as_slice() else {
-            return Err(HandlerError::Dataset {
+    ) -> Result<DatasetBackup, HandlerError> {
+        match dataset.atoms.as_slice() {
+            [] => Err(HandlerError::Dataset {
                 dataset: dataset.name.clone(),
-                message: format!(
-                    "a pipe dataset holds exactly one atom for now, this one has {}",
-                    dataset.atoms.len()
-                ),
-            });
-        };
-        let producer = rctx
-            .shell()
-            .command(&self.backup_command, &atom_env(backup, dataset, atom));
-        let file_name = atom_path(&dataset.source, &dataset.name, &atom.name);
-        let meta = snapshot_meta(backup, dataset);
-        Ok(rctx
-            .repo()
-            .stream_backup(&meta, producer, &file_name, progress)
-            .await?)
+                message: "has no atoms: nothing to back up".into(),
+            }),
+            [atom] => {
+                let producer = rctx.shell().command(
+                    &self.params.backup_command,
+                    &atom_env(backup, dataset, atom),
+                );
+                let file_name = atom_path(&dataset.source, &dataset.name, &atom.name);
+                let meta = snapshot_meta(backup, dataset);
+                Ok(rctx
+                    .repo()
+                    .stream_backup(&meta, producer, &file_name, progress)
+                    .await?
+                    .into())
+            }
+            _ => self.backup_spooled(rctx, backup, dataset, progress).await,
+        }
     }
 
     async fn restore(
@@ -81,15 +389,87 @@ impl Handler for PipeHandler {
         dataset: &Dataset,
         target: &Path,
     ) -> Result<(), HandlerError> {
+        if dataset.atoms.len() > 1
+            && dataset.atoms.iter().all(|a| is_pattern_free(&a.name))
+            && self
+                .restore_via_scratch(rctx, backup, dataset, target)
+                .await?
+        {
+            return Ok(());
+        }
         for atom in &dataset.atoms {
             let mut env = atom_env(backup, dataset, atom);
             env.push(("TABACCO_TARGET".into(), target.display().to_string()));
-            let consumer = rctx.shell().command(&self.restore_command, &env);
+            let consumer = rctx.shell().command(&self.params.restore_command, &env);
             let file_name = atom_path(&dataset.source, &dataset.name, &atom.name);
             rctx.repo()
                 .stream_restore(&dataset.snapshot_id, &file_name, consumer)
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::params::ParamValue;
+
+    fn params(pairs: &[(&str, ParamValue)]) -> Params {
+        Params(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn s(v: &str) -> ParamValue {
+        ParamValue::Str(v.into())
+    }
+
+    #[test]
+    fn params_are_read_and_checked_once() {
+        let base = [
+            ("backup_command", s("dump")),
+            ("restore_command", s("load")),
+        ];
+        let p = PipeParams::from_params(&params(&base)).unwrap();
+        assert_eq!(p.parallel_dumps, DEFAULT_PARALLEL_DUMPS);
+        assert_eq!(p.spool_budget, None);
+
+        let mut more = base.to_vec();
+        more.push(("parallel_dumps", ParamValue::Int(8)));
+        more.push(("spool_budget", s("2GiB")));
+        let p = PipeParams::from_params(&params(&more)).unwrap();
+        assert_eq!((p.parallel_dumps, p.spool_budget), (8, Some(2 << 30)));
+
+        let bad = [
+            ("backup_command", s(" ")),
+            ("parallel_dumps", ParamValue::Int(0)),
+            ("spool_budget", s("lots")),
+        ];
+        let errors = PipeParams::from_params(&params(&bad)).unwrap_err();
+        let keys: Vec<_> = errors.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                "backup_command",
+                "restore_command",
+                "parallel_dumps",
+                "spool_budget"
+            ]
+        );
+        assert!(errors[0].1.starts_with("missing"));
+        assert!(errors[3].1.contains("not a size"), "{}", errors[3].1);
+        assert!(parse_size("0").is_err());
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+    }
+
+    #[test]
+    fn include_patterns_are_recognised() {
+        assert!(is_pattern_free("site42/main"));
+        assert!(!is_pattern_free("db*"));
+        assert!(!is_pattern_free("a[1]"));
     }
 }

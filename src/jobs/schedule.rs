@@ -117,12 +117,19 @@ impl Schedule {
 }
 
 fn parse_cron(s: &str) -> Result<Cron, String> {
-    CronParser::builder()
+    let cron = CronParser::builder()
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
         .build()
         .parse(s)
-        .map_err(|e| format!("{s:?} is not a valid cron expression: {e}"))
+        .map_err(|e| format!("{s:?} is not a valid cron expression: {e}"))?;
+    // A valid expression may name a date that never comes (30 February).
+    if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+        return Err(format!(
+            "{s:?} never fires: no date matches its day-of-month and month fields"
+        ));
+    }
+    Ok(cron)
 }
 
 /// Parse a period such as `90s`, `30m`, `6h` or `1h30m`: at least one
@@ -375,6 +382,14 @@ mod tests {
             let e = Schedule::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn cron_that_never_fires_is_refused() {
+        let e = Schedule::parse("0 0 30 2 *").unwrap_err();
+        assert!(e.contains("never fires"), "{e}");
+        // 29 February comes back every four years.
+        assert!(Schedule::parse("0 0 29 2 *").is_ok());
     }
 
     #[test]

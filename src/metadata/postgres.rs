@@ -59,42 +59,12 @@ pub struct PostgresStore {
     location: String,
 }
 
-/// `url` with any password replaced by `***` (in the user info and in a
-/// `password=` query parameter), for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => kv.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 impl PostgresStore {
     /// Connect to the database at `url` (`postgres://user:pass@host:port/db`,
     /// with the driver's query parameters such as `sslmode` or `options`)
     /// and migrate it.
     pub async fn connect(url: &str) -> Result<PostgresStore, MetadataError> {
-        let location = redact_url(url);
+        let location = crate::redact::url(url);
         let options: PgConnectOptions =
             url.parse()
                 .map_err(|source: sqlx::Error| MetadataError::Database {
@@ -512,7 +482,7 @@ pub(crate) mod test_support {
     use sqlx::Connection;
     use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-    use super::{PostgresStore, redact_url};
+    use super::PostgresStore;
 
     /// Where tests find PostgreSQL unless `TABACCO_TEST_POSTGRES_URL` says
     /// otherwise.
@@ -538,9 +508,12 @@ pub(crate) mod test_support {
         /// Create a fresh schema.
         pub(crate) async fn new() -> TestSchema {
             let url = test_url();
-            let admin: PgConnectOptions = url
-                .parse()
-                .unwrap_or_else(|e| panic!("TABACCO_TEST_POSTGRES_URL {}: {e}", redact_url(&url)));
+            let admin: PgConnectOptions = url.parse().unwrap_or_else(|e| {
+                panic!(
+                    "TABACCO_TEST_POSTGRES_URL {}: {e}",
+                    crate::redact::url(&url)
+                )
+            });
             let mut conn = PgConnection::connect_with(&admin)
                 .await
                 .unwrap_or_else(|e| {
@@ -548,7 +521,7 @@ pub(crate) mod test_support {
                         "PostgreSQL for the tests is unreachable at {}: {e}. Start it \
                      (pg_ctlcluster --skip-systemctl-redirect <version> main start) or point \
                      TABACCO_TEST_POSTGRES_URL at a server",
-                        redact_url(&url)
+                        crate::redact::url(&url)
                     )
                 });
             let name = format!("tabacco_test_{}", uuid::Uuid::now_v7().simple());
@@ -604,20 +577,6 @@ mod tests {
     use super::test_support::TestSchema;
     use super::*;
     use crate::metadata::conformance::{find, fleet, indexed_find_requests};
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:s3cret@db:5432/x?sslmode=require"),
-            "postgres://u:***@db:5432/x?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgres://u@db/x?password=s3cret&a=b"),
-            "postgres://u@db/x?password=***&a=b"
-        );
-        assert_eq!(redact_url("postgres://db"), "postgres://db");
-        assert_eq!(redact_url("nonsense"), "nonsense");
-    }
 
     /// The plan of the find query, one line per node.
     async fn plan(s: &PostgresStore, req: &FindRequest) -> Vec<String> {

@@ -124,7 +124,7 @@ impl fmt::Debug for Restic {
         };
         f.debug_struct("Restic")
             .field("name", &self.name)
-            .field("uri", &redact_uri(&self.uri))
+            .field("uri", &crate::redact::url(&self.uri))
             .field("password", &password)
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("cache_dir", &self.cache_dir)
@@ -161,34 +161,6 @@ fn unique_full_id(short: &str, names: &[String]) -> Option<String> {
         .filter(|n| json::is_full_id(n) && n.starts_with(short));
     let first = found.next()?;
     found.next().is_none().then(|| first.clone())
-}
-
-/// `uri` with the password of any `user:password@` part replaced by `***`.
-pub fn redact_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
-        return uri.to_string();
-    };
-    let auth_start = scheme_end + 3;
-    let auth_end = uri[auth_start..]
-        .find('/')
-        .map(|i| auth_start + i)
-        .unwrap_or(uri.len());
-    let authority = &uri[auth_start..auth_end];
-    let Some(at) = authority.rfind('@') else {
-        return uri.to_string();
-    };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => "***".to_string(),
-    };
-    format!(
-        "{}{}@{}{}",
-        &uri[..auth_start],
-        user,
-        &authority[at + 1..],
-        &uri[auth_end..]
-    )
 }
 
 /// Why a restic command failed, as far as it matters to us.
@@ -281,6 +253,25 @@ fn check_abs_path(p: &Path) -> Result<(), RepoError> {
         return Err(RepoError::BadRequest {
             message: format!(
                 "path '{}' is not absolute; restic would store it under /{0}: pass absolute paths",
+                p.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Check a path given relative to a backup's working directory: relative,
+/// no `..` (restic would store it outside `/`), not starting with `-`
+/// (restic would take it as a flag).
+fn check_rel_path(p: &Path) -> Result<(), RepoError> {
+    use std::path::Component;
+    let ok = !p.as_os_str().is_empty()
+        && !p.to_string_lossy().starts_with('-')
+        && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if !ok {
+        return Err(RepoError::BadRequest {
+            message: format!(
+                "path '{}' must be relative, without '.' or '..' segments",
                 p.display()
             ),
         });
@@ -500,7 +491,7 @@ impl Restic {
 
     /// The repository URI with any password in it hidden, for messages.
     pub fn display_uri(&self) -> String {
-        redact_uri(&self.uri)
+        crate::redact::url(&self.uri)
     }
 
     /// A restic command `restic SUBCOMMAND ARGS... [--cache-dir D]
@@ -800,6 +791,7 @@ impl Restic {
         &self,
         version: Version,
         args: &[OsString],
+        cwd: Option<&Path>,
         progress: Option<ProgressFn>,
         wait: Option<Duration>,
     ) -> Result<BackupRun, RepoError> {
@@ -809,9 +801,13 @@ impl Restic {
             stdout_errors: Vec::new(),
         };
         let mut errors = Vec::new();
-        let outcome = self
+        let mut command = self
             .restic_command("backup", args)
-            .args(Restic::retry_lock_args(version, wait))
+            .args(Restic::retry_lock_args(version, wait));
+        if let Some(dir) = cwd {
+            command = command.current_dir(dir);
+        }
+        let outcome = command
             .stdout_lines(|l| collector.stdout_line(l))
             .stderr_lines(stderr_collector(&mut errors))
             .status()
@@ -990,6 +986,39 @@ impl Restic {
         self.list_snapshots(version, tags, &[]).await
     }
 
+    /// `restic backup` of `paths` (absolute, or relative to `cwd`, where
+    /// restic stores `rel` as `/rel`) into one snapshot tagged with `meta`.
+    async fn backup_paths(
+        &self,
+        meta: &SnapshotMeta,
+        cwd: Option<&Path>,
+        paths: &[PathBuf],
+        extra_args: &[&str],
+        progress: Option<ProgressFn>,
+    ) -> Result<SnapshotInfo, RepoError> {
+        if paths.is_empty() {
+            return Err(RepoError::BadRequest {
+                message: "nothing to back up (no paths)".into(),
+            });
+        }
+        let mut args = Restic::backup_args(meta)?;
+        args.extend(extra_args.iter().map(OsString::from));
+        args.extend(paths.iter().map(|p| p.as_os_str().to_os_string()));
+        let version = self.version().await?;
+        let args = &args;
+        let run = self
+            .with_retries(version, true, |wait| {
+                self.backup_once(version, args, cwd, progress.clone(), wait)
+            })
+            .await?;
+        if run.outcome.code() == Some(3) {
+            let items = unreadable_items(&run.errors, &run.outcome.stderr_tail);
+            let partial = Box::new(self.discard(version, run.summary.as_ref()).await);
+            return Err(RepoError::Unreadable { items, partial });
+        }
+        self.finish_backup(version, &run).await
+    }
+
     /// Run a stream backup once: producer -> pipe -> `restic backup --stdin`.
     async fn stream_backup_once(
         &self,
@@ -1113,29 +1142,27 @@ impl Repository for Restic {
         paths: &[PathBuf],
         progress: Option<ProgressFn>,
     ) -> Result<SnapshotInfo, RepoError> {
-        if paths.is_empty() {
-            return Err(RepoError::BadRequest {
-                message: "nothing to back up (no paths)".into(),
-            });
-        }
         for p in paths {
             check_abs_path(p)?;
         }
-        let mut args = Restic::backup_args(meta)?;
-        args.extend(paths.iter().map(|p| p.as_os_str().to_os_string()));
-        let version = self.version().await?;
-        let args = &args;
-        let run = self
-            .with_retries(version, true, |wait| {
-                self.backup_once(version, args, progress.clone(), wait)
-            })
-            .await?;
-        if run.outcome.code() == Some(3) {
-            let items = unreadable_items(&run.errors, &run.outcome.stderr_tail);
-            let partial = Box::new(self.discard(version, run.summary.as_ref()).await);
-            return Err(RepoError::Unreadable { items, partial });
+        self.backup_paths(meta, None, paths, &[], progress).await
+    }
+
+    async fn backup_relative(
+        &self,
+        meta: &SnapshotMeta,
+        root: &Path,
+        paths: &[PathBuf],
+        progress: Option<ProgressFn>,
+    ) -> Result<SnapshotInfo, RepoError> {
+        check_abs_path(root)?;
+        for p in paths {
+            check_rel_path(p)?;
         }
-        self.finish_backup(version, &run).await
+        // Freshly written files: read them all, whatever the parent
+        // snapshot says about size and time.
+        self.backup_paths(meta, Some(root), paths, &["--force"], progress)
+            .await
     }
 
     async fn stream_backup(
@@ -1510,23 +1537,6 @@ mod tests {
         assert_eq!(unique_full_id("abcd1234", &names), Some(a.clone()));
         assert_eq!(unique_full_id("abcd1234", &[a, b]), None, "ambiguous");
         assert_eq!(unique_full_id("12345678", &names), None);
-    }
-
-    #[test]
-    fn uris_are_redacted() {
-        assert_eq!(redact_uri("/srv/restic"), "/srv/restic");
-        assert_eq!(
-            redact_uri("rest:https://user:s3cr3t@host:8000/repo"),
-            "rest:https://user:***@host:8000/repo"
-        );
-        assert_eq!(
-            redact_uri("rest:https://token@host/"),
-            "rest:https://***@host/"
-        );
-        assert_eq!(
-            redact_uri("s3:https://s3.example/bucket"),
-            "s3:https://s3.example/bucket"
-        );
     }
 
     #[test]

@@ -136,6 +136,24 @@ fn restore_of_unknown_pattern_fails_clearly() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(crate::common::text(&out).contains("no backed up atom matches 'nothing/*'"));
+    // query follows grep: no match is exit 1, table or JSON.
+    let out = env.run(&["query", "nothing/*"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(crate::common::text(&out).contains("no backed up atom matches 'nothing/*'"));
+    let out = env.run(&["query", "--json", "nothing/*"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    // --num-versions 0 is every version, as on the web form; a date is a
+    // time (midnight UTC).
+    let out = env.run(&[
+        "query",
+        "--num-versions",
+        "0",
+        "--older-than",
+        "2000-01-01",
+        "*",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", crate::common::text(&out));
     // A malformed pattern is the user's mistake: exit 2, with the reason.
     let out = env.run(&["query", "home/[a"]);
     assert_eq!(out.status.code(), Some(2));

@@ -135,11 +135,22 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `tabacco query --json PATTERN` parsed.
+    /// `tabacco query --json PATTERN` parsed (exit 0 with matches, exit 1
+    /// and `[]` without).
     pub fn query(&self, extra: &[&str]) -> serde_json::Value {
         let mut args = vec!["query", "--json"];
         args.extend_from_slice(extra);
-        serde_json::from_str(&self.ok(&args)).expect("query --json prints JSON")
+        let out = self.run(&args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("query --json prints JSON ({e}): {}", text(&out)));
+        let empty = v.as_array().is_some_and(|a| a.is_empty());
+        assert_eq!(
+            out.status.code(),
+            Some(if empty { 1 } else { 0 }),
+            "query {args:?}: {}",
+            text(&out)
+        );
+        v
     }
 
     /// Snapshots in the repository, straight from restic.

@@ -10,6 +10,7 @@ mod config_check;
 mod failures;
 mod fleet;
 mod interrupts;
+mod many_atoms;
 mod metadb;
 mod metadb_server;
 mod remote;

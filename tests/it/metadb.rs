@@ -253,3 +253,38 @@ fn metadb_refuses_an_open_non_loopback_listener_and_bad_config() {
         "{text}"
     );
 }
+
+/// Issue 16: the server reads its own file (`--server-config` or
+/// `TABACCO_METADB_CONFIG`); the agent's `TABACCO_CONFIG` in the
+/// environment is not taken for it.
+#[test]
+fn metadb_has_its_own_config_flag_and_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent_yml = dir.path().join("agent.yml");
+    std::fs::write(&agent_yml, "hostname: h1\nwork_dir: /tmp\n").unwrap();
+    let metadb_yml = dir.path().join("metadb.yml");
+    std::fs::write(
+        &metadb_yml,
+        format!(
+            "listen: 127.0.0.1:0\ndatabase: sqlite://{}\n",
+            dir.path().join("index.sqlite").display()
+        ),
+    )
+    .unwrap();
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tabacco"));
+    command
+        .arg("metadb")
+        .env("TABACCO_CONFIG", &agent_yml)
+        .env("TABACCO_METADB_CONFIG", &metadb_yml);
+    let server = MetadbServer::spawn(dir.path(), command);
+    assert!(dir.path().join("index.sqlite").exists(), "{}", server.log());
+    server.terminate();
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tabacco"));
+    command
+        .args(["metadb", "--server-config"])
+        .arg(&metadb_yml)
+        .env("TABACCO_CONFIG", &agent_yml);
+    MetadbServer::spawn(dir.path(), command).terminate();
+}

@@ -20,12 +20,16 @@ impl MetadbServer {
     /// Start the binary with `--config config` and `args`; wait for its
     /// `listening on` line.
     pub fn start(dir: &Path, config: &Path, args: &[&str]) -> MetadbServer {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tabacco"));
+        command.arg("--config").arg(config).arg("metadb").args(args);
+        MetadbServer::spawn(dir, command)
+    }
+
+    /// Start `command` (a `tabacco ... metadb ...` command line); wait for
+    /// its `listening on` line.
+    pub fn spawn(dir: &Path, mut command: Command) -> MetadbServer {
         let log = dir.join(format!("metadb-{}.log", uuid::Uuid::now_v7()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tabacco"))
-            .arg("--config")
-            .arg(config)
-            .arg("metadb")
-            .args(args)
+        let mut child = command
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

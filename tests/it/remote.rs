@@ -231,8 +231,14 @@ fn query_asks_the_server_and_reports_its_errors() {
     assert_eq!(finds[0]["host"], "other-host");
     assert!(!env.path("work/outbox").exists(), "reading needs no outbox");
 
-    server.shared.status.store(400, Ordering::SeqCst);
+    // A malformed pattern is refused here, before the server is asked.
     let out = env.run(&["query", "home/["]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("home/["), "{}", text(&out));
+    assert_eq!(server.shared.finds.lock().unwrap().len(), 1);
+
+    server.shared.status.store(400, Ordering::SeqCst);
+    let out = env.run(&["query", "home/x"]);
     let all = text(&out);
     assert_eq!(
         out.status.code(),
