@@ -35,6 +35,18 @@ pub fn restic_on(repo: &str) -> Command {
     c
 }
 
+/// Run restic on `repo` with `args`, insisting on success; its stdout.
+pub fn restic_ok(repo: &str, args: &[&str]) -> Vec<u8> {
+    let out = restic_on(repo).args(args).output().expect("restic runs");
+    assert!(
+        out.status.success(),
+        "restic {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// The locks in a local repository: the files of `locks/` named by a
 /// 64-hex id, which are what restic reads as locks. (A restic interrupted
 /// while writing its lock file can leave `ID-tmp-N` there, which restic

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::common::{Env, PASSWORD, restic_binary_param, restic_on, text};
+use crate::common::{Env, PASSWORD, restic_binary_param, restic_ok, text};
 
 /// Write host `h`'s configuration under `env` (its own work dir, the
 /// shared repository at `uri`, a file source over the shared `data/`);
@@ -43,26 +43,9 @@ pub fn tabacco(config: &Path, args: &[&str]) -> Command {
 
 /// `restic check` passes and the repository has one key.
 pub fn assert_sound(repo: &str) {
-    let out = restic_on(repo)
-        .args(["check", "--no-cache"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "restic check failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = restic_on(repo)
-        .args(["key", "list", "--json", "--no-lock"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    restic_ok(repo, &["check", "--no-cache"]);
+    let keys = restic_ok(repo, &["key", "list", "--json", "--no-lock"]);
+    let keys: serde_json::Value = serde_json::from_slice(&keys).unwrap();
     assert_eq!(keys.as_array().unwrap().len(), 1, "one key: {keys}");
 }
 
@@ -127,15 +110,7 @@ fn a_creation_interrupted_after_init_is_finished_by_the_next_run() {
     let env = Env::new();
     std::fs::create_dir_all(env.repo()).unwrap();
     let tmp = env.repo().join(".tabacco-init.tmp");
-    let out = restic_on(&tmp.display().to_string())
-        .args(["init"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restic_ok(&tmp.display().to_string(), &["init"]);
     let out = env.ok(&["repo", "init"]);
     assert!(out.contains("created repository"), "{out}");
     assert!(!tmp.exists());

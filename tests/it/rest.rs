@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, atom_versions, file_source, read, restic_on, text};
+use crate::common::{Env, atom_versions, file_source, read, restic_ok, text};
 
 /// `rclone serve restic` on 127.0.0.1 (a free port) over a temp dir;
 /// killed when dropped.
@@ -157,15 +157,7 @@ fn backup_query_restore_against_a_rest_repository() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(read(&out_file) == read(&dump_src), "the stream came back");
 
-    let check = restic_on(&server.url)
-        .args(["check", "--no-cache"])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    restic_ok(&server.url, &["check", "--no-cache"]);
 }
 
 #[test]
