@@ -472,7 +472,7 @@ impl Agent {
         let outcome = tokio::select! {
             biased;
             () = inner.cancel_jobs.cancelled() => None,
-            r = inner.manager.backup_until(&rctx, &source, observer, &inner.stopping) => Some(r),
+            r = inner.manager.backup_until(&rctx, &source, observer, &inner.stopping, std::future::pending()) => Some(r),
         };
         let duration = started.elapsed().as_secs_f64();
         let now = Utc::now();
@@ -922,6 +922,9 @@ mod tests {
         }
         async fn stream_restore(&self, _: &str, _: &str, _: ShellCommand) -> Result<(), RepoError> {
             Ok(())
+        }
+        async fn create(&self) -> Result<crate::repository::Creation, RepoError> {
+            Ok(crate::repository::Creation::Existing)
         }
     }
 

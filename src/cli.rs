@@ -4,9 +4,11 @@
 pub mod agent;
 pub mod backup;
 pub mod check;
+pub mod interrupt;
 pub mod metadb;
 pub mod progress;
 pub mod query;
+pub mod repo;
 pub mod restore;
 
 use std::path::{Path, PathBuf};
@@ -29,7 +31,10 @@ Exit codes:
   0  success
   1  the operation failed (a dataset failed to back up or restore, nothing matched,
      the source is locked by a running backup, ...)
-  2  invalid command line, configuration or pattern";
+  2  invalid command line, configuration or pattern
+  130, 143  `backup` or `restore` interrupted by SIGINT / SIGTERM (restic was
+     stopped with SIGINT, so it removed its repository lock; unfinished datasets
+     are not recorded)";
 
 /// Exit status: the operation failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -111,6 +116,11 @@ pub enum Command {
     /// default /etc/tabacco/metadb.yml if present); `TABACCO_CONFIG`, the
     /// agent's, is ignored.
     Metadb(metadb::MetadbArgs),
+    /// Repository tools: `repo init` creates the configured repository
+    /// (the fleet procedure for a shared remote repository: once, before
+    /// the hosts).
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
 }
 
 /// `tabacco config ...`
@@ -161,6 +171,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             let explicit = config_on_command_line.then_some(cli.config.as_path());
             metadb::run(explicit, args).await
         }
+        Command::Repo(cmd) => repo::run(&cli.config, cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

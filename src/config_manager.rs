@@ -215,6 +215,12 @@ mod tests {
         ) -> Result<(), RepoError> {
             Ok(())
         }
+        async fn create(&self) -> Result<crate::repository::Creation, RepoError> {
+            Err(RepoError::Protocol {
+                command: "none".into(),
+                message: "test".into(),
+            })
+        }
     }
 
     #[test]

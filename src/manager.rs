@@ -79,6 +79,17 @@ pub enum ManagerError {
         /// The configured timeout.
         timeout: Duration,
     },
+    /// The run was interrupted (a signal to `tabacco backup`); running
+    /// commands were stopped.
+    #[error(
+        "source '{source_name}': interrupted by {by}; running commands were stopped, the datasets not finished were not recorded"
+    )]
+    Interrupted {
+        /// Source name.
+        source_name: String,
+        /// What interrupted it, e.g. `SIGINT`.
+        by: String,
+    },
     /// The metadata store failed.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
@@ -283,20 +294,31 @@ impl Manager {
         source_name: &str,
         observer: Arc<dyn Observer>,
     ) -> Result<BackupReport, ManagerError> {
-        self.backup_until(rctx, source_name, observer, &CancellationToken::new())
-            .await
+        self.backup_until(
+            rctx,
+            source_name,
+            observer,
+            &CancellationToken::new(),
+            std::future::pending(),
+        )
+        .await
     }
 
-    /// [`Manager::backup`], starting no new dataset once `stop` is
-    /// cancelled (the agent's grace period after SIGTERM): datasets already
-    /// running go on, the others are failures "not started" and counted in
-    /// [`BackupReport::not_started`]; `post_backup_command` still runs.
+    /// [`Manager::backup`] under its caller's controls. Once `stop` is
+    /// cancelled (the agent's grace period after SIGTERM) no new dataset
+    /// starts: those already running go on, the others are failures "not
+    /// started", counted in [`BackupReport::not_started`]. When `interrupt`
+    /// completes (with what interrupted, e.g. `SIGINT`) the run ends like a
+    /// timeout: running commands are stopped (restic with `SIGINT`, so it
+    /// removes its lock) and unfinished datasets are not recorded.
+    /// `post_backup_command` runs either way.
     pub async fn backup_until(
         &self,
         rctx: &RuntimeContext,
         source_name: &str,
         observer: Arc<dyn Observer>,
         stop: &CancellationToken,
+        interrupt: impl std::future::Future<Output = String>,
     ) -> Result<BackupReport, ManagerError> {
         let (source, handler) = source_handler(rctx, source_name)?;
         let now = Utc::now();
@@ -322,15 +344,24 @@ impl Manager {
                 stop: stop.clone(),
             });
             let run = self.run_backup(rctx, source, handler.as_ref(), &backup, &observer, &state);
-            let fatal = match source.timeout {
-                Some(t) => match tokio::time::timeout(t, run).await {
-                    Ok(r) => r.err(),
-                    Err(_) => Some(ManagerError::TimedOut {
-                        source_name: source.name.clone(),
-                        timeout: t,
-                    }),
-                },
-                None => run.await.err(),
+            let run = async {
+                match source.timeout {
+                    Some(t) => match tokio::time::timeout(t, run).await {
+                        Ok(r) => r.err(),
+                        Err(_) => Some(ManagerError::TimedOut {
+                            source_name: source.name.clone(),
+                            timeout: t,
+                        }),
+                    },
+                    None => run.await.err(),
+                }
+            };
+            let fatal = tokio::select! {
+                fatal = run => fatal,
+                by = interrupt => Some(ManagerError::Interrupted {
+                    source_name: source.name.clone(),
+                    by,
+                }),
             };
             let mut fatal = fatal.map(|e| error_chain(&e));
             let state = state.into_inner().unwrap_or_else(|p| p.into_inner());

@@ -89,6 +89,27 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// background processes it left behind hold the pipes open.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
+/// Cancelled children whose process groups are still being stopped (their
+/// stop signal sent, `SIGKILL` not yet): see [`wait_cancelled`].
+static STOPPING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Wait until every cancelled child of this process is gone (it exited
+/// after its stop signal, or got `SIGKILL` after [`KILL_GRACE`]), at most
+/// `timeout`. Returns whether they all are. A command-line run calls this
+/// after an interrupt, before it exits, so that restic can remove its
+/// repository lock.
+pub async fn wait_cancelled(timeout: Duration) -> bool {
+    use std::sync::atomic::Ordering;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while STOPPING.load(Ordering::SeqCst) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// Most lines kept of a child's stderr for error messages.
 pub const STDERR_TAIL_LINES: usize = 20;
 
@@ -204,6 +225,7 @@ pub struct ChildCommand<'a> {
     io_class: i32,
     parent_death_kill: bool,
     stop_signal: Signal,
+    cleanup_args: Vec<OsString>,
     label: Option<String>,
 }
 
@@ -289,6 +311,7 @@ impl<'a> ChildCommand<'a> {
             io_class: 0,
             parent_death_kill: true,
             stop_signal: Signal::SIGTERM,
+            cleanup_args: Vec::new(),
             label: None,
         }
     }
@@ -421,6 +444,25 @@ impl<'a> ChildCommand<'a> {
     /// `SIGTERM`; restic 0.14 only cleans up on `SIGINT`).
     pub fn stop_signal(mut self, signal: Signal) -> Self {
         self.stop_signal = signal;
+        self
+    }
+
+    /// A clean-up run after this command was stopped (cancelled, or tabacco
+    /// died), whatever its exit: the same program, environment and
+    /// directory with these arguments, for at most
+    /// [`supervise::CLEANUP_TIMEOUT`]. For restic, `unlock`: restic 0.14
+    /// interrupted right after creating its lock exits 130 saying it cleaned
+    /// up, and leaves that lock behind; `restic unlock` removes exactly such
+    /// stale locks (of dead processes on this host).
+    pub fn cleanup_after_stop<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cleanup_args = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
         self
     }
 
@@ -579,6 +621,31 @@ struct GroupGuard {
     /// "signal interrupt received, cleaning up" and only then removes its
     /// lock).
     drain: Vec<OwnedFd>,
+    /// The clean-up run ([`ChildCommand::cleanup_after_stop`]), if any.
+    cleanup: Option<std::process::Command>,
+}
+
+/// Run a clean-up command to its end, at most `timeout`; how it went, for
+/// the log.
+fn run_cleanup(mut c: std::process::Command, timeout: Duration) -> String {
+    let mut child = match c.spawn() {
+        Ok(c) => c,
+        Err(e) => return format!("cannot start: {e}"),
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return format_status(st),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return "killed: it took too long".into();
+            }
+        }
+    }
 }
 
 /// Discard what arrives on `fds` (non-blocking pipe read ends) until all
@@ -622,6 +689,9 @@ impl Drop for GroupGuard {
             "cancelled: stopping the command's process group");
         let _ = killpg(pgid, self.stop_signal);
         let drain = std::mem::take(&mut self.drain);
+        let cleanup = self.cleanup.take();
+        let command = self.command.clone();
+        STOPPING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // The leader stays unreaped (a zombie at worst) until after the
         // final SIGKILL, so the group id cannot be reused meanwhile.
         let spawned = std::thread::Builder::new()
@@ -637,10 +707,16 @@ impl Drop for GroupGuard {
                 }
                 let _ = killpg(pgid, Signal::SIGKILL);
                 drop(drain);
+                if let Some(c) = cleanup {
+                    let how = run_cleanup(c, supervise::CLEANUP_TIMEOUT);
+                    tracing::debug!(command = %command, "clean-up after the stopped command: {how}");
+                }
                 drop(child);
+                STOPPING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         if spawned.is_err() {
             let _ = killpg(pgid, Signal::SIGKILL);
+            STOPPING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -756,6 +832,7 @@ async fn execute(cmd: ChildCommand<'_>) -> Result<Outcome, ProcessError> {
         io_class,
         parent_death_kill,
         stop_signal,
+        cleanup_args,
         label,
     } = cmd;
     let description = match &label {
@@ -808,8 +885,10 @@ async fn execute(cmd: ChildCommand<'_>) -> Result<Outcome, ProcessError> {
             };
             let mut c = tokio::process::Command::new(sup);
             c.arg0("tabacco")
-                .arg(supervise::SUPERVISE_ARG)
-                .arg("--")
+                .args(supervise::supervisor_args(
+                    stop_signal as i32,
+                    &cleanup_args,
+                ))
                 .arg(target)
                 .args(&args);
             c
@@ -844,6 +923,24 @@ async fn execute(cmd: ChildCommand<'_>) -> Result<Outcome, ProcessError> {
     tc.stderr(Stdio::piped());
     tc.process_group(0);
     tc.kill_on_drop(false);
+    // The clean-up run, ready for the cancellation guard.
+    let cleanup = (!cleanup_args.is_empty()).then(|| {
+        let mut c = std::process::Command::new(&program);
+        c.args(&cleanup_args);
+        for k in &env_remove {
+            c.env_remove(k);
+        }
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        if let Some(d) = &current_dir {
+            c.current_dir(d);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    });
     let parent = nix::unistd::getpid().as_raw();
     // SAFETY: child_setup only makes async-signal-safe syscalls.
     unsafe {
@@ -878,6 +975,7 @@ async fn execute(cmd: ChildCommand<'_>) -> Result<Outcome, ProcessError> {
         armed: pid > 0,
         command: description.clone(),
         drain,
+        cleanup,
     };
 
     let mut tail = Tail::new(STDERR_TAIL_LINES, STDERR_TAIL_BYTES);

@@ -69,10 +69,16 @@ pub enum RepoError {
     /// A child process failed (restic, or a producer/consumer command).
     #[error(transparent)]
     Process(#[from] ProcessError),
-    /// The producer of a stream backup failed; its partial snapshot was
-    /// forgotten.
-    #[error("backup command failed, partial snapshot discarded: {0}")]
-    ProducerFailed(#[source] ProcessError),
+    /// The producer of a stream backup failed; what became of the partial
+    /// snapshot restic made of its output is in `partial`.
+    #[error("backup command failed, {partial}: {error}")]
+    ProducerFailed {
+        /// How the producer failed.
+        #[source]
+        error: ProcessError,
+        /// The partial snapshot: none, discarded, or left behind.
+        partial: Box<PartialSnapshot>,
+    },
     /// A restore completed but did not produce what was asked for.
     #[error(
         "restore of snapshot {snapshot_id} produced nothing for {missing:?} (not in the snapshot?)"
@@ -101,15 +107,28 @@ pub enum RepoError {
         /// What restic said.
         stderr_tail: String,
     },
-    /// Another process holds an exclusive lock on the repository.
+    /// Another process holds a conflicting lock on the repository, and
+    /// kept it for as long as we waited (stale locks were removed).
     #[error(
-        "repository '{uri}' is locked by another restic process; retry later, or run `restic unlock` if that process is gone: {stderr_tail}"
+        "repository '{uri}' is locked {holder}; waited {waited} and removed stale locks (`restic unlock`), but this lock belongs to a live process or is younger than 30 minutes; retry later, or raise the repository's `lock_wait`"
     )]
     Locked {
         /// Repository URI (credentials hidden).
         uri: String,
-        /// What restic said.
-        stderr_tail: String,
+        /// Who holds the lock, as restic describes it (or its stderr).
+        holder: String,
+        /// How long we waited for it, e.g. `10m 2s`.
+        waited: String,
+    },
+    /// The repository cannot be used as it is: a creation that went wrong
+    /// (two `restic init` at once on a remote backend, an interrupted
+    /// creation). The message says what to do.
+    #[error("repository '{uri}' is damaged: {message}")]
+    Damaged {
+        /// Repository URI (credentials hidden).
+        uri: String,
+        /// What is wrong and how to repair it.
+        message: String,
     },
     /// The restic program is not installed.
     #[error(
@@ -119,19 +138,15 @@ pub enum RepoError {
         /// The program we tried to run.
         binary: String,
     },
-    /// Some files could not be read; the partial snapshot was discarded (we
-    /// never record partial data).
-    #[error("backup incomplete, restic could not read {}; {}", items.join(", "),
-        match forget_error {
-            None => "the partial snapshot was discarded".to_string(),
-            Some(e) => format!("discarding the partial snapshot failed too: {e}"),
-        })]
+    /// Some files could not be read; the partial snapshot is discarded (we
+    /// never record partial data), or reported as left behind.
+    #[error("backup incomplete, restic could not read {}; {partial}", items.join(", "))]
     Unreadable {
         /// The items restic could not read (or its stderr when it did not
         /// name them).
         items: Vec<String>,
-        /// Why the partial snapshot could not be forgotten, if it could not.
-        forget_error: Option<String>,
+        /// The partial snapshot: discarded, or left behind.
+        partial: Box<PartialSnapshot>,
     },
     /// A stream backup received no data at all.
     #[error(
@@ -165,6 +180,56 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What became of the snapshot a failed backup made of partial data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartialSnapshot {
+    /// No snapshot was made.
+    None,
+    /// It was forgotten: nothing of the failed backup is listed.
+    Discarded {
+        /// Its id.
+        snapshot_id: String,
+    },
+    /// Forgetting it failed: it is still in the repository (not in the
+    /// index), looking like a real snapshot until someone forgets it.
+    LeftBehind {
+        /// Its id.
+        snapshot_id: String,
+        /// Repository URI (credentials hidden), for the command to run.
+        uri: String,
+        /// Why forgetting it failed.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for PartialSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartialSnapshot::None => write!(f, "no snapshot was made"),
+            PartialSnapshot::Discarded { snapshot_id } => {
+                write!(f, "the partial snapshot {snapshot_id} was discarded")
+            }
+            PartialSnapshot::LeftBehind {
+                snapshot_id,
+                uri,
+                error,
+            } => write!(
+                f,
+                "the partial snapshot {snapshot_id} was LEFT BEHIND in the repository (forgetting it failed: {error}); it is not in the index; remove it with `restic -r {uri} forget {snapshot_id}`"
+            ),
+        }
+    }
+}
+
+/// Whether [`Repository::create`] made the repository or found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// This call created it.
+    Created,
+    /// It existed already (and opens with our password).
+    Existing,
 }
 
 /// The interface to a repository of snapshots.
@@ -209,6 +274,10 @@ pub trait Repository: Send + Sync {
         paths: &[PathBuf],
         target: &Path,
     ) -> Result<(), RepoError>;
+
+    /// Create the repository if it does not exist yet, safely when many
+    /// hosts try at once, and check that it opens with our password.
+    async fn create(&self) -> Result<Creation, RepoError>;
 
     /// Stream the file `/<stdin_filename>` of a snapshot into the standard
     /// input of `consumer`; fails if either side fails.

@@ -1,16 +1,20 @@
 //! `tabacco backup SOURCE...`: back up sources now, with progress.
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
 use indicatif::HumanBytes;
 
+use super::interrupt::Interrupts;
 use super::{CliError, load_config, open_stores, progress};
 use crate::jobs::lock::{HolderKind, SourceLock};
-use crate::manager::Manager;
+use crate::manager::{Manager, Observer};
 use crate::metadata::outbox::{DeliveryReport, OutboxStore};
+use crate::model::{Dataset, RunningJobStatus};
+use crate::repository::SnapshotInfo;
 use crate::runtime::RuntimeContext;
 
 /// Arguments of `tabacco backup`.
@@ -27,10 +31,51 @@ pub struct BackupArgs {
     pub dry_run: bool,
 }
 
+/// Passes events on, and keeps the names of the datasets running, so that
+/// an interrupt can say which ones it stopped.
+struct Running {
+    inner: Arc<dyn Observer>,
+    datasets: Mutex<BTreeSet<String>>,
+}
+
+impl Running {
+    fn names(&self) -> Vec<String> {
+        self.datasets
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Observer for Running {
+    fn backup_started(&self, backup: &crate::model::Backup) {
+        self.inner.backup_started(backup)
+    }
+    fn dataset_started(&self, dataset: &Dataset) {
+        if let Ok(mut d) = self.datasets.lock() {
+            d.insert(dataset.name.clone());
+        }
+        self.inner.dataset_started(dataset)
+    }
+    fn progress(&self, dataset: &Dataset, status: &RunningJobStatus) {
+        self.inner.progress(dataset, status)
+    }
+    fn dataset_finished(&self, dataset: &Dataset, outcome: Result<&SnapshotInfo, &str>) {
+        if let Ok(mut d) = self.datasets.lock() {
+            d.remove(&dataset.name);
+        }
+        self.inner.dataset_finished(dataset, outcome)
+    }
+}
+
 /// Run the backups; exit 1 if any dataset failed, or if a source is being
 /// backed up already (by the agent or another `tabacco backup`: the
-/// message names the holder of the source's lock).
+/// message names the holder of the source's lock). `SIGINT` / `SIGTERM`
+/// stop the run: restic gets `SIGINT` (it removes its repository lock),
+/// the datasets it was writing are not recorded, those finished before
+/// are; exit 130 / 143.
 pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
+    let interrupts = Interrupts::catch()?;
     let mut config = load_config(config_path)?;
     if args.dry_run {
         Arc::make_mut(&mut config).dry_run = true;
@@ -62,7 +107,14 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
     let manager = Manager::new(stores.store.clone());
     let observer = progress::observer();
     let mut failed = 0usize;
+    let mut recorded_total = 0usize;
+    let mut stopped: Vec<String> = Vec::new();
+    let mut not_started: Vec<&str> = Vec::new();
     for name in &names {
+        if interrupts.received().is_some() {
+            not_started.push(name);
+            continue;
+        }
         // The same lock as the agent's: never two backups of a source at
         // once. A locked source is skipped; the others still run.
         let _lock = if config.dry_run {
@@ -80,10 +132,24 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
                 }
             }
         };
+        let running = Arc::new(Running {
+            inner: observer.clone(),
+            datasets: Mutex::new(BTreeSet::new()),
+        });
         let report = manager
-            .backup(&rctx, name, observer.clone())
+            .backup_until(
+                &rctx,
+                name,
+                running.clone(),
+                &tokio_util::sync::CancellationToken::new(),
+                interrupts.first_name(),
+            )
             .await
             .map_err(CliError::failed)?;
+        recorded_total += report.backup.datasets.len();
+        if interrupts.received().is_some() {
+            stopped.extend(running.names().into_iter().map(|d| format!("{name}/{d}")));
+        }
         progress::suspend(|| {
             for ds in &report.planned {
                 let atoms: Vec<&str> = ds.atoms.iter().map(|a| a.name.as_str()).collect();
@@ -129,6 +195,40 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
         if !report.is_ok() {
             failed += 1;
         }
+    }
+    if let Some(sig) = interrupts.received() {
+        let all_gone = interrupts.wait_children().await;
+        // No final delivery: an interrupted run ends now.
+        let pending = match &stores.outbox {
+            Some(o) => format!(
+                "; {} record(s) stay queued for delivery to {} by the agent or the next `tabacco backup`",
+                o.outbox().pending().unwrap_or(0),
+                o.url()
+            ),
+            None => String::new(),
+        };
+        let mut what = vec![format!(
+            "{recorded_total} dataset(s) were recorded before it{pending}"
+        )];
+        if !stopped.is_empty() {
+            what.push(format!(
+                "stopped and NOT recorded: {} (restic was stopped with SIGINT{})",
+                stopped.join(", "),
+                if all_gone {
+                    " and has exited"
+                } else {
+                    "; it had not exited when we stopped waiting"
+                }
+            ));
+        }
+        if !not_started.is_empty() {
+            what.push(format!("not started: {}", not_started.join(", ")));
+        }
+        return Err(sig.error(anyhow::anyhow!(
+            "backup interrupted by {}: {}",
+            sig.name(),
+            what.join("; ")
+        )));
     }
     let mut refused = 0u64;
     if let Some(outbox) = &stores.outbox

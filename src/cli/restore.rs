@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use super::interrupt::Interrupts;
 use super::{AtomFilter, CliError, load_config, open_store, progress};
 use crate::manager::{Manager, ManagerError};
 use crate::runtime::RuntimeContext;
@@ -31,8 +32,11 @@ pub struct RestoreArgs {
 }
 
 /// Run the restore; exit 1 if nothing matched or anything failed.
+/// `SIGINT` / `SIGTERM` stop it: restic gets `SIGINT`, the restore
+/// commands their stop signal; exit 130 / 143.
 pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> {
     let req = args.filter.request(&args.pattern, args.num_versions)?;
+    let interrupts = Interrupts::catch()?;
     let mut config = load_config(config_path)?;
     if args.dry_run {
         Arc::make_mut(&mut config).dry_run = true;
@@ -40,13 +44,24 @@ pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> 
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
     let store = open_store(&config).await?;
     let manager = Manager::new(store);
-    let report = manager
-        .restore(&rctx, &req, &args.target)
-        .await
-        .map_err(|e| match e {
-            ManagerError::Metadata(e) => super::store_error(e),
-            e => CliError::failed(e),
-        })?;
+    let result = tokio::select! {
+        r = manager.restore(&rctx, &req, &args.target) => r,
+        sig = interrupts.first() => {
+            // The restore's future is gone: its commands got their stop
+            // signals; wait for them.
+            let all_gone = interrupts.wait_children().await;
+            return Err(sig.error(anyhow::anyhow!(
+                "restore interrupted by {}: restic and the restore commands were stopped{}; what is under {} may be incomplete (no post_restore_command ran)",
+                sig.name(),
+                if all_gone { " and have exited" } else { " (some had not exited when we stopped waiting)" },
+                args.target.display()
+            )));
+        }
+    };
+    let report = result.map_err(|e| match e {
+        ManagerError::Metadata(e) => super::store_error(e),
+        e => CliError::failed(e),
+    })?;
     let verb = if config.dry_run {
         "would restore"
     } else {

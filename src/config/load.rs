@@ -624,6 +624,9 @@ fn resolve_repository(
             errs.add(format!("repository.params.{key}"), e.to_string());
         }
     }
+    if let Err(e) = params.get_duration("lock_wait") {
+        errs.add("repository.params.lock_wait", e.to_string());
+    }
     if let Err(e) = params.get_str_map("env") {
         errs.add("repository.params.env", e.to_string());
     }

@@ -214,6 +214,17 @@ impl Params {
         }
     }
 
+    /// A duration parameter written like `30s`, `10m` or `1h 30m`.
+    pub fn get_duration(&self, key: &str) -> Result<Option<std::time::Duration>, ParamTypeError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(ParamValue::Str(s)) => humantime::parse_duration(s.trim())
+                .map(Some)
+                .map_err(|_| self.type_error(key, "a duration like 30s or 10m")),
+            Some(_) => Err(self.type_error(key, "a duration like 30s or 10m")),
+        }
+    }
+
     /// A list of strings (a single string is a list of one).
     pub fn get_str_list(&self, key: &str) -> Result<Vec<String>, ParamTypeError> {
         match self.0.get(key) {
@@ -309,6 +320,21 @@ mod tests {
         assert!(m.get_int("n").is_err());
         assert_eq!(m.get_bool("n").unwrap(), Some(true));
         assert_eq!(m.get_str("missing").unwrap(), None);
+        let d = p(&[
+            ("w", ParamValue::Str("1m 30s".into())),
+            ("bad", ParamValue::Str("soon".into())),
+        ]);
+        assert_eq!(
+            d.get_duration("w").unwrap(),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert!(
+            d.get_duration("bad")
+                .unwrap_err()
+                .to_string()
+                .contains("duration")
+        );
+        assert_eq!(d.get_duration("missing").unwrap(), None);
         assert_eq!(m.get_str_list("env").unwrap(), vec!["x".to_string()]);
     }
 

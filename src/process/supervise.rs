@@ -20,9 +20,14 @@
 //! 4. waits: when the program exits it exits the same way (same code, or
 //!    the same signal); `SIGTERM`, `SIGINT`, `SIGHUP` and `SIGQUIT` sent to
 //!    the supervisor alone are passed on to the program; when tabacco dies
-//!    it sends `SIGTERM` to the whole group, gives the program
-//!    [`super::KILL_GRACE`] to exit, then sends `SIGKILL` to the group,
-//!    itself included.
+//!    it sends the command's stop signal (`--stop-signal=N`, default
+//!    `SIGTERM`; `SIGINT` for restic, which removes its repository lock
+//!    only on that signal in 0.14) to the whole group, gives the program
+//!    [`super::KILL_GRACE`] to exit (else `SIGKILL`); then it runs the
+//!    command's clean-up, if it has one (`--cleanup-arg=A`...: the same program with those
+//!    arguments, e.g. `restic unlock`, which removes the lock of a restic
+//!    killed before it could) for at most [`CLEANUP_TIMEOUT`]; then it
+//!    sends `SIGKILL` to the group, itself included.
 //!
 //! Cancellation by tabacco (which signals the whole group) works as before:
 //! the program gets the stop signal directly.
@@ -34,6 +39,75 @@ use std::sync::OnceLock;
 
 /// The hidden first argument that makes the binary a supervisor.
 pub const SUPERVISE_ARG: &str = "__supervise";
+
+/// The supervisor's option naming the signal the program gets first when
+/// tabacco dies (`--stop-signal=2`).
+pub const STOP_SIGNAL_OPT: &str = "--stop-signal=";
+
+/// The supervisor's option giving one argument of the clean-up run: the
+/// program run again with these arguments after it was stopped
+/// (`--cleanup-arg=unlock` for restic).
+pub const CLEANUP_ARG_OPT: &str = "--cleanup-arg=";
+
+/// How long a clean-up run may take.
+pub const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The supervisor's arguments before the program: the stop signal, the
+/// clean-up arguments, then `--`.
+pub fn supervisor_args(stop_signal: i32, cleanup_args: &[OsString]) -> Vec<OsString> {
+    let mut out: Vec<OsString> = vec![
+        SUPERVISE_ARG.into(),
+        format!("{STOP_SIGNAL_OPT}{stop_signal}").into(),
+    ];
+    for a in cleanup_args {
+        let mut opt = OsString::from(CLEANUP_ARG_OPT);
+        opt.push(a);
+        out.push(opt);
+    }
+    out.push("--".into());
+    out
+}
+
+/// The supervisor's own options.
+#[derive(Debug, PartialEq)]
+struct Options {
+    stop_signal: i32,
+    cleanup_args: Vec<OsString>,
+    program: Vec<OsString>,
+}
+
+/// Split the supervisor's own options off `args`: the stop signal
+/// (`SIGTERM` unless given), the clean-up arguments, and the program with
+/// its arguments.
+fn parse_args(mut args: Vec<OsString>) -> Result<Options, String> {
+    let mut stop_signal = libc::SIGTERM;
+    let mut cleanup_args = Vec::new();
+    while let Some(first) = args.first() {
+        let bytes = first.as_bytes();
+        if bytes == b"--" {
+            args.remove(0);
+            break;
+        }
+        if let Some(n) = bytes.strip_prefix(STOP_SIGNAL_OPT.as_bytes()) {
+            let n = String::from_utf8_lossy(n).into_owned();
+            stop_signal = n
+                .parse()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| format!("bad stop signal {n:?}"))?;
+        } else if let Some(a) = bytes.strip_prefix(CLEANUP_ARG_OPT.as_bytes()) {
+            cleanup_args.push(OsStr::from_bytes(a).to_os_string());
+        } else {
+            break;
+        }
+        args.remove(0);
+    }
+    Ok(Options {
+        stop_signal,
+        cleanup_args,
+        program: args,
+    })
+}
 
 static SUPERVISOR: OnceLock<PathBuf> = OnceLock::new();
 
@@ -178,15 +252,81 @@ fn exit_like(status: i32) -> ! {
     })
 }
 
-/// The supervisor's entry point: `args` are the program and its arguments
-/// (after [`SUPERVISE_ARG`] and an optional `--`). Never returns.
-pub fn main(args: Vec<OsString>) -> ! {
-    let mut args = args;
-    if args.first().is_some_and(|a| a == "--") {
-        args.remove(0);
+/// Fork and exec `argv` (a NULL-terminated C argv) with the default signal
+/// state, to die with us; returns its pid. Never returns in the child.
+///
+/// # Safety
+/// Single-threaded process; `argv` valid and NULL-terminated.
+unsafe fn spawn(argv: &[*const libc::c_char], name: &OsStr) -> libc::pid_t {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let me = libc::getpid();
+        let child = libc::fork();
+        if child < 0 {
+            fail(&format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if child == 0 {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            if libc::getppid() != me {
+                libc::_exit(125);
+            }
+            libc::execv(argv[0], argv.as_ptr());
+            let err = std::io::Error::last_os_error();
+            let msg = format!(
+                "tabacco supervisor: cannot run {}: {err}\n",
+                name.to_string_lossy()
+            );
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+        child
     }
+}
+
+/// Wait up to `timeout` for `child` to exit; its status if it did.
+fn reap_within(
+    set: &libc::sigset_t,
+    child: libc::pid_t,
+    timeout: std::time::Duration,
+) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = try_reap(child) {
+            return Some(status);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        // Other signals (our own stop signal) are consumed here.
+        wait_signal(set, Some(left));
+    }
+}
+
+/// The supervisor's entry point: `args` are the program and its arguments
+/// (after [`SUPERVISE_ARG`], optionally `--stop-signal=N`,
+/// `--cleanup-arg=A`... and `--`). Never returns.
+pub fn main(args: Vec<OsString>) -> ! {
+    let Options {
+        stop_signal,
+        cleanup_args,
+        program: args,
+    } = match parse_args(args) {
+        Ok(parsed) => parsed,
+        Err(e) => fail(&e),
+    };
     if args.is_empty() {
-        fail("usage: tabacco __supervise [--] PROGRAM [ARGS...] (internal)");
+        fail(
+            "usage: tabacco __supervise [--stop-signal=N] [--cleanup-arg=A]... [--] PROGRAM [ARGS...] (internal)",
+        );
     }
     let cargs: Vec<CString> = match args.iter().map(|a| CString::new(a.as_bytes())).collect() {
         Ok(v) => v,
@@ -194,6 +334,16 @@ pub fn main(args: Vec<OsString>) -> ! {
     };
     let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
+    // The clean-up run: the same program with the clean-up arguments.
+    let cleanup: Option<Vec<CString>> = if cleanup_args.is_empty() {
+        None
+    } else {
+        std::iter::once(&args[0])
+            .chain(&cleanup_args)
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .ok()
+    };
 
     let set = handled();
     // SAFETY: plain syscalls; the process is single-threaded here (no
@@ -214,34 +364,7 @@ pub fn main(args: Vec<OsString>) -> ! {
             // Orphaned already.
             std::process::exit(125);
         }
-        let me = libc::getpid();
-        let child = libc::fork();
-        if child < 0 {
-            fail(&format!("fork: {}", std::io::Error::last_os_error()));
-        }
-        if child == 0 {
-            // The program: default signal state, dies with the supervisor.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            if libc::getppid() != me {
-                libc::_exit(125);
-            }
-            libc::execv(argv[0], argv.as_ptr());
-            let err = std::io::Error::last_os_error();
-            let msg = format!(
-                "tabacco supervisor: cannot run {}: {err}\n",
-                args[0].to_string_lossy()
-            );
-            libc::write(2, msg.as_ptr().cast(), msg.len());
-            libc::_exit(if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
-        }
+        let child = spawn(&argv, &args[0]);
         // Let go of stdin/stdout: the program has its own copies.
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
@@ -262,20 +385,26 @@ pub fn main(args: Vec<OsString>) -> ! {
                     }
                 }
                 libc::SIGUSR1 => {
-                    // tabacco is gone: stop the whole group, politely first.
+                    // tabacco is gone: stop the whole group, politely first
+                    // (with the program's own stop signal: restic cleans
+                    // up its lock on SIGINT).
                     let pgid = libc::getpgrp();
-                    libc::kill(-pgid, libc::SIGTERM);
-                    let deadline = std::time::Instant::now() + super::KILL_GRACE;
-                    loop {
-                        if try_reap(child).is_some() {
-                            break;
+                    libc::kill(-pgid, stop_signal);
+                    if reap_within(&set, child, super::KILL_GRACE).is_none() {
+                        libc::kill(child, libc::SIGKILL);
+                        reap_within(&set, child, super::KILL_GRACE);
+                    }
+                    // The clean-up run, whatever the exit (restic 0.14
+                    // stopped right after creating its lock exits 130 and
+                    // leaves it behind).
+                    if let Some(cleanup) = &cleanup {
+                        let mut cargv: Vec<*const libc::c_char> =
+                            cleanup.iter().map(|c| c.as_ptr()).collect();
+                        cargv.push(std::ptr::null());
+                        let pid = spawn(&cargv, &args[0]);
+                        if reap_within(&set, pid, CLEANUP_TIMEOUT).is_none() {
+                            libc::kill(pid, libc::SIGKILL);
                         }
-                        let left = deadline.saturating_duration_since(std::time::Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        // Other signals (our own SIGTERM) are consumed here.
-                        wait_signal(&set, Some(left));
                     }
                     // Background processes of the program too; and us.
                     libc::kill(-pgid, libc::SIGKILL);
@@ -292,6 +421,44 @@ pub fn main(args: Vec<OsString>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_are_parsed() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let args = supervisor_args(libc::SIGINT, &os(&["unlock"]));
+        assert_eq!(
+            args,
+            os(&[
+                "__supervise",
+                "--stop-signal=2",
+                "--cleanup-arg=unlock",
+                "--"
+            ])
+        );
+        let mut given = args[1..].to_vec();
+        given.extend(os(&["restic", "backup"]));
+        assert_eq!(
+            parse_args(given).unwrap(),
+            Options {
+                stop_signal: libc::SIGINT,
+                cleanup_args: os(&["unlock"]),
+                program: os(&["restic", "backup"]),
+            }
+        );
+        let o = parse_args(os(&["--", "bash", "-c", "x"])).unwrap();
+        assert_eq!(
+            (o.stop_signal, o.program),
+            (libc::SIGTERM, os(&["bash", "-c", "x"]))
+        );
+        assert!(o.cleanup_args.is_empty());
+        assert_eq!(parse_args(os(&["bash"])).unwrap().program, os(&["bash"]));
+        // After `--` everything belongs to the program.
+        assert_eq!(
+            parse_args(os(&["--", "--stop-signal=2"])).unwrap().program,
+            os(&["--stop-signal=2"])
+        );
+        assert!(parse_args(os(&["--stop-signal=x", "--", "a"])).is_err());
+    }
 
     #[test]
     fn find_program_searches_path_like_execvp() {

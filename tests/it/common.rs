@@ -6,6 +6,73 @@ use std::process::{Command, Output};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The restic the tests use: `TABACCO_TEST_RESTIC` (a path, e.g. from
+/// `scripts/install-restic 0.18`) or `restic` from `PATH`. The tabacco
+/// configurations the tests write name it as `restic_binary`.
+pub fn restic() -> String {
+    std::env::var("TABACCO_TEST_RESTIC")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "restic".to_string())
+}
+
+/// The `restic_binary` line for a repository's `params` (4 spaces in), or
+/// nothing when the tests use `restic` from `PATH`.
+pub fn restic_binary_param() -> String {
+    match std::env::var("TABACCO_TEST_RESTIC") {
+        Ok(r) if !r.is_empty() => format!("    restic_binary: {r}\n"),
+        _ => String::new(),
+    }
+}
+
+/// A restic command on `repo` (a path or URL) with the test password.
+pub fn restic_on(repo: &str) -> Command {
+    let mut c = Command::new(restic());
+    c.env("RESTIC_REPOSITORY", repo)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .env_remove("RESTIC_PASSWORD_FILE")
+        .env_remove("RESTIC_REPOSITORY_FILE");
+    c
+}
+
+/// Run restic on `repo` with `args`, insisting on success; its stdout.
+pub fn restic_ok(repo: &str, args: &[&str]) -> Vec<u8> {
+    let out = restic_on(repo).args(args).output().expect("restic runs");
+    assert!(
+        out.status.success(),
+        "restic {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The locks in a local repository: the files of `locks/` named by a
+/// 64-hex id, which are what restic reads as locks. (A restic interrupted
+/// while writing its lock file can leave `ID-tmp-N` there, which restic
+/// ignores.)
+pub fn locks(repo: &Path) -> Vec<String> {
+    match std::fs::read_dir(repo.join("locks")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Wait up to `secs` for `cond`; panics saying `what` if it never holds.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// One test's world.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -39,9 +106,10 @@ impl Env {
     /// (Re)write agent.yml; `extra` is appended (YAML lines).
     pub fn write_main(&self, extra: &str) {
         let text = format!(
-            "hostname: testhost\nwork_dir: {work}\nrepository:\n  name: main\n  type: restic\n  params:\n    uri: {repo}\n    password: \"{PASSWORD}\"\n{extra}",
+            "hostname: testhost\nwork_dir: {work}\nrepository:\n  name: main\n  type: restic\n  params:\n    uri: {repo}\n    password: \"{PASSWORD}\"\n{bin}{extra}",
             work = self.path("work").display(),
             repo = self.repo().display(),
+            bin = restic_binary_param(),
         );
         self.write("etc/agent.yml", &text);
     }
@@ -99,10 +167,8 @@ impl Env {
 
     /// Snapshots in the repository, straight from restic.
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
-        let out = Command::new("restic")
+        let out = restic_on(&self.repo().display().to_string())
             .args(["snapshots", "--json", "--no-lock"])
-            .env("RESTIC_REPOSITORY", self.repo())
-            .env("RESTIC_PASSWORD", PASSWORD)
             .output()
             .expect("restic runs");
         assert!(
@@ -112,6 +178,20 @@ impl Env {
         );
         serde_json::from_slice(&out.stdout).expect("restic JSON")
     }
+}
+
+/// A file source `home` (handler `files`, dataset `users`, atom `alice`)
+/// over `data/`, with `data/alice/a.txt`.
+pub fn file_source(env: &Env) {
+    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
+    env.write(
+        "etc/sources/home.yml",
+        &format!(
+            "name: home\nhandler: files\nparams: {{path: {}}}\ndatasets:\n  - name: users\n    atoms: [{{name: alice}}]\n",
+            env.path("data").display()
+        ),
+    );
+    env.write("data/alice/a.txt", "a\n");
 }
 
 /// Run a command, capturing output.

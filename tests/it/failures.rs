@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::common::{Env, PASSWORD, atom_versions, text};
+use crate::common::{Env, PASSWORD, atom_versions, file_source, text};
 
 fn pipe_source(env: &Env, backup_command: &str) {
     env.write(
@@ -16,18 +16,6 @@ fn pipe_source(env: &Env, backup_command: &str) {
         "etc/sources/db.yml",
         "name: db\nhandler: dump\ndatasets:\n  - name: site\n    atoms: [{name: main}]\n",
     );
-}
-
-fn file_source(env: &Env) {
-    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
-    env.write(
-        "etc/sources/home.yml",
-        &format!(
-            "name: home\nhandler: files\nparams: {{path: {}}}\ndatasets:\n  - name: users\n    atoms: [{{name: alice}}]\n",
-            env.path("data").display()
-        ),
-    );
-    env.write("data/alice/a.txt", "a\n");
 }
 
 #[test]
@@ -52,7 +40,7 @@ fn dump_failing_midway_leaves_no_record_and_no_snapshot() {
 #[test]
 fn wrong_password_is_a_clear_error_and_records_nothing() {
     let env = Env::new();
-    let init = Command::new("restic")
+    let init = Command::new(crate::common::restic())
         .args(["init"])
         .env("RESTIC_REPOSITORY", env.repo())
         .env("RESTIC_PASSWORD", "another password")
@@ -72,6 +60,14 @@ fn wrong_password_is_a_clear_error_and_records_nothing() {
 fn restic_missing_from_path_is_a_clear_error() {
     let env = Env::new();
     file_source(&env);
+    // restic from PATH, whichever restic the other tests use.
+    let main = std::fs::read_to_string(env.config()).unwrap();
+    let main: String = main
+        .lines()
+        .filter(|l| !l.contains("restic_binary"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    env.write("etc/agent.yml", &main);
     let empty = env.path("empty-bin");
     std::fs::create_dir_all(&empty).unwrap();
     let out = env

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, PASSWORD, atom_versions, read, text};
+use crate::common::{Env, PASSWORD, atom_versions, read, restic, restic_ok, text};
 
 /// What the dump of atom `name` writes: about 70 KB, different per atom.
 fn content(name: &str) -> Vec<u8> {
@@ -28,8 +28,9 @@ fn setup(atoms_command: &str, backup_command: &str, source_extra: &str) -> Env {
     env.write(
         "restic-counting",
         &format!(
-            "#!/bin/bash\necho \"$1\" >> {log}\nexec restic \"$@\"\n",
-            log = env.path("restic.log").display()
+            "#!/bin/bash\necho \"$1\" >> {log}\nexec {restic} \"$@\"\n",
+            log = env.path("restic.log").display(),
+            restic = restic(),
         ),
     );
     make_executable(&wrapper);
@@ -55,13 +56,7 @@ fn setup(atoms_command: &str, backup_command: &str, source_extra: &str) -> Env {
         ),
     );
     // The repository exists before the runs that are counted.
-    let out = Command::new("restic")
-        .args(["init", "--repo"])
-        .arg(env.repo())
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .expect("restic runs");
-    assert!(out.status.success(), "restic init: {}", text(&out));
+    restic_ok(env.repo().to_str().unwrap(), &["init"]);
     env
 }
 
@@ -140,14 +135,11 @@ fn fifty_atoms_are_one_snapshot_one_repository_open_and_restore_one_by_one() {
         );
     }
     // Each atom is a file of the snapshot, as restic itself shows it.
-    let out = Command::new("restic")
-        .args(["dump", "--no-lock", snap_id, "/db/all/db7"])
-        .env("RESTIC_REPOSITORY", env.repo())
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(out.stdout, content("db7"));
+    let dumped = restic_ok(
+        env.repo().to_str().unwrap(),
+        &["dump", "--no-lock", snap_id, "/db/all/db7"],
+    );
+    assert_eq!(dumped, content("db7"));
 
     // Several atoms at once: one restic restore, whatever their number.
     restic_runs(&env);
@@ -190,13 +182,8 @@ fn a_failing_dump_loses_its_atom_only() {
     assert_eq!(env.snapshots().len(), 1);
     assert!(spool_files(&env).is_empty(), "{:?}", spool_files(&env));
     // db3's partial output is not in the snapshot.
-    let out = Command::new("restic")
-        .args(["ls", "--no-lock", "latest"])
-        .env("RESTIC_REPOSITORY", env.repo())
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("/db/all/db3"));
+    let listed = restic_ok(env.repo().to_str().unwrap(), &["ls", "--no-lock", "latest"]);
+    assert!(!String::from_utf8_lossy(&listed).contains("/db/all/db3"));
 }
 
 #[test]
@@ -291,10 +278,13 @@ fn sigterm_during_the_dumps_leaves_no_child_and_the_spool_goes() {
     )
     .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
     assert_no_process("term-marker-two");
+    // Interrupted cleanly: the spool is gone at once.
+    assert!(spool_files(&env).is_empty(), "{:?}", spool_files(&env));
     assert!(atom_versions(&env.query(&["*"])).is_empty());
-    // Whatever a killed run left, the next run of the source removes.
+    // The next run of the source works (and would remove what a SIGKILLed
+    // run left).
     env.write(
         "etc/handlers/dump.yml",
         &format!(
@@ -304,4 +294,27 @@ fn sigterm_during_the_dumps_leaves_no_child_and_the_spool_goes() {
     env.ok(&["backup", "db"]);
     assert!(spool_files(&env).is_empty(), "{:?}", spool_files(&env));
     assert_eq!(atom_versions(&env.query(&["*"])).len(), 6);
+}
+
+#[test]
+fn the_spool_of_a_killed_run_is_removed_by_the_next_run() {
+    let env = setup(
+        "seq -f 'db%g' 1 4",
+        "echo start; sleep 33; echo kill-marker-three",
+        "",
+    );
+    let mut child = env.cmd(&["backup", "db"]).spawn().unwrap();
+    wait_for_spool(&env);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_no_process("kill-marker-three");
+    assert!(!spool_files(&env).is_empty(), "SIGKILL leaves the spool");
+    env.write(
+        "etc/handlers/dump.yml",
+        &format!(
+            "- name: dump\n  type: pipe\n  params:\n    backup_command: {CONTENT_DUMP:?}\n    restore_command: cat\n"
+        ),
+    );
+    env.ok(&["backup", "db"]);
+    assert!(spool_files(&env).is_empty(), "{:?}", spool_files(&env));
 }
