@@ -134,6 +134,16 @@ where
     d.deserialize_any(Integer)
 }
 
+/// An optional [`integer`] (`null` or absent: `None`).
+fn optional_integer<'de, D>(d: D) -> Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Int(#[serde(deserialize_with = "integer")] i64);
+    Ok(Option::<Int>::deserialize(d)?.map(|i| i.0))
+}
+
 fn zero_time_is_none<'de, D>(d: D) -> Result<Option<DateTime<Utc>>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -217,11 +227,19 @@ pub struct UpdateActiveJobStatusRequest {
     pub sources: Option<Vec<SourceReport>>,
     /// Dataset records waiting in the agent's outbox for delivery to the
     /// metadata server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_integer"
+    )]
     pub outbox_pending: Option<i64>,
     /// Dataset records the server refused for good, kept aside in the
     /// agent's `outbox/rejected/`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_integer"
+    )]
     pub outbox_rejected: Option<i64>,
     /// How often the agent reports, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,13 +320,13 @@ pub struct RunReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Datasets recorded in the index.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub datasets_recorded: i64,
     /// Datasets that failed (or were not started).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub datasets_failed: i64,
     /// Atoms of the failed datasets (those whose atoms were known).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     pub atoms_failed: i64,
 }
 
@@ -399,6 +417,27 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+        // The status report's counters too (schemathesis sends them so).
+        let r: UpdateActiveJobStatusRequest = serde_json::from_str(
+            r#"{"host":"h","outbox_pending":426490801.0,"outbox_rejected":null,
+                "sources":[{"name":"s","last_run":{"result":"ok","finished_at":"2026-01-01T00:00:00Z","atoms_failed":2.0}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.outbox_pending, r.outbox_rejected),
+            (Some(426490801), None)
+        );
+        let sources = r.sources.unwrap_or_default();
+        assert_eq!(
+            sources[0].last_run.as_ref().map(|l| l.atoms_failed),
+            Some(2)
+        );
+        // Floats parse back exactly (serde_json's float_roundtrip), so a
+        // report with a tiny duration is stored, not refused.
+        let text = r#"{"result":"ok","finished_at":"2026-01-01T00:00:00Z","duration_seconds":8.923298092665196e-299}"#;
+        let run: RunReport = serde_json::from_str(text).unwrap();
+        let again: RunReport = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+        assert_eq!(run, again);
     }
 
     #[test]

@@ -760,7 +760,9 @@ pub async fn host_page(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     state.auth.check_read(&caller)?;
-    crate::names::check_host(&name).map_err(|e| ApiError::BadRequest(format!("host: {e}")))?;
+    // No host of that name can exist: not found (the page is found by
+    // name among the hosts the server knows, never built from it).
+    crate::names::check_host(&name).map_err(|e| ApiError::NotFound(format!("host: {e}")))?;
     let now = Utc::now();
     let hosts = host_statuses_at(&state, now).await?;
     let Some(h) = hosts.iter().find(|h| h.host == name) else {
