@@ -270,7 +270,12 @@ fn sigterm_during_the_dumps_leaves_no_child_and_the_spool_goes() {
         "echo start; sleep 32; echo term-marker-two",
         "",
     );
-    let child = env.cmd(&["backup", "db"]).spawn().unwrap();
+    let child = env
+        .cmd(&["backup", "db"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for_spool(&env);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -303,7 +308,12 @@ fn the_spool_of_a_killed_run_is_removed_by_the_next_run() {
         "echo start; sleep 33; echo kill-marker-three",
         "",
     );
-    let mut child = env.cmd(&["backup", "db"]).spawn().unwrap();
+    let mut child = env
+        .cmd(&["backup", "db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for_spool(&env);
     child.kill().unwrap();
     child.wait().unwrap();
