@@ -330,6 +330,22 @@ pub struct RunReport {
     pub atoms_failed: i64,
 }
 
+impl RunReport {
+    /// What failed, for the pages: `2 of 5 datasets (7 atoms)`, or `0`.
+    pub fn failed_text(&self) -> String {
+        if self.datasets_failed > 0 {
+            format!(
+                "{} of {} datasets ({} atoms)",
+                self.datasets_failed,
+                self.datasets_failed + self.datasets_recorded,
+                self.atoms_failed
+            )
+        } else {
+            "0".to_string()
+        }
+    }
+}
+
 /// The state of one source of a host, as reported by its agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceReport {

@@ -180,16 +180,7 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
                 result_cell(Some(r.result)),
                 time(Some(r.finished_at), now),
                 secs(Some(r.duration_seconds)),
-                if r.datasets_failed > 0 {
-                    format!(
-                        "{} of {} ({} atoms)",
-                        r.datasets_failed,
-                        r.datasets_failed + r.datasets_recorded,
-                        r.atoms_failed
-                    )
-                } else {
-                    "0".to_string()
-                },
+                r.failed_text(),
                 r.error.as_deref().map(escape).unwrap_or_default(),
             ),
             None => (
@@ -353,7 +344,7 @@ mod tests {
             metadb_url: Some("https://metadb.example:7443/".into()),
         };
         let html = render(&status, now);
-        assert!(html.contains(">partial<") && html.contains("1 of 3 (4 atoms)"));
+        assert!(html.contains(">partial<") && html.contains("1 of 3 datasets (4 atoms)"));
         assert!(html.contains("slapcat: permission denied"));
         assert!(html.contains("4 dataset record(s) not yet delivered"));
         assert!(html.contains("<a href=\"https://metadb.example:7443/\">"));

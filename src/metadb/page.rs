@@ -885,16 +885,7 @@ fn sources_section(
                     if s.running { " (running now)" } else { "" },
                     ago(now, &r.finished_at)
                 ),
-                if r.datasets_failed > 0 {
-                    format!(
-                        "{} of {} datasets ({} atoms)",
-                        r.datasets_failed,
-                        r.datasets_failed + r.datasets_recorded,
-                        r.atoms_failed
-                    )
-                } else {
-                    "0".to_owned()
-                },
+                r.failed_text(),
                 format!(
                     "<span class=\"err\">{}</span>",
                     escape(r.error.as_deref().unwrap_or(""))

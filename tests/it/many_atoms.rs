@@ -100,6 +100,16 @@ fn spool_files(env: &Env) -> Vec<PathBuf> {
 
 const CONTENT_DUMP: &str = "yes \"$TABACCO_ATOM\" | head -c 70000";
 
+/// Replace a test's slow or failing dump with [`CONTENT_DUMP`].
+fn quick_dumps(env: &Env) {
+    env.write(
+        "etc/handlers/dump.yml",
+        &format!(
+            "- name: dump\n  type: pipe\n  params:\n    backup_command: {CONTENT_DUMP:?}\n    restore_command: cat\n"
+        ),
+    );
+}
+
 #[test]
 fn fifty_atoms_are_one_snapshot_one_repository_open_and_restore_one_by_one() {
     let env = setup("seq -f 'db%g' 1 50", CONTENT_DUMP, "");
@@ -290,12 +300,7 @@ fn sigterm_during_the_dumps_leaves_no_child_and_the_spool_goes() {
     assert!(atom_versions(&env.query(&["*"])).is_empty());
     // The next run of the source works (and would remove what a SIGKILLed
     // run left).
-    env.write(
-        "etc/handlers/dump.yml",
-        &format!(
-            "- name: dump\n  type: pipe\n  params:\n    backup_command: {CONTENT_DUMP:?}\n    restore_command: cat\n"
-        ),
-    );
+    quick_dumps(&env);
     env.ok(&["backup", "db"]);
     assert!(spool_files(&env).is_empty(), "{:?}", spool_files(&env));
     assert_eq!(atom_versions(&env.query(&["*"])).len(), 6);
@@ -319,12 +324,7 @@ fn the_spool_of_a_killed_run_is_removed_by_the_next_run() {
     child.wait().unwrap();
     assert_no_process("kill-marker-three");
     assert!(!spool_files(&env).is_empty(), "SIGKILL leaves the spool");
-    env.write(
-        "etc/handlers/dump.yml",
-        &format!(
-            "- name: dump\n  type: pipe\n  params:\n    backup_command: {CONTENT_DUMP:?}\n    restore_command: cat\n"
-        ),
-    );
+    quick_dumps(&env);
     env.ok(&["backup", "db"]);
     assert!(spool_files(&env).is_empty(), "{:?}", spool_files(&env));
 }
