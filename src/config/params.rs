@@ -261,16 +261,24 @@ impl Params {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(pairs: &[(&str, ParamValue)]) -> Params {
+impl Params {
+    /// A map of these pairs (tests).
+    pub(crate) fn from_pairs(pairs: &[(&str, ParamValue)]) -> Params {
         Params(
             pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, ParamValue)]) -> Params {
+        Params::from_pairs(pairs)
     }
 
     #[test]

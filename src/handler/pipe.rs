@@ -416,12 +416,7 @@ mod tests {
     use crate::config::params::ParamValue;
 
     fn params(pairs: &[(&str, ParamValue)]) -> Params {
-        Params(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        )
+        Params::from_pairs(pairs)
     }
 
     fn s(v: &str) -> ParamValue {

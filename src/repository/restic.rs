@@ -1347,12 +1347,7 @@ mod tests {
         RepositorySpec {
             name: "main".into(),
             kind: "restic".into(),
-            params: Params(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect(),
-            ),
+            params: Params::from_pairs(pairs),
         }
     }
 
