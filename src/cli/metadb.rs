@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::CliError;
+use super::interrupt::Interrupts;
 use crate::metadata::open_database;
 use crate::metadb::config::{self, Overrides, RawConfig};
 use crate::metadb::{AppState, serve, tls_for};
@@ -101,36 +102,6 @@ fn config_file(server_config: Option<&Path>, config_flag: Option<&Path>) -> Opti
     default.exists().then_some(default)
 }
 
-/// The signals that stop the server, installed before the server says it
-/// is listening (a SIGTERM right after that line must stop it cleanly).
-struct ShutdownSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    fn install() -> Result<ShutdownSignals, CliError> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let installed = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| {
-                CliError::failed(anyhow::anyhow!("cannot install the {name} handler: {e}"))
-            })
-        };
-        Ok(ShutdownSignals {
-            term: installed(SignalKind::terminate(), "SIGTERM")?,
-            int: installed(SignalKind::interrupt(), "SIGINT")?,
-        })
-    }
-
-    /// Wait for SIGTERM or SIGINT.
-    async fn recv(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-    }
-}
-
 /// Run the server.
 pub async fn run(config_flag: Option<&Path>, args: MetadbArgs) -> Result<(), CliError> {
     let file = config_file(args.server_config.as_deref(), config_flag);
@@ -175,7 +146,9 @@ pub async fn run(config_flag: Option<&Path>, args: MetadbArgs) -> Result<(), Cli
     let local = listener
         .local_addr()
         .map_err(|e| CliError::failed(anyhow::anyhow!("listening socket: {e}")))?;
-    let signals = ShutdownSignals::install()?;
+    // Caught before the server says it is listening: a SIGTERM right
+    // after that line must stop it cleanly.
+    let interrupts = Interrupts::catch()?;
     let scheme = if state.tls.is_some() { "https" } else { "http" };
     tracing::info!(
         address = %local,
@@ -193,7 +166,8 @@ pub async fn run(config_flag: Option<&Path>, args: MetadbArgs) -> Result<(), Cli
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
-        signals.recv().await;
+        let signal = interrupts.first().await;
+        tracing::info!("{}: shutting down", signal.name());
         let _ = signalled_tx.send(());
     };
     let server = serve(listener, Arc::new(state), shutdown);
