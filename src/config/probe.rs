@@ -4,10 +4,9 @@
 //! a pure function of the files; a real run meets the same problems when
 //! it uses the thing, and `config check` reports them all at once before.
 
-use std::path::Path;
-
 use super::load::ConfigError;
 use super::{Config, HandlerType};
+use crate::handler::file::FileParams;
 
 /// What the probes found: errors (a run would fail) and warnings (a run
 /// may fail, or the thing may appear later: a root mounted at boot).
@@ -60,14 +59,15 @@ pub fn probe(config: &Config) -> Findings {
             continue;
         }
         let params = handler.params.merged_with(&source.params);
-        if let Ok(Some(root)) = params.get_str("path")
-            && !Path::new(&root).is_dir()
+        if let Ok(FileParams { root }) = FileParams::from_params(&params)
+            && !root.is_dir()
         {
+            let root = root.display();
             f.warnings.push(ConfigError {
                 file: source.file.clone(),
                 field: "params.path".into(),
                 message: format!(
-                    "the root {root:?} is not a directory (yet): backups of this source fail until it is"
+                    "the root \"{root}\" is not a directory (yet): backups of this source fail until it is"
                 ),
             });
         }
