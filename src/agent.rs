@@ -1206,11 +1206,7 @@ mod tests {
                             path: String::new(),
                         })
                         .collect(),
-                    snapshot_id: String::new(),
-                    total_files: 0,
-                    total_bytes: 0,
-                    bytes_added: 0,
-                    duration: 0,
+                    ..Default::default()
                 })
                 .collect(),
         };

@@ -547,11 +547,7 @@ impl Manager {
                     path: a.path.unwrap_or_default(),
                 })
                 .collect(),
-            snapshot_id: String::new(),
-            total_files: 0,
-            total_bytes: 0,
-            bytes_added: 0,
-            duration: 0,
+            ..Default::default()
         })
     }
 

@@ -27,7 +27,7 @@ pub struct Backup {
 }
 
 /// A group of atoms backed up together as one repository snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dataset {
     /// Unique identifier.
     pub id: String,
