@@ -42,7 +42,6 @@ use crate::config::{AtomsSource, DatasetsSource};
 use crate::config_manager::{ConfigManager, ReloadError};
 use crate::jobs::lock::{HolderKind, LockError, SourceLock};
 use crate::jobs::queue::Queues;
-use crate::jobs::schedule::{Schedule, Seed};
 use crate::jobs::scheduler::{Clock, PlanChanges, ScheduledSource, SystemClock, run_scheduler};
 use crate::jobs::status::{JobObserver, JobResult, JobsSnapshot, StatusRegistry};
 use crate::manager::{Manager, error_chain};
@@ -50,6 +49,7 @@ use crate::metadata::MetadataStore;
 use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
 use crate::model::{FindRequest, RunReport, RunResult, SourceReport, UpdateActiveJobStatusRequest};
 use crate::runtime::RuntimeContext;
+use crate::schedule::{Schedule, Seed};
 use metrics::Metrics;
 
 /// Default address of the status page.

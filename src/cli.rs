@@ -5,6 +5,7 @@ pub mod agent;
 pub mod backup;
 pub mod check;
 pub mod interrupt;
+pub mod logging;
 pub mod metadb;
 pub mod progress;
 pub mod query;

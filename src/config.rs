@@ -6,7 +6,6 @@
 //! resolved types below, collecting every error with its file and field.
 
 pub mod load;
-pub mod params;
 pub mod probe;
 pub mod raw;
 pub mod summary;
@@ -15,8 +14,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::params::Params;
 pub use load::{ConfigError, ConfigErrors, load};
-pub use params::{ParamValue, Params};
 
 /// Default location of the main configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tabacco/agent.yml";

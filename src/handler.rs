@@ -116,10 +116,10 @@ pub fn for_source(
     };
     Ok(match spec.kind {
         HandlerType::File => Box::new(file::FileHandler::new(
-            file::FileParams::from_params(&params).map_err(config_error)?,
+            crate::params::file::FileParams::from_params(&params).map_err(config_error)?,
         )),
         HandlerType::Pipe => Box::new(pipe::PipeHandler::new(
-            pipe::PipeParams::from_params(&params).map_err(config_error)?,
+            crate::params::pipe::PipeParams::from_params(&params).map_err(config_error)?,
         )),
     })
 }

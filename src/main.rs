@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     }
     tabacco::process::supervise::enable_self();
     let cli = tabacco::cli::Cli::parse_args();
-    tabacco::logging::init(cli.log_format, cli.verbose);
+    tabacco::cli::logging::init(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

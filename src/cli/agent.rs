@@ -12,7 +12,7 @@ use tracing::info;
 use super::{CliError, load_config, open_stores};
 use crate::agent::{Agent, DEFAULT_HTTP_ADDR, Event};
 use crate::config_manager::ConfigManager;
-use crate::jobs::schedule::Seed;
+use crate::schedule::Seed;
 
 /// Arguments of `tabacco agent`.
 #[derive(Debug, Args)]

@@ -20,11 +20,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::names::{check_atom_path, check_host, check_name, check_source_name};
+use crate::params::Params;
 
 use super::raw::{OneOrMany, RawConfig, RawDataset, RawHandler, RawMetadb, RawSource};
 use super::{
     AtomSpec, AtomsSource, Config, DatasetSpec, DatasetsSource, HandlerSpec, HandlerType,
-    MetadbClientConfig, Params, QueueSpec, RepositorySpec, SourceSpec,
+    MetadbClientConfig, QueueSpec, RepositorySpec, SourceSpec,
 };
 
 /// Default state directory when `work_dir` is not set.
@@ -585,53 +586,12 @@ fn resolve_repository(
         }
     };
     let params = raw.params.unwrap_or_default();
-    match params.get_str("uri") {
-        Ok(Some(u)) if !u.trim().is_empty() => {}
-        Ok(_) => errs.add(
-            "repository.params.uri",
-            "missing: the restic repository, e.g. /srv/restic or s3:https://host/bucket",
-        ),
-        Err(e) => errs.add("repository.params.uri", e.to_string()),
-    }
-    let mut secrets = Vec::new();
-    for key in ["password", "password_file"] {
-        match params.get_str(key) {
-            Ok(Some(v)) if !v.is_empty() => secrets.push(key),
-            Ok(Some(_)) => errs.add(
-                format!("repository.params.{key}"),
-                "is empty: give a value or remove the key",
-            ),
-            Ok(None) => {}
-            Err(e) => errs.add(format!("repository.params.{key}"), e.to_string()),
-        }
-    }
-    if secrets.len() == 2 {
-        errs.add(
-            "repository.params.password",
-            "password and password_file exclude each other: keep one (password_file is safer)",
-        );
-    } else if secrets.is_empty()
-        && !params.contains("password")
-        && !params.contains("password_file")
+    if kind == "restic"
+        && let Err(errors) = crate::params::restic::ResticParams::from_params(&params)
     {
-        errs.add(
-            "repository.params.password_file",
-            "missing: give exactly one of params.password_file (a file holding the restic password) or params.password",
-        );
-    }
-    for key in ["cache_dir", "restic_binary"] {
-        if let Err(e) = params.get_str(key) {
-            errs.add(format!("repository.params.{key}"), e.to_string());
+        for (key, message) in errors {
+            errs.add(format!("repository.params.{key}"), message);
         }
-    }
-    if let Err(e) = params.get_duration("lock_wait") {
-        errs.add("repository.params.lock_wait", e.to_string());
-    }
-    if let Err(e) = params.get_str_map("env") {
-        errs.add("repository.params.env", e.to_string());
-    }
-    if let Err(e) = params.get_str_list("extra_args") {
-        errs.add("repository.params.extra_args", e.to_string());
     }
     if errs.out.len() > before {
         return None;
@@ -943,7 +903,7 @@ fn check_handler_fit(
     };
     match kind {
         HandlerType::File => {
-            let checked = crate::handler::file::FileParams::from_params(&merged).map(|_| ());
+            let checked = crate::params::file::FileParams::from_params(&merged).map(|_| ());
             add_param_errors(p, checked, &merged, &origin, errs);
             for (j, set) in static_sets.iter().enumerate() {
                 let AtomsSource::Static(atoms) = &set.atoms else {
@@ -960,7 +920,7 @@ fn check_handler_fit(
             }
         }
         HandlerType::Pipe => {
-            let checked = crate::handler::pipe::PipeParams::from_params(&merged).map(|_| ());
+            let checked = crate::params::pipe::PipeParams::from_params(&merged).map(|_| ());
             add_param_errors(p, checked, &merged, &origin, errs);
         }
     }
@@ -1076,9 +1036,9 @@ fn resolve_datasets(
 /// `@monthly`, `@every DURATION`, `@random_every DURATION` (duration > 0,
 /// e.g. `6h`, `1h30m`) or a five-field cron expression (minute hour
 /// day-of-month month day-of-week). The parsing itself lives in
-/// [`crate::jobs::schedule::Schedule::parse`], which the agent uses too.
+/// [`crate::schedule::Schedule::parse`], which the agent uses too.
 pub fn check_schedule(s: &str) -> Result<(), String> {
-    crate::jobs::schedule::Schedule::parse(s).map(|_| ())
+    crate::schedule::Schedule::parse(s).map(|_| ())
 }
 
 /// Parse a duration such as `90s`, `30m`, `6h` or `1h30m`; zero is an
@@ -1120,7 +1080,8 @@ pub fn parse_dataset_specs(text: &str) -> Result<Vec<DatasetSpec>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{HandlerType, ParamValue};
+    use crate::config::HandlerType;
+    use crate::params::ParamValue;
 
     /// Main file used by most tests: valid, minimal.
     const MAIN: &str = "\
@@ -1514,6 +1475,20 @@ datasets:
         assert!(!ConfigErrors(errs).to_string().contains("hunter2"));
         let inline = MAIN.replace("password_file: /etc/tabacco/restic-password", "password: x");
         ok(&[("agent.yml", &inline)]);
+    }
+
+    /// Issue 16: `config check` and the repository adapter read the
+    /// repository's parameters with one reader, so a file the adapter
+    /// refuses is refused here too.
+    #[test]
+    fn repository_env_may_not_choose_the_password() {
+        let env = format!("{MAIN}    env:\n      RESTIC_PASSWORD: x\n");
+        assert_only_error(
+            &[("agent.yml", &env)],
+            "agent.yml",
+            "repository.params.env",
+            "sets RESTIC_PASSWORD",
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use super::load::ConfigError;
 use super::{Config, HandlerType};
-use crate::handler::file::FileParams;
+use crate::params::file::FileParams;
 
 /// What the probes found: errors (a run would fail) and warnings (a run
 /// may fail, or the thing may appear later: a root mounted at boot).

@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::Params;
+use crate::params::Params;
 
 /// The main file, `agent.yml`.
 #[derive(Debug, Clone, Default, Deserialize)]

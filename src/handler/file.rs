@@ -8,40 +8,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{DatasetBackup, Handler, HandlerError, snapshot_meta};
-use crate::config::params::Params;
 use crate::model::{Atom, Backup, Dataset};
 use crate::names::check_atom_path;
+use crate::params::file::FileParams;
 use crate::repository::ProgressFn;
 use crate::runtime::RuntimeContext;
-
-/// The file handler's parameters (from the handler and the source),
-/// checked in one place for `config check` and for a run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileParams {
-    /// The absolute root directory the atoms' paths are relative to.
-    pub root: PathBuf,
-}
-
-impl FileParams {
-    /// Read and check the parameters; every mistake is returned as
-    /// `(parameter name, message)`.
-    pub fn from_params(params: &Params) -> Result<FileParams, Vec<(&'static str, String)>> {
-        match params.get_str("path") {
-            Ok(Some(root)) if root.starts_with('/') => Ok(FileParams { root: root.into() }),
-            Ok(Some(root)) => Err(vec![(
-                "path",
-                format!(
-                    "{root:?} must be an absolute directory (the root the atoms' paths are relative to)"
-                ),
-            )]),
-            Ok(None) => Err(vec![(
-                "path",
-                "missing: the file handler needs params.path, the absolute root directory (in the source or the handler)".to_string(),
-            )]),
-            Err(e) => Err(vec![("path", e.to_string())]),
-        }
-    }
-}
 
 /// Backs up atoms that are files or directories below a root.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::schedule::{Schedule, Seed, next_run, until};
+use crate::schedule::{Schedule, Seed, next_run, until};
 
 /// The longest single sleep of the scheduler.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -58,7 +58,7 @@ impl TokioClock {
 
 impl Clock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
-        super::schedule::add(self.base, self.start.elapsed())
+        crate::schedule::add(self.base, self.start.elapsed())
     }
 }
 

@@ -49,6 +49,7 @@ use super::{
     Creation, PartialSnapshot, ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta,
 };
 use crate::config::RepositorySpec;
+use crate::params::restic::{Password, REPOSITORY_ENV_VARS, ResticParams};
 use crate::process::{ChildCommand, Outcome, ProcessError};
 use crate::shell::ShellCommand;
 
@@ -72,26 +73,6 @@ const MAX_ITEMS: usize = 1000;
 
 /// Most unreadable items named in an error message.
 const SHOWN_ITEMS: usize = 10;
-
-/// Environment variables of our own process that would change which
-/// repository or password restic uses; removed from its environment.
-const INHERITED_RESTIC_VARS: &[&str] = &[
-    "RESTIC_REPOSITORY",
-    "RESTIC_REPOSITORY_FILE",
-    "RESTIC_PASSWORD",
-    "RESTIC_PASSWORD_FILE",
-    "RESTIC_PASSWORD_COMMAND",
-    "RESTIC_KEY_HINT",
-];
-
-/// Where the repository password comes from.
-#[derive(Clone)]
-enum Password {
-    /// The password itself (given to restic as `RESTIC_PASSWORD`).
-    Value(String),
-    /// A file holding it (`RESTIC_PASSWORD_FILE`).
-    File(PathBuf),
-}
 
 /// A restic repository.
 pub struct Restic {
@@ -118,14 +99,10 @@ static VERSIONS: std::sync::Mutex<BTreeMap<String, Version>> =
 /// password part of the URI.
 impl fmt::Debug for Restic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let password = match &self.password {
-            Password::Value(_) => "<hidden>".to_string(),
-            Password::File(p) => format!("file {}", p.display()),
-        };
         f.debug_struct("Restic")
             .field("name", &self.name)
             .field("uri", &crate::redact::url(&self.uri))
-            .field("password", &password)
+            .field("password", &self.password)
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("cache_dir", &self.cache_dir)
             .field("binary", &self.binary)
@@ -404,74 +381,24 @@ impl Restic {
         nice_level: i32,
         io_class: i32,
     ) -> Result<Restic, RepoError> {
-        let config_err = |message: String| RepoError::Config {
+        let p = ResticParams::from_params(&spec.params).map_err(|errors| RepoError::Config {
             name: spec.name.clone(),
-            message,
-        };
-        let p = &spec.params;
-        let uri = p
-            .get_str("uri")
-            .map_err(|e| config_err(e.to_string()))?
-            .filter(|u| !u.trim().is_empty())
-            .ok_or_else(|| {
-                config_err(
-                    "params.uri is required: the restic repository, e.g. /var/backups/restic or s3:https://host/bucket".into(),
-                )
-            })?;
-        let password = p
-            .get_str("password")
-            .map_err(|e| config_err(e.to_string()))?;
-        let password_file = p
-            .get_str("password_file")
-            .map_err(|e| config_err(e.to_string()))?;
-        let password = match (password, password_file) {
-            (Some(_), Some(_)) => {
-                return Err(config_err(
-                    "params.password and params.password_file are both set: keep one".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(config_err(
-                    "set params.password_file (a file holding the repository password) or params.password".into(),
-                ));
-            }
-            (Some(pw), None) if pw.is_empty() => {
-                return Err(config_err("params.password is empty".into()));
-            }
-            (Some(pw), None) => Password::Value(pw),
-            (None, Some(f)) if f.trim().is_empty() => {
-                return Err(config_err("params.password_file is empty".into()));
-            }
-            (None, Some(f)) => Password::File(PathBuf::from(f)),
-        };
-        let env = p
-            .get_str_map("env")
-            .map_err(|e| config_err(e.to_string()))?;
-        if let Some(k) = env
-            .keys()
-            .find(|k| INHERITED_RESTIC_VARS.contains(&k.as_str()))
-        {
-            return Err(config_err(format!(
-                "params.env sets {k}: use params.uri, params.password or params.password_file instead"
-            )));
-        }
-        let cache_dir = p
-            .get_str("cache_dir")
-            .map_err(|e| config_err(e.to_string()))?
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from);
-        let binary = p
-            .get_str("restic_binary")
-            .map_err(|e| config_err(e.to_string()))?
-            .filter(|b| !b.is_empty())
-            .unwrap_or_else(|| "restic".to_string());
-        let extra_args = p
-            .get_str_list("extra_args")
-            .map_err(|e| config_err(e.to_string()))?;
-        let lock_wait = p
-            .get_duration("lock_wait")
-            .map_err(|e| config_err(e.to_string()))?
-            .unwrap_or(DEFAULT_LOCK_WAIT);
+            message: errors
+                .iter()
+                .map(|(key, message)| format!("params.{key}: {message}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
+        let ResticParams {
+            uri,
+            password,
+            env,
+            cache_dir,
+            binary,
+            extra_args,
+            lock_wait,
+        } = p;
+        let lock_wait = lock_wait.unwrap_or(DEFAULT_LOCK_WAIT);
         Ok(Restic {
             name: spec.name.clone(),
             uri,
@@ -510,7 +437,7 @@ impl Restic {
             c = c.arg("--cache-dir").arg(d);
         }
         c = c.args(&self.extra_args);
-        for k in INHERITED_RESTIC_VARS {
+        for k in REPOSITORY_ENV_VARS {
             c = c.env_remove(k);
         }
         // JSON progress comes at up to 60 lines a second by default; a few
@@ -1338,7 +1265,7 @@ mod tests {
     use std::sync::{Arc, Mutex, OnceLock};
 
     use super::*;
-    use crate::config::params::{ParamValue, Params};
+    use crate::params::{ParamValue, Params};
     use crate::shell::Shell;
 
     const PASSWORD: &str = "tabacco test password 7f3a";
@@ -1572,7 +1499,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("both"), "{e}");
+        assert!(e.contains("exclude each other"), "{e}");
         let env = ParamValue::Map([("RESTIC_PASSWORD".to_string(), s("y"))].into());
         let e = Restic::from_spec(
             &spec(&[("uri", s("/r")), ("password", s("x")), ("env", env)]),

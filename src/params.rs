@@ -1,5 +1,13 @@
 //! Free-form `params` maps of handlers, sources and the repository, typed
-//! just enough for YAML (strings, numbers, booleans, lists, maps).
+//! just enough for YAML (strings, numbers, booleans, lists, maps), and
+//! their typed readers: [`file`], [`pipe`] and [`restic`] each read and
+//! check one kind's parameters, once, for `config check` and for a run
+//! (a leaf module: the configuration, the handlers and the repository all
+//! use it, and it uses none of them).
+
+pub mod file;
+pub mod pipe;
+pub mod restic;
 
 use std::collections::BTreeMap;
 use std::fmt;
