@@ -10,6 +10,28 @@
 //!
 //! Request validation shared by every backend lives here too, so that they
 //! refuse exactly the same requests.
+//!
+//! # Error policy
+//!
+//! Every store error falls in one of three classes, decided in one place,
+//! [`MetadataError::recovery`]:
+//!
+//! - [`Recovery::Retry`]: the store could not be reached or failed for
+//!   now (network errors, HTTP 5xx and 429, a database error, local I/O,
+//!   an invalid response). The remote client retries such a request
+//!   itself with backoff (HTTP status by [`remote::is_retryable_status`]);
+//!   what still fails is kept (the outbox keeps its record) and tried
+//!   again later.
+//! - [`Recovery::FixSetup`]: the request may be fine but this host's setup
+//!   is not (HTTP 401 credentials, 404/405 a URL that is not a tabacco
+//!   server, 407 a proxy, 408 a timeout in between; a bad `metadb` block):
+//!   nothing is thrown away; the error says what to fix, and a later
+//!   attempt after the fix succeeds.
+//! - [`Recovery::Refused`]: this request itself is refused for good (a bad
+//!   request, 403 a record of another host, 409 a conflict with what is
+//!   stored, 413 too large, other 4xx): sending it again fails again, so
+//!   the outbox moves such a record aside (`outbox/rejected/`) instead of
+//!   blocking the queue with it.
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -128,15 +150,38 @@ fn storage_hint(e: &sqlx::Error) -> &'static str {
     }
 }
 
+/// What to do after a failed store operation (see the module's error
+/// policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Try again later: the store may answer then.
+    Retry,
+    /// Keep the request; this host's setup must be fixed first.
+    FixSetup,
+    /// The request itself is refused for good; do not send it again.
+    Refused,
+}
+
 impl MetadataError {
-    /// The request was refused for good; retrying it cannot help.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            MetadataError::Rejected { .. }
-                | MetadataError::BadRequest(_)
-                | MetadataError::Conflict(_)
-        )
+    /// The one decision of the error policy: what a caller does next.
+    pub fn recovery(&self) -> Recovery {
+        match self {
+            MetadataError::BadRequest(_) | MetadataError::Conflict(_) => Recovery::Refused,
+            MetadataError::Rejected { status, .. } => match status {
+                401 | 404 | 405 | 407 | 408 => Recovery::FixSetup,
+                429 => Recovery::Retry,
+                400..=499 => Recovery::Refused,
+                // Redirects are not followed and other statuses are not
+                // the API's: the URL is likely wrong.
+                _ => Recovery::FixSetup,
+            },
+            MetadataError::Config(_) => Recovery::FixSetup,
+            MetadataError::Database { .. }
+            | MetadataError::Migration { .. }
+            | MetadataError::Io { .. }
+            | MetadataError::Unavailable { .. }
+            | MetadataError::InvalidResponse { .. } => Recovery::Retry,
+        }
     }
 }
 

@@ -69,6 +69,49 @@ pub struct Atom {
     pub path: String,
 }
 
+/// The metadata server's HTTP API: its paths, written once for the
+/// server's router, the client and the pages that link to them.
+pub mod api {
+    /// `POST`: record one dataset of a backup ([`super::AddDatasetRequest`]).
+    pub const ADD_DATASET: &str = "/api/add_dataset";
+    /// `POST`: find atoms ([`super::FindRequest`]).
+    pub const FIND_ATOMS: &str = "/api/find_atoms";
+    /// `POST`: a host's running jobs and sources
+    /// ([`super::UpdateActiveJobStatusRequest`]).
+    pub const UPDATE_ACTIVE_JOB_STATUS: &str = "/api/update_active_job_status";
+    /// `GET`: every host's state.
+    pub const HOSTS: &str = "/api/hosts";
+    /// `GET`: the OpenAPI document.
+    pub const OPENAPI: &str = "/api/openapi.json";
+    /// `GET`: health check (probes a write).
+    pub const HEALTHZ: &str = "/healthz";
+    /// `GET`: Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+}
+
+/// Body of `POST /api/add_dataset`: `{"backup": ..., "dataset": ...}`.
+/// The backup's own `datasets` list is sent empty (the server ignores it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddDatasetRequest {
+    /// The backup the dataset belongs to (its `datasets` list is ignored).
+    pub backup: Backup,
+    /// The dataset to record.
+    pub dataset: Dataset,
+}
+
+impl AddDatasetRequest {
+    /// The request for `dataset` of `backup`.
+    pub fn new(backup: &Backup, dataset: &Dataset) -> AddDatasetRequest {
+        AddDatasetRequest {
+            backup: Backup {
+                datasets: Vec::new(),
+                ..backup.clone()
+            },
+            dataset: dataset.clone(),
+        }
+    }
+}
+
 /// Global path of an atom: `source/dataset/atom`.
 pub fn atom_path(source: &str, dataset: &str, atom: &str) -> String {
     format!("{source}/{dataset}/{atom}")

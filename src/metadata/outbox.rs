@@ -34,9 +34,10 @@ use chrono::Utc;
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{debug, error, info, warn};
 
-use super::remote::{AddDatasetRequest, RemoteStore};
-use super::{MetadataError, MetadataStore};
+use super::remote::RemoteStore;
+use super::{MetadataError, MetadataStore, Recovery};
 use crate::config::Config;
+use crate::model::AddDatasetRequest;
 use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
 
 /// How often the agent's background task should deliver the outbox
@@ -59,20 +60,6 @@ const LOCK_FILE: &str = ".lock";
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 /// How often a waiting deliverer checks whether the lock is free.
 const LOCK_POLL: Duration = Duration::from_millis(50);
-
-/// Whether an error means the server refused this record for good, so that
-/// sending it again cannot help. Statuses that are about the client's
-/// setup rather than the record (401 credentials, 404/405 wrong URL, 407
-/// proxy, 408 timeout) keep the record queued until the setup is fixed.
-pub fn refuses_record(e: &MetadataError) -> bool {
-    match e {
-        MetadataError::Rejected { status, .. } => {
-            (400..500).contains(status) && !matches!(status, 401 | 404 | 405 | 407 | 408 | 429)
-        }
-        MetadataError::BadRequest(_) | MetadataError::Conflict(_) => true,
-        _ => false,
-    }
-}
 
 /// What one delivery round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -433,7 +420,7 @@ impl Outbox {
                 Err(e) => Err(format!("corrupt outbox file, not a dataset record: {e}")),
                 Ok(req) => match store.add_dataset(&req.backup, &req.dataset).await {
                     Ok(()) => Ok(req),
-                    Err(e) if refuses_record(&e) => Err(format!(
+                    Err(e) if e.recovery() == Recovery::Refused => Err(format!(
                         "refused by the metadata server (backup {}, host {}, dataset {} {}/{}): {e}",
                         req.backup.id,
                         req.backup.host,
@@ -809,14 +796,16 @@ mod tests {
 
     #[test]
     fn refusals_about_the_record_are_told_from_setup_problems() {
+        let refused = |e: &MetadataError| e.recovery() == Recovery::Refused;
         for s in [400, 403, 409, 413, 422] {
-            assert!(refuses_record(&rejected(s)), "{s}");
+            assert!(refused(&rejected(s)), "{s}");
         }
-        for s in [401, 404, 405, 407, 408, 429, 308, 500] {
-            assert!(!refuses_record(&rejected(s)), "{s}");
+        for s in [401, 404, 405, 407, 408, 308] {
+            assert_eq!(rejected(s).recovery(), Recovery::FixSetup, "{s}");
         }
-        assert!(!refuses_record(&unavailable()));
-        assert!(refuses_record(&MetadataError::Conflict("x".into())));
+        assert_eq!(rejected(429).recovery(), Recovery::Retry);
+        assert_eq!(unavailable().recovery(), Recovery::Retry);
+        assert!(refused(&MetadataError::Conflict("x".into())));
     }
 
     #[tokio::test]

@@ -23,16 +23,9 @@ use tracing::{debug, warn};
 
 use super::{MetadataError, MetadataStore};
 use crate::config::MetadbClientConfig;
-use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
-
-/// API path of `add_dataset`.
-pub const ADD_DATASET_PATH: &str = "api/add_dataset";
-/// API path of `find_atoms`.
-pub const FIND_ATOMS_PATH: &str = "api/find_atoms";
-/// API path of `update_active_job_status`.
-pub const UPDATE_ACTIVE_JOB_STATUS_PATH: &str = "api/update_active_job_status";
-/// Path of the health check.
-pub const HEALTHZ_PATH: &str = "healthz";
+use crate::model::{
+    AddDatasetRequest, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, api,
+};
 
 /// How many characters of a non-JSON error body are kept in messages.
 const MAX_ERROR_TEXT: usize = 500;
@@ -357,13 +350,14 @@ impl RemoteStore {
 
     /// Check that the server answers `GET /healthz` with 2xx.
     pub async fn healthz(&self) -> Result<(), MetadataError> {
-        self.request(Method::GET, HEALTHZ_PATH, None)
+        self.request(Method::GET, api::HEALTHZ, None)
             .await
             .map(|_| ())
     }
 
     fn endpoint(&self, path: &str) -> Result<Url, MetadataError> {
-        self.base.join(path).map_err(|e| {
+        // Relative to the base URL, which may have a path of its own.
+        self.base.join(path.trim_start_matches('/')).map_err(|e| {
             MetadataError::Config(format!(
                 "metadb.url {}: cannot append {path}: {e}",
                 self.display
@@ -512,13 +506,13 @@ impl RemoteStore {
 impl MetadataStore for RemoteStore {
     async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
         let body = AddDatasetRequest::new(backup, dataset);
-        self.post(ADD_DATASET_PATH, &body).await.map(|_| ())
+        self.post(api::ADD_DATASET, &body).await.map(|_| ())
     }
 
     async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
-        let body = self.post(FIND_ATOMS_PATH, req).await?;
+        let body = self.post(api::FIND_ATOMS, req).await?;
         serde_json::from_slice(&body).map_err(|e| MetadataError::InvalidResponse {
-            url: format!("{}/{FIND_ATOMS_PATH}", self.display),
+            url: format!("{}{}", self.display.trim_end_matches('/'), api::FIND_ATOMS),
             message: format!("expected a JSON list of backups: {e}"),
         })
     }
@@ -527,32 +521,9 @@ impl MetadataStore for RemoteStore {
         &self,
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError> {
-        self.post(UPDATE_ACTIVE_JOB_STATUS_PATH, req)
+        self.post(api::UPDATE_ACTIVE_JOB_STATUS, req)
             .await
             .map(|_| ())
-    }
-}
-
-/// Body of `POST /api/add_dataset`: `{"backup": ..., "dataset": ...}`.
-/// The backup's own `datasets` list is sent empty (the server ignores it).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AddDatasetRequest {
-    /// The backup the dataset belongs to.
-    pub backup: Backup,
-    /// The dataset to record.
-    pub dataset: Dataset,
-}
-
-impl AddDatasetRequest {
-    /// The request for `dataset` of `backup`.
-    pub fn new(backup: &Backup, dataset: &Dataset) -> AddDatasetRequest {
-        AddDatasetRequest {
-            backup: Backup {
-                datasets: Vec::new(),
-                ..backup.clone()
-            },
-            dataset: dataset.clone(),
-        }
     }
 }
 
@@ -813,7 +784,7 @@ pub(crate) mod tests {
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
-        assert!(!err.is_permanent());
+        assert_eq!(err.recovery(), super::super::Recovery::Retry);
         let text = err.to_string();
         assert!(text.contains(&format!("{url}/api/add_dataset")), "{text}");
         assert!(
@@ -889,7 +860,7 @@ pub(crate) mod tests {
                 }
                 other => panic!("expected Rejected, got {other:?}"),
             }
-            assert!(err.is_permanent());
+            assert_ne!(err.recovery(), super::super::Recovery::Retry);
             assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
         }
     }

@@ -41,20 +41,12 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::page;
 use crate::model::{
-    Backup, Dataset, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
+    AddDatasetRequest, Backup, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
+    api,
 };
 
 /// The OpenAPI 3 document of this API (committed as `docs/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
-
-/// Body of `POST /api/add_dataset`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AddDatasetRequest {
-    /// The backup the dataset belongs to (its `datasets` list is ignored).
-    pub backup: Backup,
-    /// The dataset to record.
-    pub dataset: Dataset,
-}
 
 /// One entry of `GET /api/hosts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -426,17 +418,17 @@ pub fn router(state: Arc<AppState>) -> (Router, Vec<(&'static str, &'static str)
         router: Router::new(),
         list: Vec::new(),
     }
-    .add("post", "/api/add_dataset", post(add_dataset))
-    .add("post", "/api/find_atoms", post(find_atoms))
+    .add("post", api::ADD_DATASET, post(add_dataset))
+    .add("post", api::FIND_ATOMS, post(find_atoms))
     .add(
         "post",
-        "/api/update_active_job_status",
+        api::UPDATE_ACTIVE_JOB_STATUS,
         post(update_active_job_status),
     )
-    .add("get", "/api/hosts", get(hosts))
-    .add("get", "/api/openapi.json", get(openapi))
-    .add("get", "/healthz", get(healthz))
-    .add("get", "/metrics", get(metrics))
+    .add("get", api::HOSTS, get(hosts))
+    .add("get", api::OPENAPI, get(openapi))
+    .add("get", api::HEALTHZ, get(healthz))
+    .add("get", api::METRICS, get(metrics))
     .add("get", "/", get(page::page))
     .add("get", "/hosts/{host}", get(page::host_page));
     let router = routes

@@ -961,7 +961,7 @@ async fn openapi_document_matches_routes_and_model() {
         ),
         (
             "AddDatasetRequest",
-            serde_json::to_value(routes::AddDatasetRequest {
+            serde_json::to_value(crate::model::AddDatasetRequest {
                 backup: backup.clone(),
                 dataset: dataset.clone(),
             })
