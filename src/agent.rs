@@ -44,12 +44,13 @@ use crate::jobs::lock::{HolderKind, LockError, SourceLock};
 use crate::jobs::queue::Queues;
 use crate::jobs::scheduler::{Clock, PlanChanges, ScheduledSource, SystemClock, run_scheduler};
 use crate::jobs::status::{JobObserver, JobResult, JobsSnapshot, StatusRegistry};
-use crate::manager::{Manager, error_chain};
+use crate::manager::Manager;
 use crate::metadata::MetadataStore;
 use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
 use crate::model::{FindRequest, RunReport, RunResult, SourceReport, UpdateActiveJobStatusRequest};
 use crate::runtime::RuntimeContext;
 use crate::schedule::{Schedule, Seed};
+use crate::util::{error_chain, lock};
 use metrics::Metrics;
 
 /// Default address of the status page.
@@ -178,10 +179,6 @@ pub fn scheduled_sources(config: &Config) -> Vec<ScheduledSource> {
             }
         })
         .collect()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unix_seconds(t: DateTime<Utc>) -> f64 {

@@ -30,6 +30,7 @@ use crate::names::{check_name, check_record, excerpt, join_below};
 use crate::process::ProcessError;
 use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
+use crate::util::{error_chain, lock};
 
 /// The queue (`queue_config.workers`) bounding how many datasets of one
 /// source are backed up at once.
@@ -244,21 +245,6 @@ fn with_var(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(Stri
 
 fn status_word(ok: bool) -> &'static str {
     if ok { "ok" } else { "error" }
-}
-
-/// Full error chain in one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// State shared between a backup run and its caller, so that what was
@@ -854,10 +840,6 @@ fn source_handler<'a>(
     Ok((source, handler::for_source(hspec, source)?))
 }
 
-fn lock(state: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Parse the output of an `atoms_command`: one atom name per line (blank
 /// lines ignored); names must be safe paths and unique.
 pub fn parse_atom_names(text: &str) -> Result<Vec<AtomSpec>, String> {
@@ -895,15 +877,5 @@ mod tests {
         assert!(parse_atom_names("a\na\n").unwrap_err().contains("twice"));
         assert!(parse_atom_names("../x\n").unwrap_err().contains("line 1"));
         assert!(parse_atom_names("\n\n").is_err());
-    }
-
-    #[test]
-    fn error_chain_joins_sources_once() {
-        let inner = std::io::Error::other("disk on fire");
-        let e = ManagerError::Io {
-            context: "cannot create /x".into(),
-            source: inner,
-        };
-        assert_eq!(error_chain(&e), "cannot create /x: disk on fire");
     }
 }

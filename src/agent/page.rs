@@ -5,7 +5,6 @@
 use std::fmt::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use indicatif::HumanBytes;
 
 use super::AgentStatus;
 use crate::jobs::status::JobInfo;
@@ -78,7 +77,7 @@ fn progress(job: &JobInfo) -> String {
             let rate = if p.seconds_elapsed > 0 {
                 format!(
                     " · {}/s",
-                    HumanBytes((p.bytes_done / p.seconds_elapsed).max(0) as u64)
+                    crate::util::bytes(p.bytes_done / p.seconds_elapsed)
                 )
             } else {
                 String::new()
@@ -86,7 +85,7 @@ fn progress(job: &JobInfo) -> String {
             let _ = write!(
                 out,
                 " streaming, size unknown · {} so far{rate} · {}s elapsed",
-                HumanBytes(p.bytes_done.max(0) as u64),
+                crate::util::bytes(p.bytes_done),
                 p.seconds_elapsed
             );
         } else if let Some(p) = &d.progress {
@@ -99,9 +98,9 @@ fn progress(job: &JobInfo) -> String {
             if p.total_files > 0 {
                 let _ = write!(out, "/{}", p.total_files);
             }
-            let _ = write!(out, " · {}", HumanBytes(p.bytes_done.max(0) as u64));
+            let _ = write!(out, " · {}", crate::util::bytes(p.bytes_done));
             if p.total_bytes > 0 {
-                let _ = write!(out, "/{}", HumanBytes(p.total_bytes as u64));
+                let _ = write!(out, "/{}", crate::util::bytes(p.total_bytes));
             }
             let _ = write!(out, " · {}s elapsed", p.seconds_elapsed);
             if let Some(f) = p.current_files.first() {
@@ -248,7 +247,7 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
                 time(j.finished_at, now),
                 secs(j.duration_seconds),
                 short(&j.backup_id),
-                HumanBytes(j.bytes_added.max(0) as u64),
+                crate::util::bytes(j.bytes_added),
                 j.error.as_deref().map(escape).unwrap_or_default(),
             );
         }

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::HumanBytes;
 
 use super::interrupt::Interrupts;
 use super::{CliError, load_config, open_stores, progress};
@@ -167,8 +166,8 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
                     ds.name,
                     &ds.snapshot_id[..ds.snapshot_id.len().min(8)],
                     ds.total_files,
-                    HumanBytes(ds.total_bytes.max(0) as u64),
-                    HumanBytes(ds.bytes_added.max(0) as u64),
+                    crate::util::bytes(ds.total_bytes),
+                    crate::util::bytes(ds.bytes_added),
                 );
             }
             for f in &report.failures {

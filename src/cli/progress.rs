@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tracing::info;
 
 use crate::manager::Observer;
@@ -68,9 +68,9 @@ pub fn describe(st: &RunningJobStatus) -> String {
     if st.total_files > 0 {
         s.push_str(&format!("/{}", st.total_files));
     }
-    s.push_str(&format!(", {}", HumanBytes(st.bytes_done.max(0) as u64)));
+    s.push_str(&format!(", {}", crate::util::bytes(st.bytes_done)));
     if st.total_bytes > 0 {
-        s.push_str(&format!("/{}", HumanBytes(st.total_bytes as u64)));
+        s.push_str(&format!("/{}", crate::util::bytes(st.total_bytes)));
     }
     if st.seconds_remaining > 0 {
         s.push_str(&format!(", {}s left", st.seconds_remaining));
@@ -85,7 +85,7 @@ struct Bars {
 
 impl Bars {
     fn bar(&self, ds: &Dataset) -> ProgressBar {
-        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bars = crate::util::lock(&self.bars);
         bars.entry(ds.id.clone())
             .or_insert_with(|| {
                 let pb = self.multi.add(ProgressBar::new(1000));
@@ -120,8 +120,8 @@ impl Observer for Bars {
                 pb.finish_with_message(format!(
                     "done: {} files, {}, {} added",
                     info.total_files,
-                    HumanBytes(info.total_bytes.max(0) as u64),
-                    HumanBytes(info.bytes_added.max(0) as u64)
+                    crate::util::bytes(info.total_bytes),
+                    crate::util::bytes(info.bytes_added)
                 ));
             }
             Err(_) => pb.abandon_with_message("FAILED"),
@@ -136,7 +136,7 @@ struct LogLines {
 
 impl Observer for LogLines {
     fn progress(&self, ds: &Dataset, st: &RunningJobStatus) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::util::lock(&self.last);
         let now = Instant::now();
         let due = last
             .get(&ds.id)

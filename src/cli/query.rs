@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use clap::Args;
-use indicatif::HumanBytes;
 
 use super::{AtomFilter, CliError, load_config, open_store};
 use crate::model::{Backup, atom_path};
@@ -65,7 +64,7 @@ pub fn table(backups: &[Backup]) -> String {
                     b.host.clone(),
                     atom_path(&ds.source, &ds.name, &a.name),
                     ds.snapshot_id.chars().take(8).collect(),
-                    HumanBytes(ds.total_bytes.max(0) as u64).to_string(),
+                    crate::util::bytes(ds.total_bytes),
                 ]);
             }
         }
@@ -73,23 +72,7 @@ pub fn table(backups: &[Backup]) -> String {
     if rows.len() == 1 {
         return "no matching atoms\n".to_string();
     }
-    let mut widths = [0usize; 5];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::util::table(&rows, "")
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ impl ParseFailure {
 
 /// Whether a document holds nothing but blank lines, comments and document
 /// markers (such a file is read as "no specs").
-fn is_blank_yaml(text: &str) -> bool {
+pub(crate) fn is_blank_yaml(text: &str) -> bool {
     text.lines().all(|l| {
         let l = l.trim();
         l.is_empty() || l.starts_with('#') || l == "---" || l == "..."

@@ -67,7 +67,7 @@ impl Config {
                 &humantime::format_duration(self.shutdown_timeout).to_string(),
             ]),
         ];
-        let mut out = table(&main, "");
+        let mut out = crate::util::table(&main, "");
 
         out.push_str(&format!("\nhandlers ({}):\n", self.handlers.len()));
         if !self.handlers.is_empty() {
@@ -77,7 +77,7 @@ impl Config {
                     .values()
                     .map(|h| row([h.name.as_str(), h.kind.as_str()])),
             );
-            out.push_str(&table(&rows, "  "));
+            out.push_str(&crate::util::table(&rows, "  "));
         }
 
         out.push_str(&format!("\nsources ({}):\n", self.sources.len()));
@@ -100,7 +100,7 @@ impl Config {
                     &timeout,
                 ])
             }));
-            out.push_str(&table(&rows, "  "));
+            out.push_str(&crate::util::table(&rows, "  "));
         }
         out
     }
@@ -109,37 +109,6 @@ impl Config {
 /// A table row from string slices.
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
-}
-
-/// Lay out rows in columns separated by two spaces, each line starting
-/// with `indent`; the last column is not padded.
-fn table(rows: &[Vec<String>], indent: &str) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let mut line = indent.to_string();
-        for (c, cell) in r.iter().enumerate() {
-            if c + 1 == r.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                let pad = widths[c] - cell.chars().count() + 2;
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

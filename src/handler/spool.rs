@@ -179,7 +179,7 @@ impl OverBudget {
     fn describe(&self) -> String {
         let limit = format!(
             "{}, {} bytes",
-            indicatif::HumanBytes(self.limit),
+            crate::util::bytes(i64::try_from(self.limit).unwrap_or(i64::MAX)),
             self.limit
         );
         match self.kind {

@@ -9,14 +9,14 @@
 //! is opened close-on-exec: children (restic, dump commands) do not inherit
 //! the lock.
 
-use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::filelock;
 
 /// Name of the directory inside `work_dir` holding the lock files.
 pub const LOCKS_DIR: &str = "locks";
@@ -88,7 +88,7 @@ pub enum LockError {
 /// A held lock; dropping it releases the lock.
 #[derive(Debug)]
 pub struct SourceLock {
-    file: File,
+    file: filelock::Locked,
     path: PathBuf,
     holder: LockHolder,
 }
@@ -114,18 +114,10 @@ impl SourceLock {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::WouldBlock {
+        let file = filelock::open(&path).map_err(io)?;
+        let file = match filelock::try_lock(file).map_err(io)? {
+            Ok(locked) => locked,
+            Err(mut file) => {
                 let mut text = String::new();
                 let holder = file
                     .read_to_string(&mut text)
@@ -137,8 +129,7 @@ impl SourceLock {
                     holder,
                 });
             }
-            return Err(io(e));
-        }
+        };
         let holder = LockHolder {
             pid: std::process::id(),
             kind,

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::QueueSpec;
+use crate::util::lock;
 
 /// One queue.
 #[derive(Debug)]
@@ -102,10 +103,6 @@ fn resize(q: &mut Queue, workers: usize) {
         });
     }
     q.workers = workers;
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ impl StatusRegistry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.inner)
     }
 
     fn with_job(&self, id: &str, f: impl FnOnce(&mut JobInfo)) {

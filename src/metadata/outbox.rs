@@ -31,12 +31,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use nix::fcntl::{Flock, FlockArg};
 use tracing::{debug, error, info, warn};
 
 use super::remote::RemoteStore;
 use super::{MetadataError, MetadataStore, Recovery};
 use crate::config::Config;
+use crate::filelock::{Locked, lock_waiting};
 use crate::model::AddDatasetRequest;
 use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
 
@@ -58,8 +58,6 @@ const LOCK_FILE: &str = ".lock";
 /// A temporary file older than this was left by a crash: it is queued if it
 /// holds a whole record, else moved aside.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
-/// How often a waiting deliverer checks whether the lock is free.
-const LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// What one delivery round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -250,28 +248,9 @@ impl Outbox {
 
     /// Take the outbox's delivery lock, waiting up to `wait`. `None`: some
     /// other deliverer held it all that time.
-    async fn lock(&self, wait: Duration) -> io::Result<Option<Flock<File>>> {
-        let deadline = Instant::now() + wait;
-        let path = self.dir.join(LOCK_FILE);
+    async fn lock(&self, wait: Duration) -> io::Result<Option<Locked>> {
         fs::create_dir_all(&self.dir)?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(Some(lock)),
-                Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
-                    if Instant::now() >= deadline {
-                        return Ok(None);
-                    }
-                    file = f;
-                    tokio::time::sleep(LOCK_POLL).await;
-                }
-                Err((_, e)) => return Err(io::Error::from(e)),
-            }
-        }
+        lock_waiting(&self.dir.join(LOCK_FILE), wait).await
     }
 
     /// Move `name` to `rejected/`, with `reason` in a `.reason` file beside it.
@@ -581,7 +560,7 @@ impl OutboxStore {
     }
 
     fn pause_state(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.paused_until.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.paused_until)
     }
 
     fn note(&self, report: &DeliveryReport) {

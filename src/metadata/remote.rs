@@ -26,6 +26,7 @@ use crate::config::MetadbClientConfig;
 use crate::model::{
     AddDatasetRequest, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, api,
 };
+use crate::util::error_chain;
 
 /// How many characters of a non-JSON error body are kept in messages.
 const MAX_ERROR_TEXT: usize = 500;
@@ -164,21 +165,6 @@ fn display_url(url: &Url) -> String {
     let _ = u.set_username("");
     let _ = u.set_password(None);
     u.as_str().trim_end_matches('/').to_string()
-}
-
-/// The error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// The server's error text: `error` of a JSON body, else the start of the

@@ -254,9 +254,7 @@ impl SqliteStore {
     /// The queue of running-jobs reports (a panic while it was held
     /// cannot leave it inconsistent: it is only pushed to and drained).
     fn queued_reports(&self) -> std::sync::MutexGuard<'_, Vec<QueuedReport>> {
-        self.reports
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::util::lock(&self.reports)
     }
 
     /// Wrap a database error with the file path.

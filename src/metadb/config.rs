@@ -228,21 +228,13 @@ fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
     })
 }
 
-/// Whether a YAML text holds nothing but comments and blank lines.
-fn is_blank_yaml(text: &str) -> bool {
-    text.lines().all(|l| {
-        let l = l.trim();
-        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
-    })
-}
-
 /// Read `metadb.yml`.
 pub fn read_file(file: &Path) -> Result<RawConfig, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         location: file.display().to_string(),
         message: format!("cannot read the metadata server configuration: {e}"),
     })?;
-    if is_blank_yaml(&text) {
+    if crate::config::load::is_blank_yaml(&text) {
         return Ok(RawConfig::default());
     }
     parse_yaml(file, &text)
@@ -343,7 +335,7 @@ pub fn resolve(
             location: tf.display().to_string(),
             message: format!("cannot read the tokens file: {e}"),
         })?;
-        let more: BTreeMap<String, String> = if is_blank_yaml(&text) {
+        let more: BTreeMap<String, String> = if crate::config::load::is_blank_yaml(&text) {
             BTreeMap::new()
         } else {
             parse_yaml(&tf, &text)?

@@ -85,21 +85,6 @@ pub fn format_age(d: Duration) -> String {
     }
 }
 
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
-pub fn format_bytes(n: i64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n.unsigned_abs() < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v.abs() >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 /// A time as shown on the page.
 fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -512,25 +497,25 @@ fn progress_cell(j: &JobStatus) -> (String, String, String) {
         }
         let bytes = format!(
             "{} / {}",
-            format_bytes(s.bytes_done),
-            format_bytes(s.total_bytes)
+            crate::util::bytes(s.bytes_done),
+            crate::util::bytes(s.total_bytes)
         );
         (cell, escape(&files), escape(&bytes))
     } else {
         let rate = if elapsed > 0 {
-            format!(", {}/s", format_bytes(s.bytes_done / elapsed))
+            format!(", {}/s", crate::util::bytes(s.bytes_done / elapsed))
         } else {
             String::new()
         };
         (
             format!(
                 "<span class=\"spin\"></span> streaming, size unknown ({} so far{}, {})",
-                escape(&format_bytes(s.bytes_done)),
+                escape(&crate::util::bytes(s.bytes_done)),
                 escape(&rate),
                 escape(&format_age(Duration::from_secs(elapsed as u64)))
             ),
             escape(&files),
-            escape(&format_bytes(s.bytes_done)),
+            escape(&crate::util::bytes(s.bytes_done)),
         )
     }
 }
@@ -714,7 +699,7 @@ fn results_table(html: &mut String, backups: &[Backup]) {
             escape(&b.host),
             escape(&d.snapshot_id),
             escape(&short),
-            escape(&format_bytes(d.total_bytes)),
+            escape(&crate::util::bytes(d.total_bytes)),
             escape(&b.id),
             escape(&restore_command(&b.host, &b.timestamp, &path)),
         );
@@ -747,7 +732,7 @@ fn recent_section(html: &mut String, recent: &[Backup]) {
             escape(&b.host),
             escape(&b.id),
             names.join(", "),
-            escape(&format_bytes(size)),
+            escape(&crate::util::bytes(size)),
         );
     }
     html.push_str("</tbody></table></section>");
@@ -821,8 +806,8 @@ pub async fn host_page(
                 escape(&b.id),
                 names.join(", "),
                 sum(|d| d.total_files),
-                escape(&format_bytes(sum(|d| d.total_bytes))),
-                escape(&format_bytes(sum(|d| d.bytes_added))),
+                escape(&crate::util::bytes(sum(|d| d.total_bytes))),
+                escape(&crate::util::bytes(sum(|d| d.bytes_added))),
             );
         }
         html.push_str("</tbody></table></section>");
@@ -1013,9 +998,5 @@ mod tests {
             format_age(Duration::from_secs(3 * 86400 + 4 * 3600)),
             "3d 4h"
         );
-        assert_eq!(format_bytes(512), "512 B");
-        assert_eq!(format_bytes(1536), "1.5 KiB");
-        assert_eq!(format_bytes(3 << 30), "3.0 GiB");
-        assert_eq!(format_bytes(i64::MAX), "8.0 EiB");
     }
 }

@@ -567,7 +567,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(html.contains(">users<") && html.contains("<progress max=\"1\" value=\"0.400\">"));
     assert!(html.contains("4 / 10"));
     assert!(
-        html.contains("streaming, size unknown (10.0 KiB so far, 1.0 KiB/s, 10s)"),
+        html.contains("streaming, size unknown (10.00 KiB so far, 1.00 KiB/s, 10s)"),
         "{html}"
     );
     assert!(!html.contains("0s left") && !html.contains("/ 0 B"));
@@ -617,7 +617,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
         ),
         "{html}"
     );
-    assert!(html.contains("4.0 KiB"));
+    assert!(html.contains("4.00 KiB"));
     assert!(html.contains(&format!("title=\"{:0>64}\"", "d2")), "{html}");
     assert!(
         html.contains("value=\"mysql/db/site1\""),

@@ -24,16 +24,14 @@
 //!   a shared remote repository once (`tabacco repo init`) before rolling
 //!   out the hosts (README, "Shared repositories").
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use super::Restic;
 use super::json::Version;
+use crate::filelock::{Locked, lock_waiting};
 use crate::repository::{Creation, RepoError};
 
 /// The lock file creators take turns on, in a local repository directory.
@@ -45,43 +43,10 @@ pub const INIT_TMP: &str = ".tabacco-init.tmp";
 /// The directories of a local restic repository (the config comes last).
 const RESTIC_DIRS: [&str; 5] = ["data", "index", "keys", "locks", "snapshots"];
 
-/// An exclusive `flock` held until dropped (closing the file releases it).
-#[derive(Debug)]
-pub struct FileLock {
-    _file: File,
-}
-
-/// Take an exclusive `flock` on `path` (created if missing), waiting up to
-/// `wait`; `None` if it stayed held by another process that long.
-pub async fn lock_file(path: &Path, wait: Duration) -> io::Result<Option<FileLock>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    let started = Instant::now();
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(Some(FileLock { _file: file }));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock {
-            return Err(e);
-        }
-        if started.elapsed() >= wait {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Take the creators' lock at `path` for `r`, waiting up to its
 /// `lock_wait`; a holder that keeps it longer is an error.
-async fn creators_lock(r: &Restic, path: &Path) -> Result<FileLock, RepoError> {
-    lock_file(path, r.lock_wait)
+async fn creators_lock(r: &Restic, path: &Path) -> Result<Locked, RepoError> {
+    lock_waiting(path, r.lock_wait)
         .await
         .map_err(io_error(format!("cannot lock {}", path.display())))?
         .ok_or_else(|| RepoError::Damaged {
