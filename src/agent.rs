@@ -1080,7 +1080,9 @@ mod tests {
         agent.trigger("s");
         repo.started.notified().await;
         tx.send(Event::Shutdown).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Release the job only once the shutdown has begun, so that it is
+        // the grace period that lets it finish.
+        until("the shutdown to start", || agent.status().shutting_down).await;
         repo.gate.add_permits(1);
         tokio::time::timeout(Duration::from_secs(5), run)
             .await

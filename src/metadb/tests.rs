@@ -1495,9 +1495,16 @@ async fn client_certificates_and_tokens_together() {
     s.stop().await;
 }
 
-/// A store that hangs on the pattern `slow`, panics on `panic`, takes
-/// half a second on `wait`, and otherwise finds nothing.
-struct UnrulyStore;
+/// A store that hangs on the pattern `slow`, panics on `panic`, on `wait`
+/// says it `entered` and answers once `release`d, and otherwise finds
+/// nothing.
+#[derive(Default)]
+struct UnrulyStore {
+    /// Notified when a `wait` request reaches the store.
+    entered: tokio::sync::Notify,
+    /// A `wait` request answers once this is notified.
+    release: tokio::sync::Notify,
+}
 
 #[async_trait::async_trait]
 impl crate::metadata::MetadataStore for UnrulyStore {
@@ -1520,7 +1527,8 @@ impl crate::metadata::MetadataStore for UnrulyStore {
             }
             "panic" => panic!("the unruly store panics"),
             "wait" => {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                self.entered.notify_one();
+                self.release.notified().await;
                 Ok(Vec::new())
             }
             _ => Ok(Vec::new()),
@@ -1565,7 +1573,7 @@ impl ServerStore for UnrulyStore {
 
 #[tokio::test]
 async fn slow_and_panicking_requests_get_json_errors_and_the_server_keeps_serving() {
-    let store: Arc<dyn ServerStore> = Arc::new(UnrulyStore);
+    let store: Arc<dyn ServerStore> = Arc::new(UnrulyStore::default());
     let mut state = AppState::new(store.clone(), &test_config()).unwrap();
     state.request_timeout = std::time::Duration::from_millis(300);
     let s = start_state(
@@ -1606,7 +1614,8 @@ async fn slow_and_panicking_requests_get_json_errors_and_the_server_keeps_servin
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_and_frees_the_port() {
-    let store: Arc<dyn ServerStore> = Arc::new(UnrulyStore);
+    let unruly = Arc::new(UnrulyStore::default());
+    let store: Arc<dyn ServerStore> = unruly.clone();
     let state = AppState::new(store.clone(), &test_config()).unwrap();
     let mut s = start_state(
         state,
@@ -1628,8 +1637,19 @@ async fn graceful_shutdown_finishes_and_frees_the_port() {
             .await
             .map(|r| r.status())
     });
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // The request is in the store: start the shutdown, and let the store
+    // answer only once the server has stopped accepting connections.
+    unruly.entered.notified().await;
     let _ = s.stop.take().unwrap().send(());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting 30 s after the shutdown started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    unruly.release.notify_one();
     assert_eq!(in_flight.await.unwrap().unwrap(), StatusCode::OK);
     s.task.take().unwrap().await.unwrap().unwrap();
     // No longer listening.
