@@ -233,7 +233,7 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
     if let Some(outbox) = &stores.outbox
         && !config.dry_run
     {
-        let report = outbox.deliver_pending_within(FINAL_DELIVERY_BUDGET).await;
+        let report = outbox.deliver_at_exit(FINAL_DELIVERY_BUDGET).await;
         let summary = delivery_summary(outbox, &report);
         progress::suspend(|| print!("{summary}"));
         refused = outbox.outbox().rejected_total();

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tracing::{debug, error, info, warn};
 
-use super::remote::RemoteStore;
+use super::remote::{RemoteOptions, RemoteStore, RetryPolicy};
 use super::{MetadataError, MetadataStore, Recovery};
 use crate::config::Config;
 use crate::filelock::{Locked, lock_waiting};
@@ -55,6 +55,9 @@ const REASON_EXT: &str = "reason";
 const TMP_PREFIX: &str = ".tmp-";
 /// The lock file held by a delivery round.
 const LOCK_FILE: &str = ".lock";
+/// Bound on connecting for the single delivery attempt right after a record
+/// is queued (the background deliverer uses the client's own timeout).
+const IMMEDIATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A temporary file older than this was left by a crash: it is queued if it
 /// holds a whole record, else moved aside.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
@@ -488,13 +491,22 @@ impl Default for OutboxOptions {
 
 /// A metadata store that queues dataset records in an [`Outbox`] and
 /// delivers them to a remote store; reads go straight to the remote.
+///
+/// A backup never waits on the network for its records: right after
+/// queueing one, a single attempt is made (through `immediate`, a client
+/// that does not retry); if the server fails, records are only queued for
+/// [`OutboxOptions::pause_after_failure`], and the background deliverer
+/// (the agent) or the next run retries them.
 pub struct OutboxStore {
     outbox: Arc<Outbox>,
     remote: Arc<dyn MetadataStore>,
+    /// Delivers right after queueing: one attempt, no backoff.
+    immediate: Arc<dyn MetadataStore>,
     url: String,
     options: OutboxOptions,
-    /// No immediate delivery before this instant (after a failed round).
-    paused_until: Mutex<Option<Instant>>,
+    /// No immediate delivery before this instant (after a failed round),
+    /// and why that round failed.
+    paused_until: Mutex<Option<(Instant, String)>>,
 }
 
 impl std::fmt::Debug for OutboxStore {
@@ -527,11 +539,19 @@ impl OutboxStore {
     ) -> OutboxStore {
         OutboxStore {
             outbox: Arc::new(outbox),
+            immediate: remote.clone(),
             remote,
             url: url.into(),
             options,
             paused_until: Mutex::new(None),
         }
+    }
+
+    /// Deliver right after queueing through `immediate` (a client making a
+    /// single attempt) instead of the retrying remote.
+    pub fn with_immediate(mut self, immediate: Arc<dyn MetadataStore>) -> OutboxStore {
+        self.immediate = immediate;
+        self
     }
 
     /// The store for `config`: its `metadb` server through an outbox in its
@@ -542,11 +562,22 @@ impl OutboxStore {
         };
         let remote = RemoteStore::new(metadb)?;
         let url = remote.url().to_string();
-        Ok(Some(OutboxStore::new(
-            Outbox::open(&config.work_dir),
-            Arc::new(remote),
-            url,
-        )))
+        let defaults = RemoteOptions::default();
+        let immediate = RemoteStore::with_options(
+            metadb,
+            RemoteOptions {
+                connect_timeout: IMMEDIATE_CONNECT_TIMEOUT.min(defaults.connect_timeout),
+                retry: RetryPolicy {
+                    max_attempts: 1,
+                    ..defaults.retry.clone()
+                },
+                ..defaults
+            },
+        )?;
+        Ok(Some(
+            OutboxStore::new(Outbox::open(&config.work_dir), Arc::new(remote), url)
+                .with_immediate(Arc::new(immediate)),
+        ))
     }
 
     /// The outbox (for counters: `pending()`, `rejected_total()`, ...).
@@ -559,8 +590,17 @@ impl OutboxStore {
         &self.url
     }
 
-    fn pause_state(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+    fn pause_state(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String)>> {
         crate::util::lock(&self.paused_until)
+    }
+
+    /// Why delivery is paused (a round failed less than
+    /// `pause_after_failure` ago), if it is.
+    fn paused(&self) -> Option<String> {
+        self.pause_state()
+            .as_ref()
+            .filter(|(until, _)| Instant::now() < *until)
+            .map(|(_, why)| why.clone())
     }
 
     fn note(&self, report: &DeliveryReport) {
@@ -571,7 +611,22 @@ impl OutboxStore {
         *paused = report
             .error
             .as_ref()
-            .map(|_| Instant::now() + self.options.pause_after_failure);
+            .map(|e| (Instant::now() + self.options.pause_after_failure, e.clone()));
+    }
+
+    /// The delivery at the end of a command: every queued record within
+    /// `budget`, unless a round failed moments ago (the server is down:
+    /// the command does not wait for it again; the records stay queued and
+    /// the report says why).
+    pub async fn deliver_at_exit(&self, budget: Duration) -> DeliveryReport {
+        match self.paused() {
+            Some(error) => DeliveryReport {
+                pending: self.outbox.pending().unwrap_or(0),
+                error: Some(error),
+                ..DeliveryReport::default()
+            },
+            None => self.deliver_pending_within(budget).await,
+        }
     }
 
     /// Deliver every queued record now (oldest first), waiting for another
@@ -588,26 +643,27 @@ impl OutboxStore {
     /// [`OutboxStore::deliver_pending`], giving up after `budget` (what is
     /// not delivered then stays queued).
     pub async fn deliver_pending_within(&self, budget: Duration) -> DeliveryReport {
+        self.deliver_via(&*self.remote, budget).await
+    }
+
+    /// A round through `store` within `budget`, noted for the pause.
+    async fn deliver_via(&self, store: &dyn MetadataStore, budget: Duration) -> DeliveryReport {
         let lock_wait = self.options.lock_wait.min(budget);
-        match tokio::time::timeout(budget, self.outbox.deliver(&*self.remote, lock_wait)).await {
-            Ok(report) => {
-                self.note(&report);
-                report
-            }
-            Err(_) => {
-                let report = DeliveryReport {
-                    pending: self.outbox.pending().unwrap_or(0),
-                    error: Some(format!(
-                        "delivery to {} did not finish within {}",
-                        self.url,
-                        humantime::format_duration(budget)
-                    )),
-                    ..DeliveryReport::default()
-                };
-                self.note(&report);
-                report
-            }
-        }
+        let report = match tokio::time::timeout(budget, self.outbox.deliver(store, lock_wait)).await
+        {
+            Ok(report) => report,
+            Err(_) => DeliveryReport {
+                pending: self.outbox.pending().unwrap_or(0),
+                error: Some(format!(
+                    "delivery to {} did not finish within {}",
+                    self.url,
+                    humantime::format_duration(budget)
+                )),
+                ..DeliveryReport::default()
+            },
+        };
+        self.note(&report);
+        report
     }
 
     /// The agent's background delivery: a round at once, then one every
@@ -656,13 +712,12 @@ fn log_report(url: &str, r: &DeliveryReport) {
 impl MetadataStore for OutboxStore {
     async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
         self.outbox.enqueue(backup, dataset).await?;
-        let paused = self.pause_state().is_some_and(|t| Instant::now() < t);
-        if paused {
+        if self.paused().is_some() {
             debug!(url = %self.url, "server failed recently; record left queued");
             return Ok(());
         }
         let report = self
-            .deliver_pending_within(self.options.immediate_budget)
+            .deliver_via(&*self.immediate, self.options.immediate_budget)
             .await;
         log_report(&self.url, &report);
         Ok(())
@@ -1078,6 +1133,33 @@ mod tests {
             2,
             "an explicit delivery always tries"
         );
+    }
+
+    /// Issue 16: with the server down, a backup does not wait for it. The
+    /// record goes through the single-attempt client; the retrying one is
+    /// left to the background deliverer, and the delivery at the end of
+    /// the command does not try again right after a failure.
+    #[tokio::test]
+    async fn a_backup_never_waits_on_a_server_that_is_down() {
+        let work = tempfile::tempdir().unwrap();
+        let retrying = Arc::new(Fake {
+            delay: Duration::from_secs(3600),
+            ..Fake::default()
+        });
+        let once = Arc::new(Fake {
+            fail_always: true,
+            ..Fake::default()
+        });
+        let store = outbox_store(work.path(), retrying.clone()).with_immediate(once.clone());
+        for i in 0..2 {
+            let (b, d) = sample(&format!("d{i}"));
+            store.add_dataset(&b, &d).await.unwrap();
+        }
+        let r = store.deliver_at_exit(Duration::from_secs(3600)).await;
+        assert_eq!((r.delivered, r.pending), (0, 2));
+        assert!(r.error.unwrap().contains("connection refused"));
+        assert_eq!(once.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(retrying.calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
