@@ -57,9 +57,17 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    /// More log output. Commands show only warnings and errors, progress
+    /// bars and one summary by default; -v adds the log (info), -vv debug,
+    /// -vvv trace. The agent and the server log info by default (-v
+    /// debug, -vv trace). `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Print only failures (for cron): errors, no bars, no summary of what
+    /// went well. The exit status says the rest.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
 
     /// What to do.
     #[command(subcommand)]
@@ -72,6 +80,12 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Whether the command is a long-running service (agent, metadata
+    /// server), whose log is its output.
+    pub fn is_service(&self) -> bool {
+        matches!(self.command, Command::Agent(_) | Command::Metadb(_))
+    }
+
     /// Parse the process's arguments (exiting on `--help` or a mistake, as
     /// clap does), remembering where `--config` came from.
     pub fn parse_args() -> Cli {
@@ -161,6 +175,7 @@ impl CliError {
 
 /// Run the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
+    progress::set_quiet(cli.quiet);
     let config_on_command_line = cli.config_on_command_line();
     let result = match cli.command {
         Command::Agent(args) => agent::run(&cli.config, args).await,

@@ -15,7 +15,10 @@ fn main() -> ExitCode {
     }
     tabacco::process::supervise::enable_self();
     let cli = tabacco::cli::Cli::parse_args();
-    tabacco::cli::logging::init(cli.log_format, cli.verbose);
+    tabacco::cli::logging::init(
+        cli.log_format,
+        tabacco::cli::logging::level(cli.is_service(), cli.verbose, cli.quiet),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -159,7 +159,7 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
                     atoms.join(", ")
                 );
             }
-            for ds in &report.backup.datasets {
+            for ds in report.backup.datasets.iter().filter(|_| !progress::quiet()) {
                 println!(
                     "ok      {}/{}  snapshot {}  {} files  {}  {} added",
                     ds.source,
@@ -176,7 +176,9 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
             if let Some(e) = &report.fatal {
                 println!("FAILED  {name}: {e}");
             }
-            if !report.planned.is_empty() || config.dry_run {
+            if progress::quiet() {
+                // Failures only: printed above.
+            } else if !report.planned.is_empty() || config.dry_run {
                 println!("{name}: dry run, nothing was backed up or recorded");
             } else {
                 println!(
@@ -234,8 +236,10 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
         && !config.dry_run
     {
         let report = outbox.deliver_at_exit(FINAL_DELIVERY_BUDGET).await;
-        let summary = delivery_summary(outbox, &report);
-        progress::suspend(|| print!("{summary}"));
+        if !progress::quiet() {
+            let summary = delivery_summary(outbox, &report);
+            progress::suspend(|| print!("{summary}"));
+        }
         refused = outbox.outbox().rejected_total();
     }
     if failed > 0 {

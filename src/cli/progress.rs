@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,19 @@ use crate::model::{Dataset, RunningJobStatus};
 use crate::repository::SnapshotInfo;
 
 static MULTI: OnceLock<MultiProgress> = OnceLock::new();
+
+/// `--quiet`: no bars, no summary of what went well; failures only.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Set `--quiet` for this process.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Whether `--quiet` was given: print failures only.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
 
 /// Run `f` (which writes to the terminal) with the progress bars hidden.
 pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
@@ -45,10 +59,10 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     }
 }
 
-/// The observer for this process: bars when standard error is a terminal,
-/// log lines every 10 s otherwise.
+/// The observer for this process: bars when standard error is a terminal
+/// (and not `--quiet`), log lines every 10 s otherwise (shown with `-v`).
 pub fn observer() -> Arc<dyn Observer> {
-    if std::io::stderr().is_terminal() {
+    if std::io::stderr().is_terminal() && !quiet() {
         let multi = MULTI.get_or_init(MultiProgress::new).clone();
         Arc::new(Bars {
             multi,
@@ -72,6 +86,12 @@ pub fn describe(st: &RunningJobStatus) -> String {
     if st.total_bytes > 0 {
         s.push_str(&format!("/{}", crate::util::bytes(st.total_bytes)));
     }
+    if st.seconds_elapsed > 0 && st.bytes_done > 0 {
+        s.push_str(&format!(
+            ", {}/s",
+            crate::util::bytes(st.bytes_done / st.seconds_elapsed)
+        ));
+    }
     if st.seconds_remaining > 0 {
         s.push_str(&format!(", {}s left", st.seconds_remaining));
     }
@@ -83,18 +103,22 @@ struct Bars {
     bars: Mutex<HashMap<String, ProgressBar>>,
 }
 
+/// A dataset's line before its size is known (and for streams, whose size
+/// is never known): a spinner with what went through so far.
+const SPINNER_TEMPLATE: &str = "{prefix:.bold} {spinner} {msg} ({elapsed})";
+
+/// A dataset's line once restic knows its size.
+const BAR_TEMPLATE: &str = "{prefix:.bold} [{bar:30}] {percent:>3}% {msg} ({elapsed})";
+
 impl Bars {
     fn bar(&self, ds: &Dataset) -> ProgressBar {
         let mut bars = crate::util::lock(&self.bars);
         bars.entry(ds.id.clone())
             .or_insert_with(|| {
-                let pb = self.multi.add(ProgressBar::new(1000));
-                let style = ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30}] {percent:>3}% {msg} ({elapsed})",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
-                pb.set_style(style);
+                let pb = self.multi.add(ProgressBar::new_spinner());
+                if let Ok(style) = ProgressStyle::with_template(SPINNER_TEMPLATE) {
+                    pb.set_style(style);
+                }
                 pb.set_prefix(format!("{}/{}", ds.source, ds.name));
                 pb.enable_steady_tick(Duration::from_millis(200));
                 pb
@@ -109,23 +133,22 @@ impl Observer for Bars {
     }
     fn progress(&self, ds: &Dataset, st: &RunningJobStatus) {
         let pb = self.bar(ds);
-        pb.set_position((st.percent_done.clamp(0.0, 1.0) * 1000.0) as u64);
+        // Streams have no total: they keep the spinner, with throughput.
+        if st.total_bytes > 0 && pb.length().is_none() {
+            pb.set_length(1000);
+            if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
+                pb.set_style(style.progress_chars("=> "));
+            }
+        }
+        if pb.length().is_some() {
+            pb.set_position((st.percent_done.clamp(0.0, 1.0) * 1000.0) as u64);
+        }
         pb.set_message(describe(st));
     }
-    fn dataset_finished(&self, ds: &Dataset, outcome: Result<&SnapshotInfo, &str>) {
-        let pb = self.bar(ds);
-        match outcome {
-            Ok(info) => {
-                pb.set_position(1000);
-                pb.finish_with_message(format!(
-                    "done: {} files, {}, {} added",
-                    info.total_files,
-                    crate::util::bytes(info.total_bytes),
-                    crate::util::bytes(info.bytes_added)
-                ));
-            }
-            Err(_) => pb.abandon_with_message("FAILED"),
-        }
+    fn dataset_finished(&self, ds: &Dataset, _outcome: Result<&SnapshotInfo, &str>) {
+        // The command prints one line per dataset when it ends (ok or
+        // FAILED): the bar makes room for it.
+        self.bar(ds).finish_and_clear();
     }
 }
 

@@ -68,7 +68,7 @@ pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> 
         "restored"
     };
     progress::suspend(|| {
-        for item in &report.restored {
+        for item in report.restored.iter().filter(|_| !progress::quiet()) {
             println!(
                 "{verb} {} from backup {} ({}, host {}) into {}",
                 item.atoms.join(", "),

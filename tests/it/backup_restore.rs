@@ -355,3 +355,34 @@ fn restore_refuses_index_records_that_would_escape_the_target() {
     let first = data.components().nth(1).unwrap();
     assert_eq!(entries, [first.as_os_str().to_owned()]);
 }
+
+/// Issue 16: a command prints one summary and no log by default; `-v`
+/// brings the log back; `--quiet` (for cron) prints failures only.
+#[test]
+fn commands_print_a_summary_not_the_log_and_quiet_prints_only_failures() {
+    let env = Env::new();
+    crate::common::file_source(&env);
+    let out = env.run(&["backup", "home"]);
+    assert!(out.status.success(), "{}", crate::common::text(&out));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("1 dataset(s) recorded"), "{stdout}");
+    assert_eq!(stdout.matches("home/users").count(), 1, "{stdout}");
+    assert!(!stderr.contains("INFO"), "the log is shown: {stderr}");
+
+    let out = env.run(&["-v", "backup", "home"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INFO"));
+
+    let out = env.run(&["--quiet", "backup", "home"]);
+    assert!(out.status.success(), "{}", crate::common::text(&out));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+
+    std::fs::remove_dir_all(env.path("data/alice")).unwrap();
+    let out = env.run(&["--quiet", "backup", "home"]);
+    assert_eq!(out.status.code(), Some(1), "{}", crate::common::text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("FAILED  home/users"), "{stdout}");
+    assert!(!stdout.contains("recorded"), "{stdout}");
+}
