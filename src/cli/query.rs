@@ -111,10 +111,12 @@ mod tests {
                     Atom {
                         name: "alice".into(),
                         path: String::new(),
+                        ..Default::default()
                     },
                     Atom {
                         name: "bob".into(),
                         path: String::new(),
+                        ..Default::default()
                     },
                 ],
                 snapshot_id: "0123456789abcdef".into(),
@@ -122,6 +124,7 @@ mod tests {
                 total_bytes: 2048,
                 bytes_added: 0,
                 duration: 1,
+                ..Default::default()
             }],
         };
         let t = table(&[b]);
