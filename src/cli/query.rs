@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::HumanBytes;
 
 use super::{AtomFilter, CliError, load_config, open_store};
-use crate::model::{Backup, atom_path};
+use crate::model::{Atom, Backup, Dataset, atom_path};
 
 /// Arguments of `tabacco query`.
 #[derive(Debug, Args)]
@@ -27,10 +27,17 @@ pub struct QueryArgs {
 
 /// Run the query.
 pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
-    let req = args.filter.request(&args.pattern, args.num_versions)?;
+    let mut req = args.filter.request(&args.pattern, args.num_versions)?;
+    if args.filter.backup_id.is_some() {
+        // One backup: all its versions are one version.
+        req.num_versions = 0;
+    }
     let config = load_config(config_path)?;
     let store = open_store(&config).await?;
-    let backups = store.find_atoms(&req).await.map_err(super::store_error)?;
+    let mut backups = store.find_atoms(&req).await.map_err(super::store_error)?;
+    if let Some(id) = &args.filter.backup_id {
+        backups.retain(|b| &b.id == id);
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&backups).map_err(CliError::failed)?;
         println!("{text}");
@@ -40,22 +47,48 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
     // grep's convention: no match is exit 1.
     if backups.is_empty() {
         return Err(CliError::failed(anyhow::anyhow!(
-            "no backed up atom matches '{}'",
-            args.pattern
+            "no backed up atom matches '{}'{}",
+            args.pattern,
+            args.filter
+                .backup_id
+                .as_ref()
+                .map(|id| format!(" in backup {id}"))
+                .unwrap_or_default()
         )));
     }
     Ok(())
 }
 
+/// An atom's size as shown (table, dry-run plan, web page), bytes written
+/// by `bytes`: its own when recorded (with its file count), else its
+/// dataset's (an older record), marked so.
+pub fn atom_size(ds: &Dataset, a: &Atom, bytes: impl Fn(i64) -> String) -> String {
+    size_text(a.size, a.files, &bytes)
+        .unwrap_or_else(|| format!("{} (dataset)", bytes(ds.total_bytes)))
+}
+
+/// A recorded size with its file count, if the size is known.
+pub fn size_text(
+    size: Option<i64>,
+    files: Option<i64>,
+    bytes: impl Fn(i64) -> String,
+) -> Option<String> {
+    let size = bytes(size?);
+    Some(match files {
+        Some(1) => format!("{size} (1 file)"),
+        Some(f) => format!("{size} ({f} files)"),
+        None => size,
+    })
+}
+
+/// Bytes as the command line shows them (`2.00 KiB`).
+pub fn human_bytes(n: i64) -> String {
+    HumanBytes(n.max(0) as u64).to_string()
+}
+
 /// The human-readable table: one row per atom version, newest first.
 pub fn table(backups: &[Backup]) -> String {
-    let mut rows = vec![[
-        "TIME".to_string(),
-        "HOST".to_string(),
-        "ATOM".to_string(),
-        "SNAPSHOT".to_string(),
-        "SIZE".to_string(),
-    ]];
+    let mut rows = vec![["TIME", "HOST", "ATOM", "BACKUP", "SNAPSHOT", "SIZE"].map(String::from)];
     for b in backups {
         for ds in &b.datasets {
             for a in &ds.atoms {
@@ -64,8 +97,9 @@ pub fn table(backups: &[Backup]) -> String {
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     b.host.clone(),
                     atom_path(&ds.source, &ds.name, &a.name),
+                    b.id.clone(),
                     ds.snapshot_id.chars().take(8).collect(),
-                    HumanBytes(ds.total_bytes.max(0) as u64).to_string(),
+                    atom_size(ds, a, human_bytes),
                 ]);
             }
         }
@@ -73,14 +107,19 @@ pub fn table(backups: &[Backup]) -> String {
     if rows.len() == 1 {
         return "no matching atoms\n".to_string();
     }
-    let mut widths = [0usize; 5];
-    for r in &rows {
+    columns(&rows)
+}
+
+/// Rows as left-aligned columns two spaces apart.
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let line: Vec<String> = r
             .iter()
             .zip(widths)
@@ -95,7 +134,6 @@ pub fn table(backups: &[Backup]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Atom, Dataset};
 
     #[test]
     fn table_has_one_row_per_atom_version() {
@@ -132,7 +170,19 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("TIME"));
         assert!(lines[1].contains("home/users/alice") && lines[1].contains("01234567"));
-        assert!(lines[2].contains("2026-11-24T10:00:00Z") && lines[2].contains("2.00 KiB"));
+        assert!(
+            lines[2].contains("2026-11-24T10:00:00Z") && lines[2].contains("2.00 KiB (dataset)")
+        );
         assert_eq!(table(&[]), "no matching atoms\n");
+        // A recorded atom size wins over the dataset's.
+        let a = Atom {
+            name: "x".into(),
+            size: Some(5),
+            files: Some(2),
+            ..Default::default()
+        };
+        let ds = Dataset::default();
+        assert_eq!(atom_size(&ds, &a, human_bytes), "5 B (2 files)");
+        assert_eq!(size_text(None, Some(1), human_bytes), None);
     }
 }

@@ -187,16 +187,12 @@ pub fn shell_quote(text: &str) -> String {
 }
 
 /// The `tabacco restore` command line that restores exactly the version of
-/// atom `path` that host `host` backed up at `timestamp`: `--older-than`
-/// one microsecond after it (the index's resolution; the bound is strict)
-/// with restore's default of the newest version, and the path as a
+/// atom `path` in backup `backup_id`: the backup named, and the path as a
 /// pattern that matches only itself.
-pub fn restore_command(host: &str, timestamp: &DateTime<Utc>, path: &str) -> String {
-    let after = *timestamp + chrono::TimeDelta::microseconds(1);
+pub fn restore_command(backup_id: &str, path: &str) -> String {
     format!(
-        "tabacco restore --host {} --older-than {} --target {} {}",
-        shell_quote(host),
-        after.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "tabacco restore --backup-id {} --target {} {}",
+        shell_quote(backup_id),
         RESTORE_TARGET,
         shell_quote(&glob::literal(path))
     )
@@ -694,7 +690,7 @@ fn results_table(html: &mut String, backups: &[Backup]) {
     }
     html.push_str(
         "<table><thead><tr><th>Atom</th><th>Time</th><th>Host</th><th>Snapshot</th>\
-         <th>Dataset size</th><th>Backup</th><th>Restore command</th></tr></thead><tbody>",
+         <th>Size</th><th>Backup</th><th>Restore command</th></tr></thead><tbody>",
     );
     let rows = backups.iter().flat_map(|b| {
         b.datasets
@@ -714,9 +710,9 @@ fn results_table(html: &mut String, backups: &[Backup]) {
             escape(&b.host),
             escape(&d.snapshot_id),
             escape(&short),
-            escape(&format_bytes(d.total_bytes)),
+            escape(&crate::cli::query::atom_size(d, a, format_bytes)),
             escape(&b.id),
-            escape(&restore_command(&b.host, &b.timestamp, &path)),
+            escape(&restore_command(&b.id, &path)),
         );
     }
     html.push_str("</tbody></table>");
@@ -969,24 +965,19 @@ mod tests {
 
     #[test]
     fn restore_command_selects_exactly_that_version_and_parses() {
-        let t: DateTime<Utc> = "2026-01-02T03:04:05.123456Z".parse().unwrap();
-        let cmd = restore_command("db-1", &t, "mysql/it's/a*b");
+        let cmd = restore_command("0190a1b2c3", "mysql/it's/a*b");
         assert_eq!(
             cmd,
-            "tabacco restore --host db-1 --older-than 2026-01-02T03:04:05.123457Z \
-             --target /tmp/restore 'mysql/it'\\''s/a[*]b'"
+            "tabacco restore --backup-id 0190a1b2c3 --target /tmp/restore 'mysql/it'\\''s/a[*]b'"
         );
         let words = shell_split(&cmd);
         let cli = crate::cli::Cli::try_parse_from(&words).unwrap();
         let crate::cli::Command::Restore(args) = cli.command else {
             panic!("not a restore: {words:?}");
         };
-        assert_eq!(args.filter.host.as_deref(), Some("db-1"));
-        // Strictly before one microsecond later: this version is the newest.
-        assert_eq!(
-            args.filter.older_than,
-            Some(t + chrono::TimeDelta::microseconds(1))
-        );
+        // The backup names the version (and its host).
+        assert_eq!(args.filter.backup_id.as_deref(), Some("0190a1b2c3"));
+        assert_eq!(args.filter.host, None);
         let p = glob::Pattern::parse(&args.pattern).unwrap();
         assert!(p.matches("mysql/it's/a*b") && !p.matches("mysql/it's/axb"));
         assert_eq!(args.target, std::path::PathBuf::from(RESTORE_TARGET));

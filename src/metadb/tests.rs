@@ -633,13 +633,11 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     );
     // Each version with the command that restores exactly it.
     assert!(
-        html.contains(
-            "tabacco restore --host h1 --older-than 2026-01-02T00:00:00.000001Z \
-             --target /tmp/restore mysql/db/site1"
-        ),
+        html.contains("tabacco restore --backup-id b2 --target /tmp/restore mysql/db/site1"),
         "{html}"
     );
-    assert!(html.contains("4.0 KiB"));
+    // Records without atom sizes show their dataset's, marked.
+    assert!(html.contains("4.0 KiB (dataset)"), "{html}");
     assert!(html.contains(&format!("title=\"{:0>64}\"", "d2")), "{html}");
     assert!(
         html.contains("value=\"mysql/db/site1\""),
