@@ -918,10 +918,22 @@ mod tests {
                 stream: None,
             })
         }
-        async fn restore(&self, _: &str, _: &[PathBuf], _: &Path) -> Result<(), RepoError> {
+        async fn restore(
+            &self,
+            _: &str,
+            _: &[PathBuf],
+            _: &Path,
+            _: Option<crate::repository::ProgressFn>,
+        ) -> Result<(), RepoError> {
             Ok(())
         }
-        async fn stream_restore(&self, _: &str, _: &str, _: ShellCommand) -> Result<(), RepoError> {
+        async fn stream_restore(
+            &self,
+            _: &str,
+            _: &str,
+            _: ShellCommand,
+            _: Option<crate::repository::ProgressFn>,
+        ) -> Result<(), RepoError> {
             Ok(())
         }
         async fn create(&self) -> Result<crate::repository::Creation, RepoError> {

@@ -89,12 +89,14 @@ pub trait Handler: Send + Sync {
 
     /// Restore the atoms listed in `dataset` (a subset of those backed up)
     /// from its snapshot, under `target`.
+    /// `progress` gets the bytes restored so far, where they are known.
     async fn restore(
         &self,
         rctx: &RuntimeContext,
         backup: &Backup,
         dataset: &Dataset,
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<(), HandlerError>;
 }
 

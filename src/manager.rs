@@ -147,8 +147,10 @@ pub trait Observer: Send + Sync {
     fn dataset_started(&self, _dataset: &Dataset) {}
     /// The repository reported progress on a dataset.
     fn progress(&self, _dataset: &Dataset, _status: &RunningJobStatus) {}
-    /// A dataset's backup or restore ended.
+    /// A dataset's backup ended.
     fn dataset_finished(&self, _dataset: &Dataset, _outcome: Result<&SnapshotInfo, &str>) {}
+    /// A dataset version's restore ended.
+    fn restore_finished(&self, _dataset: &Dataset, _outcome: Result<(), &str>) {}
 }
 
 /// An observer that ignores everything.
@@ -713,6 +715,7 @@ impl Manager {
         req: &FindRequest,
         target: &Path,
         opts: &RestoreOptions,
+        observer: &Arc<dyn Observer>,
     ) -> Result<RestoreReport, ManagerError> {
         let found = self.find_for_restore(req, opts).await?;
         // Restore paths and the commands' environment are built from these
@@ -885,7 +888,10 @@ impl Manager {
                             info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %p.dest.display(), how = p.method.describe(), "dry run: would restore");
                         } else {
                             info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %p.dest.display(), how = p.method.describe(), "restoring");
-                            if let Err(error) = self.restore_one(rctx, p, opts).await {
+                            observer.dataset_started(ds);
+                            let result = self.restore_one(rctx, p, observer).await;
+                            observer.restore_finished(ds, result.as_ref().map(|_| ()).map_err(String::as_str));
+                            if let Err(error) = result {
                                 error!(dataset = %ds.name, "restore failed: {error}");
                                 report.failures.push(DatasetFailure {
                                     dataset: ds.name.clone(),
@@ -1006,20 +1012,39 @@ impl Manager {
         &self,
         rctx: &RuntimeContext,
         p: &Planned<'_>,
-        _opts: &RestoreOptions,
+        observer: &Arc<dyn Observer>,
     ) -> Result<(), String> {
         let ds = p.dataset;
+        // Progress against the recorded sizes, where known; `base`: bytes
+        // of the atoms already streamed.
+        let total: i64 = p.atoms.iter().filter_map(|a| a.size).sum();
+        let progress = |base: i64| -> ProgressFn {
+            let observer = observer.clone();
+            let ds = ds.clone();
+            Arc::new(move |st: &RunningJobStatus| {
+                let mut st = st.clone();
+                st.bytes_done += base;
+                if st.total_bytes <= 0 && total > 0 {
+                    st.total_bytes = total;
+                }
+                if st.total_bytes > 0 {
+                    st.percent_done = (st.bytes_done as f64 / st.total_bytes as f64).min(1.0);
+                }
+                observer.progress(&ds, &st)
+            })
+        };
         match &p.method {
             Method::Local(handler) => handler
-                .restore(rctx, p.backup, ds, &p.dest)
+                .restore(rctx, p.backup, ds, &p.dest, Some(progress(0)))
                 .await
                 .map_err(|e| error_chain(&e)),
             Method::RecordedPaths(paths) => rctx
                 .repo()
-                .restore(&ds.snapshot_id, paths, &p.dest)
+                .restore(&ds.snapshot_id, paths, &p.dest, Some(progress(0)))
                 .await
                 .map_err(|e| error_chain(&e)),
             Method::Raw => {
+                let mut base = 0;
                 for (atom, planned) in ds.atoms.iter().zip(&p.atoms) {
                     if let Some(dir) = planned.target.parent() {
                         tokio::fs::create_dir_all(dir)
@@ -1035,9 +1060,10 @@ impl Manager {
                     );
                     let name = restore::stream_name(ds, &atom.name);
                     rctx.repo()
-                        .stream_restore(&ds.snapshot_id, &name, consumer)
+                        .stream_restore(&ds.snapshot_id, &name, consumer, Some(progress(base)))
                         .await
                         .map_err(|e| format!("atom '{}': {}", atom.name, error_chain(&e)))?;
+                    base += atom.size.unwrap_or(0);
                 }
                 Ok(())
             }

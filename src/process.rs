@@ -218,6 +218,15 @@ const RELAY_BUFFER: usize = 256 * 1024;
 /// error (the reader went away: `BrokenPipe`) drops both ends, so the
 /// writer of `from` gets `EPIPE` too.
 pub async fn relay(from: OwnedFd, to: OwnedFd) -> io::Result<Tally> {
+    relay_counting(from, to, &|_| {}).await
+}
+
+/// [`relay`], telling `on_bytes` the bytes copied so far after each chunk.
+pub async fn relay_counting(
+    from: OwnedFd,
+    to: OwnedFd,
+    on_bytes: &(dyn Fn(u64) + Send + Sync),
+) -> io::Result<Tally> {
     use tokio::io::AsyncWriteExt;
     let mut input = tokio::net::unix::pipe::Receiver::from_owned_fd(from)?;
     let mut output = tokio::net::unix::pipe::Sender::from_owned_fd(to)?;
@@ -230,6 +239,7 @@ pub async fn relay(from: OwnedFd, to: OwnedFd) -> io::Result<Tally> {
         }
         tally.update(&buf[..n]);
         output.write_all(&buf[..n]).await?;
+        on_bytes(tally.bytes());
     }
     output.flush().await?;
     Ok(tally)

@@ -15,7 +15,7 @@ use crate::model::RunningJobStatus;
 use crate::process::ProcessError;
 use crate::shell::ShellCommand;
 
-/// Callback receiving progress while a backup runs.
+/// Callback receiving progress while a backup or restore runs.
 pub type ProgressFn = Arc<dyn Fn(&RunningJobStatus) + Send + Sync>;
 
 /// What a snapshot is tagged with, so it can be found from the index and
@@ -283,11 +283,14 @@ pub trait Repository: Send + Sync {
 
     /// Restore the absolute `paths` of a snapshot under `target` (files land
     /// at `target/<path>`); fails if any of them was not restored.
+    /// `progress` gets the bytes restored so far where the repository
+    /// reports them (restic 0.17 and later).
     async fn restore(
         &self,
         snapshot_id: &str,
         paths: &[PathBuf],
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<(), RepoError>;
 
     /// The repository's identity (restic: the id in its config), read
@@ -306,12 +309,14 @@ pub trait Repository: Send + Sync {
     async fn create(&self) -> Result<Creation, RepoError>;
 
     /// Stream the file `/<stdin_filename>` of a snapshot into the standard
-    /// input of `consumer`; fails if either side fails.
+    /// input of `consumer`; fails if either side fails. `progress` gets
+    /// the bytes streamed so far (`bytes_done`), counted on the way.
     async fn stream_restore(
         &self,
         snapshot_id: &str,
         stdin_filename: &str,
         consumer: ShellCommand,
+        progress: Option<ProgressFn>,
     ) -> Result<(), RepoError>;
 }
 

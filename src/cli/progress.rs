@@ -127,6 +127,16 @@ impl Observer for Bars {
             Err(_) => pb.abandon_with_message("FAILED"),
         }
     }
+    fn restore_finished(&self, ds: &Dataset, outcome: Result<(), &str>) {
+        let pb = self.bar(ds);
+        match outcome {
+            Ok(()) => {
+                pb.set_position(1000);
+                pb.finish_with_message("restored");
+            }
+            Err(_) => pb.abandon_with_message("FAILED"),
+        }
+    }
 }
 
 struct LogLines {

@@ -67,8 +67,10 @@ pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> 
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
     let store = open_store(&config).await?;
     let manager = Manager::new(store);
+    // Bytes restored so far: bars on a terminal, log lines otherwise.
+    let observer = progress::observer();
     let result = tokio::select! {
-        r = manager.restore(&rctx, &req, &args.target, &opts) => r,
+        r = manager.restore(&rctx, &req, &args.target, &opts, &observer) => r,
         sig = interrupts.first() => {
             // The restore's future is gone: its commands got their stop
             // signals; wait for them.

@@ -174,10 +174,11 @@ impl Handler for FileHandler {
         _backup: &Backup,
         dataset: &Dataset,
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<(), HandlerError> {
         Ok(rctx
             .repo()
-            .restore(&dataset.snapshot_id, &self.paths(dataset), target)
+            .restore(&dataset.snapshot_id, &self.paths(dataset), target, progress)
             .await?)
     }
 }

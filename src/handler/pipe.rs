@@ -316,6 +316,7 @@ impl PipeHandler {
         backup: &Backup,
         dataset: &Dataset,
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<bool, HandlerError> {
         let io = |context: String| {
             move |source| {
@@ -341,7 +342,7 @@ impl PipeHandler {
             .map(|a| PathBuf::from("/").join(atom_path(&dataset.source, &dataset.name, &a.name)))
             .collect();
         rctx.repo()
-            .restore(&dataset.snapshot_id, &paths, scratch.path())
+            .restore(&dataset.snapshot_id, &paths, scratch.path(), progress)
             .await?;
         for (atom, path) in dataset.atoms.iter().zip(&paths) {
             let file = scratch.path().join(path.strip_prefix("/").unwrap_or(path));
@@ -413,11 +414,12 @@ impl Handler for PipeHandler {
         backup: &Backup,
         dataset: &Dataset,
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<(), HandlerError> {
         if dataset.atoms.len() > 1
             && dataset.atoms.iter().all(|a| is_pattern_free(&a.name))
             && self
-                .restore_via_scratch(rctx, backup, dataset, target)
+                .restore_via_scratch(rctx, backup, dataset, target, progress.clone())
                 .await?
         {
             return Ok(());
@@ -428,7 +430,7 @@ impl Handler for PipeHandler {
             let consumer = rctx.shell().command(&self.params.restore_command, &env);
             let file_name = atom_path(&dataset.source, &dataset.name, &atom.name);
             rctx.repo()
-                .stream_restore(&dataset.snapshot_id, &file_name, consumer)
+                .stream_restore(&dataset.snapshot_id, &file_name, consumer, progress.clone())
                 .await?;
         }
         Ok(())

@@ -50,6 +50,7 @@ use super::{
     StreamFacts,
 };
 use crate::config::RepositorySpec;
+use crate::model::RunningJobStatus;
 use crate::process::{ChildCommand, Outcome, ProcessError};
 use crate::shell::ShellCommand;
 
@@ -315,6 +316,9 @@ fn check_stdin_filename(name: &str) -> Result<&str, RepoError> {
     }
     Ok(n)
 }
+
+/// `restic restore --json` reports progress since restic 0.17.
+const RESTORE_JSON_SINCE: Version = Version::new(0, 17, 0);
 
 /// restic 0.18.0 cannot store a stream under a name with directories
 /// ("unable to save snapshot: open /db: no such file or directory"; restic
@@ -1128,11 +1132,29 @@ impl Restic {
         path: &str,
         consumer: &ShellCommand,
         wait: Option<Duration>,
+        progress: Option<&ProgressFn>,
     ) -> Result<(), RepoError> {
-        let (read_end, write_end) = crate::process::pipe().map_err(|source| RepoError::Io {
-            context: "cannot create a pipe for the restore stream".into(),
-            source,
-        })?;
+        // restic dump -> pipe -> relay (counts, for progress) -> pipe ->
+        // consumer
+        let pipe = || {
+            crate::process::pipe().map_err(|source| RepoError::Io {
+                context: "cannot create a pipe for the restore stream".into(),
+                source,
+            })
+        };
+        let (relay_in, write_end) = pipe()?;
+        let (read_end, relay_out) = pipe()?;
+        let started = std::time::Instant::now();
+        let on_bytes = |n: u64| {
+            if let Some(p) = progress {
+                p(&RunningJobStatus {
+                    message_type: "status".into(),
+                    seconds_elapsed: started.elapsed().as_secs() as i64,
+                    bytes_done: n as i64,
+                    ..Default::default()
+                });
+            }
+        };
         let dump_error = |out: &Outcome| {
             // 0.14: exit 2, "... not found"; 0.18: exit 1, "path ... not
             // found in snapshot".
@@ -1147,12 +1169,17 @@ impl Restic {
                 self.failure_error(version, out)
             }
         };
-        let dump_fut = Box::pin(
-            self.restic_command("dump", [snapshot_id, path])
-                .args(Restic::retry_lock_args(version, wait))
-                .stdout_fd(write_end)
-                .status(),
-        );
+        let dump_fut = Box::pin(async {
+            let (dump, _relayed) = futures::future::join(
+                self.restic_command("dump", [snapshot_id, path])
+                    .args(Restic::retry_lock_args(version, wait))
+                    .stdout_fd(write_end)
+                    .status(),
+                crate::process::relay_counting(relay_in, relay_out, &on_bytes),
+            )
+            .await;
+            dump
+        });
         let consumer_fut = Box::pin(consumer.to_child().stdin_fd(read_end).status());
         match futures::future::select(dump_fut, consumer_fut).await {
             Either::Left((dump, consumer_fut)) => {
@@ -1298,6 +1325,7 @@ impl Repository for Restic {
         snapshot_id: &str,
         paths: &[PathBuf],
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<(), RepoError> {
         check_snapshot_id(snapshot_id)?;
         if paths.is_empty() {
@@ -1324,12 +1352,20 @@ impl Repository for Restic {
             args.push(p.as_os_str().to_os_string());
         }
         let version = self.version().await?;
-        let args = &args;
+        // Progress from restic's JSON where it has it for restores.
+        let json = progress.is_some() && version >= RESTORE_JSON_SINCE;
+        if json {
+            args.push("--json".into());
+        }
+        let (args, progress) = (&args, progress.as_ref());
         self.with_retries(version, false, |wait| async move {
             let out = self
                 .restic_command("restore", args)
                 .args(Restic::retry_lock_args(version, wait))
-                .stdout_lines(|l| tracing::debug!("restic restore: {l}"))
+                .stdout_lines(|l| match json::parse_restore_line(l).zip(progress) {
+                    Some((st, p)) if json => p(&st),
+                    _ => tracing::debug!("restic restore: {l}"),
+                })
                 .status()
                 .await
                 .map_err(|e| self.spawn_error(e))?;
@@ -1357,6 +1393,7 @@ impl Repository for Restic {
         snapshot_id: &str,
         stdin_filename: &str,
         consumer: ShellCommand,
+        progress: Option<ProgressFn>,
     ) -> Result<(), RepoError> {
         check_snapshot_id(snapshot_id)?;
         let name = check_stdin_filename(stdin_filename)?;
@@ -1374,9 +1411,9 @@ impl Repository for Restic {
                 path = flat;
             }
         }
-        let (path, consumer) = (&path, &consumer);
+        let (path, consumer, progress) = (&path, &consumer, progress.as_ref());
         self.with_retries(version, false, |wait| {
-            self.stream_restore_once(version, snapshot_id, path, consumer, wait)
+            self.stream_restore_once(version, snapshot_id, path, consumer, wait, progress)
         })
         .await
     }
@@ -1743,7 +1780,7 @@ mod tests {
         assert!(matches!(e, RepoError::BadRequest { .. }), "{e}");
         assert!(e.to_string().contains("not absolute"), "{e}");
         let e = r
-            .restore("abcd", &[PathBuf::from("x")], Path::new("/tmp"))
+            .restore("abcd", &[PathBuf::from("x")], Path::new("/tmp"), None)
             .await
             .unwrap_err();
         assert!(matches!(e, RepoError::BadRequest { .. }), "{e}");
@@ -1830,6 +1867,7 @@ mod tests {
             &info.snapshot_id,
             "s",
             shell.command("cat > \"$OUT\"", &env),
+            None,
         )
         .await
         .unwrap();
@@ -1860,7 +1898,24 @@ mod tests {
         assert!(*calls.lock().unwrap() >= 1, "progress was reported");
 
         let target = dir.path().join("restore/here");
-        r.restore(&info.snapshot_id, &paths, &target).await.unwrap();
+        let seen = Arc::new(Mutex::new(0i64));
+        let progress: ProgressFn = {
+            let seen = seen.clone();
+            Arc::new(move |st: &RunningJobStatus| {
+                let mut s = seen.lock().unwrap();
+                *s = (*s).max(st.bytes_done);
+            })
+        };
+        r.restore(&info.snapshot_id, &paths, &target, Some(progress))
+            .await
+            .unwrap();
+        // restic reports the bytes restored where it can (0.17 and later).
+        let reported = *seen.lock().unwrap();
+        if r.version().await.unwrap() >= RESTORE_JSON_SINCE {
+            assert!(reported > 0, "no progress from restic restore --json");
+        } else {
+            assert_eq!(reported, 0);
+        }
         let back = |p: &Path| target.join(p.strip_prefix("/").unwrap());
         assert_eq!(
             std::fs::read(back(&data.join("alice/a.txt"))).unwrap(),
@@ -1883,6 +1938,7 @@ mod tests {
                 &info.snapshot_id,
                 &[data.join("bob.txt"), data.join("carol.txt")],
                 &target2,
+                None,
             )
             .await
             .unwrap_err();
@@ -1985,13 +2041,24 @@ mod tests {
 
         let out = dir.path().join("out.bin");
         let env = vec![("OUT".to_string(), out.display().to_string())];
+        let seen = Arc::new(Mutex::new(0i64));
+        let progress: ProgressFn = {
+            let seen = seen.clone();
+            Arc::new(move |st: &RunningJobStatus| {
+                let mut s = seen.lock().unwrap();
+                *s = (*s).max(st.bytes_done);
+            })
+        };
         r.stream_restore(
             &info.snapshot_id,
             "db/site/main",
             shell.command("cat > \"$OUT\"", &env),
+            Some(progress),
         )
         .await
         .unwrap();
+        // Counted on the dump pipe.
+        assert_eq!(*seen.lock().unwrap(), 5_000_000);
         assert!(
             std::fs::read(&out).unwrap() == data,
             "restored stream differs"
@@ -2003,6 +2070,7 @@ mod tests {
                 &info.snapshot_id,
                 "db/site/other",
                 shell.command("cat > /dev/null", &[]),
+                None,
             )
             .await
             .unwrap_err();
@@ -2013,6 +2081,7 @@ mod tests {
                 &info.snapshot_id,
                 "db/site/main",
                 shell.command("echo nope >&2; exit 5", &[]),
+                None,
             )
             .await
             .unwrap_err();
