@@ -64,11 +64,16 @@ pub fn observer() -> Arc<dyn Observer> {
 
 /// One line describing restic's progress.
 pub fn describe(st: &RunningJobStatus) -> String {
-    let mut s = format!("{} files", st.files_done);
-    if st.total_files > 0 {
-        s.push_str(&format!("/{}", st.total_files));
+    // A stream (a pipe atom's dump) counts bytes only.
+    let mut s = String::new();
+    if st.files_done > 0 || st.total_files > 0 {
+        s.push_str(&format!("{} files", st.files_done));
+        if st.total_files > 0 {
+            s.push_str(&format!("/{}", st.total_files));
+        }
+        s.push_str(", ");
     }
-    s.push_str(&format!(", {}", HumanBytes(st.bytes_done.max(0) as u64)));
+    s.push_str(&HumanBytes(st.bytes_done.max(0) as u64).to_string());
     if st.total_bytes > 0 {
         s.push_str(&format!("/{}", HumanBytes(st.total_bytes as u64)));
     }
@@ -185,5 +190,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(describe(&st), "3 files/10, 0 B/1.00 MiB, 4s left");
+        let st = RunningJobStatus {
+            bytes_done: 41,
+            total_bytes: 41,
+            ..Default::default()
+        };
+        assert_eq!(describe(&st), "41 B/41 B");
     }
 }
