@@ -309,6 +309,13 @@ fn any_host_restores_any_hosts_atoms_from_the_record() {
     let out = restore(&c, &t, &["--host", "a", "mysql/one/main"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(read(&t.join("mysql/one/main")) == dump, "raw dump differs");
+    // Not a terminal: progress as log lines, counted on the dump pipe
+    // against the recorded size.
+    assert!(
+        text(&out).contains("progress: ") && text(&out).contains("/244.14 KiB"),
+        "{}",
+        text(&out)
+    );
 
     // B configures mysql: its restore_command by default, the raw stream
     // with --raw.
