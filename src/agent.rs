@@ -912,12 +912,25 @@ mod tests {
                 total_bytes: 10,
                 bytes_added: 100,
                 duration_secs: 0.1,
+                stream: None,
             })
         }
-        async fn restore(&self, _: &str, _: &[PathBuf], _: &Path) -> Result<(), RepoError> {
+        async fn restore(
+            &self,
+            _: &str,
+            _: &[PathBuf],
+            _: &Path,
+            _: Option<crate::repository::ProgressFn>,
+        ) -> Result<(), RepoError> {
             Ok(())
         }
-        async fn stream_restore(&self, _: &str, _: &str, _: ShellCommand) -> Result<(), RepoError> {
+        async fn stream_restore(
+            &self,
+            _: &str,
+            _: &str,
+            _: ShellCommand,
+            _: Option<crate::repository::ProgressFn>,
+        ) -> Result<(), RepoError> {
             Ok(())
         }
         async fn create(&self) -> Result<crate::repository::Creation, RepoError> {
@@ -1203,6 +1216,7 @@ mod tests {
                         .map(|a| crate::model::Atom {
                             name: (*a).into(),
                             path: String::new(),
+                            ..Default::default()
                         })
                         .collect(),
                     ..Default::default()

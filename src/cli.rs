@@ -261,6 +261,10 @@ pub struct AtomFilter {
     /// `2026-11-24`, or an age such as `2d`).
     #[arg(long, value_parser = parse_time)]
     pub older_than: Option<DateTime<Utc>>,
+    /// Only this backup (its id, as `query` shows it), every version
+    /// filter aside.
+    #[arg(long)]
+    pub backup_id: Option<String>,
 }
 
 impl AtomFilter {
@@ -270,6 +274,10 @@ impl AtomFilter {
     pub fn request(&self, pattern: &str, num_versions: u32) -> Result<FindRequest, CliError> {
         Pattern::parse(pattern)
             .map_err(|e| CliError::usage(anyhow::anyhow!("pattern {pattern:?}: {e}")))?;
+        if let Some(id) = &self.backup_id {
+            crate::names::check_id("backup id", id)
+                .map_err(|e| CliError::usage(anyhow::anyhow!("--backup-id: {e}")))?;
+        }
         Ok(FindRequest {
             pattern: pattern.to_string(),
             host: self.host.clone().unwrap_or_default(),
@@ -321,11 +329,17 @@ mod tests {
         let f = AtomFilter {
             host: Some("h1".into()),
             older_than: None,
+            backup_id: None,
         };
         let req = f.request("db/*", 0).unwrap();
         assert_eq!((req.host.as_str(), req.num_versions), ("h1", 0));
         let e = f.request("", 1).unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
+        let bad_id = AtomFilter {
+            backup_id: Some("../b".into()),
+            ..f.clone()
+        };
+        assert_eq!(bad_id.request("db/*", 0).unwrap_err().code, EXIT_USAGE);
         let e = f.request("db/[a", 1).unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
         assert!(format!("{:#}", e.error).contains("db/[a"));

@@ -204,7 +204,13 @@ mod tests {
                 message: "test".into(),
             })
         }
-        async fn restore(&self, _: &str, _: &[PathBuf], _: &Path) -> Result<(), RepoError> {
+        async fn restore(
+            &self,
+            _: &str,
+            _: &[PathBuf],
+            _: &Path,
+            _: Option<crate::repository::ProgressFn>,
+        ) -> Result<(), RepoError> {
             Ok(())
         }
         async fn stream_restore(
@@ -212,6 +218,7 @@ mod tests {
             _: &str,
             _: &str,
             _: crate::shell::ShellCommand,
+            _: Option<crate::repository::ProgressFn>,
         ) -> Result<(), RepoError> {
             Ok(())
         }

@@ -32,6 +32,9 @@ use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
 use crate::util::{error_chain, lock};
 
+pub mod restore;
+use restore::{Method, PlannedAtom};
+
 /// The queue (`queue_config.workers`) bounding how many datasets of one
 /// source are backed up at once.
 pub const DATASETS_QUEUE: &str = "datasets";
@@ -97,6 +100,31 @@ pub enum ManagerError {
     /// Nothing in the index matches the request.
     #[error("no backed up atom matches '{0}' (try `tabacco query` with a broader pattern)")]
     NothingFound(String),
+    /// The backup asked for holds no matching atom.
+    #[error(
+        "backup {backup_id} holds no atom matching '{pattern}' (see `tabacco query --backup-id {backup_id} '*'`)"
+    )]
+    NotInBackup {
+        /// The pattern.
+        pattern: String,
+        /// The backup id asked for.
+        backup_id: String,
+    },
+    /// This host has no matching backup, other hosts do.
+    #[error(
+        "host {host} has no backup of '{pattern}', but {} {}: choose one with --host (e.g. --host {})",
+        if others.len() == 1 { "this host has:" } else { "these hosts have:" },
+        others.join("; "),
+        others.first().and_then(|o| o.split(' ').next()).unwrap_or_default()
+    )]
+    OnlyOtherHosts {
+        /// The pattern.
+        pattern: String,
+        /// This host.
+        host: String,
+        /// The other hosts, each with its newest version.
+        others: Vec<String>,
+    },
     /// Local I/O.
     #[error("{context}: {source}")]
     Io {
@@ -120,8 +148,10 @@ pub trait Observer: Send + Sync {
     fn dataset_started(&self, _dataset: &Dataset) {}
     /// The repository reported progress on a dataset.
     fn progress(&self, _dataset: &Dataset, _status: &RunningJobStatus) {}
-    /// A dataset's backup or restore ended.
+    /// A dataset's backup ended.
     fn dataset_finished(&self, _dataset: &Dataset, _outcome: Result<&SnapshotInfo, &str>) {}
+    /// A dataset version's restore ended.
+    fn restore_finished(&self, _dataset: &Dataset, _outcome: Result<(), &str>) {}
 }
 
 /// An observer that ignores everything.
@@ -207,6 +237,12 @@ pub struct RestoredItem {
     pub atoms: Vec<String>,
     /// Where it went.
     pub target: PathBuf,
+    /// The snapshot it came from.
+    pub snapshot_id: String,
+    /// How it was restored ([`Method::describe`]).
+    pub how: &'static str,
+    /// Each atom: where it lands, its recorded size.
+    pub planned: Vec<PlannedAtom>,
 }
 
 /// What a restore did.
@@ -531,6 +567,7 @@ impl Manager {
                 .map(|a| Atom {
                     name: a.name,
                     path: a.path.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()
@@ -576,13 +613,30 @@ impl Manager {
                 Ok(DatasetBackup {
                     snapshot: info,
                     failed_atoms,
+                    atoms,
                 }) => {
                     // Atoms whose own part failed are not in the snapshot:
                     // record the others, report these.
-                    dataset
-                        .atoms
-                        .retain(|a| !failed_atoms.iter().any(|f| f.atom == a.name));
+                    if atoms.is_empty() {
+                        dataset
+                            .atoms
+                            .retain(|a| !failed_atoms.iter().any(|f| f.atom == a.name));
+                    } else {
+                        dataset.atoms = atoms;
+                    }
                     atom_failures = failed_atoms;
+                    // What a restore elsewhere needs: how, and from where.
+                    dataset.handler = Some(handler.kind().as_str().to_string());
+                    dataset.repository_id = match rctx.repo().id().await {
+                        Ok(id) => id,
+                        Err(e) => {
+                            warn!(
+                                "cannot read the repository id, the record will lack it: {}",
+                                error_chain(&e)
+                            );
+                            None
+                        }
+                    };
                     dataset.snapshot_id = info.snapshot_id.clone();
                     dataset.total_files = info.total_files;
                     dataset.total_bytes = info.total_bytes;
@@ -635,7 +689,8 @@ impl Manager {
         .await
     }
 
-    /// Find atoms and restore them under `target`.
+    /// Find atoms and restore them under `target`, from what the index
+    /// records (see [`restore`](self::restore)).
     ///
     /// When the request yields several versions of one atom, each backup's
     /// data goes to `target/<backup id>/` so versions do not overwrite each
@@ -645,11 +700,10 @@ impl Manager {
         rctx: &RuntimeContext,
         req: &FindRequest,
         target: &Path,
+        opts: &RestoreOptions,
+        observer: &Arc<dyn Observer>,
     ) -> Result<RestoreReport, ManagerError> {
-        let found = self.store.find_atoms(req).await?;
-        if found.is_empty() {
-            return Err(ManagerError::NothingFound(req.pattern.clone()));
-        }
+        let found = self.find_for_restore(req, opts).await?;
         // Restore paths and the commands' environment are built from these
         // records: one that breaks the identifier rules (written by a
         // compromised host through an older server, say) is refused, never
@@ -691,24 +745,91 @@ impl Manager {
         }
         let per_backup_dirs = versions.values().any(|&n| n > 1);
 
-        // Group work by source, so each source's hooks run once.
-        let mut by_source: BTreeMap<String, Vec<(&Backup, &Dataset)>> = BTreeMap::new();
+        // This host's repository, to refuse snapshots held by another one
+        // (unknown: the restore itself will say what is wrong).
+        let local_repo_id = if backups
+            .iter()
+            .any(|b| b.datasets.iter().any(|d| d.repository_id.is_some()))
+        {
+            match rctx.repo().id().await {
+                Ok(id) => id,
+                Err(e) => {
+                    warn!(
+                        "cannot read this host's repository id to compare: {}",
+                        error_chain(&e)
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        // Plan every dataset version before anything is touched.
+        let mut by_source: BTreeMap<String, Vec<Planned<'_>>> = BTreeMap::new();
         for b in &backups {
             for ds in &b.datasets {
+                let fail = |report: &mut RestoreReport, error: String| {
+                    error!(dataset = %ds.name, backup = %b.id, "cannot restore: {error}");
+                    report.failures.push(DatasetFailure {
+                        dataset: ds.name.clone(),
+                        atom: None,
+                        error,
+                    });
+                };
+                if let (Some(recorded), Some(local)) = (&ds.repository_id, &local_repo_id)
+                    && recorded != local
+                {
+                    let e =
+                        restore::other_repository(b, ds, recorded, local, &rctx.repo().location());
+                    fail(&mut report, e);
+                    continue;
+                }
+                let dest = if per_backup_dirs {
+                    match join_below(target, &b.id) {
+                        Ok(dest) => dest,
+                        Err(e) => {
+                            fail(&mut report, format!("backup {}: {e}", excerpt(&b.id)));
+                            continue;
+                        }
+                    }
+                } else {
+                    target.to_path_buf()
+                };
+                let method = restore::method(rctx, ds, opts.raw, || {
+                    source_handler(rctx, &ds.source)
+                        .map(|(_, h)| h)
+                        .map_err(|e| error_chain(&e))
+                });
+                let method = match method {
+                    Ok(m) => m,
+                    Err(e) => {
+                        fail(&mut report, e);
+                        continue;
+                    }
+                };
+                let atoms = match restore::planned_atoms(ds, &method, &dest) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        fail(&mut report, e);
+                        continue;
+                    }
+                };
                 by_source
                     .entry(ds.source.clone())
                     .or_default()
-                    .push((b, ds));
+                    .push(Planned {
+                        backup: b,
+                        dataset: ds,
+                        dest,
+                        method,
+                        atoms,
+                    });
             }
-        }
-        // Every source must be known before anything is touched.
-        let mut handlers: BTreeMap<String, Box<dyn Handler>> = BTreeMap::new();
-        for name in by_source.keys() {
-            handlers.insert(name.clone(), source_handler(rctx, name)?.1);
         }
 
         let dry_run = rctx.shell().is_dry_run();
-        if !dry_run {
+        if !dry_run && !by_source.is_empty() {
             tokio::fs::create_dir_all(target)
                 .await
                 .map_err(|source| ManagerError::Io {
@@ -717,12 +838,11 @@ impl Manager {
                 })?;
         }
         for (name, items) in &by_source {
-            let Some(source) = rctx.find_source(name) else {
-                continue;
-            };
-            let Some(handler) = handlers.get(name) else {
-                continue;
-            };
+            // The source's hooks run only where it is configured, and not
+            // around raw streams (nothing is loaded anywhere).
+            let hooks = rctx
+                .find_source(name)
+                .filter(|_| items.iter().any(|p| !matches!(p.method, Method::Raw)));
             let span = info_span!("restore", source = %name);
             async {
                 let env = vec![
@@ -731,7 +851,7 @@ impl Manager {
                     ("TABACCO_TARGET".to_string(), target.display().to_string()),
                 ];
                 let mut source_ok = true;
-                if let Some(cmd) = &source.pre_restore_command
+                if let Some(cmd) = hooks.and_then(|s| s.pre_restore_command.as_ref())
                     && let Err(error) = rctx.shell().run(cmd, &env).await
                 {
                     let e = ManagerError::Command {
@@ -747,34 +867,17 @@ impl Manager {
                     source_ok = false;
                 }
                 if source_ok {
-                    for (b, ds) in items {
-                        let dest = if per_backup_dirs {
-                            match join_below(target, &b.id) {
-                                Ok(dest) => dest,
-                                Err(e) => {
-                                    report.failures.push(DatasetFailure {
-                                        dataset: ds.name.clone(),
-                                        atom: None,
-                                        error: format!("backup {}: {e}", excerpt(&b.id)),
-                                    });
-                                    source_ok = false;
-                                    continue;
-                                }
-                            }
-                        } else {
-                            target.to_path_buf()
-                        };
-                        let atoms: Vec<String> = ds
-                            .atoms
-                            .iter()
-                            .map(|a| atom_path(&ds.source, &ds.name, &a.name))
-                            .collect();
+                    for p in items {
+                        let (b, ds) = (p.backup, p.dataset);
+                        let atoms: Vec<String> = p.atoms.iter().map(|a| a.atom.clone()).collect();
                         if dry_run {
-                            info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %dest.display(), "dry run: would restore");
+                            info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %p.dest.display(), how = p.method.describe(), "dry run: would restore");
                         } else {
-                            info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %dest.display(), "restoring");
-                            if let Err(e) = handler.restore(rctx, b, ds, &dest).await {
-                                let error = error_chain(&e);
+                            info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %p.dest.display(), how = p.method.describe(), "restoring");
+                            observer.dataset_started(ds);
+                            let result = self.restore_one(rctx, p, observer).await;
+                            observer.restore_finished(ds, result.as_ref().map(|_| ()).map_err(String::as_str));
+                            if let Err(error) = result {
                                 error!(dataset = %ds.name, "restore failed: {error}");
                                 report.failures.push(DatasetFailure {
                                     dataset: ds.name.clone(),
@@ -790,11 +893,14 @@ impl Manager {
                             timestamp: b.timestamp,
                             host: b.host.clone(),
                             atoms,
-                            target: dest,
+                            target: p.dest.clone(),
+                            snapshot_id: ds.snapshot_id.clone(),
+                            how: p.method.describe(),
+                            planned: p.atoms.clone(),
                         });
                     }
                 }
-                if let Some(cmd) = &source.post_restore_command {
+                if let Some(cmd) = hooks.and_then(|s| s.post_restore_command.as_ref()) {
                     let env = with_var(env.clone(), "TABACCO_STATUS", status_word(source_ok));
                     if let Err(error) = rctx.shell().run(cmd, &env).await {
                         let e = ManagerError::Command {
@@ -821,6 +927,157 @@ impl Manager {
         }
         Ok(report)
     }
+
+    /// The backups to restore from: those matching `req` (and
+    /// `opts.backup_id`); when the host was only defaulted to this one and
+    /// nothing matches, the other hosts that have matching atoms make the
+    /// error.
+    async fn find_for_restore(
+        &self,
+        req: &FindRequest,
+        opts: &RestoreOptions,
+    ) -> Result<Vec<Backup>, ManagerError> {
+        let found = match &opts.backup_id {
+            Some(id) => {
+                let all = FindRequest {
+                    num_versions: 0,
+                    ..req.clone()
+                };
+                let mut found = self.store.find_atoms(&all).await?;
+                found.retain(|b| &b.id == id);
+                if found.is_empty() {
+                    return Err(ManagerError::NotInBackup {
+                        pattern: req.pattern.clone(),
+                        backup_id: id.clone(),
+                    });
+                }
+                found
+            }
+            None => self.store.find_atoms(req).await?,
+        };
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        if opts.host_defaulted && !req.host.is_empty() {
+            let any = FindRequest {
+                host: String::new(),
+                num_versions: 0,
+                ..req.clone()
+            };
+            let mut others: BTreeMap<String, (chrono::DateTime<Utc>, String)> = BTreeMap::new();
+            for b in self.store.find_atoms(&any).await? {
+                let e = others
+                    .entry(b.host.clone())
+                    .or_insert((b.timestamp, b.id.clone()));
+                if b.timestamp > e.0 {
+                    *e = (b.timestamp, b.id.clone());
+                }
+            }
+            if !others.is_empty() {
+                return Err(ManagerError::OnlyOtherHosts {
+                    pattern: req.pattern.clone(),
+                    host: req.host.clone(),
+                    others: others
+                        .into_iter()
+                        .map(|(host, (t, id))| {
+                            format!(
+                                "{host} (newest {}, backup {id})",
+                                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            )
+                        })
+                        .collect(),
+                });
+            }
+        }
+        Err(ManagerError::NothingFound(req.pattern.clone()))
+    }
+
+    /// Restore one planned dataset version; the error text says what
+    /// failed.
+    async fn restore_one(
+        &self,
+        rctx: &RuntimeContext,
+        p: &Planned<'_>,
+        observer: &Arc<dyn Observer>,
+    ) -> Result<(), String> {
+        let ds = p.dataset;
+        // Progress against the recorded sizes, where known; `base`: bytes
+        // of the atoms already streamed.
+        let total: i64 = p.atoms.iter().filter_map(|a| a.size).sum();
+        let progress = |base: i64| -> ProgressFn {
+            let observer = observer.clone();
+            let ds = ds.clone();
+            Arc::new(move |st: &RunningJobStatus| {
+                let mut st = st.clone();
+                st.bytes_done += base;
+                if st.total_bytes <= 0 && total > 0 {
+                    st.total_bytes = total;
+                }
+                if st.total_bytes > 0 {
+                    st.percent_done = (st.bytes_done as f64 / st.total_bytes as f64).min(1.0);
+                }
+                observer.progress(&ds, &st)
+            })
+        };
+        match &p.method {
+            Method::Local(handler) => handler
+                .restore(rctx, p.backup, ds, &p.dest, Some(progress(0)))
+                .await
+                .map_err(|e| error_chain(&e)),
+            Method::RecordedPaths(paths) => rctx
+                .repo()
+                .restore(&ds.snapshot_id, paths, &p.dest, Some(progress(0)))
+                .await
+                .map_err(|e| error_chain(&e)),
+            Method::Raw => {
+                let mut base = 0;
+                for (atom, planned) in ds.atoms.iter().zip(&p.atoms) {
+                    if let Some(dir) = planned.target.parent() {
+                        tokio::fs::create_dir_all(dir)
+                            .await
+                            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    }
+                    let consumer = rctx.shell().command(
+                        "cat > \"$TABACCO_RAW_FILE\"",
+                        &[(
+                            "TABACCO_RAW_FILE".to_string(),
+                            planned.target.display().to_string(),
+                        )],
+                    );
+                    let name = restore::stream_name(ds, &atom.name);
+                    rctx.repo()
+                        .stream_restore(&ds.snapshot_id, &name, consumer, Some(progress(base)))
+                        .await
+                        .map_err(|e| format!("atom '{}': {}", atom.name, error_chain(&e)))?;
+                    base += atom.size.unwrap_or(0);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A dataset version planned for restore.
+struct Planned<'a> {
+    backup: &'a Backup,
+    dataset: &'a Dataset,
+    /// The directory it is restored below.
+    dest: PathBuf,
+    method: Method,
+    atoms: Vec<PlannedAtom>,
+}
+
+/// Choices of a restore beyond the index request.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Write pipe atoms' streams as files, even where the source is
+    /// configured.
+    pub raw: bool,
+    /// Restore from this backup only.
+    pub backup_id: Option<String>,
+    /// The request's host is this host by default, not by the user's
+    /// choice: when nothing matches, name the hosts that have it.
+    pub host_defaulted: bool,
 }
 
 /// A configured source and the handler built for it.

@@ -15,7 +15,7 @@ use crate::model::RunningJobStatus;
 use crate::process::ProcessError;
 use crate::shell::ShellCommand;
 
-/// Callback receiving progress while a backup runs.
+/// Callback receiving progress while a backup or restore runs.
 pub type ProgressFn = Arc<dyn Fn(&RunningJobStatus) + Send + Sync>;
 
 /// What a snapshot is tagged with, so it can be found from the index and
@@ -45,6 +45,21 @@ pub struct SnapshotInfo {
     pub bytes_added: i64,
     /// How long the backup took, in seconds.
     pub duration_secs: f64,
+    /// For a stream backup: the stream as it went into the snapshot.
+    pub stream: Option<StreamFacts>,
+}
+
+/// A stream as it went into a snapshot: where, how big, its digest
+/// (counted on its way into the repository, not read again).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamFacts {
+    /// Its absolute path inside the snapshot (restic 0.18.0 stores it
+    /// under a flat name).
+    pub path: String,
+    /// Bytes streamed.
+    pub bytes: u64,
+    /// SHA-256 of the stream, lowercase hex.
+    pub sha256: String,
 }
 
 /// Errors from a repository.
@@ -268,24 +283,40 @@ pub trait Repository: Send + Sync {
 
     /// Restore the absolute `paths` of a snapshot under `target` (files land
     /// at `target/<path>`); fails if any of them was not restored.
+    /// `progress` gets the bytes restored so far where the repository
+    /// reports them (restic 0.17 and later).
     async fn restore(
         &self,
         snapshot_id: &str,
         paths: &[PathBuf],
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<(), RepoError>;
+
+    /// The repository's identity (restic: the id in its config), read
+    /// once and cached; `None` for a repository that has none.
+    async fn id(&self) -> Result<Option<String>, RepoError> {
+        Ok(None)
+    }
+
+    /// The repository's location for messages (credentials hidden).
+    fn location(&self) -> String {
+        String::new()
+    }
 
     /// Create the repository if it does not exist yet, safely when many
     /// hosts try at once, and check that it opens with our password.
     async fn create(&self) -> Result<Creation, RepoError>;
 
     /// Stream the file `/<stdin_filename>` of a snapshot into the standard
-    /// input of `consumer`; fails if either side fails.
+    /// input of `consumer`; fails if either side fails. `progress` gets
+    /// the bytes streamed so far (`bytes_done`), counted on the way.
     async fn stream_restore(
         &self,
         snapshot_id: &str,
         stdin_filename: &str,
         consumer: ShellCommand,
+        progress: Option<ProgressFn>,
     ) -> Result<(), RepoError>;
 }
 

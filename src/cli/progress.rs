@@ -78,11 +78,16 @@ pub fn observer() -> Arc<dyn Observer> {
 
 /// One line describing restic's progress.
 pub fn describe(st: &RunningJobStatus) -> String {
-    let mut s = format!("{} files", st.files_done);
-    if st.total_files > 0 {
-        s.push_str(&format!("/{}", st.total_files));
+    // A stream (a pipe atom's dump) counts bytes only.
+    let mut s = String::new();
+    if st.files_done > 0 || st.total_files > 0 {
+        s.push_str(&format!("{} files", st.files_done));
+        if st.total_files > 0 {
+            s.push_str(&format!("/{}", st.total_files));
+        }
+        s.push_str(", ");
     }
-    s.push_str(&format!(", {}", crate::util::bytes(st.bytes_done)));
+    s.push_str(&crate::util::bytes(st.bytes_done));
     if st.total_bytes > 0 {
         s.push_str(&format!("/{}", crate::util::bytes(st.total_bytes)));
     }
@@ -150,6 +155,16 @@ impl Observer for Bars {
         // FAILED): the bar makes room for it.
         self.bar(ds).finish_and_clear();
     }
+    fn restore_finished(&self, ds: &Dataset, outcome: Result<(), &str>) {
+        let pb = self.bar(ds);
+        match outcome {
+            Ok(()) => {
+                pb.set_position(1000);
+                pb.finish_with_message("restored");
+            }
+            Err(_) => pb.abandon_with_message("FAILED"),
+        }
+    }
 }
 
 struct LogLines {
@@ -198,5 +213,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(describe(&st), "3 files/10, 0 B/1.00 MiB, 4s left");
+        let st = RunningJobStatus {
+            bytes_done: 41,
+            total_bytes: 41,
+            ..Default::default()
+        };
+        assert_eq!(describe(&st), "41 B/41 B");
     }
 }

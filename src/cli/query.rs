@@ -26,10 +26,17 @@ pub struct QueryArgs {
 
 /// Run the query.
 pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
-    let req = args.filter.request(&args.pattern, args.num_versions)?;
+    let mut req = args.filter.request(&args.pattern, args.num_versions)?;
+    if args.filter.backup_id.is_some() {
+        // One backup: all its versions are one version.
+        req.num_versions = 0;
+    }
     let config = load_config(config_path)?;
     let store = open_store(&config).await?;
-    let backups = store.find_atoms(&req).await.map_err(super::store_error)?;
+    let mut backups = store.find_atoms(&req).await.map_err(super::store_error)?;
+    if let Some(id) = &args.filter.backup_id {
+        backups.retain(|b| &b.id == id);
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&backups).map_err(CliError::failed)?;
         println!("{text}");
@@ -39,8 +46,13 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
     // grep's convention: no match is exit 1.
     if backups.is_empty() {
         return Err(CliError::failed(anyhow::anyhow!(
-            "no backed up atom matches '{}'",
-            args.pattern
+            "no backed up atom matches '{}'{}",
+            args.pattern,
+            args.filter
+                .backup_id
+                .as_ref()
+                .map(|id| format!(" in backup {id}"))
+                .unwrap_or_default()
         )));
     }
     Ok(())
@@ -48,13 +60,7 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
 
 /// The human-readable table: one row per atom version, newest first.
 pub fn table(backups: &[Backup]) -> String {
-    let mut rows = vec![[
-        "TIME".to_string(),
-        "HOST".to_string(),
-        "ATOM".to_string(),
-        "SNAPSHOT".to_string(),
-        "SIZE".to_string(),
-    ]];
+    let mut rows = vec![["TIME", "HOST", "ATOM", "BACKUP", "SNAPSHOT", "SIZE"].map(String::from)];
     for b in backups {
         for ds in &b.datasets {
             for a in &ds.atoms {
@@ -63,8 +69,9 @@ pub fn table(backups: &[Backup]) -> String {
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     b.host.clone(),
                     atom_path(&ds.source, &ds.name, &a.name),
+                    b.id.clone(),
                     ds.snapshot_id.chars().take(8).collect(),
-                    crate::util::bytes(ds.total_bytes),
+                    crate::model::atom_size_text(ds, a),
                 ]);
             }
         }
@@ -94,10 +101,12 @@ mod tests {
                     Atom {
                         name: "alice".into(),
                         path: String::new(),
+                        ..Default::default()
                     },
                     Atom {
                         name: "bob".into(),
                         path: String::new(),
+                        ..Default::default()
                     },
                 ],
                 snapshot_id: "0123456789abcdef".into(),
@@ -105,6 +114,7 @@ mod tests {
                 total_bytes: 2048,
                 bytes_added: 0,
                 duration: 1,
+                ..Default::default()
             }],
         };
         let t = table(&[b]);
@@ -112,7 +122,19 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("TIME"));
         assert!(lines[1].contains("home/users/alice") && lines[1].contains("01234567"));
-        assert!(lines[2].contains("2026-11-24T10:00:00Z") && lines[2].contains("2.00 KiB"));
+        assert!(
+            lines[2].contains("2026-11-24T10:00:00Z") && lines[2].contains("2.00 KiB (dataset)")
+        );
         assert_eq!(table(&[]), "no matching atoms\n");
+        // A recorded atom size wins over the dataset's.
+        let a = Atom {
+            name: "x".into(),
+            size: Some(5),
+            files: Some(2),
+            ..Default::default()
+        };
+        let ds = Dataset::default();
+        assert_eq!(crate::model::atom_size_text(&ds, &a), "5 B (2 files)");
+        assert_eq!(crate::model::size_text(None, Some(1)), None);
     }
 }

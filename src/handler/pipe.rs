@@ -27,6 +27,7 @@ use futures::StreamExt;
 
 use super::spool::{self, Budget, SpoolDir};
 use super::{AtomFailure, DatasetBackup, Handler, HandlerError, snapshot_meta};
+use crate::config::HandlerType;
 use crate::model::{Atom, Backup, Dataset, RunningJobStatus, atom_path};
 use crate::params::pipe::PipeParams;
 use crate::repository::{ProgressFn, RepoError};
@@ -146,12 +147,20 @@ impl PipeHandler {
         }
         let mut dumps = futures::stream::iter(dumps).buffer_unordered(self.params.parallel_dumps);
         let mut failed_atoms = Vec::new();
-        let mut spooled = 0usize;
+        let mut spooled = Vec::new();
         while let Some((atom, result)) = dumps.next().await {
             match result {
-                Ok(size) => {
-                    tracing::debug!(atom = %atom.name, size, "dump spooled");
-                    spooled += 1;
+                Ok(tally) => {
+                    tracing::debug!(atom = %atom.name, size = tally.bytes(), "dump spooled");
+                    spooled.push(Atom {
+                        snapshot_path: Some(format!(
+                            "/{}",
+                            atom_path(&dataset.source, &dataset.name, &atom.name)
+                        )),
+                        size: Some(tally.bytes() as i64),
+                        sha256: Some(tally.sha256_hex()),
+                        ..atom.clone()
+                    });
                 }
                 Err(e) if e.is_atom_only() => {
                     let error = e.to_string();
@@ -167,7 +176,7 @@ impl PipeHandler {
             }
         }
         drop(dumps);
-        if spooled == 0 {
+        if spooled.is_empty() {
             let first = failed_atoms
                 .first()
                 .map(|f| format!(" (first: atom '{}': {})", f.atom, f.error))
@@ -178,7 +187,7 @@ impl PipeHandler {
             )));
         }
         tracing::info!(
-            atoms = spooled,
+            atoms = spooled.len(),
             failed = failed_atoms.len(),
             bytes = budget.used(),
             "dumps spooled, backing up the spool"
@@ -196,9 +205,11 @@ impl PipeHandler {
             .backup_relative(&meta, dir.path(), &[rel], restic_progress)
             .await?;
         drop(dir);
+        spooled.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(DatasetBackup {
             snapshot,
             failed_atoms,
+            atoms: spooled,
         })
     }
 
@@ -211,6 +222,7 @@ impl PipeHandler {
         backup: &Backup,
         dataset: &Dataset,
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<bool, HandlerError> {
         let io = |context: String| {
             move |source| {
@@ -236,7 +248,7 @@ impl PipeHandler {
             .map(|a| PathBuf::from("/").join(atom_path(&dataset.source, &dataset.name, &a.name)))
             .collect();
         rctx.repo()
-            .restore(&dataset.snapshot_id, &paths, scratch.path())
+            .restore(&dataset.snapshot_id, &paths, scratch.path(), progress)
             .await?;
         for (atom, path) in dataset.atoms.iter().zip(&paths) {
             let file = scratch.path().join(path.strip_prefix("/").unwrap_or(path));
@@ -259,6 +271,10 @@ impl PipeHandler {
 
 #[async_trait]
 impl Handler for PipeHandler {
+    fn kind(&self) -> HandlerType {
+        HandlerType::Pipe
+    }
+
     async fn backup(
         &self,
         rctx: &RuntimeContext,
@@ -278,11 +294,21 @@ impl Handler for PipeHandler {
                 );
                 let file_name = atom_path(&dataset.source, &dataset.name, &atom.name);
                 let meta = snapshot_meta(backup, dataset);
-                Ok(rctx
+                let snapshot = rctx
                     .repo()
                     .stream_backup(&meta, producer, &file_name, progress)
-                    .await?
-                    .into())
+                    .await?;
+                let recorded = Atom {
+                    snapshot_path: snapshot.stream.as_ref().map(|s| s.path.clone()),
+                    size: snapshot.stream.as_ref().map(|s| s.bytes as i64),
+                    sha256: snapshot.stream.as_ref().map(|s| s.sha256.clone()),
+                    ..atom.clone()
+                };
+                Ok(DatasetBackup {
+                    snapshot,
+                    failed_atoms: Vec::new(),
+                    atoms: vec![recorded],
+                })
             }
             _ => self.backup_spooled(rctx, backup, dataset, progress).await,
         }
@@ -294,11 +320,12 @@ impl Handler for PipeHandler {
         backup: &Backup,
         dataset: &Dataset,
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<(), HandlerError> {
         if dataset.atoms.len() > 1
             && dataset.atoms.iter().all(|a| is_pattern_free(&a.name))
             && self
-                .restore_via_scratch(rctx, backup, dataset, target)
+                .restore_via_scratch(rctx, backup, dataset, target, progress.clone())
                 .await?
         {
             return Ok(());
@@ -309,7 +336,7 @@ impl Handler for PipeHandler {
             let consumer = rctx.shell().command(&self.params.restore_command, &env);
             let file_name = atom_path(&dataset.source, &dataset.name, &atom.name);
             rctx.repo()
-                .stream_restore(&dataset.snapshot_id, &file_name, consumer)
+                .stream_restore(&dataset.snapshot_id, &file_name, consumer, progress.clone())
                 .await?;
         }
         Ok(())

@@ -488,11 +488,59 @@ impl RemoteStore {
     }
 }
 
+/// Whether `d` carries any field of the restore record (issue 11).
+fn has_restore_record(d: &Dataset) -> bool {
+    d.handler.is_some()
+        || d.repository_id.is_some()
+        || d.atoms.iter().any(|a| {
+            a.snapshot_path.is_some() || a.size.is_some() || a.files.is_some() || a.sha256.is_some()
+        })
+}
+
+/// `d` as written before the restore record: without its fields.
+fn without_restore_record(d: &Dataset) -> Dataset {
+    Dataset {
+        handler: None,
+        repository_id: None,
+        atoms: d
+            .atoms
+            .iter()
+            .map(|a| crate::model::Atom {
+                name: a.name.clone(),
+                path: a.path.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..d.clone()
+    }
+}
+
 #[async_trait]
 impl MetadataStore for RemoteStore {
     async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
         let body = AddDatasetRequest::new(backup, dataset);
-        self.post(api::ADD_DATASET, &body).await.map(|_| ())
+        match self.post(api::ADD_DATASET, &body).await {
+            // A server from before the restore record (issue 11) refuses
+            // its fields: record the rest rather than losing the record
+            // (restores of it then need the source's configuration).
+            Err(MetadataError::Rejected {
+                status: 400,
+                message,
+                ..
+            }) if message.contains("unknown field") && has_restore_record(dataset) => {
+                tracing::warn!(
+                    server = %self.display,
+                    dataset = %dataset.id,
+                    "the metadata server does not know the restore record fields ({message}); \
+                     recording the dataset without them: upgrade the server, or restores of \
+                     this record will need the source's configuration"
+                );
+                let bare = without_restore_record(dataset);
+                let body = AddDatasetRequest::new(backup, &bare);
+                self.post(api::ADD_DATASET, &body).await.map(|_| ())
+            }
+            r => r.map(|_| ()),
+        }
     }
 
     async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
@@ -683,12 +731,14 @@ pub(crate) mod tests {
             atoms: vec![Atom {
                 name: "alice".into(),
                 path: String::new(),
+                ..Default::default()
             }],
             snapshot_id: "ab".repeat(32),
             total_files: 1,
             total_bytes: 2,
             bytes_added: 3,
             duration: 4,
+            ..Default::default()
         };
         (b, d)
     }
@@ -941,6 +991,33 @@ pub(crate) mod tests {
         assert_eq!(body.dataset, d);
         assert_eq!(body.backup.id, b.id);
         assert!(body.backup.datasets.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_older_server_gets_the_record_without_the_restore_fields() {
+        let script = Script::default();
+        script.push(Reply {
+            body: r#"{"error":"unknown field in the JSON body: dataset.handler (see /api/openapi.json)"}"#.into(),
+            ..Reply::status(400)
+        });
+        let url = start(script.clone()).await;
+        let (b, mut d) = sample("d1");
+        d.handler = Some("file".into());
+        d.atoms[0].size = Some(3);
+        store(&url).add_dataset(&b, &d).await.unwrap();
+        let seen = script.seen();
+        assert_eq!(seen.len(), 2);
+        let first: AddDatasetRequest = serde_json::from_str(&seen[0].body).unwrap();
+        assert_eq!(first.dataset, d);
+        let second: AddDatasetRequest = serde_json::from_str(&seen[1].body).unwrap();
+        assert_eq!(second.dataset, without_restore_record(&d));
+        assert!(!has_restore_record(&second.dataset));
+        // Any other 400 stays an error, sent once.
+        let script = Script::default();
+        script.push(Reply::status(400));
+        let url = start(script.clone()).await;
+        assert!(store(&url).add_dataset(&b, &d).await.is_err());
+        assert_eq!(script.seen().len(), 1);
     }
 
     #[tokio::test]

