@@ -37,7 +37,10 @@ use tracing::{debug, error, info, warn};
 use super::remote::{AddDatasetRequest, RemoteStore};
 use super::{MetadataError, MetadataStore};
 use crate::config::Config;
-use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
+use crate::model::{
+    AddVerificationsRequest, Backup, Dataset, FindRequest, GetVerificationsRequest,
+    UpdateActiveJobStatusRequest, Verification,
+};
 
 /// How often the agent's background task should deliver the outbox
 /// ([`OutboxStore::run_delivery_loop`]).
@@ -711,6 +714,20 @@ impl MetadataStore for OutboxStore {
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError> {
         self.remote.update_active_job_status(req).await
+    }
+
+    /// Sent straight to the server (not through the outbox): a result
+    /// that cannot be delivered fails the drill's recording, and the next
+    /// drill measures again.
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        self.remote.add_verifications(req).await
+    }
+
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        self.remote.get_verifications(req).await
     }
 }
 

@@ -34,10 +34,20 @@ use super::sql::{
     FoundDataset, dataset_from_row, group_backups, push_find_tail, push_matching_paths,
 };
 use super::{
-    HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, decode_report,
-    jobs_json, state_json, truncate_micros, validate_add, validate_find,
+    HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, backup_id_chunks,
+    check_owned, decode_report, jobs_json, state_json, truncate_micros, validate_add,
+    validate_find, validate_get_verifications, validate_verifications,
 };
-use crate::model::{Atom, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, atom_path};
+use crate::model::{
+    AddVerificationsRequest, Atom, AtomVersion, Backup, Dataset, FindRequest,
+    GetVerificationsRequest, UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
+};
+
+/// Backup ids per `= ANY($1)` array of the verification queries.
+const IDS_PER_QUERY: usize = 1000;
+
+/// Verification rows per INSERT statement (7 parameters each).
+const VERIFICATIONS_PER_INSERT: usize = 1000;
 
 /// Connections in the pool.
 const MAX_CONNECTIONS: u32 = 16;
@@ -374,6 +384,105 @@ impl MetadataStore for PostgresStore {
         .await
         .map_err(|e| self.db_error(e))?;
         Ok(())
+    }
+
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        let results = validate_verifications(req)?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        let mut stored = std::collections::HashMap::new();
+        for ids in backup_id_chunks(results.iter().map(|v| v.backup_id.as_str()), IDS_PER_QUERY) {
+            let rows = sqlx::query(
+                "SELECT backup_id, dataset_id, name, host FROM atoms WHERE backup_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+            for row in rows {
+                let get = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
+                stored.insert(
+                    AtomVersion {
+                        backup_id: get(0)?,
+                        dataset_id: get(1)?,
+                        atom: get(2)?,
+                    },
+                    get(3)?,
+                );
+            }
+        }
+        check_owned(&req.host, &results, &stored)?;
+        for chunk in results.chunks(VERIFICATIONS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "INSERT INTO verifications (backup_id, dataset_id, atom, verified_at, result, \
+                 error, last_ok) ",
+            );
+            qb.push_values(chunk, |mut row, v| {
+                row.push_bind(&v.backup_id)
+                    .push_bind(&v.dataset_id)
+                    .push_bind(&v.atom)
+                    .push_bind(v.verified_at)
+                    .push_bind(v.result.as_str())
+                    .push_bind(&v.error)
+                    .push_bind((v.result == VerifyResult::Ok).then_some(v.verified_at));
+            });
+            // A result older than the stored one does not replace it.
+            qb.push(
+                " ON CONFLICT (backup_id, dataset_id, atom) DO UPDATE SET \
+                 verified_at = excluded.verified_at, result = excluded.result, \
+                 error = excluded.error, \
+                 last_ok = COALESCE(excluded.last_ok, verifications.last_ok) \
+                 WHERE excluded.verified_at >= verifications.verified_at",
+            );
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        validate_get_verifications(req)?;
+        let wanted: std::collections::HashSet<&AtomVersion> = req.versions.iter().collect();
+        let mut out = Vec::new();
+        for ids in backup_id_chunks(
+            req.versions.iter().map(|v| v.backup_id.as_str()),
+            IDS_PER_QUERY,
+        ) {
+            let rows = sqlx::query(
+                "SELECT backup_id, dataset_id, atom, verified_at, result, error, last_ok \
+                 FROM verifications WHERE backup_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+            for row in rows {
+                let text = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
+                let result = match text(4)?.as_str() {
+                    "ok" => VerifyResult::Ok,
+                    "failed" => VerifyResult::Failed,
+                    other => return Err(self.corrupt(format!("verification result {other:?}"))),
+                };
+                let v = Verification {
+                    backup_id: text(0)?,
+                    dataset_id: text(1)?,
+                    atom: text(2)?,
+                    verified_at: row.try_get(3).map_err(|e| self.db_error(e))?,
+                    result,
+                    error: row.try_get(5).map_err(|e| self.db_error(e))?,
+                    last_ok: row.try_get(6).map_err(|e| self.db_error(e))?,
+                };
+                if wanted.contains(&v.version()) {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

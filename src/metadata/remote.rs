@@ -23,7 +23,10 @@ use tracing::{debug, warn};
 
 use super::{MetadataError, MetadataStore};
 use crate::config::MetadbClientConfig;
-use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
+use crate::model::{
+    AddVerificationsRequest, Backup, Dataset, FindRequest, GetVerificationsRequest,
+    UpdateActiveJobStatusRequest, Verification,
+};
 
 /// API path of `add_dataset`.
 pub const ADD_DATASET_PATH: &str = "api/add_dataset";
@@ -33,6 +36,10 @@ pub const FIND_ATOMS_PATH: &str = "api/find_atoms";
 pub const UPDATE_ACTIVE_JOB_STATUS_PATH: &str = "api/update_active_job_status";
 /// Path of the health check.
 pub const HEALTHZ_PATH: &str = "healthz";
+/// Path of the API operation recording restore drill results.
+pub const ADD_VERIFICATIONS_PATH: &str = "api/add_verifications";
+/// Path of the API operation returning restore drill results.
+pub const GET_VERIFICATIONS_PATH: &str = "api/get_verifications";
 
 /// How many characters of a non-JSON error body are kept in messages.
 const MAX_ERROR_TEXT: usize = 500;
@@ -530,6 +537,21 @@ impl MetadataStore for RemoteStore {
         self.post(UPDATE_ACTIVE_JOB_STATUS_PATH, req)
             .await
             .map(|_| ())
+    }
+
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        self.post(ADD_VERIFICATIONS_PATH, req).await.map(|_| ())
+    }
+
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        let body = self.post(GET_VERIFICATIONS_PATH, req).await?;
+        serde_json::from_slice(&body).map_err(|e| MetadataError::InvalidResponse {
+            url: format!("{}/{GET_VERIFICATIONS_PATH}", self.display),
+            message: format!("expected a JSON list of verifications: {e}"),
+        })
     }
 }
 

@@ -925,6 +925,15 @@ async fn openapi_document_matches_routes_and_model() {
     };
     let backup: Backup =
         serde_json::from_value(backup_json("b", "h", "2026-01-01T00:00:00Z")).unwrap();
+    let verification = crate::model::Verification {
+        backup_id: "b".into(),
+        dataset_id: "d".into(),
+        atom: "a".into(),
+        verified_at: Utc::now(),
+        result: crate::model::VerifyResult::Failed,
+        error: Some("e".into()),
+        last_ok: Some(Utc::now()),
+    };
     let checks = [
         ("Backup", serde_json::to_value(&backup).unwrap()),
         ("Dataset", serde_json::to_value(&dataset).unwrap()),
@@ -980,6 +989,26 @@ async fn openapi_document_matches_routes_and_model() {
                 sources: Some(vec![source.clone()]),
                 outbox_pending: Some(0),
                 outbox_rejected: Some(0),
+            })
+            .unwrap(),
+        ),
+        ("Verification", serde_json::to_value(&verification).unwrap()),
+        (
+            "AtomVersion",
+            serde_json::to_value(verification.version()).unwrap(),
+        ),
+        (
+            "AddVerificationsRequest",
+            serde_json::to_value(crate::model::AddVerificationsRequest {
+                host: "h".into(),
+                verifications: vec![verification.clone()],
+            })
+            .unwrap(),
+        ),
+        (
+            "GetVerificationsRequest",
+            serde_json::to_value(crate::model::GetVerificationsRequest {
+                versions: vec![verification.version()],
             })
             .unwrap(),
         ),
