@@ -10,6 +10,7 @@ pub mod progress;
 pub mod query;
 pub mod repo;
 pub mod restore;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ Exit codes:
   1  the operation failed (a dataset failed to back up or restore, nothing matched,
      the source is locked by a running backup, ...)
   2  invalid command line, configuration or pattern
-  130, 143  `backup` or `restore` interrupted by SIGINT / SIGTERM (restic was
+  130, 143  `backup`, `restore` or `verify` interrupted by SIGINT / SIGTERM (restic was
      stopped with SIGINT, so it removed its repository lock; unfinished datasets
      are not recorded)";
 
@@ -108,6 +109,9 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List backed up atoms matching a pattern.
     Query(query::QueryArgs),
+    /// Check the repository and run restore drills of this host's atoms
+    /// (least recently verified first); record the results in the index.
+    Verify(verify::VerifyArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -166,6 +170,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Backup(args) => backup::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args).await,
         Command::Query(args) => query::run(&cli.config, args).await,
+        Command::Verify(args) => verify::run(&cli.config, args).await,
         Command::Config(ConfigCommand::Check) => check::run(&cli.config),
         Command::Metadb(args) => {
             let explicit = config_on_command_line.then_some(cli.config.as_path());

@@ -25,3 +25,4 @@ pub mod redact;
 pub mod repository;
 pub mod runtime;
 pub mod shell;
+pub mod verify;

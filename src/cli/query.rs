@@ -6,8 +6,10 @@ use std::path::Path;
 use clap::Args;
 use indicatif::HumanBytes;
 
+use std::collections::BTreeMap;
+
 use super::{AtomFilter, CliError, load_config, open_store};
-use crate::model::{Backup, atom_path};
+use crate::model::{AtomVersion, Backup, Verification, atom_path};
 
 /// Arguments of `tabacco query`.
 #[derive(Debug, Args)]
@@ -31,11 +33,20 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
     let config = load_config(config_path)?;
     let store = open_store(&config).await?;
     let backups = store.find_atoms(&req).await.map_err(super::store_error)?;
+    // Without them the listing still answers (an older metadata server
+    // does not keep verifications).
+    let verified = crate::verify::verifications_of(store.as_ref(), &backups)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!("cannot read the atoms' verifications: {e}");
+            BTreeMap::new()
+        });
     if args.json {
-        let text = serde_json::to_string_pretty(&backups).map_err(CliError::failed)?;
+        let text = serde_json::to_string_pretty(&with_verifications(&backups, &verified))
+            .map_err(CliError::failed)?;
         println!("{text}");
     } else if !backups.is_empty() {
-        print!("{}", table(&backups));
+        print!("{}", table(&backups, &verified));
     }
     // grep's convention: no match is exit 1.
     if backups.is_empty() {
@@ -47,18 +58,68 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The backups as JSON (`[Backup]`), each atom with its latest
+/// verification under `verification` (`{verified_at, result, error,
+/// last_ok, ...}` as the index keeps it; absent: never verified).
+pub fn with_verifications(
+    backups: &[Backup],
+    verified: &BTreeMap<AtomVersion, Verification>,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(backups).unwrap_or_default();
+    for (b, bv) in backups
+        .iter()
+        .zip(value.as_array_mut().into_iter().flatten())
+    {
+        let datasets = bv.get_mut("datasets").and_then(|d| d.as_array_mut());
+        for (ds, dv) in b.datasets.iter().zip(datasets.into_iter().flatten()) {
+            let atoms = dv.get_mut("atoms").and_then(|a| a.as_array_mut());
+            for (a, av) in ds.atoms.iter().zip(atoms.into_iter().flatten()) {
+                let key = AtomVersion {
+                    backup_id: b.id.clone(),
+                    dataset_id: ds.id.clone(),
+                    atom: a.name.clone(),
+                };
+                if let (Some(v), Some(obj)) = (verified.get(&key), av.as_object_mut()) {
+                    obj.insert(
+                        "verification".into(),
+                        serde_json::to_value(v).unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    }
+    value
+}
+
 /// The human-readable table: one row per atom version, newest first.
-pub fn table(backups: &[Backup]) -> String {
+pub fn table(backups: &[Backup], verified: &BTreeMap<AtomVersion, Verification>) -> String {
     let mut rows = vec![[
         "TIME".to_string(),
         "HOST".to_string(),
         "ATOM".to_string(),
         "SNAPSHOT".to_string(),
         "SIZE".to_string(),
+        "VERIFIED".to_string(),
     ]];
     for b in backups {
         for ds in &b.datasets {
             for a in &ds.atoms {
+                let key = AtomVersion {
+                    backup_id: b.id.clone(),
+                    dataset_id: ds.id.clone(),
+                    atom: a.name.clone(),
+                };
+                let verification = verified.get(&key).map_or_else(
+                    || "never".to_string(),
+                    |v| {
+                        format!(
+                            "{} {}",
+                            v.result.as_str(),
+                            v.verified_at
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )
+                    },
+                );
                 rows.push([
                     b.timestamp
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -66,6 +127,7 @@ pub fn table(backups: &[Backup]) -> String {
                     atom_path(&ds.source, &ds.name, &a.name),
                     ds.snapshot_id.chars().take(8).collect(),
                     HumanBytes(ds.total_bytes.max(0) as u64).to_string(),
+                    verification,
                 ]);
             }
         }
@@ -73,7 +135,7 @@ pub fn table(backups: &[Backup]) -> String {
     if rows.len() == 1 {
         return "no matching atoms\n".to_string();
     }
-    let mut widths = [0usize; 5];
+    let mut widths = [0usize; 6];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -124,12 +186,12 @@ mod tests {
                 duration: 1,
             }],
         };
-        let t = table(&[b]);
+        let t = table(&[b], &BTreeMap::new());
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("TIME"));
         assert!(lines[1].contains("home/users/alice") && lines[1].contains("01234567"));
         assert!(lines[2].contains("2026-11-24T10:00:00Z") && lines[2].contains("2.00 KiB"));
-        assert_eq!(table(&[]), "no matching atoms\n");
+        assert_eq!(table(&[], &BTreeMap::new()), "no matching atoms\n");
     }
 }

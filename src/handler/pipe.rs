@@ -116,7 +116,7 @@ impl PipeParams {
 }
 
 /// Parse a size: bytes (`1048576`) or with a unit (`512MiB`, `10 GB`).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let size: bytesize::ByteSize = text.trim().parse().map_err(|e| {
         format!("{text:?} is not a size ({e}): write e.g. 500MiB, 20GiB or a number of bytes")
     })?;

@@ -21,3 +21,4 @@ mod metadb_server;
 mod remote;
 mod rest;
 mod shared_repo;
+mod verify;
