@@ -140,7 +140,7 @@ fn record(shape: &Shape, h: usize, b: usize) -> (Backup, Dataset) {
         atoms: (0..shape.atoms)
             .map(|a| Atom {
                 name: atom_name(a),
-                path: String::new(),
+                ..Default::default()
             })
             .collect(),
         snapshot_id: format!(
@@ -151,6 +151,7 @@ fn record(shape: &Shape, h: usize, b: usize) -> (Backup, Dataset) {
         total_bytes: (n % 997) as i64 * 1_048_576,
         bytes_added: (n % 89) as i64 * 4096,
         duration: (n % 300) as i64,
+        ..Default::default()
     };
     let backup = Backup {
         id: format!("{ms:012x}7{n:019x}"),

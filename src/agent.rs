@@ -915,6 +915,7 @@ mod tests {
                 total_bytes: 10,
                 bytes_added: 100,
                 duration_secs: 0.1,
+                stream: None,
             })
         }
         async fn restore(&self, _: &str, _: &[PathBuf], _: &Path) -> Result<(), RepoError> {
@@ -1204,6 +1205,7 @@ mod tests {
                         .map(|a| crate::model::Atom {
                             name: (*a).into(),
                             path: String::new(),
+                            ..Default::default()
                         })
                         .collect(),
                     ..Default::default()

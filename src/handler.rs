@@ -16,7 +16,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::config::{HandlerSpec, HandlerType, SourceSpec};
-use crate::model::{Backup, Dataset};
+use crate::model::{Atom, Backup, Dataset};
 use crate::repository::{ProgressFn, RepoError, SnapshotInfo, SnapshotMeta};
 use crate::runtime::RuntimeContext;
 
@@ -65,20 +65,19 @@ pub struct DatasetBackup {
     pub snapshot: SnapshotInfo,
     /// Atoms that are not in the snapshot.
     pub failed_atoms: Vec<AtomFailure>,
-}
-
-impl From<SnapshotInfo> for DatasetBackup {
-    fn from(snapshot: SnapshotInfo) -> DatasetBackup {
-        DatasetBackup {
-            snapshot,
-            failed_atoms: Vec::new(),
-        }
-    }
+    /// The atoms in the snapshot as they are to be recorded: with what
+    /// the handler learned of each (its path in the snapshot, size, file
+    /// count, digest). Empty: the dataset's atoms less `failed_atoms`, as
+    /// given.
+    pub atoms: Vec<Atom>,
 }
 
 /// Backs up and restores one class of datasets.
 #[async_trait]
 pub trait Handler: Send + Sync {
+    /// The handler's type (recorded with each dataset).
+    fn kind(&self) -> HandlerType;
+
     /// Back up a dataset (with its atoms resolved) as one snapshot.
     async fn backup(
         &self,

@@ -545,6 +545,7 @@ impl Manager {
                 .map(|a| Atom {
                     name: a.name,
                     path: a.path.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()
@@ -590,13 +591,30 @@ impl Manager {
                 Ok(DatasetBackup {
                     snapshot: info,
                     failed_atoms,
+                    atoms,
                 }) => {
                     // Atoms whose own part failed are not in the snapshot:
                     // record the others, report these.
-                    dataset
-                        .atoms
-                        .retain(|a| !failed_atoms.iter().any(|f| f.atom == a.name));
+                    if atoms.is_empty() {
+                        dataset
+                            .atoms
+                            .retain(|a| !failed_atoms.iter().any(|f| f.atom == a.name));
+                    } else {
+                        dataset.atoms = atoms;
+                    }
                     atom_failures = failed_atoms;
+                    // What a restore elsewhere needs: how, and from where.
+                    dataset.handler = Some(handler.kind().as_str().to_string());
+                    dataset.repository_id = match rctx.repo().id().await {
+                        Ok(id) => id,
+                        Err(e) => {
+                            warn!(
+                                "cannot read the repository id, the record will lack it: {}",
+                                error_chain(&e)
+                            );
+                            None
+                        }
+                    };
                     dataset.snapshot_id = info.snapshot_id.clone();
                     dataset.total_files = info.total_files;
                     dataset.total_bytes = info.total_bytes;

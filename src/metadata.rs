@@ -356,6 +356,14 @@ pub(crate) fn validate_add(backup: &Backup, dataset: &Dataset) -> Result<(), Met
     }
     let mut names = std::collections::HashSet::new();
     for atom in &dataset.atoms {
+        for (what, value) in [("size", atom.size), ("files", atom.files)] {
+            if let Some(value) = value.filter(|v| *v < 0) {
+                return Err(MetadataError::BadRequest(format!(
+                    "dataset.atoms: atom {:?} has {what} {value}: it cannot be negative",
+                    atom.name
+                )));
+            }
+        }
         if !names.insert(atom.name.as_str()) {
             return Err(MetadataError::BadRequest(format!(
                 "dataset.atoms: atom {:?} appears twice in dataset {:?}",

@@ -55,18 +55,55 @@ pub struct Dataset {
     /// Duration of the backup, in seconds.
     #[serde(default, deserialize_with = "integer")]
     pub duration: i64,
+    /// Type of the handler that made the snapshot (`file`, `pipe`), so a
+    /// host without the source in its configuration knows how to restore
+    /// it (absent: a record written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// Identity of the repository holding the snapshot (restic: the
+    /// repository id from its config), so a restore from another
+    /// repository is refused by name (absent: not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<String>,
 }
 
 /// The smallest independently restorable piece of data.
 ///
 /// Atoms are identified by their global path `source/dataset/atom`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// The fields after `path` are what a restore needs without the backing
+/// up host's configuration; records written before they were kept lack
+/// them (a restore then falls back to the local configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Atom {
     /// Atom name (path-like, relative to its dataset).
     pub name: String,
     /// For the `file` handler: path relative to the source's root.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// Absolute path of the atom inside the snapshot: for a file atom the
+    /// absolute path that was backed up, for a pipe atom the file its
+    /// stream was stored as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_path: Option<String>,
+    /// Bytes of the atom: a pipe atom's bytes streamed, a file atom's
+    /// total bytes of its files.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_integer"
+    )]
+    pub size: Option<i64>,
+    /// A file atom's number of files.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_integer"
+    )]
+    pub files: Option<i64>,
+    /// A pipe atom's SHA-256 of its stream, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Global path of an atom: `source/dataset/atom`.
@@ -471,12 +508,14 @@ mod tests {
                 atoms: vec![Atom {
                     name: "a".into(),
                     path: String::new(),
+                    ..Default::default()
                 }],
                 snapshot_id: "s".into(),
                 total_files: 1,
                 total_bytes: 2,
                 bytes_added: 3,
                 duration: 4,
+                ..Default::default()
             }],
         };
         let v = serde_json::to_value(&b).unwrap();
@@ -501,6 +540,37 @@ mod tests {
         );
         let back: Backup = serde_json::from_value(v).unwrap();
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn restore_record_fields_are_optional_and_left_out_when_unset() {
+        // A record written before them (a Go client, an older agent).
+        let old: Dataset =
+            serde_json::from_str(r#"{"id":"d","source":"s","atoms":[{"name":"a"}]}"#).unwrap();
+        assert_eq!((&old.handler, &old.repository_id), (&None, &None));
+        assert_eq!(
+            old.atoms[0],
+            Atom {
+                name: "a".into(),
+                ..Default::default()
+            }
+        );
+        let v = serde_json::to_value(&old).unwrap();
+        for k in ["handler", "repository_id"] {
+            assert!(v.get(k).is_none(), "{k}");
+        }
+        assert_eq!(v["atoms"][0], serde_json::json!({"name": "a"}));
+        let new: Dataset = serde_json::from_str(
+            r#"{"id":"d","source":"s","handler":"pipe","repository_id":"r",
+                "atoms":[{"name":"a","snapshot_path":"/s/d/a","size":5.0,"files":1,"sha256":"ab"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(new.handler.as_deref(), Some("pipe"));
+        assert_eq!(new.atoms[0].size, Some(5));
+        assert_eq!(
+            serde_json::from_value::<Dataset>(serde_json::to_value(&new).unwrap()).unwrap(),
+            new
+        );
     }
 
     #[test]

@@ -189,8 +189,75 @@ pub fn check_record(backup: &Backup, dataset: &Dataset) -> Result<(), String> {
                 check_atom_path(&atom.path),
             )?;
         }
+        if let Some(path) = &atom.snapshot_path {
+            field(
+                &format!("dataset.atoms[{i}].snapshot_path"),
+                check_snapshot_path(path),
+            )?;
+        }
+        if let Some(sha) = &atom.sha256 {
+            field(&format!("dataset.atoms[{i}].sha256"), check_sha256(sha))?;
+        }
+    }
+    if let Some(handler) = &dataset.handler {
+        field(
+            "dataset.handler",
+            check_tag_segment("handler type", handler),
+        )?;
+    }
+    if let Some(id) = &dataset.repository_id {
+        field(
+            "dataset.repository_id",
+            check_tag_segment("repository id", id),
+        )?;
     }
     Ok(())
+}
+
+/// Check an atom's `snapshot_path`, its absolute path inside a snapshot
+/// (a restore writes it below its target): absolute, no empty, `.` or
+/// `..` segment, no NUL or control characters, at most
+/// [`MAX_PATH_BYTES`].
+pub fn check_snapshot_path(path: &str) -> Result<(), String> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!(
+            "snapshot path is {} bytes long (at most {MAX_PATH_BYTES})",
+            path.len()
+        ));
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "snapshot path {path:?} contains the control character {c:?}"
+        ));
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("snapshot path {path:?} is not absolute"));
+    };
+    if rest
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(format!(
+            "snapshot path {path:?} has an empty, '.' or '..' segment"
+        ));
+    }
+    Ok(())
+}
+
+/// Check a SHA-256 digest as recorded: 64 lowercase hex digits.
+pub fn check_sha256(digest: &str) -> Result<(), String> {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a SHA-256 digest (64 lowercase hex digits)",
+            excerpt(digest)
+        ))
+    }
 }
 
 /// `text` quoted for an error message, cut to its first 64 characters:
@@ -304,21 +371,28 @@ mod tests {
                 atoms: vec![Atom {
                     name: "a/b".into(),
                     path: String::new(),
+                    ..Default::default()
                 }],
                 snapshot_id: "s".into(),
                 total_files: 0,
                 total_bytes: 0,
                 bytes_added: 0,
                 duration: 0,
+                ..Default::default()
             },
         )
     }
 
     #[test]
     fn records_name_the_bad_field() {
-        let (b, d) = record();
+        let (b, mut d) = record();
         assert!(check_record(&b, &d).is_ok());
-        let cases: [(&str, Breaker); 7] = [
+        d.atoms[0].snapshot_path = Some("/srv/a b/c".into());
+        d.atoms[0].sha256 = Some("0123456789abcdef".repeat(4));
+        d.handler = Some("pipe".into());
+        d.repository_id = Some("5e5b".repeat(16));
+        assert!(check_record(&b, &d).is_ok());
+        let cases: [(&str, Breaker); 12] = [
             ("backup.id", |b, _| b.id = "/tmp/ESCAPED".into()),
             ("backup.host", |b, _| b.host = "..".into()),
             ("dataset.id", |_, d| d.id = "../x".into()),
@@ -329,6 +403,19 @@ mod tests {
             }),
             ("dataset.atoms[0].path", |_, d| {
                 d.atoms[0].path = "/etc".into()
+            }),
+            ("dataset.atoms[0].snapshot_path", |_, d| {
+                d.atoms[0].snapshot_path = Some("/srv/../../etc".into())
+            }),
+            ("dataset.atoms[0].snapshot_path", |_, d| {
+                d.atoms[0].snapshot_path = Some("srv/a".into())
+            }),
+            ("dataset.atoms[0].sha256", |_, d| {
+                d.atoms[0].sha256 = Some("AB".repeat(32))
+            }),
+            ("dataset.handler", |_, d| d.handler = Some("../x".into())),
+            ("dataset.repository_id", |_, d| {
+                d.repository_id = Some("a b".into())
             }),
         ];
         for (field, break_it) in cases {

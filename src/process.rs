@@ -170,6 +170,71 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
+/// Bytes of a stream counted and hashed (SHA-256) as they pass, so a
+/// dump's size and digest are known without reading it again.
+#[derive(Clone, Default)]
+pub struct Tally {
+    bytes: u64,
+    hasher: sha2::Sha256,
+}
+
+impl fmt::Debug for Tally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tally").field("bytes", &self.bytes).finish()
+    }
+}
+
+impl Tally {
+    /// Count and hash `chunk`.
+    pub fn update(&mut self, chunk: &[u8]) {
+        use sha2::Digest;
+        self.bytes += chunk.len() as u64;
+        self.hasher.update(chunk);
+    }
+
+    /// Bytes seen so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The SHA-256 of what was seen, lowercase hex.
+    pub fn sha256_hex(&self) -> String {
+        use sha2::Digest;
+        self.hasher
+            .clone()
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Size of the buffer of [`relay`].
+const RELAY_BUFFER: usize = 256 * 1024;
+
+/// Copy everything from the pipe end `from` to the pipe end `to`,
+/// counting and hashing it on the way, until `from` reaches its end;
+/// `to` is closed when done (its reader sees the end of the stream). An
+/// error (the reader went away: `BrokenPipe`) drops both ends, so the
+/// writer of `from` gets `EPIPE` too.
+pub async fn relay(from: OwnedFd, to: OwnedFd) -> io::Result<Tally> {
+    use tokio::io::AsyncWriteExt;
+    let mut input = tokio::net::unix::pipe::Receiver::from_owned_fd(from)?;
+    let mut output = tokio::net::unix::pipe::Sender::from_owned_fd(to)?;
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    let mut tally = Tally::default();
+    loop {
+        let n = input.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        tally.update(&buf[..n]);
+        output.write_all(&buf[..n]).await?;
+    }
+    output.flush().await?;
+    Ok(tally)
+}
+
 /// A callback receiving lines of a child's output.
 type LineFn<'a> = Box<dyn FnMut(&str) + Send + 'a>;
 
@@ -1046,6 +1111,36 @@ async fn execute(cmd: ChildCommand<'_>) -> Result<Outcome, ProcessError> {
 pub(crate) mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[tokio::test]
+    async fn relay_counts_and_hashes_what_it_copies() {
+        let (a_read, a_write) = pipe().unwrap();
+        let (b_read, b_write) = pipe().unwrap();
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut w = std::fs::File::from(a_write);
+            w.write_all(b"ab").unwrap();
+            w.write_all(b"c").unwrap();
+        });
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut out = Vec::new();
+            std::fs::File::from(b_read).read_to_end(&mut out).unwrap();
+            out
+        });
+        let tally = relay(a_read, b_write).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(reader.await.unwrap(), b"abc");
+        assert_eq!(tally.bytes(), 3);
+        assert_eq!(
+            tally.sha256_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            Tally::default().sha256_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 
     #[test]
     fn tail_keeps_last_lines() {

@@ -45,6 +45,21 @@ pub struct SnapshotInfo {
     pub bytes_added: i64,
     /// How long the backup took, in seconds.
     pub duration_secs: f64,
+    /// For a stream backup: the stream as it went into the snapshot.
+    pub stream: Option<StreamFacts>,
+}
+
+/// A stream as it went into a snapshot: where, how big, its digest
+/// (counted on its way into the repository, not read again).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamFacts {
+    /// Its absolute path inside the snapshot (restic 0.18.0 stores it
+    /// under a flat name).
+    pub path: String,
+    /// Bytes streamed.
+    pub bytes: u64,
+    /// SHA-256 of the stream, lowercase hex.
+    pub sha256: String,
 }
 
 /// One entry of a snapshot's listing (`restic ls --json`).
@@ -299,6 +314,17 @@ pub trait Repository: Send + Sync {
         paths: &[PathBuf],
         target: &Path,
     ) -> Result<(), RepoError>;
+
+    /// The repository's identity (restic: the id in its config), read
+    /// once and cached; `None` for a repository that has none.
+    async fn id(&self) -> Result<Option<String>, RepoError> {
+        Ok(None)
+    }
+
+    /// The repository's location for messages (credentials hidden).
+    fn location(&self) -> String {
+        String::new()
+    }
 
     /// Create the repository if it does not exist yet, safely when many
     /// hosts try at once, and check that it opens with our password.

@@ -470,10 +470,16 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    /// What the index record of `atom` in `dataset` holds.
+    /// What the index record of `atom` in `dataset` holds (records
+    /// written before fingerprints were kept hold none of it).
     pub fn of(dataset: &Dataset, atom: &Atom) -> Recorded {
-        let _ = (dataset, atom);
-        Recorded::default()
+        Recorded {
+            snapshot_path: atom.snapshot_path.clone(),
+            size: atom.size,
+            files: atom.files,
+            sha256: atom.sha256.clone(),
+            handler: dataset.handler.clone(),
+        }
     }
 }
 
@@ -950,7 +956,7 @@ mod tests {
             dataset: 0,
             atom: Atom {
                 name: name.into(),
-                path: String::new(),
+                ..Default::default()
             },
             last: last.map(|t| t.parse().unwrap()),
         }

@@ -281,6 +281,7 @@ mod tests {
             total_bytes: 0,
             bytes_added: 0,
             duration: 0,
+            ..Default::default()
         };
         reg.dataset_started(&running, &ds);
         reg.progress(

@@ -173,10 +173,12 @@ mod tests {
                     Atom {
                         name: "alice".into(),
                         path: String::new(),
+                        ..Default::default()
                     },
                     Atom {
                         name: "bob".into(),
                         path: String::new(),
+                        ..Default::default()
                     },
                 ],
                 snapshot_id: "0123456789abcdef".into(),
@@ -184,6 +186,7 @@ mod tests {
                 total_bytes: 2048,
                 bytes_added: 0,
                 duration: 1,
+                ..Default::default()
             }],
         };
         let t = table(&[b], &BTreeMap::new());

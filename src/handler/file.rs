@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{DatasetBackup, Handler, HandlerError, snapshot_meta};
+use crate::config::HandlerType;
 use crate::config::params::Params;
 use crate::model::{Atom, Backup, Dataset};
 use crate::names::check_atom_path;
@@ -75,8 +76,33 @@ impl FileHandler {
     }
 }
 
+/// Files (every entry that is not a directory) and bytes (of the regular
+/// files) of the tree at `path`, symbolic links not followed.
+pub fn tree_totals(path: &Path) -> std::io::Result<(i64, i64)> {
+    let (mut files, mut bytes) = (0i64, 0i64);
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&p)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&p)? {
+                pending.push(entry?.path());
+            }
+        } else {
+            files += 1;
+            if meta.is_file() {
+                bytes = bytes.saturating_add(i64::try_from(meta.len()).unwrap_or(i64::MAX));
+            }
+        }
+    }
+    Ok((files, bytes))
+}
+
 #[async_trait]
 impl Handler for FileHandler {
+    fn kind(&self) -> HandlerType {
+        HandlerType::File
+    }
+
     async fn backup(
         &self,
         rctx: &RuntimeContext,
@@ -108,12 +134,38 @@ impl Handler for FileHandler {
                 });
             }
         }
+        // Each atom's file count and bytes, for the index (what a restore
+        // of that atom alone will write). Taken before the backup: a tree
+        // changing meanwhile may differ from the snapshot a little.
+        let paths = self.paths(dataset);
+        let mut atoms = Vec::with_capacity(dataset.atoms.len());
+        for (atom, path) in dataset.atoms.iter().zip(&paths) {
+            let walked = path.clone();
+            let totals = tokio::task::spawn_blocking(move || tree_totals(&walked))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            let (files, size) = match totals {
+                Ok((files, bytes)) => (Some(files), Some(bytes)),
+                Err(e) => {
+                    tracing::debug!(atom = %atom.name, "cannot measure {}: {e}", path.display());
+                    (None, None)
+                }
+            };
+            atoms.push(Atom {
+                snapshot_path: Some(path.display().to_string()),
+                size,
+                files,
+                ..atom.clone()
+            });
+        }
         let meta = snapshot_meta(backup, dataset);
-        Ok(rctx
-            .repo()
-            .backup(&meta, &self.paths(dataset), progress)
-            .await?
-            .into())
+        let snapshot = rctx.repo().backup(&meta, &paths, progress).await?;
+        Ok(DatasetBackup {
+            snapshot,
+            failed_atoms: Vec::new(),
+            atoms,
+        })
     }
 
     async fn restore(
@@ -142,12 +194,27 @@ mod tests {
         let a = Atom {
             name: "user1".into(),
             path: String::new(),
+            ..Default::default()
         };
         assert_eq!(h.atom_abs_path(&a), PathBuf::from("/srv/data/user1"));
         let a = Atom {
             name: "user1".into(),
             path: "mail/u1".into(),
+            ..Default::default()
         };
         assert_eq!(h.atom_abs_path(&a), PathBuf::from("/srv/data/mail/u1"));
+    }
+
+    #[test]
+    fn tree_totals_count_files_and_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/one"), b"12345").unwrap();
+        std::fs::write(root.join("a/b/two"), b"123").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", root.join("link")).unwrap();
+        assert_eq!(tree_totals(&root).unwrap(), (3, 8));
+        assert_eq!(tree_totals(&root.join("a/one")).unwrap(), (1, 5));
+        assert!(tree_totals(&root.join("missing")).is_err());
     }
 }

@@ -27,6 +27,7 @@ use futures::StreamExt;
 
 use super::spool::{self, Budget, SpoolDir};
 use super::{AtomFailure, DatasetBackup, Handler, HandlerError, snapshot_meta};
+use crate::config::HandlerType;
 use crate::config::params::Params;
 use crate::model::{Atom, Backup, Dataset, RunningJobStatus, atom_path};
 use crate::repository::{ProgressFn, RepoError};
@@ -240,12 +241,20 @@ impl PipeHandler {
         }
         let mut dumps = futures::stream::iter(dumps).buffer_unordered(self.params.parallel_dumps);
         let mut failed_atoms = Vec::new();
-        let mut spooled = 0usize;
+        let mut spooled = Vec::new();
         while let Some((atom, result)) = dumps.next().await {
             match result {
-                Ok(size) => {
-                    tracing::debug!(atom = %atom.name, size, "dump spooled");
-                    spooled += 1;
+                Ok(tally) => {
+                    tracing::debug!(atom = %atom.name, size = tally.bytes(), "dump spooled");
+                    spooled.push(Atom {
+                        snapshot_path: Some(format!(
+                            "/{}",
+                            atom_path(&dataset.source, &dataset.name, &atom.name)
+                        )),
+                        size: Some(tally.bytes() as i64),
+                        sha256: Some(tally.sha256_hex()),
+                        ..atom.clone()
+                    });
                 }
                 Err(e) if e.is_atom_only() => {
                     let error = e.to_string();
@@ -261,7 +270,7 @@ impl PipeHandler {
             }
         }
         drop(dumps);
-        if spooled == 0 {
+        if spooled.is_empty() {
             let first = failed_atoms
                 .first()
                 .map(|f| format!(" (first: atom '{}': {})", f.atom, f.error))
@@ -272,7 +281,7 @@ impl PipeHandler {
             )));
         }
         tracing::info!(
-            atoms = spooled,
+            atoms = spooled.len(),
             failed = failed_atoms.len(),
             bytes = budget.used(),
             "dumps spooled, backing up the spool"
@@ -290,9 +299,11 @@ impl PipeHandler {
             .backup_relative(&meta, dir.path(), &[rel], restic_progress)
             .await?;
         drop(dir);
+        spooled.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(DatasetBackup {
             snapshot,
             failed_atoms,
+            atoms: spooled,
         })
     }
 
@@ -353,6 +364,10 @@ impl PipeHandler {
 
 #[async_trait]
 impl Handler for PipeHandler {
+    fn kind(&self) -> HandlerType {
+        HandlerType::Pipe
+    }
+
     async fn backup(
         &self,
         rctx: &RuntimeContext,
@@ -372,11 +387,21 @@ impl Handler for PipeHandler {
                 );
                 let file_name = atom_path(&dataset.source, &dataset.name, &atom.name);
                 let meta = snapshot_meta(backup, dataset);
-                Ok(rctx
+                let snapshot = rctx
                     .repo()
                     .stream_backup(&meta, producer, &file_name, progress)
-                    .await?
-                    .into())
+                    .await?;
+                let recorded = Atom {
+                    snapshot_path: snapshot.stream.as_ref().map(|s| s.path.clone()),
+                    size: snapshot.stream.as_ref().map(|s| s.bytes as i64),
+                    sha256: snapshot.stream.as_ref().map(|s| s.sha256.clone()),
+                    ..atom.clone()
+                };
+                Ok(DatasetBackup {
+                    snapshot,
+                    failed_atoms: Vec::new(),
+                    atoms: vec![recorded],
+                })
             }
             _ => self.backup_spooled(rctx, backup, dataset, progress).await,
         }

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::future::Either;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::process::ProcessError;
+use crate::process::{ProcessError, Tally};
 use crate::shell::ShellCommand;
 
 /// Directory below `work_dir` holding the backup spools, one per source.
@@ -278,14 +278,14 @@ impl SpoolError {
 
 /// Run `command` with its standard output written to the new file `file`,
 /// counting every byte against `budget` and telling `on_bytes`. Returns
-/// the size of the dump. On failure the file is removed; dropping the
-/// future kills the command.
+/// the dump's size and SHA-256, taken on its way into the file. On
+/// failure the file is removed; dropping the future kills the command.
 pub async fn dump_to_file(
     command: &ShellCommand,
     file: &Path,
     budget: &Budget,
     on_bytes: &(dyn Fn(u64) + Send + Sync),
-) -> Result<u64, SpoolError> {
+) -> Result<Tally, SpoolError> {
     let result = dump_to_file_inner(command, file, budget, on_bytes).await;
     if result.is_err() {
         let _ = std::fs::remove_file(file);
@@ -298,7 +298,7 @@ async fn dump_to_file_inner(
     file: &Path,
     budget: &Budget,
     on_bytes: &(dyn Fn(u64) + Send + Sync),
-) -> Result<u64, SpoolError> {
+) -> Result<Tally, SpoolError> {
     let io_error = |context: String| move |source| SpoolError::Io { context, source };
     let mut out = tokio::fs::File::create(file)
         .await
@@ -312,7 +312,7 @@ async fn dump_to_file_inner(
         let mut input = tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)
             .map_err(io_error("cannot read a dump's output".into()))?;
         let mut buf = vec![0u8; COPY_BUFFER];
-        let mut total = 0u64;
+        let mut total = Tally::default();
         loop {
             let n = input
                 .read(&mut buf)
@@ -326,14 +326,14 @@ async fn dump_to_file_inner(
                 "cannot write the spool file {}",
                 file.display()
             )))?;
-            total += n as u64;
+            total.update(&buf[..n]);
             on_bytes(n as u64);
         }
         out.flush().await.map_err(io_error(format!(
             "cannot write the spool file {}",
             file.display()
         )))?;
-        Ok::<u64, SpoolError>(total)
+        Ok::<Tally, SpoolError>(total)
     };
     let child = command.to_child().stdout_fd(write_end).status();
     let (child, copy) = (Box::pin(child), Box::pin(copy));
@@ -373,11 +373,19 @@ mod tests {
         let budget = unlimited(dir.path());
         let seen = AtomicU64::new(0);
         let cmd = Shell::new(false, 0, 0).command("head -c 1000000 /dev/zero; echo end", &[]);
-        let n = dump_to_file(&cmd, &file, &budget, &|b| {
+        let tally = dump_to_file(&cmd, &file, &budget, &|b| {
             seen.fetch_add(b, Ordering::Relaxed);
         })
         .await
         .unwrap();
+        let expected = {
+            let mut t = Tally::default();
+            t.update(&vec![0u8; 1_000_000]);
+            t.update(b"end\n");
+            t.sha256_hex()
+        };
+        assert_eq!(tally.sha256_hex(), expected);
+        let n = tally.bytes();
         assert_eq!(n, 1_000_004);
         assert_eq!(std::fs::metadata(&file).unwrap().len(), n);
         assert_eq!(seen.load(Ordering::Relaxed), n);

@@ -64,6 +64,7 @@ pub(crate) fn dataset(id: &str, source: &str, name: &str, atoms: &[&str]) -> Dat
             .map(|a| Atom {
                 name: (*a).into(),
                 path: String::new(),
+                ..Default::default()
             })
             .collect(),
         snapshot_id: format!("snap-{id}"),
@@ -71,6 +72,7 @@ pub(crate) fn dataset(id: &str, source: &str, name: &str, atoms: &[&str]) -> Dat
         total_bytes: 2000,
         bytes_added: 300,
         duration: 4,
+        ..Default::default()
     }
 }
 
@@ -209,7 +211,108 @@ store_tests!(
     empty_ranges_in_classes_match_only_their_start,
     verifications_keep_the_latest_result_and_the_last_ok,
     verifications_only_of_own_indexed_atoms,
+    restore_record_fields_round_trip,
+    add_refuses_bad_restore_record_fields,
 );
+
+/// A dataset with the restore record of issue 11: the handler, the
+/// repository id, and per atom its snapshot path, size, file count and
+/// digest; atom `old` has none of them (as written before).
+pub(crate) fn recorded_dataset(id: &str) -> Dataset {
+    Dataset {
+        handler: Some("pipe".into()),
+        repository_id: Some("5e".repeat(32)),
+        atoms: vec![
+            Atom {
+                name: "new".into(),
+                snapshot_path: Some("/mysql/db/new".into()),
+                size: Some(1 << 40),
+                files: None,
+                sha256: Some("0123456789abcdef".repeat(4)),
+                ..Default::default()
+            },
+            Atom {
+                name: "old".into(),
+                ..Default::default()
+            },
+            Atom {
+                name: "tree".into(),
+                path: "www/tree".into(),
+                snapshot_path: Some("/srv/a b/www/tree".into()),
+                size: Some(0),
+                files: Some(7),
+                sha256: None,
+            },
+        ],
+        ..dataset(id, "mysql", "db", &[])
+    }
+}
+
+async fn restore_record_fields_round_trip(s: &dyn TestStore) {
+    let b = backup("b1", "h1", "2026-01-01T00:00:00Z");
+    let d = recorded_dataset("d1");
+    s.add_dataset(&b, &d).await.unwrap();
+    // Both query shapes: all versions, and the newest N.
+    for req in [
+        find("mysql/db/*"),
+        FindRequest {
+            num_versions: 1,
+            ..find("mysql/db/*")
+        },
+    ] {
+        let got = s.find_atoms(&req).await.unwrap();
+        assert_eq!(got.len(), 1, "{req:?}");
+        assert_eq!(got[0].datasets, vec![d.clone()], "{req:?}");
+    }
+    // A record without them reads back without them.
+    s.add_dataset(&b, &dataset("d2", "files", "home", &["a"]))
+        .await
+        .unwrap();
+    let got = s.find_atoms(&find("files/home/a")).await.unwrap();
+    let ds = &got[0].datasets[0];
+    assert_eq!((&ds.handler, &ds.repository_id), (&None, &None));
+    assert_eq!(
+        ds.atoms[0],
+        Atom {
+            name: "a".into(),
+            ..Default::default()
+        }
+    );
+    // Listings carry the dataset's fields too.
+    let recent = s.recent_backups(1).await.unwrap();
+    let listed = recent[0].datasets.iter().find(|x| x.id == "d1").unwrap();
+    assert_eq!(listed.handler.as_deref(), Some("pipe"));
+    assert_eq!(listed.repository_id, d.repository_id);
+    // Re-adding the same record changes nothing.
+    s.add_dataset(&b, &d).await.unwrap();
+    assert_eq!(s.counts().await, (1, 2, 4));
+}
+
+async fn add_refuses_bad_restore_record_fields(s: &dyn TestStore) {
+    let b = backup("b1", "h1", "2026-01-01T00:00:00Z");
+    type Breaker = fn(&mut Dataset);
+    let cases: [(&str, Breaker); 6] = [
+        ("snapshot_path", |d| {
+            d.atoms[0].snapshot_path = Some("/srv/../etc".into())
+        }),
+        ("snapshot_path", |d| {
+            d.atoms[0].snapshot_path = Some("relative".into())
+        }),
+        ("sha256", |d| d.atoms[0].sha256 = Some("xyz".into())),
+        ("size", |d| d.atoms[0].size = Some(-1)),
+        ("handler", |d| d.handler = Some("a/b".into())),
+        ("repository_id", |d| d.repository_id = Some("a,b".into())),
+    ];
+    for (field, break_it) in cases {
+        let mut d = recorded_dataset("d1");
+        break_it(&mut d);
+        match s.add_dataset(&b, &d).await {
+            Err(MetadataError::BadRequest(m)) => assert!(m.contains(field), "{field}: {m}"),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert_eq!(s.counts().await, (0, 0, 0));
+}
 
 async fn add_then_find_round_trips_every_field(s: &dyn TestStore) {
     let b = backup("bk-1", "host-a", "2026-03-04T05:06:07.123456Z");
@@ -221,10 +324,12 @@ async fn add_then_find_round_trips_every_field(s: &dyn TestStore) {
             Atom {
                 name: "bob".into(),
                 path: "home/bob".into(),
+                ..Default::default()
             },
             Atom {
                 name: "alice".into(),
                 path: "home/alice".into(),
+                ..Default::default()
             },
         ],
         snapshot_id: "a".repeat(64),
@@ -232,6 +337,7 @@ async fn add_then_find_round_trips_every_field(s: &dyn TestStore) {
         total_bytes: 1 << 40,
         bytes_added: 98765,
         duration: 42,
+        ..Default::default()
     };
     s.add_dataset(&b, &d).await.unwrap();
     let got = s.find_atoms(&find("files/home/*")).await.unwrap();

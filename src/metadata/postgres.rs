@@ -31,7 +31,8 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::glob::{PathCondition, Pattern};
 use super::sql::{
-    FoundDataset, dataset_from_row, group_backups, push_find_tail, push_matching_paths,
+    FIND_AGGREGATES_AT, FoundDataset, atom_columns, atom_from_row, dataset_columns,
+    dataset_from_row, group_backups, push_find_tail, push_matching_paths,
 };
 use super::{
     HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, backup_id_chunks,
@@ -153,10 +154,11 @@ impl PostgresStore {
         backup_id: &str,
         dataset_id: &str,
     ) -> Result<Option<Dataset>, MetadataError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, name, source, snapshot_id, total_files, total_bytes, bytes_added, duration
-             FROM datasets WHERE backup_id = $1 AND id = $2",
-        )
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            dataset_columns!(),
+            " FROM datasets WHERE backup_id = $1 AND id = $2"
+        ))
         .bind(backup_id)
         .bind(dataset_id)
         .fetch_optional(&mut *conn)
@@ -166,19 +168,20 @@ impl PostgresStore {
             return Ok(None);
         };
         let mut dataset = dataset_from_row(&row, 0).map_err(|e| self.db_error(e))?;
-        let atoms = sqlx::query(
-            "SELECT name, path FROM atoms WHERE backup_id = $1 AND dataset_id = $2 ORDER BY name",
-        )
+        let atoms = sqlx::query(concat!(
+            "SELECT ",
+            atom_columns!(),
+            " FROM atoms WHERE backup_id = $1 AND dataset_id = $2 ORDER BY name"
+        ))
         .bind(backup_id)
         .bind(dataset_id)
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| self.db_error(e))?;
         for row in atoms {
-            dataset.atoms.push(Atom {
-                name: row.try_get(0).map_err(|e| self.db_error(e))?,
-                path: row.try_get(1).map_err(|e| self.db_error(e))?,
-            });
+            dataset
+                .atoms
+                .push(atom_from_row(&row).map_err(|e| self.db_error(e))?);
         }
         Ok(Some(dataset))
     }
@@ -190,7 +193,7 @@ impl PostgresStore {
 /// the prefix range through the index, one seek per path, keeping those
 /// matching `regex`, the pattern's translation), then each path's
 /// versions, all or the newest N, through a `LATERAL` index scan; the
-/// atoms of each dataset as two arrays, names and paths.
+/// atoms of each dataset as one array per atom column.
 fn push_find_query(
     qb: &mut QueryBuilder<Postgres>,
     pattern: &Pattern,
@@ -202,8 +205,9 @@ fn push_find_query(
     push_matching_paths(qb, &cond, &req.host, "::text");
     qb.push(
         ", matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
-         a.timestamp FROM paths CROSS JOIN LATERAL (SELECT backup_id, dataset_id, name, \
-         path, host, timestamp FROM atoms WHERE global_path = paths.p",
+         a.timestamp, a.snapshot_path, a.size, a.files, a.sha256 FROM paths CROSS JOIN LATERAL \
+         (SELECT backup_id, dataset_id, name, path, host, timestamp, snapshot_path, size, \
+         files, sha256 FROM atoms WHERE global_path = paths.p",
     );
     if !req.host.is_empty() {
         qb.push(" AND host = ").push_bind(req.host.clone());
@@ -219,7 +223,17 @@ fn push_find_query(
     if let PathCondition::Glob { .. } = &cond {
         qb.push(" WHERE paths.p ~ ").push_bind(regex.to_owned());
     }
-    push_find_tail(qb, &["array_agg(name)", "array_agg(path)"]);
+    push_find_tail(
+        qb,
+        &[
+            "array_agg(name)",
+            "array_agg(path)",
+            "array_agg(snapshot_path)",
+            "array_agg(size)",
+            "array_agg(files)",
+            "array_agg(sha256)",
+        ],
+    );
 }
 
 #[async_trait]
@@ -261,7 +275,8 @@ impl MetadataStore for PostgresStore {
 
         let inserted = sqlx::query(
             "INSERT INTO datasets (backup_id, id, name, source, snapshot_id, total_files, \
-             total_bytes, bytes_added, duration) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             total_bytes, bytes_added, duration, handler, repository_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (backup_id, id) DO NOTHING",
         )
         .bind(&backup.id)
@@ -273,6 +288,8 @@ impl MetadataStore for PostgresStore {
         .bind(dataset.total_bytes)
         .bind(dataset.bytes_added)
         .bind(dataset.duration)
+        .bind(&dataset.handler)
+        .bind(&dataset.repository_id)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.db_error(e))?
@@ -304,10 +321,23 @@ impl MetadataStore for PostgresStore {
             .iter()
             .map(|a| atom_path(&dataset.source, &dataset.name, &a.name))
             .collect();
+        let snapshot_paths: Vec<Option<&str>> = dataset
+            .atoms
+            .iter()
+            .map(|a| a.snapshot_path.as_deref())
+            .collect();
+        let sizes: Vec<Option<i64>> = dataset.atoms.iter().map(|a| a.size).collect();
+        let files: Vec<Option<i64>> = dataset.atoms.iter().map(|a| a.files).collect();
+        let sha256s: Vec<Option<&str>> =
+            dataset.atoms.iter().map(|a| a.sha256.as_deref()).collect();
         sqlx::query(
-            "INSERT INTO atoms (backup_id, dataset_id, name, path, global_path, host, timestamp) \
-             SELECT $1, $2, a.name, a.path, a.global_path, $6, $7 \
-             FROM unnest($3::text[], $4::text[], $5::text[]) AS a(name, path, global_path)",
+            "INSERT INTO atoms (backup_id, dataset_id, name, path, global_path, host, timestamp, \
+             snapshot_path, size, files, sha256) \
+             SELECT $1, $2, a.name, a.path, a.global_path, $6, $7, a.snapshot_path, a.size, \
+             a.files, a.sha256 \
+             FROM unnest($3::text[], $4::text[], $5::text[], $8::text[], $9::bigint[], \
+             $10::bigint[], $11::text[]) \
+             AS a(name, path, global_path, snapshot_path, size, files, sha256)",
         )
         .bind(&backup.id)
         .bind(&dataset.id)
@@ -316,6 +346,10 @@ impl MetadataStore for PostgresStore {
         .bind(&globals)
         .bind(&backup.host)
         .bind(ts)
+        .bind(&snapshot_paths)
+        .bind(&sizes)
+        .bind(&files)
+        .bind(&sha256s)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.db_error(e))?;
@@ -347,12 +381,45 @@ impl MetadataStore for PostgresStore {
             .iter()
             .map(|row| {
                 let mut dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
-                let names: Vec<String> = row.try_get(11).map_err(|e| self.db_error(e))?;
-                let paths: Vec<String> = row.try_get(12).map_err(|e| self.db_error(e))?;
+                let at = FIND_AGGREGATES_AT;
+                let get = |e| self.db_error(e);
+                let names: Vec<String> = row.try_get(at).map_err(get)?;
+                let paths: Vec<String> = row.try_get(at + 1).map_err(get)?;
+                let snapshot_paths: Vec<Option<String>> = row.try_get(at + 2).map_err(get)?;
+                let sizes: Vec<Option<i64>> = row.try_get(at + 3).map_err(get)?;
+                let files: Vec<Option<i64>> = row.try_get(at + 4).map_err(get)?;
+                let sha256s: Vec<Option<String>> = row.try_get(at + 5).map_err(get)?;
+                if [
+                    paths.len(),
+                    snapshot_paths.len(),
+                    sizes.len(),
+                    files.len(),
+                    sha256s.len(),
+                ]
+                .iter()
+                .any(|&n| n != names.len())
+                {
+                    return Err(self.corrupt(format!(
+                        "atoms of dataset {}: aggregates of different lengths",
+                        dataset.id
+                    )));
+                }
                 dataset.atoms = names
                     .into_iter()
                     .zip(paths)
-                    .map(|(name, path)| Atom { name, path })
+                    .zip(snapshot_paths)
+                    .zip(sizes.into_iter().zip(files))
+                    .zip(sha256s)
+                    .map(
+                        |((((name, path), snapshot_path), (size, files)), sha256)| Atom {
+                            name,
+                            path,
+                            snapshot_path,
+                            size,
+                            files,
+                            sha256,
+                        },
+                    )
                     .collect();
                 Ok(FoundDataset {
                     backup_id: row.try_get(0).map_err(|e| self.db_error(e))?,
@@ -552,8 +619,8 @@ impl ServerStore for PostgresStore {
             "WITH recent AS (SELECT id, host, timestamp FROM backups \
              ORDER BY timestamp DESC, id LIMIT $1) \
              SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
-             d.total_files, d.total_bytes, d.bytes_added, d.duration \
-             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, \
+             d.repository_id FROM recent r JOIN datasets d ON d.backup_id = r.id \
              ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
         )
         .bind(limit.max(0))
@@ -568,8 +635,8 @@ impl ServerStore for PostgresStore {
             "WITH recent AS (SELECT id, host, timestamp FROM backups WHERE host = $1 \
              ORDER BY timestamp DESC, id LIMIT $2) \
              SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
-             d.total_files, d.total_bytes, d.bytes_added, d.duration \
-             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, \
+             d.repository_id FROM recent r JOIN datasets d ON d.backup_id = r.id \
              ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
         )
         .bind(host)

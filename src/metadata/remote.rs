@@ -748,12 +748,14 @@ pub(crate) mod tests {
             atoms: vec![Atom {
                 name: "alice".into(),
                 path: String::new(),
+                ..Default::default()
             }],
             snapshot_id: "ab".repeat(32),
             total_files: 1,
             total_bytes: 2,
             bytes_added: 3,
             duration: 4,
+            ..Default::default()
         };
         (b, d)
     }

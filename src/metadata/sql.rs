@@ -9,8 +9,33 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 use super::glob::PathCondition;
 use crate::model::{Atom, Backup, Dataset};
 
-/// Decode the dataset columns `id, name, source, snapshot_id, total_files,
-/// total_bytes, bytes_added, duration` starting at column `at`.
+/// The dataset columns [`dataset_from_row`] decodes, in order, as a
+/// literal for `concat!` (sqlx takes only static query text).
+macro_rules! dataset_columns {
+    () => {
+        "id, name, source, snapshot_id, total_files, total_bytes, bytes_added, duration, \
+         handler, repository_id"
+    };
+}
+pub(crate) use dataset_columns;
+
+/// The atom columns [`atom_from_row`] decodes, in order, as a literal for
+/// `concat!`.
+macro_rules! atom_columns {
+    () => {
+        "name, path, snapshot_path, size, files, sha256"
+    };
+}
+pub(crate) use atom_columns;
+
+/// [`dataset_columns`] of the table aliased `d`.
+const D_DATASET_COLUMNS: &str = "d.id, d.name, d.source, d.snapshot_id, \
+     d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, d.repository_id";
+
+/// How many columns [`dataset_from_row`] decodes.
+const DATASET_COLUMN_COUNT: usize = 10;
+
+/// Decode the dataset columns [`dataset_columns`] starting at column `at`.
 pub(crate) fn dataset_from_row<R>(row: &R, at: usize) -> Result<Dataset, sqlx::Error>
 where
     R: Row,
@@ -28,6 +53,26 @@ where
         total_bytes: row.try_get(at + 5)?,
         bytes_added: row.try_get(at + 6)?,
         duration: row.try_get(at + 7)?,
+        handler: row.try_get(at + 8)?,
+        repository_id: row.try_get(at + 9)?,
+    })
+}
+
+/// Decode the atom columns [`atom_columns`] starting at column 0.
+pub(crate) fn atom_from_row<R>(row: &R) -> Result<Atom, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(Atom {
+        name: row.try_get(0)?,
+        path: row.try_get(1)?,
+        snapshot_path: row.try_get(2)?,
+        size: row.try_get(3)?,
+        files: row.try_get(4)?,
+        sha256: row.try_get(5)?,
     })
 }
 
@@ -105,22 +150,20 @@ fn push_path_walk_filter<DB>(
 }
 
 /// Append the last stage of a `find_atoms` query, after a `matched` CTE of
-/// atom rows (`backup_id, dataset_id, name, path, host, timestamp`): the
-/// matched atoms grouped into one row per dataset, `atoms_aggregates` (a
-/// dialect's aggregates over `name` and `path`, e.g. one JSON array) giving
-/// the atoms, joined with `datasets` once per dataset, newest backup
-/// first. Columns: `backup_id, host, timestamp`, the dataset columns of
-/// [`dataset_from_row`] from 3, then the aggregates from 11.
+/// atom rows (`backup_id, dataset_id, host, timestamp` and
+/// [`atom_columns`]): the matched atoms grouped into one row per dataset,
+/// `atoms_aggregates` (a dialect's aggregates over the atom columns, e.g.
+/// one JSON array) giving the atoms, joined with `datasets` once per
+/// dataset, newest backup first. Columns: `backup_id, host, timestamp`,
+/// the dataset columns of [`dataset_from_row`] from 3, then the
+/// aggregates from [`FIND_AGGREGATES_AT`].
 ///
 /// One row per dataset rather than per atom: a 10 000-atom answer of 100
 /// datasets costs 100 dataset lookups and 100 rows through the driver,
 /// not 10 000 (`bench/index_scale.sh`).
 pub(crate) fn push_find_tail<DB: Database>(qb: &mut QueryBuilder<DB>, atoms_aggregates: &[&str]) {
-    qb.push(
-        ") SELECT m.backup_id, m.host, m.timestamp, \
-         d.id, d.name, d.source, d.snapshot_id, d.total_files, d.total_bytes, d.bytes_added, \
-         d.duration",
-    );
+    qb.push(") SELECT m.backup_id, m.host, m.timestamp, ")
+        .push(D_DATASET_COLUMNS);
     for i in 0..atoms_aggregates.len() {
         qb.push(format_args!(", m.agg{i}"));
     }
@@ -134,6 +177,9 @@ pub(crate) fn push_find_tail<DB: Database>(qb: &mut QueryBuilder<DB>, atoms_aggr
          ORDER BY m.timestamp DESC, m.backup_id, d.source, d.name, d.id",
     );
 }
+
+/// The first aggregate column of a [`push_find_tail`] row.
+pub(crate) const FIND_AGGREGATES_AT: usize = 3 + DATASET_COLUMN_COUNT;
 
 /// One row of a `find_atoms` answer: a dataset with its matching atoms,
 /// and the backup it belongs to.
@@ -165,12 +211,30 @@ pub(crate) fn group_backups(rows: impl IntoIterator<Item = FoundDataset>) -> Vec
     backups
 }
 
-/// Atoms from a JSON array of `[name, path]` pairs (SQLite's aggregate).
+/// One atom in SQLite's aggregate: the [`atom_columns`] as an array.
+type AtomTuple = (
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// Atoms from a JSON array of [`atom_columns`] arrays (SQLite's
+/// aggregate, `null` for a NULL column).
 pub(crate) fn atoms_from_json(json: &str) -> Result<Vec<Atom>, serde_json::Error> {
-    let pairs: Vec<(String, String)> = serde_json::from_str(json)?;
-    Ok(pairs
+    let rows: Vec<AtomTuple> = serde_json::from_str(json)?;
+    Ok(rows
         .into_iter()
-        .map(|(name, path)| Atom { name, path })
+        .map(|(name, path, snapshot_path, size, files, sha256)| Atom {
+            name,
+            path,
+            snapshot_path,
+            size,
+            files,
+            sha256,
+        })
         .collect())
 }
 
@@ -215,11 +279,18 @@ mod tests {
 
     #[test]
     fn json_atoms_keep_names_and_paths_with_any_characters() {
-        let atoms = atoms_from_json(r#"[["db\"1","a/b"],["$(x)",""]]"#).unwrap_or_default();
+        let atoms = atoms_from_json(
+            r#"[["db\"1","a/b",null,null,null,null],["$(x)","","/s/d/$(x)",5,null,"ab"]]"#,
+        )
+        .unwrap_or_default();
         assert_eq!(atoms.len(), 2);
         assert_eq!(atoms[0].name, "db\"1");
         assert_eq!(atoms[0].path, "a/b");
+        assert_eq!(atoms[0].snapshot_path, None);
         assert_eq!(atoms[1].name, "$(x)");
+        assert_eq!(atoms[1].snapshot_path.as_deref(), Some("/s/d/$(x)"));
+        assert_eq!((atoms[1].size, atoms[1].files), (Some(5), None));
+        assert_eq!(atoms[1].sha256.as_deref(), Some("ab"));
         assert!(atoms_from_json("[1]").is_err());
     }
 }

@@ -54,8 +54,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::glob::{PathCondition, Pattern};
 use super::sql::{
-    FoundDataset, atoms_from_json, dataset_from_row, group_backups, push_find_tail,
-    push_matching_paths,
+    FIND_AGGREGATES_AT, FoundDataset, atom_columns, atom_from_row, atoms_from_json,
+    dataset_columns, dataset_from_row, group_backups, push_find_tail, push_matching_paths,
 };
 pub use super::{HostActiveJobs, HostSummary};
 use super::{
@@ -64,8 +64,8 @@ use super::{
     validate_verifications,
 };
 use crate::model::{
-    AddVerificationsRequest, Atom, AtomVersion, Backup, Dataset, FindRequest,
-    GetVerificationsRequest, UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
+    AddVerificationsRequest, AtomVersion, Backup, Dataset, FindRequest, GetVerificationsRequest,
+    UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
 };
 
 /// How long a connection waits for another process's write lock before
@@ -86,7 +86,7 @@ pub const CACHE_KIB: u32 = 32 * 1024;
 /// see that the winner has done it.
 const MIGRATION_ATTEMPTS: u32 = 4;
 
-/// Atom rows per INSERT statement (7 parameters each, well below SQLite's
+/// Atom rows per INSERT statement (11 parameters each, well below SQLite's
 /// limit of 32766 parameters).
 const ATOMS_PER_INSERT: usize = 200;
 
@@ -289,10 +289,11 @@ impl SqliteStore {
         backup_id: &str,
         dataset_id: &str,
     ) -> Result<Option<Dataset>, MetadataError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, name, source, snapshot_id, total_files, total_bytes, bytes_added, duration
-             FROM datasets WHERE backup_id = ? AND id = ?",
-        )
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            dataset_columns!(),
+            " FROM datasets WHERE backup_id = ? AND id = ?"
+        ))
         .bind(backup_id)
         .bind(dataset_id)
         .fetch_optional(&mut *conn)
@@ -302,19 +303,20 @@ impl SqliteStore {
             return Ok(None);
         };
         let mut dataset = dataset_from_row(&row, 0).map_err(|e| self.db_error(e))?;
-        let atoms = sqlx::query(
-            "SELECT name, path FROM atoms WHERE backup_id = ? AND dataset_id = ? ORDER BY name",
-        )
+        let atoms = sqlx::query(concat!(
+            "SELECT ",
+            atom_columns!(),
+            " FROM atoms WHERE backup_id = ? AND dataset_id = ? ORDER BY name"
+        ))
         .bind(backup_id)
         .bind(dataset_id)
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| self.db_error(e))?;
         for row in atoms {
-            dataset.atoms.push(Atom {
-                name: row.try_get(0).map_err(|e| self.db_error(e))?,
-                path: row.try_get(1).map_err(|e| self.db_error(e))?,
-            });
+            dataset
+                .atoms
+                .push(atom_from_row(&row).map_err(|e| self.db_error(e))?);
         }
         Ok(Some(dataset))
     }
@@ -359,7 +361,7 @@ fn is_busy(e: &sqlx::Error) -> bool {
 
 /// Append the find query for `req` (whose pattern parsed as `pattern`) to
 /// `qb`. Columns and order: those of [`push_find_tail`], one row per
-/// dataset, its matching atoms as a JSON array of `[name, path]`.
+/// dataset, its matching atoms as a JSON array of [`atom_columns`] arrays.
 ///
 /// The query starts from the distinct global paths that match: the
 /// literal path itself, or for a glob a recursive CTE that walks the
@@ -377,7 +379,7 @@ fn push_find_query(qb: &mut QueryBuilder<Sqlite>, pattern: &Pattern, req: &FindR
     push_matching_paths(qb, &cond, &req.host, "");
     qb.push(
         ", matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
-         a.timestamp FROM paths CROSS JOIN atoms a ON ",
+         a.timestamp, a.snapshot_path, a.size, a.files, a.sha256 FROM paths CROSS JOIN atoms a ON ",
     );
     if req.num_versions > 0 {
         qb.push("a.rowid IN (SELECT rowid FROM atoms WHERE global_path = paths.p");
@@ -400,7 +402,10 @@ fn push_find_query(qb: &mut QueryBuilder<Sqlite>, pattern: &Pattern, req: &FindR
     if let PathCondition::Glob { pattern, .. } = &cond {
         qb.push(" WHERE paths.p GLOB ").push_bind(pattern.clone());
     }
-    push_find_tail(qb, &["json_group_array(json_array(name, path))"]);
+    push_find_tail(
+        qb,
+        &["json_group_array(json_array(name, path, snapshot_path, size, files, sha256))"],
+    );
 }
 
 #[async_trait]
@@ -467,7 +472,8 @@ impl MetadataStore for SqliteStore {
 
         sqlx::query(
             "INSERT INTO datasets (backup_id, id, name, source, snapshot_id, total_files, \
-             total_bytes, bytes_added, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             total_bytes, bytes_added, duration, handler, repository_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&backup.id)
         .bind(&dataset.id)
@@ -478,6 +484,8 @@ impl MetadataStore for SqliteStore {
         .bind(dataset.total_bytes)
         .bind(dataset.bytes_added)
         .bind(dataset.duration)
+        .bind(&dataset.handler)
+        .bind(&dataset.repository_id)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.db_error(e))?;
@@ -486,7 +494,7 @@ impl MetadataStore for SqliteStore {
         for chunk in dataset.atoms.chunks(ATOMS_PER_INSERT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO atoms (backup_id, dataset_id, name, path, global_path, host, \
-                 timestamp) ",
+                 timestamp, snapshot_path, size, files, sha256) ",
             );
             qb.push_values(chunk, |mut row, atom| {
                 row.push_bind(&backup.id)
@@ -495,7 +503,11 @@ impl MetadataStore for SqliteStore {
                     .push_bind(&atom.path)
                     .push_bind(atom_path(&dataset.source, &dataset.name, &atom.name))
                     .push_bind(&backup.host)
-                    .push_bind(ts);
+                    .push_bind(ts)
+                    .push_bind(&atom.snapshot_path)
+                    .push_bind(atom.size)
+                    .push_bind(atom.files)
+                    .push_bind(&atom.sha256);
             });
             qb.build()
                 .execute(&mut *tx)
@@ -527,7 +539,9 @@ impl MetadataStore for SqliteStore {
             .iter()
             .map(|row| {
                 let mut dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
-                let atoms: &str = row.try_get(11).map_err(|e| self.db_error(e))?;
+                let atoms: &str = row
+                    .try_get(FIND_AGGREGATES_AT)
+                    .map_err(|e| self.db_error(e))?;
                 dataset.atoms = atoms_from_json(atoms)
                     .map_err(|e| self.corrupt(format!("atoms of dataset {}: {e}", dataset.id)))?;
                 Ok(FoundDataset {
@@ -809,8 +823,8 @@ impl ServerStore for SqliteStore {
             "WITH recent AS (SELECT id, host, timestamp FROM backups \
              ORDER BY timestamp DESC, id LIMIT ?) \
              SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
-             d.total_files, d.total_bytes, d.bytes_added, d.duration \
-             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, \
+             d.repository_id FROM recent r JOIN datasets d ON d.backup_id = r.id \
              ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
         )
         .bind(limit.max(0))
@@ -825,8 +839,8 @@ impl ServerStore for SqliteStore {
             "WITH recent AS (SELECT id, host, timestamp FROM backups WHERE host = ? \
              ORDER BY timestamp DESC, id LIMIT ?) \
              SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
-             d.total_files, d.total_bytes, d.bytes_added, d.duration \
-             FROM recent r JOIN datasets d ON d.backup_id = r.id \
+             d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, \
+             d.repository_id FROM recent r JOIN datasets d ON d.backup_id = r.id \
              ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
         )
         .bind(host)

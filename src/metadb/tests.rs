@@ -266,7 +266,28 @@ api_tests!(
     healthz_answers,
     path_escapes_are_refused_naming_the_field,
     older_than_in_year_1_filters_and_bad_input_is_not_reflected,
+    restore_record_fields_pass_through,
 );
+
+/// The restore record (issue 11) goes in and comes back through the API
+/// as sent, including an atom without it.
+async fn restore_record_fields_pass_through(s: &TestServer) {
+    let d = crate::metadata::conformance::recorded_dataset("d1");
+    let body = json!({
+        "backup": backup_json("b1", "h1", "2026-01-01T00:00:00Z"),
+        "dataset": serde_json::to_value(&d).unwrap(),
+    });
+    let (status, v) = s.post("/api/add_dataset", &body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = s
+        .post("/api/find_atoms", &json!({"pattern": "mysql/db/*"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v[0]["datasets"][0]["handler"], "pipe");
+    assert!(v[0]["datasets"][0]["atoms"][1].get("size").is_none(), "{v}");
+    let backups: Vec<Backup> = serde_json::from_value(v).unwrap();
+    assert_eq!(backups[0].datasets, vec![d]);
+}
 
 async fn add_find_and_idempotent_re_add(s: &TestServer) {
     seed(s).await;
@@ -376,7 +397,8 @@ async fn find_uses_every_request_field(s: &TestServer) {
         backups[0].datasets[0].atoms,
         vec![Atom {
             name: "x".into(),
-            path: String::new()
+            path: String::new(),
+            ..Default::default()
         }]
     );
 }
@@ -410,7 +432,7 @@ async fn malformed_and_oversized_bodies_are_4xx_and_the_server_still_serves(s: &
         ("/api/find_atoms", br#"{"host":"h1"}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "pattern"),
         ("/api/find_atoms", br#"{"pattern":"*"}"#.to_vec(), "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
         ("/api/find_atoms", big.into_bytes(), json_ct, StatusCode::PAYLOAD_TOO_LARGE, "max_body_bytes"),
-        ("/api/add_dataset", br#"{"backup":{"id":"x","timestamp":"2026-01-01T00:00:00Z","host":"h"},"dataset":{"id":"d","source":"s","atoms":[{"name":"a","size":1}]}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "dataset.atoms"),
+        ("/api/add_dataset", br#"{"backup":{"id":"x","timestamp":"2026-01-01T00:00:00Z","host":"h"},"dataset":{"id":"d","source":"s","atoms":[{"name":"a","bytes":1}]}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "dataset.atoms"),
         ("/api/add_dataset", br#"{"backup":{"id":"","timestamp":"2026-01-01T00:00:00Z","host":"h"},"dataset":{"id":"d","source":"s"}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "backup id is empty"),
         ("/api/add_dataset", br#"{"backup":{"id":"x","timestamp":"yesterday","host":"h"},"dataset":{"id":"d","source":"s"}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "timestamp"),
         ("/api/add_dataset", br#"{"backup":{"id":"x","timestamp":"2026-01-01T00:00:00Z","host":"h"}}"#.to_vec(), json_ct, StatusCode::BAD_REQUEST, "dataset"),
@@ -920,7 +942,13 @@ async fn openapi_document_matches_routes_and_model() {
         atoms: vec![Atom {
             name: "a".into(),
             path: "p".into(),
+            snapshot_path: Some("/srv/p".into()),
+            size: Some(1),
+            files: Some(1),
+            sha256: Some("0".repeat(64)),
         }],
+        handler: Some("file".into()),
+        repository_id: Some("f".repeat(64)),
         ..serde_json::from_value(dataset_json("d", "s", "n", &[])).unwrap()
     };
     let backup: Backup =

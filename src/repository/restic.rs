@@ -47,7 +47,7 @@ use nix::sys::signal::Signal;
 use self::json::{BackupLine, BackupSummary, Snapshot, Version};
 use super::{
     Creation, PartialSnapshot, ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta,
-    SnapshotNode,
+    SnapshotNode, StreamFacts,
 };
 use crate::config::RepositorySpec;
 use crate::process::{ChildCommand, Outcome, ProcessError};
@@ -107,6 +107,8 @@ pub struct Restic {
     io_class: i32,
     lock_wait: Duration,
     version: tokio::sync::OnceCell<Version>,
+    /// The repository id from its config, once read.
+    id: tokio::sync::OnceCell<String>,
     known_to_exist: AtomicBool,
     init_lock: tokio::sync::Mutex<()>,
 }
@@ -420,6 +422,8 @@ struct StreamRun {
     /// The producer's result; `None` if it was killed because restic failed.
     producer: Option<Result<Outcome, ProcessError>>,
     restic: BackupRun,
+    /// What went through the relay (`None`: it failed or was dropped).
+    tally: Option<crate::process::Tally>,
 }
 
 /// Callbacks collecting `restic backup --json` output.
@@ -556,6 +560,7 @@ impl Restic {
             io_class,
             lock_wait,
             version: tokio::sync::OnceCell::new(),
+            id: tokio::sync::OnceCell::new(),
             known_to_exist: AtomicBool::new(false),
             init_lock: tokio::sync::Mutex::new(()),
         })
@@ -822,6 +827,29 @@ impl Restic {
             return Ok(());
         }
         Err(self.failure_error(version, &out))
+    }
+
+    /// The repository id from `restic cat config --no-lock`.
+    async fn read_id(&self, version: Version) -> Result<String, RepoError> {
+        let out = self
+            .restic_command("cat", ["config", "--no-lock"])
+            .stdout_capture()
+            .status()
+            .await
+            .map_err(|e| self.spawn_error(e))?;
+        if !out.success() {
+            return Err(self.failure_error(version, &out));
+        }
+        #[derive(serde::Deserialize)]
+        struct Config {
+            id: String,
+        }
+        serde_json::from_slice::<Config>(&out.stdout)
+            .map(|c| c.id)
+            .map_err(|e| RepoError::Protocol {
+                command: "restic cat config".into(),
+                message: format!("no repository id in its output: {e}"),
+            })
     }
 
     /// `restic init` into `location` (our repository when `None`), with
@@ -1100,10 +1128,15 @@ impl Restic {
         progress: Option<ProgressFn>,
         wait: Option<Duration>,
     ) -> Result<StreamRun, RepoError> {
-        let (read_end, write_end) = crate::process::pipe().map_err(|source| RepoError::Io {
-            context: "cannot create a pipe for the backup stream".into(),
-            source,
-        })?;
+        // producer -> pipe -> relay (counts and hashes) -> pipe -> restic
+        let pipe = || {
+            crate::process::pipe().map_err(|source| RepoError::Io {
+                context: "cannot create a pipe for the backup stream".into(),
+                source,
+            })
+        };
+        let (relay_in, write_end) = pipe()?;
+        let (read_end, relay_out) = pipe()?;
         let mut collector = Collector {
             progress,
             summary: None,
@@ -1111,7 +1144,14 @@ impl Restic {
         };
         let mut errors = Vec::new();
         let (producer_result, restic_result) = {
-            let producer_fut = Box::pin(producer.to_child().stdout_fd(write_end).status());
+            let producer_fut = Box::pin(async {
+                let (status, tally) = futures::future::join(
+                    producer.to_child().stdout_fd(write_end).status(),
+                    crate::process::relay(relay_in, relay_out),
+                )
+                .await;
+                (status, tally)
+            });
             let restic_fut = Box::pin(
                 self.restic_command("backup", args)
                     .args(Restic::retry_lock_args(version, wait))
@@ -1136,7 +1176,12 @@ impl Restic {
         };
         let outcome = restic_result.map_err(|e| self.spawn_error(e))?;
         errors.extend(collector.stdout_errors);
+        let (producer_result, tally) = match producer_result {
+            Some((status, tally)) => (Some(status), tally.ok()),
+            None => (None, None),
+        };
         Ok(StreamRun {
+            tally,
             producer: producer_result,
             restic: BackupRun {
                 outcome,
@@ -1274,7 +1319,11 @@ impl Repository for Restic {
                 }
             })
             .await?;
-        let StreamRun { producer, restic } = run;
+        let StreamRun {
+            producer,
+            restic,
+            tally,
+        } = run;
         let producer_error = match producer {
             Some(Err(e)) => Some(e),
             Some(Ok(out)) if !out.success() => Some(out.to_error()),
@@ -1304,7 +1353,15 @@ impl Repository for Restic {
             return Err(self.failure_error(version, out));
         }
         self.known_to_exist.store(true, Ordering::Relaxed);
-        self.finish_backup(version, &restic).await
+        let mut info = self.finish_backup(version, &restic).await?;
+        // restic succeeded and so did the producer: the relay read the
+        // whole stream.
+        info.stream = tally.map(|t| StreamFacts {
+            path: format!("/{}", stored_stdin_name(version, name)),
+            bytes: t.bytes(),
+            sha256: t.sha256_hex(),
+        });
+        Ok(info)
     }
 
     async fn restore(
@@ -1492,6 +1549,18 @@ impl Repository for Restic {
             Ok(nodes)
         })
         .await
+    }
+
+    async fn id(&self) -> Result<Option<String>, RepoError> {
+        let version = self.version().await?;
+        self.id
+            .get_or_try_init(|| self.read_id(version))
+            .await
+            .map(|id| Some(id.clone()))
+    }
+
+    fn location(&self) -> String {
+        crate::redact::url(&self.uri)
     }
 
     async fn create(&self) -> Result<Creation, RepoError> {
@@ -2101,6 +2170,26 @@ mod tests {
             .unwrap();
         assert!(json::is_full_id(&info.snapshot_id));
         assert_eq!(info.total_bytes, 5_000_000);
+        // Counted and hashed on the way in; stored where the version
+        // stores it.
+        let stream = info.stream.clone().expect("stream facts");
+        let mut tally = crate::process::Tally::default();
+        tally.update(&data);
+        assert_eq!(stream.bytes, 5_000_000);
+        assert_eq!(stream.sha256, tally.sha256_hex());
+        let version = r.version().await.unwrap();
+        assert_eq!(
+            stream.path,
+            format!("/{}", stored_stdin_name(version, "db/site/main"))
+        );
+        // The repository's id, from its config, the same on every call.
+        let id = r
+            .id()
+            .await
+            .unwrap()
+            .expect("a restic repository has an id");
+        assert!(json::is_full_id(&id), "{id}");
+        assert_eq!(r.id().await.unwrap(), Some(id));
 
         let out = dir.path().join("out.bin");
         let env = vec![("OUT".to_string(), out.display().to_string())];

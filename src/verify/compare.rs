@@ -65,9 +65,10 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
 /// found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TreeReport {
-    /// Regular files listed in the snapshot.
+    /// Entries listed in the snapshot that are not directories (what the
+    /// backup records as an atom's `files`).
     pub files: u64,
-    /// Their total bytes, as listed.
+    /// Total bytes of the regular files, as listed.
     pub bytes: u64,
     /// Listed entries missing from the restored tree, or restored with
     /// another type or size (path and what differs).
@@ -109,8 +110,10 @@ pub fn compare_tree(target: &Path, listing: &[SnapshotNode], live: bool) -> Tree
         let restored = restored_path(target, &node.path);
         let meta = std::fs::symlink_metadata(&restored);
         let is_file = node.kind == "file";
-        if is_file {
+        if node.kind != "dir" {
             report.files += 1;
+        }
+        if is_file {
             report.bytes += node.size;
         }
         match meta {

@@ -281,11 +281,15 @@ fn craft_index_records(env: &Env, from: &str, ids: &[&str]) {
             for sql in [
                 "INSERT INTO backups SELECT ?1, host, timestamp + ?2 FROM backups \
                  WHERE id = ?3",
-                "INSERT INTO datasets SELECT ?1, id, name, source, snapshot_id, total_files, \
-                 total_bytes, bytes_added, duration FROM datasets \
+                "INSERT INTO datasets (backup_id, id, name, source, snapshot_id, total_files, \
+                 total_bytes, bytes_added, duration, handler, repository_id) \
+                 SELECT ?1, id, name, source, snapshot_id, total_files, total_bytes, \
+                 bytes_added, duration, handler, repository_id FROM datasets \
                  WHERE backup_id = ?3",
-                "INSERT INTO atoms SELECT ?1, dataset_id, name, path, global_path, host, \
-                 timestamp + ?2 FROM atoms WHERE backup_id = ?3",
+                "INSERT INTO atoms (backup_id, dataset_id, name, path, global_path, host, \
+                 timestamp, snapshot_path, size, files, sha256) SELECT ?1, dataset_id, name, \
+                 path, global_path, host, timestamp + ?2, snapshot_path, size, files, sha256 \
+                 FROM atoms WHERE backup_id = ?3",
             ] {
                 sqlx::query(sql)
                     .bind(id)

@@ -9,6 +9,7 @@ mod faults;
 
 mod agent;
 mod agent_proc;
+mod anywhere;
 mod backup_restore;
 mod browser;
 mod config_check;

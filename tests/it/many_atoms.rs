@@ -116,8 +116,12 @@ fn fifty_atoms_are_one_snapshot_one_repository_open_and_restore_one_by_one() {
     let out = env.run(&["backup", "db"]);
     assert!(out.status.success(), "{}", text(&out));
     let runs = restic_runs(&env);
+    // Besides `version`, and `cat config` once per process for the
+    // repository id the index records (issue 11).
     assert!(
-        runs.len() <= 2 && runs.iter().filter(|r| *r == "backup").count() == 1,
+        runs.len() <= 3
+            && runs.iter().filter(|r| *r == "backup").count() == 1
+            && runs.iter().filter(|r| *r == "cat").count() <= 1,
         "restic runs during the backup: {runs:?}"
     );
     let snaps = env.snapshots();
@@ -157,7 +161,9 @@ fn fifty_atoms_are_one_snapshot_one_repository_open_and_restore_one_by_one() {
     env.ok(&["restore", "--target", many.to_str().unwrap(), "db/all/db1*"]);
     let runs = restic_runs(&env);
     assert!(
-        runs.iter().filter(|r| *r == "restore").count() == 1 && runs.len() <= 2,
+        runs.iter().filter(|r| *r == "restore").count() == 1
+            && runs.len() <= 3
+            && runs.iter().filter(|r| *r == "cat").count() <= 1,
         "restic runs during a restore of 11 atoms: {runs:?}"
     );
     for name in ["db1", "db10", "db15", "db19"] {

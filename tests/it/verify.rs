@@ -365,3 +365,75 @@ fn which(p: &str) -> String {
     });
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Run one SQL statement on `env`'s embedded index.
+fn sql(env: &Env, statement: &str) {
+    let db = env.path("work/metadata.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let done = sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        assert!(done.rows_affected() > 0, "{statement}");
+        c.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_stream_that_differs_from_its_fingerprint_fails_naming_the_atom() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "db"]);
+    // The fingerprints were recorded on the way in.
+    let q = env.query(&["db/*"]);
+    for b in q.as_array().unwrap() {
+        for ds in b["datasets"].as_array().unwrap() {
+            for a in ds["atoms"].as_array().unwrap() {
+                assert_eq!(a["sha256"].as_str().map(str::len), Some(64), "{a}");
+            }
+        }
+    }
+    // A wrong fingerprint for one spooled and the one streamed atom.
+    sql(
+        &env,
+        &format!(
+            "UPDATE atoms SET sha256 = '{}' WHERE name IN ('two', 'three')",
+            "0".repeat(64)
+        ),
+    );
+    let out = env.run(&["verify", "--no-check", "--all"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for atom in ["db/many/two", "db/single/three"] {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("FAILED") && l.contains(atom))
+            .unwrap_or_else(|| panic!("{atom}: {t}"));
+        assert!(
+            line.contains("differs from its fingerprint") && line.contains("SHA-256"),
+            "{line}"
+        );
+    }
+    assert!(
+        t.lines().any(|l| l.starts_with("OK")
+            && l.contains("db/many/one")
+            && l.contains("matches its SHA-256")),
+        "{t}"
+    );
+    assert!(scratch_entries(&env).is_empty());
+    // A wrong size is named too.
+    sql(&env, "UPDATE atoms SET size = size + 1 WHERE name = 'one'");
+    let t = text(&env.run(&["verify", "--no-check", "--all", "db/many/one"]));
+    assert!(
+        t.contains("FAILED  db/many/one") && t.contains("recorded"),
+        "{t}"
+    );
+}

@@ -85,6 +85,7 @@ impl BackupSummary {
             total_bytes: self.total_bytes_processed,
             bytes_added: self.data_added,
             duration_secs: self.total_duration,
+            stream: None,
         }
     }
 }
