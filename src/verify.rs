@@ -914,6 +914,64 @@ async fn record(store: &dyn MetadataStore, host: &str, drills: &[Drill]) -> Resu
     Ok(())
 }
 
+/// What the index proves of one source's atoms on one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proven {
+    /// Atoms (global paths) with versions in the index.
+    pub atoms: usize,
+    /// Those with no successful drill of any version.
+    pub unverified: usize,
+    /// The time by which every atom had a successful drill: the oldest of
+    /// their newest ok drills (`None` while one was never proven).
+    pub proven_by: Option<DateTime<Utc>>,
+}
+
+/// Read from the index what is proven of `source`'s atoms of `host`:
+/// every version is considered, so a new backup does not make an atom
+/// unproven until its next drill.
+pub async fn proven(
+    store: &dyn MetadataStore,
+    host: &str,
+    source: &str,
+) -> Result<Proven, MetadataError> {
+    let backups = store
+        .find_atoms(&FindRequest {
+            pattern: format!("{source}/*"),
+            host: host.to_string(),
+            num_versions: 0,
+            older_than: None,
+        })
+        .await?;
+    let verified = verifications_of(store, &backups).await?;
+    let mut newest_ok: BTreeMap<String, Option<DateTime<Utc>>> = BTreeMap::new();
+    for b in &backups {
+        for ds in &b.datasets {
+            for a in &ds.atoms {
+                let key = AtomVersion {
+                    backup_id: b.id.clone(),
+                    dataset_id: ds.id.clone(),
+                    atom: a.name.clone(),
+                };
+                let ok = verified.get(&key).and_then(|v| v.last_ok);
+                let entry = newest_ok
+                    .entry(atom_path(&ds.source, &ds.name, &a.name))
+                    .or_default();
+                *entry = (*entry).max(ok);
+            }
+        }
+    }
+    let unverified = newest_ok.values().filter(|t| t.is_none()).count();
+    Ok(Proven {
+        atoms: newest_ok.len(),
+        unverified,
+        proven_by: if unverified == 0 {
+            newest_ok.values().flatten().min().copied()
+        } else {
+            None
+        },
+    })
+}
+
 /// The latest verification of each atom version of `backups`, by version
 /// (for `query --json` and the pages).
 pub async fn verifications_of(

@@ -437,3 +437,113 @@ fn a_stream_that_differs_from_its_fingerprint_fails_naming_the_atom() {
         "{t}"
     );
 }
+
+#[test]
+fn the_agent_verifies_on_schedule_in_its_own_queue_with_metrics_and_page() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "home", "db"]);
+    env.write_main("verify_schedule: '@every 2s'\nverify:\n  all: true\n  check: false\n");
+    let agent = crate::agent_proc::Agent::start(&env);
+    agent.wait_for(60, "a verification run", || {
+        agent.status()["verify"]["last_run"]["ok"] == true
+    });
+    let st = agent.status();
+    assert_eq!(st["verify"]["schedule"], "@every 2s");
+    assert_eq!(st["verify"]["last_run"]["verified"], 5, "{st}");
+    agent.wait_for(30, "the proof in the metrics", || {
+        agent
+            .metrics()
+            .contains("tabacco_verify_atoms_unverified{source=\"home\"} 0")
+    });
+    let m = agent.metrics();
+    assert!(
+        m.contains("tabacco_verify_last_success_timestamp_seconds{source=\"db\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tabacco_verify_atoms_total{source=\"home\",result=\"ok\"}"),
+        "{m}"
+    );
+    assert!(m.contains("tabacco_verify_last_run_problems 0"), "{m}");
+    let (_, page) = agent.get("/");
+    assert!(
+        page.contains("Verification") && page.contains("@every 2s"),
+        "{page}"
+    );
+
+    // A damaged stream: the next run fails, naming atom and version on
+    // the page.
+    sql(
+        &env,
+        &format!(
+            "UPDATE atoms SET sha256 = '{}' WHERE name = 'three'",
+            "0".repeat(64)
+        ),
+    );
+    agent.wait_for(60, "a failing verification run", || {
+        agent.status()["verify"]["last_run"]["failed"] == 1
+    });
+    let (_, page) = agent.get("/");
+    let backup = env.query(&["db/single/three"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        page.contains("db/single/three") && page.contains(&backup) && page.contains("SHA-256"),
+        "{page}"
+    );
+    agent.wait_for(30, "the problem in the metrics", || {
+        agent
+            .metrics()
+            .contains("tabacco_verify_last_run_problems 1")
+    });
+    agent.stop();
+}
+
+#[test]
+fn an_agent_killed_during_a_drill_leaves_no_scratch_after_its_next_start() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "home"]);
+    let mark = env.path("restore-started");
+    let wrapper = env.path("slow-restic");
+    env.write(
+        "slow-restic",
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = restore ]; then touch '{}'; exec sleep 60; fi\nexec '{}' \"$@\"\n",
+            mark.display(),
+            which(&restic())
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let main = std::fs::read_to_string(env.config()).unwrap();
+    let slow = format!(
+        "{}    restic_binary: {}\nverify_schedule: '@every 1s'\nverify:\n  check: false\n",
+        main.lines()
+            .filter(|l| !l.contains("restic_binary"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        wrapper.display()
+    );
+    env.write("etc/agent.yml", &slow);
+    let mut agent = crate::agent_proc::Agent::start(&env);
+    agent.wait_for(60, "the drill's restore to start", || mark.exists());
+    assert_eq!(scratch_entries(&env).len(), 1);
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    agent.wait_exit(std::time::Duration::from_secs(10));
+    assert_eq!(scratch_entries(&env).len(), 1, "left behind by the kill");
+    // Next start, no verification scheduled: the leftovers go at once.
+    env.write_main("");
+    let agent = crate::agent_proc::Agent::start(&env);
+    assert!(
+        scratch_entries(&env).is_empty(),
+        "{:?}",
+        scratch_entries(&env)
+    );
+    agent.stop();
+}
