@@ -247,6 +247,17 @@ pub trait ServerStore: MetadataStore {
     /// [`ServerStore::recent_backups`] (a host's page).
     async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError>;
 
+    /// The atom versions whose latest restore drill failed, newest drill
+    /// first, at most `limit`, of `host` only when given (the pages).
+    async fn failed_verifications(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<FailedVerification>, MetadataError> {
+        let _ = (host, limit);
+        Ok(Vec::new())
+    }
+
     /// Check that the database answers and takes a write now (for health
     /// checks: a store that can read but not write, e.g. on a full disk,
     /// fails).
@@ -254,6 +265,20 @@ pub trait ServerStore: MetadataStore {
 
     /// Close the connections; later calls fail.
     async fn close(&self);
+}
+
+/// An atom version whose latest restore drill failed, with what a page
+/// shows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedVerification {
+    /// The host whose backup it is.
+    pub host: String,
+    /// Its global path `source/dataset/atom`.
+    pub atom_path: String,
+    /// When its backup started.
+    pub backup_time: DateTime<Utc>,
+    /// The drill's result (what failed, when, the last ok drill).
+    pub verification: Verification,
 }
 
 /// Where a server's database lives, parsed from its URL.

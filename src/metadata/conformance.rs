@@ -1361,4 +1361,42 @@ async fn verifications_only_of_own_indexed_atoms(s: &dyn TestStore) {
     })
     .await
     .unwrap();
+    // Failed drills are listed for the pages, newest first, by host.
+    assert!(s.failed_verifications(None, 10).await.unwrap().is_empty());
+    for (host, b, d, a, t) in [
+        ("h1", "b1", "m0", "site1", "2026-02-02T00:00:00Z"),
+        ("h1", "b2", "m1", "site2", "2026-02-03T00:00:00Z"),
+        ("h2", "c1", "mc", "site1", "2026-02-04T00:00:00Z"),
+    ] {
+        s.add_verifications(&AddVerificationsRequest {
+            host: host.into(),
+            verifications: vec![verification(b, d, a, t, false)],
+        })
+        .await
+        .unwrap();
+    }
+    let all = s.failed_verifications(None, 10).await.unwrap();
+    let got: Vec<(&str, &str, &str)> = all
+        .iter()
+        .map(|f| {
+            (
+                f.host.as_str(),
+                f.atom_path.as_str(),
+                f.verification.backup_id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("h2", "mysql/db/site1", "c1"),
+            ("h1", "mysql/db/site2", "b2"),
+            ("h1", "mysql/db/site1", "b1")
+        ]
+    );
+    assert_eq!(all[1].backup_time, ts("2026-01-02T00:00:00Z"));
+    assert_eq!(all[1].verification.error.as_deref(), Some("sha256 differs"));
+    let h1 = s.failed_verifications(Some("h1"), 1).await.unwrap();
+    assert_eq!(h1.len(), 1);
+    assert_eq!(h1[0].verification.backup_id, "b2");
 }

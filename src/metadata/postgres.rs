@@ -529,21 +529,7 @@ impl MetadataStore for PostgresStore {
             .await
             .map_err(|e| self.db_error(e))?;
             for row in rows {
-                let text = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
-                let result = match text(4)?.as_str() {
-                    "ok" => VerifyResult::Ok,
-                    "failed" => VerifyResult::Failed,
-                    other => return Err(self.corrupt(format!("verification result {other:?}"))),
-                };
-                let v = Verification {
-                    backup_id: text(0)?,
-                    dataset_id: text(1)?,
-                    atom: text(2)?,
-                    verified_at: row.try_get(3).map_err(|e| self.db_error(e))?,
-                    result,
-                    error: row.try_get(5).map_err(|e| self.db_error(e))?,
-                    last_ok: row.try_get(6).map_err(|e| self.db_error(e))?,
-                };
+                let v = self.verification_from_row(&row)?;
                 if wanted.contains(&v.version()) {
                     out.push(v);
                 }
@@ -554,6 +540,29 @@ impl MetadataStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Decode a `verifications` row (`backup_id, dataset_id, atom,
+    /// verified_at, result, error, last_ok`).
+    fn verification_from_row(
+        &self,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<Verification, MetadataError> {
+        let text = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
+        let result = match text(4)?.as_str() {
+            "ok" => VerifyResult::Ok,
+            "failed" => VerifyResult::Failed,
+            other => return Err(self.corrupt(format!("verification result {other:?}"))),
+        };
+        Ok(Verification {
+            backup_id: text(0)?,
+            dataset_id: text(1)?,
+            atom: text(2)?,
+            verified_at: row.try_get(3).map_err(|e| self.db_error(e))?,
+            result,
+            error: row.try_get(5).map_err(|e| self.db_error(e))?,
+            last_ok: row.try_get(6).map_err(|e| self.db_error(e))?,
+        })
+    }
+
     /// Group rows of `id, host, timestamp` followed by the eight dataset
     /// columns into backups (rows ordered by backup).
     fn backups_from_rows(
@@ -580,6 +589,39 @@ impl PostgresStore {
 
 #[async_trait]
 impl ServerStore for PostgresStore {
+    async fn failed_verifications(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<super::FailedVerification>, MetadataError> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT v.backup_id, v.dataset_id, v.atom, v.verified_at, v.result, v.error, \
+             v.last_ok, a.host, a.global_path, a.timestamp FROM verifications v \
+             JOIN atoms a ON a.backup_id = v.backup_id AND a.dataset_id = v.dataset_id \
+             AND a.name = v.atom WHERE v.result = 'failed'",
+        );
+        if let Some(h) = host {
+            qb.push(" AND a.host = ").push_bind(h.to_owned());
+        }
+        qb.push(" ORDER BY v.verified_at DESC, v.backup_id, v.atom LIMIT ")
+            .push_bind(limit.max(0));
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(super::FailedVerification {
+                    verification: self.verification_from_row(row)?,
+                    host: row.try_get(7).map_err(|e| self.db_error(e))?,
+                    atom_path: row.try_get(8).map_err(|e| self.db_error(e))?,
+                    backup_time: row.try_get(9).map_err(|e| self.db_error(e))?,
+                })
+            })
+            .collect()
+    }
+
     async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
         let rows = sqlx::query(
             "SELECT host, MAX(timestamp), COUNT(*) FROM backups GROUP BY host ORDER BY host",

@@ -810,6 +810,39 @@ fn backups_from_rows(
 
 #[async_trait]
 impl ServerStore for SqliteStore {
+    async fn failed_verifications(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<super::FailedVerification>, MetadataError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT v.backup_id, v.dataset_id, v.atom, v.verified_at, v.result, v.error, \
+             v.last_ok, a.host, a.global_path, a.timestamp FROM verifications v \
+             JOIN atoms a ON a.backup_id = v.backup_id AND a.dataset_id = v.dataset_id \
+             AND a.name = v.atom WHERE v.result = 'failed'",
+        );
+        if let Some(h) = host {
+            qb.push(" AND a.host = ").push_bind(h.to_owned());
+        }
+        qb.push(" ORDER BY v.verified_at DESC, v.backup_id, v.atom LIMIT ")
+            .push_bind(limit.max(0));
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(super::FailedVerification {
+                    verification: verification_from_row(self, row)?,
+                    host: row.try_get(7).map_err(|e| self.db_error(e))?,
+                    atom_path: row.try_get(8).map_err(|e| self.db_error(e))?,
+                    backup_time: self.timestamp(row.try_get(9).map_err(|e| self.db_error(e))?)?,
+                })
+            })
+            .collect()
+    }
+
     async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
         SqliteStore::hosts(self).await
     }

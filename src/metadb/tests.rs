@@ -1470,6 +1470,57 @@ async fn bearer_tokens_authenticate_hosts() {
     .await
     .unwrap();
     assert_eq!(status, StatusCode::OK);
+    // Verifications: A records its own, not B's (the ACL names the host;
+    // the store checks every atom version's owner).
+    let drill = |host: &str, backup: &str| {
+        json!({"host": host, "verifications": [{
+            "backup_id": backup, "dataset_id": format!("{backup}-d"), "atom": "a",
+            "verified_at": "2026-01-02T00:00:00Z", "result": "failed", "error": "SHA-256 differs"
+        }]})
+    };
+    for (body, token, want) in [
+        (drill("host-a", "ba"), "secret-a", StatusCode::OK),
+        (drill("host-b", "bb"), "secret-a", StatusCode::FORBIDDEN),
+        (drill("host-a", "bb"), "secret-a", StatusCode::CONFLICT),
+    ] {
+        let (status, text) = post_with(c, &s, "/api/add_verifications", &body, Some(token))
+            .await
+            .unwrap();
+        assert_eq!(status, want, "{body}: {text}");
+    }
+    let (status, text) = post_with(
+        c,
+        &s,
+        "/api/get_verifications",
+        &json!({"versions": [{"backup_id": "ba", "dataset_id": "ba-d", "atom": "a"},
+                             {"backup_id": "bb", "dataset_id": "bb-d", "atom": "a"}]}),
+        Some("secret-b"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got.as_array().unwrap().len(), 1, "{got}");
+    assert_eq!(got[0]["result"], "failed");
+    // The fleet page and A's page name the failed drill.
+    for path in ["/", "/hosts/host-a"] {
+        let page = c
+            .get(s.url(path))
+            .bearer_auth("secret-b")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("Failed restore drills")
+                && page.contains("files/home/a")
+                && page.contains("SHA-256 differs")
+                && page.contains("<code>ba</code>"),
+            "{path}: {page}"
+        );
+    }
     // B finds A's atoms.
     let (status, text) = post_with(
         c,
