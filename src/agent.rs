@@ -519,6 +519,23 @@ impl Agent {
                 lock(&inner.verify).running = false;
                 return;
             }
+            // Nothing backed up here yet (or nothing matches `verify.pattern`):
+            // nothing to prove, not a failure.
+            Some(Err(e @ crate::verify::VerifyError::NothingFound { .. })) => {
+                info!("verification: nothing to drill: {e}");
+                let run = VerifyRun {
+                    finished_at: now,
+                    duration_seconds: duration,
+                    ok: true,
+                    check_ok: None,
+                    verified: 0,
+                    failed: 0,
+                    skipped: 0,
+                    bytes: 0,
+                    problems: Vec::new(),
+                };
+                (RunResult::Ok, run)
+            }
             Some(Err(e)) => {
                 let e = error_chain(&e);
                 error!("verification could not run: {e}");

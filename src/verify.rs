@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use tracing::{error, info, warn};
 
 use crate::config::HandlerType;
@@ -108,6 +109,11 @@ impl VerifyOptions {
         }
     }
 }
+
+/// Datasets drilled at once: one restoring while another is compared.
+/// Each has its own scratch directory, checked against the budget when
+/// it starts.
+const DATASETS_IN_FLIGHT: usize = 2;
 
 /// Atom versions drilled per run unless told otherwise.
 pub const DEFAULT_SAMPLE: usize = 10;
@@ -360,20 +366,29 @@ pub async fn run(
         }
     }
     let started = Instant::now();
-    for ((bi, di), atoms) in groups {
-        let b = &backups[bi];
-        let ds = &b.datasets[di];
-        if opts.dry_run {
+    if opts.dry_run {
+        for ((bi, di), atoms) in groups {
+            let b = &backups[bi];
+            let ds = &b.datasets[di];
             for a in &atoms {
                 report
                     .drills
                     .push(drill(b, ds, a, DrillOutcome::Planned, "dry run".into(), 0));
             }
-            continue;
         }
-        report
-            .drills
-            .extend(drill_dataset(rctx, b, ds, &atoms, opts).await);
+    } else {
+        // Two datasets in flight: one restoring while the other's restored
+        // bytes are compared (results in the order picked).
+        let backups = &backups;
+        let mut drills =
+            futures::stream::iter(groups.into_iter().map(|((bi, di), atoms)| async move {
+                let b = &backups[bi];
+                drill_dataset(rctx, b, &b.datasets[di], &atoms, opts).await
+            }))
+            .buffered(DATASETS_IN_FLIGHT);
+        while let Some(d) = drills.next().await {
+            report.drills.extend(d);
+        }
     }
     report.drill_seconds = started.elapsed().as_secs_f64();
     if !opts.dry_run {
@@ -625,11 +640,20 @@ async fn drill_dataset(
     let abs: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
     info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, atoms = atoms.len(), scratch = %scratch.path().display(), "restore drill");
     let mut restore_errors: Vec<Option<String>> = vec![None; atoms.len()];
-    if let Err(e) = rctx
-        .repo()
-        .restore(&ds.snapshot_id, &abs, scratch.path())
-        .await
-    {
+    // The listing (a repository open of its own) is read while restic
+    // restores: the drill then costs about what the restore costs.
+    let list = async {
+        if kind == HandlerType::File {
+            Some(rctx.repo().list(&ds.snapshot_id, &abs).await)
+        } else {
+            None
+        }
+    };
+    let (restored, listing) = tokio::join!(
+        rctx.repo().restore(&ds.snapshot_id, &abs, scratch.path()),
+        list
+    );
+    if let Err(e) = restored {
         let e = error_chain(&e);
         if atoms.len() == 1 {
             restore_errors[0] = Some(e);
@@ -649,11 +673,45 @@ async fn drill_dataset(
             }
         }
     }
-    let listing = if kind == HandlerType::File && restore_errors.iter().any(Option::is_none) {
-        Some(rctx.repo().list(&ds.snapshot_id, &abs).await)
-    } else {
-        None
-    };
+    // The comparisons read every restored byte (and the unchanged live
+    // files): on a blocking thread, so that the next dataset's restore
+    // goes on meanwhile.
+    let (bc, dsc, atomsc) = (b.clone(), ds.clone(), atoms.to_vec());
+    let target = scratch.path().to_path_buf();
+    let tolerance = opts.live_tolerance_percent;
+    let compared = tokio::task::spawn_blocking(move || {
+        compare_all(
+            &bc,
+            &dsc,
+            &atomsc,
+            &recorded,
+            &paths,
+            &restore_errors,
+            listing,
+            &target,
+            kind,
+            tolerance,
+        )
+    })
+    .await;
+    drop(scratch);
+    compared.unwrap_or_else(|e| all(DrillOutcome::Skipped, format!("the comparison failed: {e}")))
+}
+
+/// Compare each restored atom of a dataset (or report its restore error).
+#[allow(clippy::too_many_arguments)]
+fn compare_all(
+    b: &Backup,
+    ds: &Dataset,
+    atoms: &[Atom],
+    recorded: &[Recorded],
+    paths: &[String],
+    restore_errors: &[Option<String>],
+    listing: Option<Result<Vec<crate::repository::SnapshotNode>, crate::repository::RepoError>>,
+    target: &Path,
+    kind: HandlerType,
+    tolerance: f64,
+) -> Vec<Drill> {
     let mut out = Vec::with_capacity(atoms.len());
     for (i, a) in atoms.iter().enumerate() {
         let d = if let Some(e) = &restore_errors[i] {
@@ -667,20 +725,11 @@ async fn drill_dataset(
             )
         } else {
             match kind {
-                HandlerType::Pipe => {
-                    compare_stream(b, ds, a, &recorded[i], scratch.path(), &paths[i])
-                }
+                HandlerType::Pipe => compare_stream(b, ds, a, &recorded[i], target, &paths[i]),
                 HandlerType::File => match &listing {
-                    Some(Ok(nodes)) => compare_files(
-                        b,
-                        ds,
-                        a,
-                        &recorded[i],
-                        scratch.path(),
-                        &paths[i],
-                        nodes,
-                        opts.live_tolerance_percent,
-                    ),
+                    Some(Ok(nodes)) => {
+                        compare_files(b, ds, a, &recorded[i], target, &paths[i], nodes, tolerance)
+                    }
                     Some(Err(e)) => drill(
                         b,
                         ds,
@@ -707,7 +756,6 @@ async fn drill_dataset(
         }
         out.push(d);
     }
-    drop(scratch);
     out
 }
 
