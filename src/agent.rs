@@ -14,6 +14,15 @@
 //! the job waits, pending, for a worker of the `backup` queue, then runs
 //! with its progress in the job status.
 //!
+//! # Verification
+//!
+//! With `verify_schedule`, the agent also runs [`crate::verify`] (check
+//! and restore drills with the options under `verify:`) as a job of its
+//! own queue, `verify` (one worker unless `queue_config` says otherwise),
+//! so it never takes a backup worker. One verification runs at a time; a
+//! run due while one is going is skipped. Its scratch directories left by
+//! a killed agent are removed at start.
+//!
 //! # Shutdown
 //!
 //! Three steps, as in mini-redis: stop scheduling (pending jobs are
@@ -63,6 +72,13 @@ pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// The queue backups run in.
 pub const BACKUP_QUEUE: &str = "backup";
 
+/// The queue verification runs in.
+pub const VERIFY_QUEUE: &str = "verify";
+
+/// The scheduler's name for the verification job: no source can have it
+/// (source names are single path segments).
+pub const VERIFY_JOB: &str = "/verify";
+
 /// What the process asks of the agent (from signals).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -95,6 +111,44 @@ pub struct SourceStatus {
     pub skipped_runs: u64,
 }
 
+/// The agent's verification runs (`verify_schedule`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyStatus {
+    /// Schedule as written; `None`: not scheduled (`tabacco verify` only).
+    pub schedule: Option<String>,
+    /// Next scheduled run.
+    pub next_run: Option<DateTime<Utc>>,
+    /// Whether a run is pending or going on.
+    pub running: bool,
+    /// The last run of this agent.
+    pub last_run: Option<VerifyRun>,
+}
+
+/// How a verification run of the agent ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyRun {
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// How long it took, in seconds.
+    pub duration_seconds: f64,
+    /// Whether everything was proven (check clean, every drill ok,
+    /// results recorded).
+    pub ok: bool,
+    /// Whether the repository check found no damage (`None`: not run).
+    pub check_ok: Option<bool>,
+    /// Atom versions proven restorable.
+    pub verified: usize,
+    /// Drills that failed.
+    pub failed: usize,
+    /// Drills that could not run.
+    pub skipped: usize,
+    /// Bytes restored.
+    pub bytes: u64,
+    /// Each problem: the check's damage, each failed drill naming atom,
+    /// version and what differed (or the error that stopped the run).
+    pub problems: Vec<String>,
+}
+
 /// Everything the status page and `/api/status` show.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -121,6 +175,9 @@ pub struct AgentStatus {
     pub outbox_rejected: Option<i64>,
     /// The metadata server's web page (`metadb.url`), if one is configured.
     pub metadb_url: Option<String>,
+    /// Verification runs.
+    #[serde(default)]
+    pub verify: VerifyStatus,
 }
 
 struct Inner {
@@ -145,6 +202,8 @@ struct Inner {
     outbox: std::sync::OnceLock<Arc<OutboxStore>>,
     /// How often the status report is sent (read at start).
     report_interval: Duration,
+    /// The verification runs' state.
+    verify: Mutex<VerifyStatus>,
 }
 
 /// The agent. Cheap to clone (shared state).
@@ -165,7 +224,7 @@ impl std::fmt::Debug for Agent {
 /// the configuration was loaded; one that does not parse is logged and left
 /// out.
 pub fn scheduled_sources(config: &Config) -> Vec<ScheduledSource> {
-    config
+    let mut out: Vec<ScheduledSource> = config
         .sources
         .iter()
         .filter_map(|s| {
@@ -178,7 +237,17 @@ pub fn scheduled_sources(config: &Config) -> Vec<ScheduledSource> {
                 }
             }
         })
-        .collect()
+        .collect();
+    if let Some(expr) = config.verify.schedule.as_deref() {
+        match Schedule::parse(expr) {
+            Ok(sched) => out.push((VERIFY_JOB.to_string(), sched)),
+            Err(e) => error!(
+                "{}: verify_schedule: {e}; verification is not scheduled",
+                config.path.display()
+            ),
+        }
+    }
+    out
 }
 
 fn unix_seconds(t: DateTime<Utc>) -> f64 {
@@ -262,6 +331,10 @@ impl Agent {
                 tracker: TaskTracker::new(),
                 outbox: std::sync::OnceLock::new(),
                 report_interval: cfg.status_report_interval,
+                verify: Mutex::new(VerifyStatus {
+                    schedule: cfg.verify.schedule.clone(),
+                    ..VerifyStatus::default()
+                }),
             }),
         };
         agent.sync_sources(&cfg);
@@ -316,6 +389,7 @@ impl Agent {
             outbox_pending: self.outbox_counts().map(|c| c.0),
             outbox_rejected: self.outbox_counts().map(|c| c.1),
             metadb_url: cfg.metadb.as_ref().map(|m| m.url.clone()),
+            verify: lock(&self.inner.verify).clone(),
         }
     }
 
@@ -360,12 +434,207 @@ impl Agent {
 
     fn published(&self, next: &BTreeMap<String, Option<DateTime<Utc>>>, changes: &PlanChanges) {
         for name in changes.removed.iter() {
+            if name == VERIFY_JOB {
+                lock(&self.inner.verify).next_run = None;
+                continue;
+            }
             self.inner.metrics.next_run(name, None);
             self.with_source(name, |s| s.next_run = None);
         }
         for (name, when) in next {
+            if name == VERIFY_JOB {
+                lock(&self.inner.verify).next_run = *when;
+                continue;
+            }
             self.inner.metrics.next_run(name, when.map(unix_seconds));
             self.with_source(name, |s| s.next_run = *when);
+        }
+    }
+
+    /// Start a verification run now, as the scheduler does: skipped if one
+    /// is pending or running.
+    pub fn trigger_verify(&self) {
+        let inner = &self.inner;
+        if inner.stopping.is_cancelled() {
+            return;
+        }
+        {
+            let mut st = lock(&inner.verify);
+            if st.running {
+                warn!(
+                    "scheduled verification skipped: the previous one is still pending or running"
+                );
+                return;
+            }
+            st.running = true;
+        }
+        let rctx = inner.config.runtime_context();
+        let job_id = inner.jobs.add_pending("verify", "(verify)", VERIFY_QUEUE);
+        let span = info_span!("job", job_id = %job_id, kind = "verify");
+        let this = self.clone();
+        inner
+            .tracker
+            .spawn(async move { this.run_verify(rctx, job_id).await }.instrument(span));
+    }
+
+    async fn run_verify(&self, rctx: RuntimeContext, job_id: String) {
+        let inner = &self.inner;
+        let slot = tokio::select! {
+            biased;
+            () = inner.stopping.cancelled() => {
+                inner.jobs.finish(&job_id, JobResult::Cancelled, Some("the agent shut down before the verification got a worker".into()));
+                lock(&inner.verify).running = false;
+                return;
+            }
+            slot = inner.queues.acquire(VERIFY_QUEUE) => slot,
+        };
+        inner.jobs.set_running(&job_id);
+        info!("verification started");
+        let opts = crate::verify::VerifyOptions {
+            dry_run: rctx.config().dry_run,
+            ..crate::verify::VerifyOptions::from_spec(&rctx.config().verify)
+        };
+        let started = Instant::now();
+        // Cancelling drops the run: restic is stopped, the scratch
+        // directory removed, nothing recorded.
+        let outcome = tokio::select! {
+            biased;
+            () = inner.cancel_jobs.cancelled() => None,
+            () = inner.stopping.cancelled() => None,
+            r = crate::verify::run(&rctx, inner.manager.store().as_ref(), &opts) => Some(r),
+        };
+        let now = Utc::now();
+        let duration = started.elapsed().as_secs_f64();
+        let (result, run) = match outcome {
+            None => {
+                warn!("verification cancelled by the shutdown");
+                inner.jobs.finish(
+                    &job_id,
+                    JobResult::Cancelled,
+                    Some("cancelled: the agent shut down".into()),
+                );
+                lock(&inner.verify).running = false;
+                return;
+            }
+            // Nothing backed up here yet (or nothing matches `verify.pattern`):
+            // nothing to prove, not a failure.
+            Some(Err(e @ crate::verify::VerifyError::NothingFound { .. })) => {
+                info!("verification: nothing to drill: {e}");
+                let run = VerifyRun {
+                    finished_at: now,
+                    duration_seconds: duration,
+                    ok: true,
+                    check_ok: None,
+                    verified: 0,
+                    failed: 0,
+                    skipped: 0,
+                    bytes: 0,
+                    problems: Vec::new(),
+                };
+                (RunResult::Ok, run)
+            }
+            Some(Err(e)) => {
+                let e = error_chain(&e);
+                error!("verification could not run: {e}");
+                let run = VerifyRun {
+                    finished_at: now,
+                    duration_seconds: duration,
+                    ok: false,
+                    check_ok: None,
+                    verified: 0,
+                    failed: 0,
+                    skipped: 0,
+                    bytes: 0,
+                    problems: vec![e],
+                };
+                (RunResult::Error, run)
+            }
+            Some(Ok(report)) => {
+                use crate::verify::DrillOutcome;
+                let mut by_source: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+                for d in &report.drills {
+                    let source = d.atom_path.split('/').next().unwrap_or_default();
+                    let e = by_source.entry(source).or_default();
+                    match d.outcome {
+                        DrillOutcome::Ok => e.0 += 1,
+                        DrillOutcome::Failed => e.1 += 1,
+                        _ => {}
+                    }
+                }
+                for (source, (ok, failed)) in by_source {
+                    inner.metrics.verify_drills(source, ok, failed);
+                }
+                let run = VerifyRun {
+                    finished_at: now,
+                    duration_seconds: duration,
+                    ok: report.is_ok(),
+                    check_ok: report.check.as_ref().map(|c| c.ok),
+                    verified: report.count(DrillOutcome::Ok),
+                    failed: report.count(DrillOutcome::Failed),
+                    skipped: report.count(DrillOutcome::Skipped),
+                    bytes: report.bytes(),
+                    problems: report.problems(),
+                };
+                for p in &run.problems {
+                    error!("verification: {p}");
+                }
+                (
+                    if run.ok {
+                        RunResult::Ok
+                    } else {
+                        RunResult::Error
+                    },
+                    run,
+                )
+            }
+        };
+        inner
+            .metrics
+            .verify_run(unix_seconds(now), run.problems.len(), run.check_ok);
+        let summary = format!(
+            "{} verified, {} failed, {} skipped{}",
+            run.verified,
+            run.failed,
+            run.skipped,
+            match run.check_ok {
+                Some(true) => "; repository check ok",
+                Some(false) => "; repository check FAILED",
+                None => "",
+            }
+        );
+        inner.jobs.finish(
+            &job_id,
+            result,
+            (!run.ok).then(|| format!("{summary}: {}", run.problems.join("; "))),
+        );
+        info!(result = %result.as_str(), duration, "verification done: {summary}");
+        {
+            let mut st = lock(&inner.verify);
+            st.running = false;
+            st.last_run = Some(run);
+        }
+        drop(slot);
+        self.load_verify_state().await;
+    }
+
+    /// Read from the index what is proven of each configured source's
+    /// atoms (the `tabacco_verify_*` gauges per source).
+    pub async fn load_verify_state(&self) {
+        let cfg = self.inner.config.config();
+        for s in &cfg.sources {
+            match crate::verify::proven(self.inner.manager.store().as_ref(), &cfg.hostname, &s.name)
+                .await
+            {
+                Ok(p) if p.atoms > 0 => self.inner.metrics.verify_state(
+                    &s.name,
+                    p.proven_by.map(unix_seconds),
+                    p.unverified,
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(source = %s.name, "cannot read the verifications from the index: {}", error_chain(&e))
+                }
+            }
         }
     }
 
@@ -373,6 +642,9 @@ impl Agent {
     /// (and counted) if the source is locked.
     pub fn trigger(&self, source: &str) {
         let inner = &self.inner;
+        if source == VERIFY_JOB {
+            return self.trigger_verify();
+        }
         if inner.stopping.is_cancelled() {
             return;
         }
@@ -560,6 +832,7 @@ impl Agent {
                 *lock(&inner.config_loaded_at) = Utc::now();
                 inner.queues.configure(&cfg.queue);
                 self.sync_sources(&cfg);
+                lock(&inner.verify).schedule = cfg.verify.schedule.clone();
                 inner.schedules.send_replace(scheduled_sources(&cfg));
                 for key in &report.restart_needed {
                     warn!(
@@ -699,6 +972,8 @@ impl Agent {
     /// [`Event::Reload`]. Returns when every job has ended.
     pub async fn run(self, listener: tokio::net::TcpListener, mut events: mpsc::Receiver<Event>) {
         let inner = &self.inner;
+        // Scratch directories of drills (and restores) of a killed agent.
+        crate::handler::spool::clear_stale_scratch(inner.config.config().work_dir.as_path());
         let http_stop = CancellationToken::new();
         let http = tokio::spawn(http::serve(listener, self.clone(), http_stop.clone()));
 
@@ -728,8 +1003,12 @@ impl Agent {
         };
         {
             let this = self.clone();
-            tokio::spawn(async move { this.load_last_successes().await });
+            tokio::spawn(async move {
+                this.load_last_successes().await;
+                this.load_verify_state().await;
+            });
         }
+
         // Records queued by earlier runs (or while the server was down) are
         // delivered in the background until the jobs are done.
         let delivery_stop = CancellationToken::new();

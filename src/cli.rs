@@ -11,6 +11,7 @@ pub mod progress;
 pub mod query;
 pub mod repo;
 pub mod restore;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,8 +21,8 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
+use crate::glob::Pattern;
 use crate::metadata::MetadataStore;
-use crate::metadata::glob::Pattern;
 use crate::metadata::outbox::OutboxStore;
 use crate::metadata::sqlite::SqliteStore;
 use crate::model::FindRequest;
@@ -33,7 +34,7 @@ Exit codes:
   1  the operation failed (a dataset failed to back up or restore, nothing matched,
      the source is locked by a running backup, ...)
   2  invalid command line, configuration or pattern
-  130, 143  `backup` or `restore` interrupted by SIGINT / SIGTERM (restic was
+  130, 143  `backup`, `restore` or `verify` interrupted by SIGINT / SIGTERM (restic was
      stopped with SIGINT, so it removed its repository lock; unfinished datasets
      are not recorded)";
 
@@ -123,6 +124,9 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List backed up atoms matching a pattern.
     Query(query::QueryArgs),
+    /// Check the repository and run restore drills of this host's atoms
+    /// (least recently verified first); record the results in the index.
+    Verify(verify::VerifyArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -182,6 +186,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Backup(args) => backup::run(&cli.config, args).await,
         Command::Restore(args) => restore::run(&cli.config, args).await,
         Command::Query(args) => query::run(&cli.config, args).await,
+        Command::Verify(args) => verify::run(&cli.config, args).await,
         Command::Config(ConfigCommand::Check) => check::run(&cli.config),
         Command::Metadb(args) => {
             let explicit = config_on_command_line.then_some(cli.config.as_path());

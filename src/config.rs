@@ -17,6 +17,10 @@ use std::time::Duration;
 use crate::params::Params;
 pub use load::{ConfigError, ConfigErrors, load};
 
+/// Atom versions a verify run drills unless `verify.sample` or `--sample`
+/// says otherwise.
+pub const DEFAULT_VERIFY_SAMPLE: usize = 10;
+
 /// Default location of the main configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tabacco/agent.yml";
 
@@ -49,6 +53,9 @@ pub struct Config {
     /// How often the agent reports its running jobs and sources' state to
     /// the metadata store (`status_report_interval`, default 30 s).
     pub status_report_interval: Duration,
+    /// Verification: the agent's `verify_schedule` and the options of
+    /// its runs (also `tabacco verify`'s defaults).
+    pub verify: VerifySpec,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerSpec>,
     /// Sources in the order they were read (files sorted by name).
@@ -59,6 +66,42 @@ impl Config {
     /// The source with this name.
     pub fn find_source(&self, name: &str) -> Option<&SourceSpec> {
         self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// `verify_schedule` and `verify:` of `agent.yml` (run by `tabacco verify` and the agent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifySpec {
+    /// When the agent verifies (a source schedule); `None`: never.
+    pub schedule: Option<String>,
+    /// Glob on `source/dataset/atom` choosing the atoms.
+    pub pattern: String,
+    /// Atom versions drilled per run (`None` with `all`: every one).
+    pub sample: Option<usize>,
+    /// Versions per atom considered, newest first (0: all).
+    pub num_versions: i64,
+    /// Run `restic check` first.
+    pub check: bool,
+    /// `--read-data-subset` of the check.
+    pub read_data_subset: Option<String>,
+    /// Share (percent) of compared live files that may differ.
+    pub live_tolerance_percent: f64,
+    /// Most bytes a drill's scratch directory may hold.
+    pub scratch_budget: Option<u64>,
+}
+
+impl Default for VerifySpec {
+    fn default() -> VerifySpec {
+        VerifySpec {
+            schedule: None,
+            pattern: "*".into(),
+            sample: Some(DEFAULT_VERIFY_SAMPLE),
+            num_versions: 1,
+            check: true,
+            read_data_subset: None,
+            live_tolerance_percent: 0.0,
+            scratch_budget: None,
+        }
     }
 }
 
@@ -75,6 +118,11 @@ pub struct QueueSpec {
 pub const QUEUES: &[(&str, usize, &str)] = &[
     ("backup", 2, "backup jobs of the agent running at once"),
     ("datasets", 2, "datasets of one source backed up at once"),
+    (
+        "verify",
+        1,
+        "verification runs of the agent at once (never delays backups)",
+    ),
 ];
 
 impl QueueSpec {

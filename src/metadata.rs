@@ -37,7 +37,6 @@
 pub(crate) mod conformance;
 #[cfg(test)]
 pub(crate) mod faults;
-pub mod glob;
 pub mod outbox;
 pub mod postgres;
 pub mod remote;
@@ -52,11 +51,12 @@ use chrono::{DateTime, Datelike, Utc};
 
 use serde::{Deserialize, Serialize};
 
+use crate::glob::Pattern;
 use crate::model::{
-    Backup, Dataset, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
+    AddVerificationsRequest, Backup, Dataset, FindRequest, GetVerificationsRequest, JobStatus,
+    SourceReport, UpdateActiveJobStatusRequest, Verification,
 };
 use crate::names::excerpt;
-use glob::Pattern;
 
 /// Errors from a metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +204,27 @@ pub trait MetadataStore: Send + Sync {
         &self,
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError>;
+
+    /// Record the results of restore drills run by `req.host` on its own
+    /// backups: each replaces the stored result of its atom version
+    /// (keeping the time of the last `ok` one). Refused as a whole when an
+    /// atom version is not in the index or belongs to another host.
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        let _ = req;
+        Err(MetadataError::BadRequest(
+            "this metadata store does not keep verification results".into(),
+        ))
+    }
+
+    /// The latest drill of each of the atom versions asked about (versions
+    /// never drilled are left out), in no particular order.
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        let _ = req;
+        Ok(Vec::new())
+    }
 }
 
 /// The latest running-jobs report of one host.
@@ -270,6 +291,17 @@ pub trait ServerStore: MetadataStore {
     /// [`ServerStore::recent_backups`] (a host's page).
     async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError>;
 
+    /// The atom versions whose latest restore drill failed, newest drill
+    /// first, at most `limit`, of `host` only when given (the pages).
+    async fn failed_verifications(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<FailedVerification>, MetadataError> {
+        let _ = (host, limit);
+        Ok(Vec::new())
+    }
+
     /// Check that the database answers and takes a write now (for health
     /// checks: a store that can read but not write, e.g. on a full disk,
     /// fails).
@@ -277,6 +309,20 @@ pub trait ServerStore: MetadataStore {
 
     /// Close the connections; later calls fail.
     async fn close(&self);
+}
+
+/// An atom version whose latest restore drill failed, with what a page
+/// shows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedVerification {
+    /// The host whose backup it is.
+    pub host: String,
+    /// Its global path `source/dataset/atom`.
+    pub atom_path: String,
+    /// When its backup started.
+    pub backup_time: DateTime<Utc>,
+    /// The drill's result (what failed, when, the last ok drill).
+    pub verification: Verification,
 }
 
 /// Where a server's database lives, parsed from its URL.
@@ -393,6 +439,129 @@ pub(crate) fn validate_add(backup: &Backup, dataset: &Dataset) -> Result<(), Met
                 atom.name, dataset.id
             )));
         }
+    }
+    Ok(())
+}
+
+/// Longest `error` text of a verification result that stores keep, in
+/// bytes (longer ones are cut at a character boundary).
+pub const MAX_VERIFY_ERROR_BYTES: usize = 4096;
+
+/// Most results in one `add_verifications` request, and most atom versions
+/// in one `get_verifications` request.
+pub const MAX_VERIFICATIONS_PER_REQUEST: usize = 10_000;
+
+/// Check an add_verifications request before touching the database: the
+/// host, every identifier, the times; returns the results with their
+/// `error` cut to [`MAX_VERIFY_ERROR_BYTES`] and `last_ok` cleared (the
+/// store keeps it).
+pub(crate) fn validate_verifications(
+    req: &AddVerificationsRequest,
+) -> Result<Vec<Verification>, MetadataError> {
+    crate::names::check_host(&req.host)
+        .map_err(|e| MetadataError::BadRequest(format!("host: {e}")))?;
+    if req.verifications.len() > MAX_VERIFICATIONS_PER_REQUEST {
+        return Err(MetadataError::BadRequest(format!(
+            "{} verifications in one request (at most {MAX_VERIFICATIONS_PER_REQUEST}); send them in parts",
+            req.verifications.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    req.verifications
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            check_version(&format!("verifications[{i}]"), &v.version())?;
+            time_in_range(&format!("verifications[{i}].verified_at"), &v.verified_at)?;
+            if !seen.insert(v.version()) {
+                return Err(MetadataError::BadRequest(format!(
+                    "verifications[{i}]: atom {:?} of backup {:?} dataset {:?} appears twice",
+                    v.atom, v.backup_id, v.dataset_id
+                )));
+            }
+            let error = v.error.as_deref().map(|e| {
+                let mut end = e.len().min(MAX_VERIFY_ERROR_BYTES);
+                while !e.is_char_boundary(end) {
+                    end -= 1;
+                }
+                e[..end].replace('\0', " ")
+            });
+            Ok(Verification {
+                error,
+                last_ok: None,
+                verified_at: truncate_micros(&v.verified_at),
+                ..v.clone()
+            })
+        })
+        .collect()
+}
+
+/// Check the identifiers of an atom version (`what` names it in errors).
+pub(crate) fn check_version(
+    what: &str,
+    v: &crate::model::AtomVersion,
+) -> Result<(), MetadataError> {
+    crate::names::check_id("backup id", &v.backup_id)
+        .and_then(|()| crate::names::check_id("dataset id", &v.dataset_id))
+        .and_then(|()| crate::names::check_name("atom", &v.atom))
+        .map_err(|e| MetadataError::BadRequest(format!("{what}: {e}")))
+}
+
+/// Check that every result is about an atom version in the index that
+/// belongs to `host` (`stored`: the host of each atom version found).
+pub(crate) fn check_owned(
+    host: &str,
+    results: &[Verification],
+    stored: &std::collections::HashMap<crate::model::AtomVersion, String>,
+) -> Result<(), MetadataError> {
+    for (i, v) in results.iter().enumerate() {
+        match stored.get(&v.version()) {
+            None => {
+                return Err(MetadataError::BadRequest(format!(
+                    "verifications[{i}]: atom {} of backup {} dataset {} is not in the index",
+                    excerpt(&v.atom),
+                    excerpt(&v.backup_id),
+                    excerpt(&v.dataset_id)
+                )));
+            }
+            Some(owner) if owner != host => {
+                return Err(MetadataError::Conflict(format!(
+                    "verifications[{i}]: backup {} belongs to host {}, not {}: a host records \
+                     verifications of its own backups only",
+                    excerpt(&v.backup_id),
+                    excerpt(owner),
+                    excerpt(host)
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Distinct backup ids of some atom versions, in chunks of at most `n`
+/// (for `WHERE backup_id IN (...)` queries).
+pub(crate) fn backup_id_chunks<'a>(
+    versions: impl Iterator<Item = &'a str>,
+    n: usize,
+) -> Vec<Vec<String>> {
+    let ids: std::collections::BTreeSet<&str> = versions.collect();
+    let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+    ids.chunks(n.max(1)).map(<[String]>::to_vec).collect()
+}
+
+/// Check a get_verifications request.
+pub(crate) fn validate_get_verifications(
+    req: &GetVerificationsRequest,
+) -> Result<(), MetadataError> {
+    if req.versions.len() > MAX_VERIFICATIONS_PER_REQUEST {
+        return Err(MetadataError::BadRequest(format!(
+            "{} atom versions in one request (at most {MAX_VERIFICATIONS_PER_REQUEST}); ask in parts",
+            req.versions.len()
+        )));
+    }
+    for (i, v) in req.versions.iter().enumerate() {
+        check_version(&format!("versions[{i}]"), v)?;
     }
     Ok(())
 }

@@ -116,6 +116,12 @@ pub mod api {
     /// `POST`: a host's running jobs and sources
     /// ([`super::UpdateActiveJobStatusRequest`]).
     pub const UPDATE_ACTIVE_JOB_STATUS: &str = "/api/update_active_job_status";
+    /// `POST`: record restore drill results
+    /// ([`super::AddVerificationsRequest`]).
+    pub const ADD_VERIFICATIONS: &str = "/api/add_verifications";
+    /// `POST`: restore drill results of atom versions
+    /// ([`super::GetVerificationsRequest`]).
+    pub const GET_VERIFICATIONS: &str = "/api/get_verifications";
     /// `GET`: every host's state.
     pub const HOSTS: &str = "/api/hosts";
     /// `GET`: the OpenAPI document.
@@ -466,6 +472,90 @@ pub struct SourceReport {
     /// Whether a run is going on now.
     #[serde(default)]
     pub running: bool,
+}
+
+/// One version of one atom: the atom `atom` of dataset `dataset_id` of
+/// backup `backup_id` (what a verification is about).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AtomVersion {
+    /// The backup holding it.
+    pub backup_id: String,
+    /// The dataset (id) holding it.
+    pub dataset_id: String,
+    /// The atom's name within its dataset.
+    pub atom: String,
+}
+
+/// How a restore drill of one atom version ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyResult {
+    /// Restored, and it matched what was recorded at backup time.
+    Ok,
+    /// Not restorable, or it differs from what was recorded.
+    Failed,
+}
+
+impl VerifyResult {
+    /// The lowercase name (`ok`, `failed`), also the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyResult::Ok => "ok",
+            VerifyResult::Failed => "failed",
+        }
+    }
+}
+
+/// The latest restore drill of one atom version, as the index keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Verification {
+    /// The backup holding the atom version drilled.
+    pub backup_id: String,
+    /// Its dataset (id).
+    pub dataset_id: String,
+    /// The atom's name within that dataset.
+    pub atom: String,
+    /// When the drill finished.
+    pub verified_at: DateTime<Utc>,
+    /// How it ended.
+    pub result: VerifyResult,
+    /// What differed or failed (absent when it matched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last drill of this version that ended `ok` (kept by the index
+    /// across later failures; ignored when sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok: Option<DateTime<Utc>>,
+}
+
+impl Verification {
+    /// The atom version this is about.
+    pub fn version(&self) -> AtomVersion {
+        AtomVersion {
+            backup_id: self.backup_id.clone(),
+            dataset_id: self.dataset_id.clone(),
+            atom: self.atom.clone(),
+        }
+    }
+}
+
+/// Body of `POST /api/add_verifications`: a host records the results of its
+/// restore drills (only of its own backups).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddVerificationsRequest {
+    /// The host that ran the drills and whose backups they drilled.
+    pub host: String,
+    /// One result per atom version.
+    pub verifications: Vec<Verification>,
+}
+
+/// Body of `POST /api/get_verifications`: the latest drill of each of
+/// these atom versions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GetVerificationsRequest {
+    /// The atom versions asked about (those never drilled are left out of
+    /// the answer).
+    pub versions: Vec<AtomVersion>,
 }
 
 #[cfg(test)]

@@ -15,6 +15,17 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
+/// Parse a size: bytes (`1048576`) or with a unit (`512MiB`, `10 GB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = text.trim().parse().map_err(|e| {
+        format!("{text:?} is not a size ({e}): write e.g. 500MiB, 20GiB or a number of bytes")
+    })?;
+    if size.as_u64() == 0 {
+        return Err(format!("{text:?}: a size must be more than 0"));
+    }
+    Ok(size.as_u64())
+}
+
 /// A `params` map: merged from handler and source, read by handlers and the
 /// repository through the typed getters below.
 #[derive(Clone, Default, PartialEq, Deserialize)]

@@ -62,6 +62,19 @@ pub struct StreamFacts {
     pub sha256: String,
 }
 
+/// One entry of a snapshot's listing (`restic ls --json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotNode {
+    /// Absolute path inside the snapshot.
+    pub path: String,
+    /// `file`, `dir`, `symlink`, ... as restic names it.
+    pub kind: String,
+    /// Size in bytes (files; 0 otherwise).
+    pub size: u64,
+    /// Modification time, as recorded at backup.
+    pub mtime: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Errors from a repository.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -178,6 +191,18 @@ pub enum RepoError {
         snapshot_id: String,
         /// Path asked for.
         path: String,
+    },
+    /// `restic check` found damage in the repository.
+    #[error(
+        "repository '{uri}' is damaged: restic check found {}: {}; read restic's troubleshooting guide (https://restic.readthedocs.io/en/stable/077_troubleshooting.html) before repairing (`restic repair packs ID`, then a new backup)",
+        if errors.len() == 1 { "1 error".to_string() } else { format!("{} errors", errors.len()) },
+        errors.join("; ")
+    )]
+    CheckFailed {
+        /// Repository URI (credentials hidden).
+        uri: String,
+        /// What restic reported, one item per line (bounded).
+        errors: Vec<String>,
     },
     /// The caller asked for something the repository cannot do (relative
     /// paths, tags with commas, ...).
@@ -318,6 +343,42 @@ pub trait Repository: Send + Sync {
         consumer: ShellCommand,
         progress: Option<ProgressFn>,
     ) -> Result<(), RepoError>;
+
+    /// The absolute path inside snapshot `snapshot_id` where the stream
+    /// backed up as `stdin_filename` sits (a restic version may have
+    /// stored it under another name).
+    async fn stream_path(
+        &self,
+        snapshot_id: &str,
+        stdin_filename: &str,
+    ) -> Result<String, RepoError> {
+        let _ = snapshot_id;
+        Ok(format!("/{stdin_filename}"))
+    }
+
+    /// Check the repository's structure, and with `read_data_subset`
+    /// (restic's `--read-data-subset` syntax, e.g. `10%`, `1/5`) also read
+    /// and verify that share of its data; [`RepoError::CheckFailed`] names
+    /// the damage.
+    async fn check(&self, read_data_subset: Option<&str>) -> Result<(), RepoError> {
+        let _ = read_data_subset;
+        Err(RepoError::BadRequest {
+            message: "this repository type cannot be checked".into(),
+        })
+    }
+
+    /// The entries of a snapshot at or below the absolute `paths` (every
+    /// entry when empty), as recorded at backup.
+    async fn list(
+        &self,
+        snapshot_id: &str,
+        paths: &[PathBuf],
+    ) -> Result<Vec<SnapshotNode>, RepoError> {
+        let _ = (snapshot_id, paths);
+        Err(RepoError::BadRequest {
+            message: "this repository type cannot list snapshots".into(),
+        })
+    }
 }
 
 /// Build the repository described by the configuration; its child

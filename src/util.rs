@@ -28,8 +28,8 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A byte count in binary units (`512 B`, `1.50 KiB`); negative counts
 /// (unknown) read as 0.
-pub fn bytes(n: i64) -> String {
-    indicatif::HumanBytes(n.max(0) as u64).to_string()
+pub fn bytes<N: TryInto<u64>>(n: N) -> String {
+    indicatif::HumanBytes(n.try_into().unwrap_or(0)).to_string()
 }
 
 /// Lay out rows in columns separated by two spaces, each line starting

@@ -7,6 +7,10 @@
 //! success only when every dataset was recorded), bytes added and
 //! files backed up, and the next scheduled run. Per agent: jobs by state,
 //! configuration reloads by result, and `tabacco_build_info{version}`.
+//! Verification (`verify_schedule`): per source the time by which every
+//! atom had a successful restore drill and the atoms never proven, drills
+//! by result; per agent the checks by result and the last run's time and
+//! problems.
 //! Series of a source removed by a reload are dropped, so alerts do not
 //! fire for sources that no longer exist.
 
@@ -72,6 +76,12 @@ pub struct Metrics {
     outbox_rejected_kept: Gauge,
     outbox_delivered: Counter,
     outbox_rejected: Counter,
+    verify_last_success: Family<SourceLabels, FloatGauge>,
+    verify_unverified: Family<SourceLabels, Gauge>,
+    verify_atoms: Family<RunLabels, Counter>,
+    verify_checks: Family<ResultLabels, Counter>,
+    verify_last_run: FloatGauge,
+    verify_last_run_problems: Gauge,
 }
 
 fn src(source: &str) -> SourceLabels {
@@ -105,6 +115,12 @@ impl Metrics {
             outbox_rejected_kept: Gauge::default(),
             outbox_delivered: Counter::default(),
             outbox_rejected: Counter::default(),
+            verify_last_success: Family::default(),
+            verify_unverified: Family::default(),
+            verify_atoms: Family::default(),
+            verify_checks: Family::default(),
+            verify_last_run: FloatGauge::default(),
+            verify_last_run_problems: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +190,36 @@ impl Metrics {
             m.outbox_rejected.clone(),
         );
         registry.register(
+            "verify_last_success_timestamp_seconds",
+            "Unix time by which every atom of the source had a successful restore drill (the oldest of its atoms' newest ok drill, any version); absent while an atom was never proven",
+            m.verify_last_success.clone(),
+        );
+        registry.register(
+            "verify_atoms_unverified",
+            "Atoms of the source (of this host's backups) with no successful restore drill of any version",
+            m.verify_unverified.clone(),
+        );
+        registry.register(
+            "verify_atoms",
+            "Restore drills of the source's atom versions by result (ok, failed)",
+            m.verify_atoms.clone(),
+        );
+        registry.register(
+            "verify_checks",
+            "Repository checks (restic check) by result (ok, error)",
+            m.verify_checks.clone(),
+        );
+        registry.register(
+            "verify_last_run_timestamp_seconds",
+            "Unix time the last verification run of the agent ended",
+            m.verify_last_run.clone(),
+        );
+        registry.register(
+            "verify_last_run_problems",
+            "Problems of the last verification run: failed or skipped drills, a check that found damage, results not recorded",
+            m.verify_last_run_problems.clone(),
+        );
+        registry.register(
             "build",
             "Version of the agent",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -205,6 +251,14 @@ impl Metrics {
         self.files.remove(&l);
         self.atoms_failed.remove(&l);
         self.next_run.remove(&l);
+        self.verify_last_success.remove(&l);
+        self.verify_unverified.remove(&l);
+        for result in ["ok", "failed"] {
+            self.verify_atoms.remove(&RunLabels {
+                source: source.to_string(),
+                result: result.to_string(),
+            });
+        }
         for result in RunResult::ALL {
             self.runs.remove(&RunLabels {
                 source: source.to_string(),
@@ -268,6 +322,50 @@ impl Metrics {
             None => {
                 self.next_run.remove(&src(source));
             }
+        }
+    }
+
+    /// Count a source's drills of one run by result.
+    pub fn verify_drills(&self, source: &str, ok: usize, failed: usize) {
+        for (result, n) in [("ok", ok), ("failed", failed)] {
+            self.verify_atoms
+                .get_or_create(&RunLabels {
+                    source: source.to_string(),
+                    result: result.to_string(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// What the index says of a source's atoms: the time by which every
+    /// one was proven (`None`: some never was) and how many never were.
+    pub fn verify_state(&self, source: &str, proven_by: Option<f64>, unverified: usize) {
+        let l = src(source);
+        match proven_by {
+            Some(t) => {
+                self.verify_last_success.get_or_create(&l).set(t);
+            }
+            None => {
+                self.verify_last_success.remove(&l);
+            }
+        }
+        self.verify_unverified
+            .get_or_create(&l)
+            .set(i64::try_from(unverified).unwrap_or(i64::MAX));
+    }
+
+    /// A verification run ended at `when` with `problems`, after a check
+    /// (`Some(ok)`) or none.
+    pub fn verify_run(&self, when: f64, problems: usize, check: Option<bool>) {
+        self.verify_last_run.set(when);
+        self.verify_last_run_problems
+            .set(i64::try_from(problems).unwrap_or(i64::MAX));
+        if let Some(ok) = check {
+            self.verify_checks
+                .get_or_create(&ResultLabels {
+                    result: if ok { "ok" } else { "error" }.to_string(),
+                })
+                .inc();
         }
     }
 

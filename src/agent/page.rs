@@ -115,6 +115,52 @@ fn progress(job: &JobInfo) -> String {
     out
 }
 
+/// The verification section: schedule, next and last run, and each
+/// problem of the last run (failed drills name atom, version and what
+/// differed).
+fn verify_section(h: &mut String, v: &super::VerifyStatus, now: DateTime<Utc>) {
+    let _ = write!(
+        h,
+        "<h2>Verification</h2>\n<p>Schedule <code>{}</code> · next run {}{}",
+        escape(
+            v.schedule
+                .as_deref()
+                .unwrap_or("none (tabacco verify only)")
+        ),
+        time(v.next_run, now),
+        if v.running { " · <b>running</b>" } else { "" }
+    );
+    match &v.last_run {
+        None => h.push_str(" · no run since the agent started</p>\n"),
+        Some(r) => {
+            let _ = writeln!(
+                h,
+                " · last run {} ({}): <span class=\"{}\">{}</span>, {} atom version(s) verified, {} failed, {} skipped, {} restored{}</p>",
+                time(Some(r.finished_at), now),
+                secs(Some(r.duration_seconds)),
+                if r.ok { "ok" } else { "err" },
+                if r.ok { "ok" } else { "FAILED" },
+                r.verified,
+                r.failed,
+                r.skipped,
+                crate::util::bytes(r.bytes),
+                match r.check_ok {
+                    Some(true) => ", repository check ok",
+                    Some(false) => ", <span class=\"err\">repository check found damage</span>",
+                    None => "",
+                }
+            );
+            if !r.problems.is_empty() {
+                h.push_str("<ul class=\"err\">\n");
+                for p in &r.problems {
+                    let _ = writeln!(h, "<li>{}</li>", escape(p));
+                }
+                h.push_str("</ul>\n");
+            }
+        }
+    }
+}
+
 /// Render the page for `status` as seen at `now`.
 pub fn render(status: &AgentStatus, now: DateTime<Utc>) -> String {
     let mut h = String::new();
@@ -201,6 +247,8 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
         );
     }
     h.push_str("</table>\n");
+
+    verify_section(&mut h, &status.verify, now);
 
     let jobs = &status.jobs;
     let _ = writeln!(h, "<h2>Running ({})</h2>", jobs.running.len());
@@ -342,8 +390,32 @@ mod tests {
             outbox_pending: Some(4),
             outbox_rejected: Some(0),
             metadb_url: Some("https://metadb.example:7443/".into()),
+            verify: super::super::VerifyStatus {
+                schedule: Some("@weekly".into()),
+                next_run: None,
+                running: false,
+                last_run: Some(super::super::VerifyRun {
+                    finished_at: "2026-03-01T11:00:00Z".parse().unwrap(),
+                    duration_seconds: 3.0,
+                    ok: false,
+                    check_ok: Some(true),
+                    verified: 4,
+                    failed: 1,
+                    skipped: 0,
+                    bytes: 2048,
+                    problems: vec![
+                        "failed db/x/<y> version b1 (2026-03-01T10:00:00Z): SHA-256 differs".into(),
+                    ],
+                }),
+            },
         };
         let html = render(&status, now);
+        assert!(
+            html.contains("<code>@weekly</code>")
+                && html.contains("4 atom version(s) verified, 1 failed"),
+            "{html}"
+        );
+        assert!(html.contains("failed db/x/&lt;y&gt; version b1"), "{html}");
         assert!(html.contains(">partial<") && html.contains("1 of 3 datasets (4 atoms)"));
         assert!(html.contains("slapcat: permission denied"));
         assert!(html.contains("4 dataset record(s) not yet delivered"));

@@ -5,8 +5,10 @@ use std::path::Path;
 
 use clap::Args;
 
+use std::collections::BTreeMap;
+
 use super::{AtomFilter, CliError, load_config, open_store};
-use crate::model::{Backup, atom_path};
+use crate::model::{AtomVersion, Backup, Verification, atom_path};
 
 /// Arguments of `tabacco query`.
 #[derive(Debug, Args)]
@@ -37,11 +39,20 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
     if let Some(id) = &args.filter.backup_id {
         backups.retain(|b| &b.id == id);
     }
+    // Without them the listing still answers (an older metadata server
+    // does not keep verifications).
+    let verified = crate::verify::verifications_of(store.as_ref(), &backups)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!("cannot read the atoms' verifications: {e}");
+            BTreeMap::new()
+        });
     if args.json {
-        let text = serde_json::to_string_pretty(&backups).map_err(CliError::failed)?;
+        let text = serde_json::to_string_pretty(&with_verifications(&backups, &verified))
+            .map_err(CliError::failed)?;
         println!("{text}");
     } else if !backups.is_empty() {
-        print!("{}", table(&backups));
+        print!("{}", table(&backups, &verified));
     }
     // grep's convention: no match is exit 1.
     if backups.is_empty() {
@@ -58,12 +69,66 @@ pub async fn run(config_path: &Path, args: QueryArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The backups as JSON (`[Backup]`), each atom with its latest
+/// verification under `verification` (`{verified_at, result, error,
+/// last_ok, ...}` as the index keeps it; absent: never verified).
+pub fn with_verifications(
+    backups: &[Backup],
+    verified: &BTreeMap<AtomVersion, Verification>,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(backups).unwrap_or_default();
+    for (b, bv) in backups
+        .iter()
+        .zip(value.as_array_mut().into_iter().flatten())
+    {
+        let datasets = bv.get_mut("datasets").and_then(|d| d.as_array_mut());
+        for (ds, dv) in b.datasets.iter().zip(datasets.into_iter().flatten()) {
+            let atoms = dv.get_mut("atoms").and_then(|a| a.as_array_mut());
+            for (a, av) in ds.atoms.iter().zip(atoms.into_iter().flatten()) {
+                let key = AtomVersion {
+                    backup_id: b.id.clone(),
+                    dataset_id: ds.id.clone(),
+                    atom: a.name.clone(),
+                };
+                if let (Some(v), Some(obj)) = (verified.get(&key), av.as_object_mut()) {
+                    obj.insert(
+                        "verification".into(),
+                        serde_json::to_value(v).unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    }
+    value
+}
+
 /// The human-readable table: one row per atom version, newest first.
-pub fn table(backups: &[Backup]) -> String {
-    let mut rows = vec![["TIME", "HOST", "ATOM", "BACKUP", "SNAPSHOT", "SIZE"].map(String::from)];
+pub fn table(backups: &[Backup], verified: &BTreeMap<AtomVersion, Verification>) -> String {
+    let mut rows = vec![
+        [
+            "TIME", "HOST", "ATOM", "BACKUP", "SNAPSHOT", "SIZE", "VERIFIED",
+        ]
+        .map(String::from),
+    ];
     for b in backups {
         for ds in &b.datasets {
             for a in &ds.atoms {
+                let key = AtomVersion {
+                    backup_id: b.id.clone(),
+                    dataset_id: ds.id.clone(),
+                    atom: a.name.clone(),
+                };
+                let verification = verified.get(&key).map_or_else(
+                    || "never".to_string(),
+                    |v| {
+                        format!(
+                            "{} {}",
+                            v.result.as_str(),
+                            v.verified_at
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )
+                    },
+                );
                 rows.push([
                     b.timestamp
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -72,6 +137,7 @@ pub fn table(backups: &[Backup]) -> String {
                     b.id.clone(),
                     ds.snapshot_id.chars().take(8).collect(),
                     crate::model::atom_size_text(ds, a),
+                    verification,
                 ]);
             }
         }
@@ -117,7 +183,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let t = table(&[b]);
+        let t = table(&[b], &BTreeMap::new());
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("TIME"));
@@ -125,7 +191,7 @@ mod tests {
         assert!(
             lines[2].contains("2026-11-24T10:00:00Z") && lines[2].contains("2.00 KiB (dataset)")
         );
-        assert_eq!(table(&[]), "no matching atoms\n");
+        assert_eq!(table(&[], &BTreeMap::new()), "no matching atoms\n");
         // A recorded atom size wins over the dataset's.
         let a = Atom {
             name: "x".into(),

@@ -249,7 +249,7 @@ mod tests {
         // The backup names the version (and its host).
         assert_eq!(args.filter.backup_id.as_deref(), Some("0190a1b2c3"));
         assert_eq!(args.filter.host, None);
-        let p = crate::metadata::glob::Pattern::parse(&args.pattern).unwrap();
+        let p = crate::glob::Pattern::parse(&args.pattern).unwrap();
         assert!(p.matches("mysql/it's/a*b") && !p.matches("mysql/it's/axb"));
         assert_eq!(
             args.target,

@@ -119,6 +119,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             metadb: main.metadb,
             shutdown_timeout: main.shutdown_timeout,
             status_report_interval: main.status_report_interval,
+            verify: main.verify,
             handlers: handlers
                 .into_iter()
                 .filter_map(|(name, h)| {
@@ -364,6 +365,7 @@ struct MainParts {
     metadb: Option<MetadbClientConfig>,
     shutdown_timeout: Duration,
     status_report_interval: Duration,
+    verify: super::VerifySpec,
 }
 
 /// `value` made absolute against `dir` when relative.
@@ -533,6 +535,12 @@ fn resolve_main(
         },
     };
 
+    let verify = resolve_verify(
+        raw.verify_schedule,
+        raw.verify.unwrap_or_default(),
+        &mut errs,
+    );
+
     if errs.out.len() > before {
         return None;
     }
@@ -548,7 +556,74 @@ fn resolve_main(
         metadb,
         shutdown_timeout,
         status_report_interval,
+        verify,
     })
+}
+
+/// Check `verify_schedule` and `verify:` (every mistake reported with its
+/// field).
+fn resolve_verify(
+    schedule: Option<String>,
+    raw: super::raw::RawVerify,
+    errs: &mut FileErrors<'_>,
+) -> super::VerifySpec {
+    let mut spec = super::VerifySpec {
+        schedule: non_empty(schedule).map(|s| s.trim().to_string()),
+        ..Default::default()
+    };
+    if let Some(Err(e)) = spec.schedule.as_deref().map(check_schedule) {
+        errs.add("verify_schedule", e);
+    }
+    if let Some(p) = raw.pattern {
+        if let Err(e) = crate::glob::Pattern::parse(&p) {
+            errs.add("verify.pattern", format!("{p:?}: {e}"));
+        }
+        spec.pattern = p;
+    }
+    match (raw.all, raw.sample) {
+        (Some(true), Some(_)) => {
+            errs.add("verify.sample", "give either sample or all: true, not both")
+        }
+        (Some(true), None) => spec.sample = None,
+        (_, Some(n)) if n >= 1 => spec.sample = usize::try_from(n).ok(),
+        (_, Some(n)) => errs.add(
+            "verify.sample",
+            format!("{n}: give a positive number of atom versions per run"),
+        ),
+        _ => {}
+    }
+    if let Some(n) = raw.num_versions {
+        if n < 0 {
+            errs.add(
+                "verify.num_versions",
+                format!("{n}: give 0 for every version or a positive count"),
+            );
+        }
+        spec.num_versions = n;
+    }
+    spec.check = raw.check.unwrap_or(true);
+    if let Some(d) = raw.read_data_subset {
+        if let Err(e) = crate::params::restic::check_data_subset(d.trim()) {
+            errs.add("verify.read_data_subset", e);
+        }
+        spec.read_data_subset = Some(d.trim().to_string());
+    }
+    if let Some(t) = raw.live_tolerance_percent {
+        if !(0.0..=100.0).contains(&t) {
+            errs.add(
+                "verify.live_tolerance_percent",
+                format!("{t}: give a percentage from 0 to 100"),
+            );
+        }
+        spec.live_tolerance_percent = t;
+    }
+    if let Some(b) = raw.scratch_budget {
+        match crate::params::parse_size(&b) {
+            Ok(n) => spec.scratch_budget = Some(n),
+            Err(e) => errs.add("verify.scratch_budget", e),
+        }
+    }
+    spec
 }
 
 fn resolve_repository(
@@ -1325,6 +1400,43 @@ datasets:
         assert_eq!(sites.post_backup_command.as_deref(), Some("echo done"));
         assert_eq!(sites.timeout, None);
         assert_eq!(c.find_source("home").unwrap().schedule, None);
+    }
+
+    #[test]
+    fn verify_schedule_and_options_are_read_and_checked() {
+        let (_d, c) = ok(&[("agent.yml", MAIN)]);
+        assert_eq!(c.verify, crate::config::VerifySpec::default());
+        let (_d, c) = ok(&[(
+            "agent.yml",
+            &format!(
+                "{MAIN}verify_schedule: '@weekly'\nverify:\n  pattern: 'db/*'\n  all: true\n  num_versions: 0\n  check: false\n  read_data_subset: 5%\n  live_tolerance_percent: 2.5\n  scratch_budget: 1GiB\n"
+            ),
+        )]);
+        let v = &c.verify;
+        assert_eq!(v.schedule.as_deref(), Some("@weekly"));
+        assert_eq!(
+            (v.pattern.as_str(), v.sample, v.num_versions, v.check),
+            ("db/*", None, 0, false)
+        );
+        assert_eq!(v.read_data_subset.as_deref(), Some("5%"));
+        assert_eq!(
+            (v.live_tolerance_percent, v.scratch_budget),
+            (2.5, Some(1 << 30))
+        );
+        let bad = format!(
+            "{MAIN}verify_schedule: sometimes\nverify:\n  pattern: '[a'\n  sample: 0\n  read_data_subset: lots\n  live_tolerance_percent: 101\n  scratch_budget: big\n"
+        );
+        let (dir, errs) = errors(&[("agent.yml", &bad)]);
+        for field in [
+            "verify_schedule",
+            "verify.pattern",
+            "verify.sample",
+            "verify.read_data_subset",
+            "verify.live_tolerance_percent",
+            "verify.scratch_budget",
+        ] {
+            assert_error(&dir, &errs, "agent.yml", field, "");
+        }
     }
 
     #[test]

@@ -43,6 +43,34 @@ pub struct RawConfig {
     /// How often the agent reports its running jobs and the state of its
     /// sources to the metadata server, e.g. `30s`; default 30s.
     pub status_report_interval: Option<String>,
+    /// When the agent runs a verification (`tabacco verify` with the
+    /// options under `verify:`), as a source schedule; absent: never.
+    pub verify_schedule: Option<String>,
+    /// Options of verification runs (the agent's and `tabacco verify`'s
+    /// defaults).
+    pub verify: Option<RawVerify>,
+}
+
+/// `verify` in `agent.yml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    /// Glob on `source/dataset/atom`; default `*`.
+    pub pattern: Option<String>,
+    /// Atom versions drilled per run; default 10.
+    pub sample: Option<i64>,
+    /// Drill every matching atom version (instead of a sample).
+    pub all: Option<bool>,
+    /// Versions per atom considered, newest first (0: all); default 1.
+    pub num_versions: Option<i64>,
+    /// Run `restic check` first; default true.
+    pub check: Option<bool>,
+    /// `--read-data-subset` of the check (`10%`, `1/5`, `500M`).
+    pub read_data_subset: Option<String>,
+    /// Share (percent) of compared live files that may differ; default 0.
+    pub live_tolerance_percent: Option<f64>,
+    /// Most bytes a drill's scratch directory may hold (`20GiB`).
+    pub scratch_budget: Option<String>,
 }
 
 /// `queue_config` in `agent.yml`.

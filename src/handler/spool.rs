@@ -177,11 +177,7 @@ pub struct OverBudget {
 
 impl OverBudget {
     fn describe(&self) -> String {
-        let limit = format!(
-            "{}, {} bytes",
-            crate::util::bytes(i64::try_from(self.limit).unwrap_or(i64::MAX)),
-            self.limit
-        );
+        let limit = format!("{}, {} bytes", crate::util::bytes(self.limit), self.limit);
         match self.kind {
             Limit::Configured => format!(
                 "the dumps need more than spool_budget ({limit}) in {}: raise params.spool_budget, or split the dataset",

@@ -12,10 +12,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::glob::Pattern;
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::{HostSummary, MetadataError, MetadataStore, ServerStore};
+use crate::glob::Pattern;
 use crate::model::{
     Atom, Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest, atom_path,
 };
@@ -209,6 +209,8 @@ store_tests!(
     concurrent_identical_adds_store_one_copy,
     out_of_range_times_are_bad_requests,
     empty_ranges_in_classes_match_only_their_start,
+    verifications_keep_the_latest_result_and_the_last_ok,
+    verifications_only_of_own_indexed_atoms,
     restore_record_fields_round_trip,
     add_refuses_bad_restore_record_fields,
 );
@@ -1187,4 +1189,214 @@ async fn empty_ranges_in_classes_match_only_their_start(s: &dyn TestStore) {
         flat(&s.find_atoms(&req).await.unwrap()),
         ["b3:mysql/db/site1", "b3:mysql/db/site2"]
     );
+}
+
+fn verification(
+    backup_id: &str,
+    dataset_id: &str,
+    atom: &str,
+    at: &str,
+    ok: bool,
+) -> crate::model::Verification {
+    crate::model::Verification {
+        backup_id: backup_id.into(),
+        dataset_id: dataset_id.into(),
+        atom: atom.into(),
+        verified_at: ts(at),
+        result: if ok {
+            crate::model::VerifyResult::Ok
+        } else {
+            crate::model::VerifyResult::Failed
+        },
+        error: (!ok).then(|| "sha256 differs".to_string()),
+        last_ok: None,
+    }
+}
+
+fn versions(list: &[(&str, &str, &str)]) -> crate::model::GetVerificationsRequest {
+    crate::model::GetVerificationsRequest {
+        versions: list
+            .iter()
+            .map(|(b, d, a)| crate::model::AtomVersion {
+                backup_id: (*b).into(),
+                dataset_id: (*d).into(),
+                atom: (*a).into(),
+            })
+            .collect(),
+    }
+}
+
+async fn verifications_keep_the_latest_result_and_the_last_ok(s: &dyn TestStore) {
+    use crate::model::{AddVerificationsRequest, VerifyResult};
+    fleet(s).await;
+    let add = |list: Vec<crate::model::Verification>| AddVerificationsRequest {
+        host: "h1".into(),
+        verifications: list,
+    };
+    let ask = versions(&[
+        ("b1", "m0", "site1"),
+        ("b1", "m0", "site2"),
+        ("b2", "m1", "site1"),
+    ]);
+    assert!(s.get_verifications(&ask).await.unwrap().is_empty());
+    s.add_verifications(&add(vec![
+        verification("b1", "m0", "site1", "2026-02-01T00:00:00.123456Z", true),
+        verification("b1", "m0", "site2", "2026-02-01T00:00:00Z", false),
+    ]))
+    .await
+    .unwrap();
+    let mut got = s.get_verifications(&ask).await.unwrap();
+    got.sort_by(|a, b| a.atom.cmp(&b.atom));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].result, VerifyResult::Ok);
+    assert_eq!(got[0].verified_at, ts("2026-02-01T00:00:00.123456Z"));
+    assert_eq!(got[0].last_ok, Some(got[0].verified_at));
+    assert_eq!(got[1].result, VerifyResult::Failed);
+    assert_eq!(got[1].error.as_deref(), Some("sha256 differs"));
+    assert_eq!(got[1].last_ok, None);
+
+    // A later failure replaces the result but keeps the last ok time; an
+    // older result replaces nothing.
+    s.add_verifications(&add(vec![verification(
+        "b1",
+        "m0",
+        "site1",
+        "2026-02-03T00:00:00Z",
+        false,
+    )]))
+    .await
+    .unwrap();
+    s.add_verifications(&add(vec![verification(
+        "b1",
+        "m0",
+        "site1",
+        "2026-02-02T00:00:00Z",
+        true,
+    )]))
+    .await
+    .unwrap();
+    let got = s
+        .get_verifications(&versions(&[("b1", "m0", "site1")]))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].result, got[0].verified_at, got[0].last_ok),
+        (
+            VerifyResult::Failed,
+            ts("2026-02-03T00:00:00Z"),
+            Some(ts("2026-02-01T00:00:00.123456Z"))
+        )
+    );
+    // Only what was asked for comes back.
+    let got = s
+        .get_verifications(&versions(&[("b1", "m0", "site2"), ("b9", "x", "y")]))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].atom, "site2");
+}
+
+async fn verifications_only_of_own_indexed_atoms(s: &dyn TestStore) {
+    use crate::model::AddVerificationsRequest;
+    fleet(s).await;
+    // c1 is h2's backup: h1 may not record its verification.
+    let e = s
+        .add_verifications(&AddVerificationsRequest {
+            host: "h1".into(),
+            verifications: vec![
+                verification("b1", "m0", "site1", "2026-02-01T00:00:00Z", true),
+                verification("c1", "mc", "site1", "2026-02-01T00:00:00Z", true),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MetadataError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("h2"), "{e}");
+    // Nothing of the refused request was stored.
+    let got = s
+        .get_verifications(&versions(&[("b1", "m0", "site1")]))
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "{got:?}");
+    // Unknown atom versions and bad identifiers are bad requests.
+    for (b, d, a) in [
+        ("b1", "m0", "nope"),
+        ("zz", "m0", "site1"),
+        ("b1", "m0", "../x"),
+    ] {
+        let e = s
+            .add_verifications(&AddVerificationsRequest {
+                host: "h1".into(),
+                verifications: vec![verification(b, d, a, "2026-02-01T00:00:00Z", true)],
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, MetadataError::BadRequest(_)),
+            "{b}/{d}/{a}: {e}"
+        );
+    }
+    let e = s
+        .add_verifications(&AddVerificationsRequest {
+            host: "h1".into(),
+            verifications: vec![
+                verification("b1", "m0", "site1", "2026-02-01T00:00:00Z", true),
+                verification("b1", "m0", "site1", "2026-02-02T00:00:00Z", true),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+    // The owner may.
+    s.add_verifications(&AddVerificationsRequest {
+        host: "h2".into(),
+        verifications: vec![verification(
+            "c1",
+            "mc",
+            "site10",
+            "2026-02-01T00:00:00Z",
+            true,
+        )],
+    })
+    .await
+    .unwrap();
+    // Failed drills are listed for the pages, newest first, by host.
+    assert!(s.failed_verifications(None, 10).await.unwrap().is_empty());
+    for (host, b, d, a, t) in [
+        ("h1", "b1", "m0", "site1", "2026-02-02T00:00:00Z"),
+        ("h1", "b2", "m1", "site2", "2026-02-03T00:00:00Z"),
+        ("h2", "c1", "mc", "site1", "2026-02-04T00:00:00Z"),
+    ] {
+        s.add_verifications(&AddVerificationsRequest {
+            host: host.into(),
+            verifications: vec![verification(b, d, a, t, false)],
+        })
+        .await
+        .unwrap();
+    }
+    let all = s.failed_verifications(None, 10).await.unwrap();
+    let got: Vec<(&str, &str, &str)> = all
+        .iter()
+        .map(|f| {
+            (
+                f.host.as_str(),
+                f.atom_path.as_str(),
+                f.verification.backup_id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("h2", "mysql/db/site1", "c1"),
+            ("h1", "mysql/db/site2", "b2"),
+            ("h1", "mysql/db/site1", "b1")
+        ]
+    );
+    assert_eq!(all[1].backup_time, ts("2026-01-02T00:00:00Z"));
+    assert_eq!(all[1].verification.error.as_deref(), Some("sha256 differs"));
+    let h1 = s.failed_verifications(Some("h1"), 1).await.unwrap();
+    assert_eq!(h1.len(), 1);
+    assert_eq!(h1[0].verification.backup_id, "b2");
 }

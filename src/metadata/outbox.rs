@@ -37,8 +37,10 @@ use super::remote::{RemoteOptions, RemoteStore, RetryPolicy};
 use super::{MetadataError, MetadataStore, Recovery};
 use crate::config::Config;
 use crate::filelock::{Locked, lock_waiting};
-use crate::model::AddDatasetRequest;
-use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
+use crate::model::{
+    AddDatasetRequest, AddVerificationsRequest, Backup, Dataset, FindRequest,
+    GetVerificationsRequest, UpdateActiveJobStatusRequest, Verification,
+};
 
 /// How often the agent's background task should deliver the outbox
 /// ([`OutboxStore::run_delivery_loop`]).
@@ -732,6 +734,20 @@ impl MetadataStore for OutboxStore {
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError> {
         self.remote.update_active_job_status(req).await
+    }
+
+    /// Sent straight to the server (not through the outbox): a result
+    /// that cannot be delivered fails the drill's recording, and the next
+    /// drill measures again.
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        self.remote.add_verifications(req).await
+    }
+
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        self.remote.get_verifications(req).await
     }
 }
 

@@ -29,16 +29,26 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::glob::{PathCondition, Pattern};
 use super::sql::{
     FIND_AGGREGATES_AT, FoundDataset, atom_columns, atom_from_row, dataset_columns,
     dataset_from_row, group_backups, push_find_tail, push_matching_paths,
 };
 use super::{
-    HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, decode_report,
-    jobs_json, state_json, truncate_micros, validate_add, validate_find,
+    HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, backup_id_chunks,
+    check_owned, decode_report, jobs_json, state_json, truncate_micros, validate_add,
+    validate_find, validate_get_verifications, validate_verifications,
 };
-use crate::model::{Atom, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, atom_path};
+use crate::glob::{PathCondition, Pattern};
+use crate::model::{
+    AddVerificationsRequest, Atom, AtomVersion, Backup, Dataset, FindRequest,
+    GetVerificationsRequest, UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
+};
+
+/// Backup ids per `= ANY($1)` array of the verification queries.
+const IDS_PER_QUERY: usize = 1000;
+
+/// Verification rows per INSERT statement (7 parameters each).
+const VERIFICATIONS_PER_INSERT: usize = 1000;
 
 /// Connections in the pool.
 const MAX_CONNECTIONS: u32 = 16;
@@ -442,9 +452,117 @@ impl MetadataStore for PostgresStore {
         .map_err(|e| self.db_error(e))?;
         Ok(())
     }
+
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        let results = validate_verifications(req)?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        let mut stored = std::collections::HashMap::new();
+        for ids in backup_id_chunks(results.iter().map(|v| v.backup_id.as_str()), IDS_PER_QUERY) {
+            let rows = sqlx::query(
+                "SELECT backup_id, dataset_id, name, host FROM atoms WHERE backup_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+            for row in rows {
+                let get = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
+                stored.insert(
+                    AtomVersion {
+                        backup_id: get(0)?,
+                        dataset_id: get(1)?,
+                        atom: get(2)?,
+                    },
+                    get(3)?,
+                );
+            }
+        }
+        check_owned(&req.host, &results, &stored)?;
+        for chunk in results.chunks(VERIFICATIONS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "INSERT INTO verifications (backup_id, dataset_id, atom, verified_at, result, \
+                 error, last_ok) ",
+            );
+            qb.push_values(chunk, |mut row, v| {
+                row.push_bind(&v.backup_id)
+                    .push_bind(&v.dataset_id)
+                    .push_bind(&v.atom)
+                    .push_bind(v.verified_at)
+                    .push_bind(v.result.as_str())
+                    .push_bind(&v.error)
+                    .push_bind((v.result == VerifyResult::Ok).then_some(v.verified_at));
+            });
+            // A result older than the stored one does not replace it.
+            qb.push(
+                " ON CONFLICT (backup_id, dataset_id, atom) DO UPDATE SET \
+                 verified_at = excluded.verified_at, result = excluded.result, \
+                 error = excluded.error, \
+                 last_ok = COALESCE(excluded.last_ok, verifications.last_ok) \
+                 WHERE excluded.verified_at >= verifications.verified_at",
+            );
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        validate_get_verifications(req)?;
+        let wanted: std::collections::HashSet<&AtomVersion> = req.versions.iter().collect();
+        let mut out = Vec::new();
+        for ids in backup_id_chunks(
+            req.versions.iter().map(|v| v.backup_id.as_str()),
+            IDS_PER_QUERY,
+        ) {
+            let rows = sqlx::query(
+                "SELECT backup_id, dataset_id, atom, verified_at, result, error, last_ok \
+                 FROM verifications WHERE backup_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+            for row in rows {
+                let v = self.verification_from_row(&row)?;
+                if wanted.contains(&v.version()) {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl PostgresStore {
+    /// Decode a `verifications` row (`backup_id, dataset_id, atom,
+    /// verified_at, result, error, last_ok`).
+    fn verification_from_row(
+        &self,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<Verification, MetadataError> {
+        let text = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
+        let result = match text(4)?.as_str() {
+            "ok" => VerifyResult::Ok,
+            "failed" => VerifyResult::Failed,
+            other => return Err(self.corrupt(format!("verification result {other:?}"))),
+        };
+        Ok(Verification {
+            backup_id: text(0)?,
+            dataset_id: text(1)?,
+            atom: text(2)?,
+            verified_at: row.try_get(3).map_err(|e| self.db_error(e))?,
+            result,
+            error: row.try_get(5).map_err(|e| self.db_error(e))?,
+            last_ok: row.try_get(6).map_err(|e| self.db_error(e))?,
+        })
+    }
+
     /// Group rows of `id, host, timestamp` followed by the eight dataset
     /// columns into backups (rows ordered by backup).
     fn backups_from_rows(
@@ -471,6 +589,39 @@ impl PostgresStore {
 
 #[async_trait]
 impl ServerStore for PostgresStore {
+    async fn failed_verifications(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<super::FailedVerification>, MetadataError> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT v.backup_id, v.dataset_id, v.atom, v.verified_at, v.result, v.error, \
+             v.last_ok, a.host, a.global_path, a.timestamp FROM verifications v \
+             JOIN atoms a ON a.backup_id = v.backup_id AND a.dataset_id = v.dataset_id \
+             AND a.name = v.atom WHERE v.result = 'failed'",
+        );
+        if let Some(h) = host {
+            qb.push(" AND a.host = ").push_bind(h.to_owned());
+        }
+        qb.push(" ORDER BY v.verified_at DESC, v.backup_id, v.atom LIMIT ")
+            .push_bind(limit.max(0));
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(super::FailedVerification {
+                    verification: self.verification_from_row(row)?,
+                    host: row.try_get(7).map_err(|e| self.db_error(e))?,
+                    atom_path: row.try_get(8).map_err(|e| self.db_error(e))?,
+                    backup_time: row.try_get(9).map_err(|e| self.db_error(e))?,
+                })
+            })
+            .collect()
+    }
+
     async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
         let rows = sqlx::query(
             "SELECT host, MAX(timestamp), COUNT(*) FROM backups GROUP BY host ORDER BY host",

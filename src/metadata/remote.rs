@@ -24,7 +24,8 @@ use tracing::{debug, warn};
 use super::{MetadataError, MetadataStore};
 use crate::config::MetadbClientConfig;
 use crate::model::{
-    AddDatasetRequest, Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, api,
+    AddDatasetRequest, AddVerificationsRequest, Backup, Dataset, FindRequest,
+    GetVerificationsRequest, UpdateActiveJobStatusRequest, Verification, api,
 };
 use crate::util::error_chain;
 
@@ -558,6 +559,25 @@ impl MetadataStore for RemoteStore {
         self.post(api::UPDATE_ACTIVE_JOB_STATUS, req)
             .await
             .map(|_| ())
+    }
+
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        self.post(api::ADD_VERIFICATIONS, req).await.map(|_| ())
+    }
+
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        let body = self.post(api::GET_VERIFICATIONS, req).await?;
+        serde_json::from_slice(&body).map_err(|e| MetadataError::InvalidResponse {
+            url: format!(
+                "{}{}",
+                self.display.trim_end_matches('/'),
+                api::GET_VERIFICATIONS
+            ),
+            message: format!("expected a JSON list of verifications: {e}"),
+        })
     }
 }
 

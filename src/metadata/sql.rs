@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
-use super::glob::PathCondition;
+use crate::glob::PathCondition;
 use crate::model::{Atom, Backup, Dataset};
 
 /// The dataset columns [`dataset_from_row`] decodes, in order, as a

@@ -52,17 +52,21 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::glob::{PathCondition, Pattern};
 use super::sql::{
     FIND_AGGREGATES_AT, FoundDataset, atom_columns, atom_from_row, atoms_from_json,
     dataset_columns, dataset_from_row, group_backups, push_find_tail, push_matching_paths,
 };
 pub use super::{HostActiveJobs, HostSummary};
 use super::{
-    MetadataError, MetadataStore, ServerStore, decode_report, jobs_json, state_json, validate_add,
-    validate_find,
+    MetadataError, MetadataStore, ServerStore, backup_id_chunks, check_owned, decode_report,
+    jobs_json, state_json, validate_add, validate_find, validate_get_verifications,
+    validate_verifications,
 };
-use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest, atom_path};
+use crate::glob::{PathCondition, Pattern};
+use crate::model::{
+    AddVerificationsRequest, AtomVersion, Backup, Dataset, FindRequest, GetVerificationsRequest,
+    UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
+};
 
 /// How long a connection waits for another process's write lock before
 /// failing with "database is locked".
@@ -610,6 +614,154 @@ impl MetadataStore for SqliteStore {
         .map_err(|e| self.db_error(e))?;
         Ok(())
     }
+
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        let results = validate_verifications(req)?;
+        let _writer = self.writer.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let mut stored = std::collections::HashMap::new();
+        for ids in backup_id_chunks(results.iter().map(|v| v.backup_id.as_str()), IDS_PER_QUERY) {
+            stored.extend(self.atom_hosts(&mut tx, &ids).await?);
+        }
+        check_owned(&req.host, &results, &stored)?;
+        for chunk in results.chunks(VERIFICATIONS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO verifications (backup_id, dataset_id, atom, verified_at, result, \
+                 error, last_ok) ",
+            );
+            qb.push_values(chunk, |mut row, v| {
+                let at = v.verified_at.timestamp_micros();
+                row.push_bind(&v.backup_id)
+                    .push_bind(&v.dataset_id)
+                    .push_bind(&v.atom)
+                    .push_bind(at)
+                    .push_bind(v.result.as_str())
+                    .push_bind(&v.error)
+                    .push_bind((v.result == VerifyResult::Ok).then_some(at));
+            });
+            // A result older than the stored one does not replace it.
+            qb.push(
+                " ON CONFLICT (backup_id, dataset_id, atom) DO UPDATE SET \
+                 verified_at = excluded.verified_at, result = excluded.result, \
+                 error = excluded.error, \
+                 last_ok = COALESCE(excluded.last_ok, verifications.last_ok) \
+                 WHERE excluded.verified_at >= verifications.verified_at",
+            );
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        tracing::debug!(database = %self.location, host = %req.host, results = results.len(), "verifications recorded");
+        Ok(())
+    }
+
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        validate_get_verifications(req)?;
+        let wanted: std::collections::HashSet<&AtomVersion> = req.versions.iter().collect();
+        let mut out = Vec::new();
+        for ids in backup_id_chunks(
+            req.versions.iter().map(|v| v.backup_id.as_str()),
+            IDS_PER_QUERY,
+        ) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT backup_id, dataset_id, atom, verified_at, result, error, last_ok \
+                 FROM verifications WHERE backup_id IN (",
+            );
+            let mut list = qb.separated(", ");
+            for id in &ids {
+                list.push_bind(id);
+            }
+            qb.push(")");
+            for row in qb
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db_error(e))?
+            {
+                let v = verification_from_row(self, &row)?;
+                if wanted.contains(&v.version()) {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Backup ids per `IN (...)` list of the verification queries.
+const IDS_PER_QUERY: usize = 500;
+
+/// Verification rows per INSERT statement (7 parameters each).
+const VERIFICATIONS_PER_INSERT: usize = 500;
+
+impl SqliteStore {
+    /// The host of every atom of these backups (the atom versions a
+    /// verification may name).
+    async fn atom_hosts(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<AtomVersion, String>, MetadataError> {
+        let mut out = std::collections::HashMap::new();
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT backup_id, dataset_id, name, host FROM atoms WHERE backup_id IN (",
+        );
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        qb.push(")");
+        for row in qb
+            .build()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db_error(e))?
+        {
+            let get = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
+            out.insert(
+                AtomVersion {
+                    backup_id: get(0)?,
+                    dataset_id: get(1)?,
+                    atom: get(2)?,
+                },
+                get(3)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Decode a `verifications` row (`backup_id, dataset_id, atom,
+/// verified_at, result, error, last_ok`, times in microseconds).
+fn verification_from_row(
+    store: &SqliteStore,
+    row: &SqliteRow,
+) -> Result<Verification, MetadataError> {
+    let text = |i| row.try_get::<String, _>(i).map_err(|e| store.db_error(e));
+    let result = match text(4)?.as_str() {
+        "ok" => VerifyResult::Ok,
+        "failed" => VerifyResult::Failed,
+        other => return Err(store.corrupt(format!("verification result {other:?}"))),
+    };
+    let last_ok: Option<i64> = row.try_get(6).map_err(|e| store.db_error(e))?;
+    Ok(Verification {
+        backup_id: text(0)?,
+        dataset_id: text(1)?,
+        atom: text(2)?,
+        verified_at: store.timestamp(row.try_get(3).map_err(|e| store.db_error(e))?)?,
+        result,
+        error: row.try_get(5).map_err(|e| store.db_error(e))?,
+        last_ok: last_ok.map(|t| store.timestamp(t)).transpose()?,
+    })
 }
 
 /// Store queued running-jobs reports in one statement (in queue order, so
@@ -656,6 +808,39 @@ fn backups_from_rows(
 
 #[async_trait]
 impl ServerStore for SqliteStore {
+    async fn failed_verifications(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<super::FailedVerification>, MetadataError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT v.backup_id, v.dataset_id, v.atom, v.verified_at, v.result, v.error, \
+             v.last_ok, a.host, a.global_path, a.timestamp FROM verifications v \
+             JOIN atoms a ON a.backup_id = v.backup_id AND a.dataset_id = v.dataset_id \
+             AND a.name = v.atom WHERE v.result = 'failed'",
+        );
+        if let Some(h) = host {
+            qb.push(" AND a.host = ").push_bind(h.to_owned());
+        }
+        qb.push(" ORDER BY v.verified_at DESC, v.backup_id, v.atom LIMIT ")
+            .push_bind(limit.max(0));
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(super::FailedVerification {
+                    verification: verification_from_row(self, row)?,
+                    host: row.try_get(7).map_err(|e| self.db_error(e))?,
+                    atom_path: row.try_get(8).map_err(|e| self.db_error(e))?,
+                    backup_time: self.timestamp(row.try_get(9).map_err(|e| self.db_error(e))?)?,
+                })
+            })
+            .collect()
+    }
+
     async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
         SqliteStore::hosts(self).await
     }

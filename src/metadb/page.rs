@@ -34,8 +34,8 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::fleet::{self, Summary};
 use super::routes::{HostStatus, host_statuses_at};
+use crate::glob;
 use crate::metadata::MetadataError;
-use crate::metadata::glob;
 use crate::model::{Backup, FindRequest, JobStatus, RunResult, SourceReport, atom_path};
 
 /// Most search result rows shown.
@@ -221,10 +221,67 @@ pub async fn page(
     hosts.sort_by_key(|h| fleet::attention(h, now, state.stale_after));
     hosts_section(&mut html, &hosts, now, state.stale_after);
     jobs_section(&mut html, &hosts, now, true);
+    let failed = state
+        .store
+        .failed_verifications(None, FAILED_DRILLS)
+        .await?;
+    failed_drills_section(&mut html, &failed, true);
     html.push_str(&search);
     recent_section(&mut html, &recent);
     html.push_str("</body></html>\n");
     Ok(html_response(status, html))
+}
+
+/// Failed restore drills listed on a page.
+const FAILED_DRILLS: i64 = 50;
+
+/// The atom versions whose latest restore drill failed (`tabacco
+/// verify`): atom, version, when, what differed, the last ok drill.
+fn failed_drills_section(
+    html: &mut String,
+    failed: &[crate::metadata::FailedVerification],
+    host_column: bool,
+) {
+    html.push_str("<section><h2>Failed restore drills</h2>");
+    if failed.is_empty() {
+        html.push_str(
+            "<p>No atom version's latest restore drill failed (<code>tabacco verify</code>, \
+             <code>verify_schedule</code>).</p></section>",
+        );
+        return;
+    }
+    html.push_str("<table><thead><tr>");
+    if host_column {
+        html.push_str("<th>Host</th>");
+    }
+    html.push_str(
+        "<th>Atom</th><th>Version (backup)</th><th>Drilled (UTC)</th><th>What failed</th>\
+         <th>Last ok drill</th></tr></thead><tbody>",
+    );
+    for f in failed {
+        html.push_str("<tr>");
+        if host_column {
+            let _ = write!(
+                html,
+                "<td><a href=\"{}\">{}</a></td>",
+                escape(&host_href(&f.host)),
+                escape(&f.host)
+            );
+        }
+        let v = &f.verification;
+        let _ = write!(
+            html,
+            "<td><code>{}</code></td><td><code>{}</code> ({})</td><td>{}</td><td class=\"err\">{}</td><td>{}</td></tr>",
+            escape(&f.atom_path),
+            escape(&v.backup_id),
+            escape(&time(&f.backup_time)),
+            escape(&time(&v.verified_at)),
+            escape(v.error.as_deref().unwrap_or("failed")),
+            v.last_ok
+                .map_or_else(|| "never".to_owned(), |t| escape(&time(&t))),
+        );
+    }
+    html.push_str("</tbody></table></section>");
 }
 
 /// The counts and the one-line verdict.
@@ -778,6 +835,11 @@ pub async fn host_page(
         html.push_str(&problems.concat());
     }
     sources_section(&mut html, h, &backups, now, state.stale_after);
+    let failed = state
+        .store
+        .failed_verifications(Some(&h.host), FAILED_DRILLS)
+        .await?;
+    failed_drills_section(&mut html, &failed, false);
     jobs_section(&mut html, std::slice::from_ref(h), now, false);
     html.push_str("<section><h2>Recent runs</h2>");
     if backups.is_empty() {

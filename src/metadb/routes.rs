@@ -6,6 +6,8 @@
 //! | `POST /api/add_dataset` | record `{backup, dataset}` (idempotent) |
 //! | `POST /api/find_atoms` | a `FindRequest` -> `[Backup]` |
 //! | `POST /api/update_active_job_status` | a host's running jobs |
+//! | `POST /api/add_verifications` | a host's restore drill results (its own backups only) |
+//! | `POST /api/get_verifications` | atom versions -> their latest drill results |
 //! | `GET /api/hosts` | hosts: last backup, last report, sources' state, active jobs |
 //! | `GET /api/openapi.json` | the OpenAPI 3 document (`docs/openapi.json`) |
 //! | `GET /healthz` | 200 when the database answers and takes a write, else 503 |
@@ -41,8 +43,8 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::page;
 use crate::model::{
-    AddDatasetRequest, Backup, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
-    api,
+    AddDatasetRequest, AddVerificationsRequest, Backup, FindRequest, GetVerificationsRequest,
+    JobStatus, SourceReport, UpdateActiveJobStatusRequest, Verification, api,
 };
 
 /// The OpenAPI 3 document of this API (committed as `docs/openapi.json`).
@@ -211,6 +213,41 @@ async fn update_active_job_status(
     }
     state.store.update_active_job_status(&req).await?;
     Ok(ok())
+}
+
+/// `POST /api/add_verifications`: a host may record results of its own
+/// backups only (the ACL checks the host named; the store checks that
+/// every atom version is that host's).
+async fn add_verifications(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<AddVerificationsRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth.check_write(&caller, &req.host)?;
+    state.store.add_verifications(&req).await?;
+    let failed = req
+        .verifications
+        .iter()
+        .filter(|v| v.result == crate::model::VerifyResult::Failed)
+        .count();
+    tracing::info!(
+        caller = caller.name(),
+        host = %req.host,
+        results = req.verifications.len(),
+        failed,
+        "verifications recorded"
+    );
+    Ok(ok())
+}
+
+/// `POST /api/get_verifications`.
+async fn get_verifications(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<GetVerificationsRequest>,
+) -> Result<Json<Vec<Verification>>, ApiError> {
+    state.auth.check_read(&caller)?;
+    Ok(Json(state.store.get_verifications(&req).await?))
 }
 
 /// Hosts with backups or job reports, by name, as seen at `now`.
@@ -425,6 +462,8 @@ pub fn router(state: Arc<AppState>) -> (Router, Vec<(&'static str, &'static str)
         api::UPDATE_ACTIVE_JOB_STATUS,
         post(update_active_job_status),
     )
+    .add("post", api::ADD_VERIFICATIONS, post(add_verifications))
+    .add("post", api::GET_VERIFICATIONS, post(get_verifications))
     .add("get", api::HOSTS, get(hosts))
     .add("get", api::OPENAPI, get(openapi))
     .add("get", api::HEALTHZ, get(healthz))

@@ -951,6 +951,15 @@ async fn openapi_document_matches_routes_and_model() {
     };
     let backup: Backup =
         serde_json::from_value(backup_json("b", "h", "2026-01-01T00:00:00Z")).unwrap();
+    let verification = crate::model::Verification {
+        backup_id: "b".into(),
+        dataset_id: "d".into(),
+        atom: "a".into(),
+        verified_at: Utc::now(),
+        result: crate::model::VerifyResult::Failed,
+        error: Some("e".into()),
+        last_ok: Some(Utc::now()),
+    };
     let checks = [
         ("Backup", serde_json::to_value(&backup).unwrap()),
         ("Dataset", serde_json::to_value(&dataset).unwrap()),
@@ -1006,6 +1015,26 @@ async fn openapi_document_matches_routes_and_model() {
                 sources: Some(vec![source.clone()]),
                 outbox_pending: Some(0),
                 outbox_rejected: Some(0),
+            })
+            .unwrap(),
+        ),
+        ("Verification", serde_json::to_value(&verification).unwrap()),
+        (
+            "AtomVersion",
+            serde_json::to_value(verification.version()).unwrap(),
+        ),
+        (
+            "AddVerificationsRequest",
+            serde_json::to_value(crate::model::AddVerificationsRequest {
+                host: "h".into(),
+                verifications: vec![verification.clone()],
+            })
+            .unwrap(),
+        ),
+        (
+            "GetVerificationsRequest",
+            serde_json::to_value(crate::model::GetVerificationsRequest {
+                versions: vec![verification.version()],
             })
             .unwrap(),
         ),
@@ -1439,6 +1468,57 @@ async fn bearer_tokens_authenticate_hosts() {
     .await
     .unwrap();
     assert_eq!(status, StatusCode::OK);
+    // Verifications: A records its own, not B's (the ACL names the host;
+    // the store checks every atom version's owner).
+    let drill = |host: &str, backup: &str| {
+        json!({"host": host, "verifications": [{
+            "backup_id": backup, "dataset_id": format!("{backup}-d"), "atom": "a",
+            "verified_at": "2026-01-02T00:00:00Z", "result": "failed", "error": "SHA-256 differs"
+        }]})
+    };
+    for (body, token, want) in [
+        (drill("host-a", "ba"), "secret-a", StatusCode::OK),
+        (drill("host-b", "bb"), "secret-a", StatusCode::FORBIDDEN),
+        (drill("host-a", "bb"), "secret-a", StatusCode::CONFLICT),
+    ] {
+        let (status, text) = post_with(c, &s, "/api/add_verifications", &body, Some(token))
+            .await
+            .unwrap();
+        assert_eq!(status, want, "{body}: {text}");
+    }
+    let (status, text) = post_with(
+        c,
+        &s,
+        "/api/get_verifications",
+        &json!({"versions": [{"backup_id": "ba", "dataset_id": "ba-d", "atom": "a"},
+                             {"backup_id": "bb", "dataset_id": "bb-d", "atom": "a"}]}),
+        Some("secret-b"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got.as_array().unwrap().len(), 1, "{got}");
+    assert_eq!(got[0]["result"], "failed");
+    // The fleet page and A's page name the failed drill.
+    for path in ["/", "/hosts/host-a"] {
+        let page = c
+            .get(s.url(path))
+            .bearer_auth("secret-b")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("Failed restore drills")
+                && page.contains("files/home/a")
+                && page.contains("SHA-256 differs")
+                && page.contains("<code>ba</code>"),
+            "{path}: {page}"
+        );
+    }
     // B finds A's atoms.
     let (status, text) = post_with(
         c,

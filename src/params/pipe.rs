@@ -2,7 +2,7 @@
 //! `parallel_dumps`, `spool_budget`. Read and checked here only, for
 //! `config check` and for a run.
 
-use super::Params;
+use super::{Params, parse_size};
 
 /// How many dumps of one dataset run at once unless `parallel_dumps` says
 /// otherwise.
@@ -85,17 +85,6 @@ impl PipeParams {
             spool_budget,
         })
     }
-}
-
-/// Parse a size: bytes (`1048576`) or with a unit (`512MiB`, `10 GB`).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let size: bytesize::ByteSize = text.trim().parse().map_err(|e| {
-        format!("{text:?} is not a size ({e}): write e.g. 500MiB, 20GiB or a number of bytes")
-    })?;
-    if size.as_u64() == 0 {
-        return Err(format!("{text:?}: the spool budget must be more than 0"));
-    }
-    Ok(size.as_u64())
 }
 
 #[cfg(test)]

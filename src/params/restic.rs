@@ -183,6 +183,42 @@ impl ResticParams {
     }
 }
 
+/// Check a `--read-data-subset` value: `P%` (a share, more than 0 and at
+/// most 100), `n/t` (part n of t, 1 <= n <= t) or a size such as `500M`
+/// (`K`, `M`, `G`, `T`; restic 0.15 and newer). The one owner of this
+/// rule: `tabacco verify` and the `verify:` configuration both call it.
+pub fn check_data_subset(spec: &str) -> Result<(), String> {
+    let bad =
+        || format!("read_data_subset {spec:?} is not a share (10%), a part (1/5) or a size (500M)");
+    if let Some(p) = spec.strip_suffix('%') {
+        let p: f64 = p.parse().map_err(|_| bad())?;
+        if !(p > 0.0 && p <= 100.0) {
+            return Err(format!(
+                "read_data_subset {spec:?}: the share must be more than 0% and at most 100%"
+            ));
+        }
+        return Ok(());
+    }
+    if let Some((n, t)) = spec.split_once('/') {
+        let (n, t): (u64, u64) = (n.parse().map_err(|_| bad())?, t.parse().map_err(|_| bad())?);
+        if n == 0 || n > t {
+            return Err(format!(
+                "read_data_subset {spec:?}: part n/t needs 1 <= n <= t"
+            ));
+        }
+        return Ok(());
+    }
+    let digits = spec.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+    if !digits.is_empty()
+        && digits.len() + 1 >= spec.len()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<u64>().is_ok_and(|n| n > 0)
+    {
+        return Ok(());
+    }
+    Err(bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

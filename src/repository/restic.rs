@@ -47,11 +47,11 @@ use nix::sys::signal::Signal;
 use self::json::{BackupLine, BackupSummary, Snapshot, Version};
 use super::{
     Creation, PartialSnapshot, ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta,
-    StreamFacts,
+    SnapshotNode, StreamFacts,
 };
 use crate::config::RepositorySpec;
 use crate::model::RunningJobStatus;
-use crate::params::restic::{Password, REPOSITORY_ENV_VARS, ResticParams};
+use crate::params::restic::{Password, REPOSITORY_ENV_VARS, ResticParams, check_data_subset};
 use crate::process::{ChildCommand, Outcome, ProcessError};
 use crate::shell::ShellCommand;
 
@@ -258,6 +258,41 @@ fn check_rel_path(p: &Path) -> Result<(), RepoError> {
         });
     }
     Ok(())
+}
+
+/// The lines of `restic check`'s standard error that name damage (its
+/// progress and advice lines left out), at most [`SHOWN_ITEMS`] plus a
+/// count of the rest.
+fn check_damage(stderr: &[String]) -> Vec<String> {
+    let damage: Vec<&String> = stderr
+        .iter()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            (l.contains("error")
+                || l.contains("damaged")
+                || l.contains("does not match")
+                || l.contains("not found"))
+                && !l.starts_with("fatal: repository contains errors")
+                && !l.starts_with("the repository contains damaged pack files")
+                && !l.starts_with("damaged pack files can be caused")
+        })
+        .collect();
+    let mut out: Vec<String> = damage
+        .iter()
+        .take(SHOWN_ITEMS)
+        .map(|l| (*l).clone())
+        .collect();
+    if damage.len() > SHOWN_ITEMS {
+        out.push(format!("and {} more", damage.len() - SHOWN_ITEMS));
+    }
+    if out.is_empty()
+        && stderr
+            .iter()
+            .any(|l| l.contains("repository contains errors"))
+    {
+        out.push("repository contains errors".into());
+    }
+    out
 }
 
 /// Check a snapshot id given to restore/dump/forget: hex (a prefix is
@@ -1325,22 +1360,121 @@ impl Repository for Restic {
         check_snapshot_id(snapshot_id)?;
         let name = check_stdin_filename(stdin_filename)?;
         let version = self.version().await?;
-        let mut path = format!("/{name}");
-        let flat = format!("/{}", flat_stdin_name(name));
-        if flat != path {
-            // Stored flat by a restic that could not store directories?
-            // Look before the consumer starts.
-            let snaps = self.list_snapshots(version, &[], &[snapshot_id]).await?;
-            if snaps
-                .iter()
-                .any(|s| s.paths.contains(&flat) && !s.paths.contains(&path))
-            {
-                path = flat;
-            }
-        }
+        // Looked up before the consumer starts.
+        let path = self.stream_path(snapshot_id, name).await?;
         let (path, consumer, progress) = (&path, &consumer, progress.as_ref());
         self.with_retries(version, false, |wait| {
             self.stream_restore_once(version, snapshot_id, path, consumer, wait, progress)
+        })
+        .await
+    }
+
+    async fn stream_path(
+        &self,
+        snapshot_id: &str,
+        stdin_filename: &str,
+    ) -> Result<String, RepoError> {
+        check_snapshot_id(snapshot_id)?;
+        let name = check_stdin_filename(stdin_filename)?;
+        let path = format!("/{name}");
+        let flat = format!("/{}", flat_stdin_name(name));
+        if flat == path {
+            return Ok(path);
+        }
+        // Stored flat by a restic that could not store directories?
+        let version = self.version().await?;
+        let snaps = self.list_snapshots(version, &[], &[snapshot_id]).await?;
+        if snaps
+            .iter()
+            .any(|s| s.paths.contains(&flat) && !s.paths.contains(&path))
+        {
+            return Ok(flat);
+        }
+        Ok(path)
+    }
+
+    async fn check(&self, read_data_subset: Option<&str>) -> Result<(), RepoError> {
+        let mut args: Vec<String> = Vec::new();
+        if let Some(spec) = read_data_subset {
+            check_data_subset(spec).map_err(|message| RepoError::BadRequest { message })?;
+            args.push("--read-data-subset".into());
+            args.push(spec.into());
+        }
+        let version = self.version().await?;
+        let args = &args;
+        // restic check takes an exclusive lock: it waits for running
+        // backups like forget and prune do (with_retries, lock_wait).
+        let (out, damage) = self
+            .with_retries(version, false, |wait| async move {
+                let mut damage = Vec::new();
+                let out = self
+                    .restic_command("check", args)
+                    .args(Restic::retry_lock_args(version, wait))
+                    .stdout_lines(|l| tracing::debug!("restic check: {l}"))
+                    .stderr_lines(|l| {
+                        let l = l.trim();
+                        if !l.is_empty() && damage.len() < MAX_ITEMS {
+                            damage.push(l.to_string());
+                        }
+                    })
+                    .status()
+                    .await
+                    .map_err(|e| self.spawn_error(e))?;
+                match self.check(version, &out) {
+                    Err(RepoError::Process(_)) => Ok((out, damage)),
+                    Err(e) => Err(e),
+                    Ok(()) => Ok((out, damage)),
+                }
+            })
+            .await?;
+        if out.success() {
+            return Ok(());
+        }
+        let errors = check_damage(&damage);
+        if errors.is_empty() {
+            return Err(RepoError::Process(out.to_error()));
+        }
+        Err(RepoError::CheckFailed {
+            uri: self.display_uri(),
+            errors,
+        })
+    }
+
+    async fn list(
+        &self,
+        snapshot_id: &str,
+        paths: &[PathBuf],
+    ) -> Result<Vec<SnapshotNode>, RepoError> {
+        check_snapshot_id(snapshot_id)?;
+        for p in paths {
+            check_abs_path(p)?;
+        }
+        let version = self.version().await?;
+        let below = |node: &str| {
+            paths.is_empty()
+                || paths.iter().any(|p| {
+                    let p = p.to_string_lossy();
+                    let p = p.trim_end_matches('/');
+                    node == p || node.strip_prefix(p).is_some_and(|r| r.starts_with('/'))
+                })
+        };
+        self.with_retries(version, false, |wait| async move {
+            let mut nodes = Vec::new();
+            let out = self
+                .restic_command("ls", ["--json", snapshot_id])
+                .args(Restic::retry_lock_args(version, wait))
+                .stdout_lines(|l| {
+                    if let Some(n) = json::parse_ls_line(l)
+                        && below(&n.path)
+                    {
+                        nodes.push(n);
+                    }
+                })
+                .status()
+                .await
+                .map_err(|e| self.spawn_error(e))?;
+            self.check(version, &out)?;
+            Ok(nodes)
         })
         .await
     }
@@ -1505,6 +1639,44 @@ mod tests {
         assert_eq!(classify_failure(v17, Some(12), ""), Failure::WrongPassword);
         assert_eq!(classify_failure(v17, Some(10), ""), Failure::NoRepository);
         assert_eq!(classify_failure(v17, Some(11), ""), Failure::Locked);
+    }
+
+    #[test]
+    fn data_subsets_are_shares_parts_or_sizes() {
+        for ok in ["10%", "100%", "0.5%", "1/5", "5/5", "500M", "2G", "1024"] {
+            assert!(check_data_subset(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "0%", "101%", "x%", "0/5", "6/5", "1/x", "", "M", "10%%", "-1", "5MB",
+        ] {
+            assert!(check_data_subset(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn check_damage_keeps_the_lines_that_name_it() {
+        let stderr: Vec<String> = [
+            "using temporary cache in /tmp/restic-check-cache-1",
+            "Pack ID does not match, want a7fe7824, got da11e315",
+            "pack a7fe7824 contains 2 errors: [blob 7ec2: ciphertext verification failed]",
+            "The repository contains damaged pack files. These damaged files must be removed",
+            "restic repair packs a7fe7824",
+            "Fatal: repository contains errors",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            check_damage(&stderr),
+            [
+                "Pack ID does not match, want a7fe7824, got da11e315",
+                "pack a7fe7824 contains 2 errors: [blob 7ec2: ciphertext verification failed]"
+            ]
+        );
+        assert_eq!(
+            check_damage(&["Fatal: repository contains errors".to_string()]),
+            ["repository contains errors"]
+        );
+        assert!(check_damage(&["load indexes".to_string()]).is_empty());
     }
 
     #[test]

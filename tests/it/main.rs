@@ -22,3 +22,4 @@ mod metadb_server;
 mod remote;
 mod rest;
 mod shared_repo;
+mod verify;

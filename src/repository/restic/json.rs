@@ -549,3 +549,48 @@ mod tests {
         assert!(Version::new(0, 14, 0) < Version::new(0, 15, 0));
     }
 }
+
+/// One node line of `restic ls --json` (`struct_type: node`); `None` for
+/// the snapshot line and anything else.
+pub fn parse_ls_line(line: &str) -> Option<crate::repository::SnapshotNode> {
+    #[derive(Deserialize)]
+    struct Node {
+        #[serde(default)]
+        struct_type: String,
+        path: String,
+        #[serde(default, rename = "type")]
+        kind: String,
+        #[serde(default)]
+        size: u64,
+        #[serde(default)]
+        mtime: Option<DateTime<Utc>>,
+    }
+    let node: Node = serde_json::from_str(line).ok()?;
+    (node.struct_type == "node").then_some(crate::repository::SnapshotNode {
+        path: node.path,
+        kind: node.kind,
+        size: node.size,
+        mtime: node.mtime,
+    })
+}
+
+#[cfg(test)]
+mod ls_tests {
+    use super::*;
+
+    #[test]
+    fn ls_lines_give_nodes_only() {
+        let snap = r#"{"time":"2026-11-28T21:49:32.172404694Z","tree":"bb","paths":["/src"],"hostname":"vm","id":"78","short_id":"78","struct_type":"snapshot"}"#;
+        assert_eq!(parse_ls_line(snap), None);
+        let f = r#"{"name":"f1","type":"file","path":"/src/a/f1","uid":0,"gid":0,"size":300000,"mode":420,"permissions":"-rw-r--r--","mtime":"2026-11-28T21:49:32.149829961Z","struct_type":"node","new_field":1}"#;
+        let n = parse_ls_line(f).unwrap();
+        assert_eq!(
+            (n.path.as_str(), n.kind.as_str(), n.size),
+            ("/src/a/f1", "file", 300000)
+        );
+        assert_eq!(n.mtime.unwrap().timestamp_subsec_nanos(), 149829961);
+        let d = r#"{"name":"a","type":"dir","path":"/src/a","mtime":"2026-11-28T21:49:32Z","struct_type":"node"}"#;
+        assert_eq!(parse_ls_line(d).unwrap().size, 0);
+        assert_eq!(parse_ls_line("not json"), None);
+    }
+}

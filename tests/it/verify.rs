@@ -1,0 +1,549 @@
+//! `tabacco verify`: repository checks and restore drills, their results
+//! in the index, damage and differences named, the scratch directory
+//! always cleaned.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{Env, PASSWORD, restic, run, text};
+
+/// A file source `home` (atoms alice and bob) and a pipe source `db` (one
+/// dataset with two atoms, spooled; one with a single streamed atom).
+fn sources(env: &Env) {
+    env.write("etc/handlers/files.yml", "name: files\ntype: file\n");
+    env.write(
+        "etc/sources/home.yml",
+        &format!(
+            "name: home\nhandler: files\nparams: {{path: {}}}\ndatasets:\n  - name: users\n    atoms: [{{name: alice}}, {{name: bob}}]\n",
+            env.path("data").display()
+        ),
+    );
+    env.write("data/alice/a.txt", "alice\n");
+    env.write("data/alice/deep/b.bin", &"b".repeat(5000));
+    env.write("data/bob/todo.txt", "bob\n");
+    env.write(
+        "etc/handlers/dump.yml",
+        &format!(
+            "name: dump\ntype: pipe\nparams:\n  backup_command: cat \"{}/$TABACCO_ATOM.dump\"\n  restore_command: cat > /dev/null\n",
+            env.path("dumps").display()
+        ),
+    );
+    env.write(
+        "etc/sources/db.yml",
+        "name: db\nhandler: dump\ndatasets:\n  - name: many\n    atoms: [{name: one}, {name: two}]\n  - name: single\n    atoms: [{name: three}]\n",
+    );
+    for (n, t) in [
+        ("one", "first dump\n"),
+        ("two", "second dump\n"),
+        ("three", "third\n"),
+    ] {
+        env.write(&format!("dumps/{n}.dump"), t);
+    }
+}
+
+/// Entries left in the scratch directory of `work_dir`.
+fn scratch_entries(env: &Env) -> Vec<String> {
+    match std::fs::read_dir(env.path("work/restore-scratch")) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Every atom version in a `query --json` answer with its verification.
+fn verifications(v: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for b in v.as_array().unwrap() {
+        for ds in b["datasets"].as_array().unwrap() {
+            for a in ds["atoms"].as_array().unwrap() {
+                out.push((
+                    format!(
+                        "{}/{}/{}",
+                        ds["source"].as_str().unwrap(),
+                        ds["name"].as_str().unwrap(),
+                        a["name"].as_str().unwrap()
+                    ),
+                    a["verification"].clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn verify_all_after_file_and_pipe_backups_proves_every_atom() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "home", "db"]);
+    let before = verifications(&env.query(&["*"]));
+    assert_eq!(before.len(), 5);
+    assert!(before.iter().all(|(_, v)| v.is_null()), "{before:?}");
+
+    let dry = env.ok(&["verify", "--all", "--dry-run"]);
+    assert_eq!(dry.matches("WOULD VERIFY").count(), 5, "{dry}");
+    assert!(scratch_entries(&env).is_empty());
+
+    let out = env.ok(&["verify", "--all"]);
+    assert!(out.contains("OK      repository check"), "{out}");
+    for atom in [
+        "home/users/alice",
+        "home/users/bob",
+        "db/many/one",
+        "db/many/two",
+        "db/single/three",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with("OK") && l.contains(atom)),
+            "{atom} verified: {out}"
+        );
+    }
+    assert!(out.contains("5 atom versions verified, 0 failed"), "{out}");
+    assert!(
+        scratch_entries(&env).is_empty(),
+        "{:?}",
+        scratch_entries(&env)
+    );
+
+    let after = verifications(&env.query(&["*"]));
+    for (atom, v) in &after {
+        assert_eq!(v["result"], "ok", "{atom}: {v}");
+        let at: chrono::DateTime<chrono::Utc> = v["verified_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            chrono::Utc::now() - at < chrono::TimeDelta::minutes(5),
+            "{atom}: {v}"
+        );
+        assert_eq!(v["last_ok"], v["verified_at"], "{atom}");
+    }
+    let table = env.ok(&["query", "home/users/alice"]);
+    assert!(
+        table.contains("VERIFIED") && table.contains("ok 20"),
+        "{table}"
+    );
+
+    // A sample takes the least recently verified: a new backup's atoms
+    // (never verified) first.
+    env.ok(&["backup", "home"]);
+    let out = env.ok(&[
+        "verify",
+        "--no-check",
+        "--sample",
+        "2",
+        "--num-versions",
+        "0",
+    ]);
+    let newest = &env.query(&["--num-versions", "1", "home/users/alice"])[0]["id"];
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("OK")).count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with("OK"))
+            .all(|l| l.contains(newest.as_str().unwrap())),
+        "the new backup's atoms first: {out}"
+    );
+}
+
+/// Overwrite 16 bytes in the middle of the largest pack file under
+/// `repo/data/`.
+fn corrupt_largest_pack(repo: &Path) -> String {
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(repo.join("data")).unwrap().flatten() {
+        for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            packs.push((f.metadata().unwrap().len(), f.path()));
+        }
+    }
+    packs.sort();
+    let (size, pack) = packs.pop().expect("a pack file");
+    let mut perms = std::fs::metadata(&pack).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&pack, perms).unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = (size / 2) as usize;
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&pack, bytes).unwrap();
+    pack.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_damaged_pack_fails_the_check_and_the_drill_naming_atom_and_version() {
+    let env = Env::new();
+    sources(&env);
+    // Incompressible, so the pack holding it is the largest by far.
+    let noise: Vec<u8> = (0u64..400_000)
+        .map(|i| {
+            (i.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                >> 33) as u8
+        })
+        .collect();
+    std::fs::write(env.path("data/alice/noise.bin"), &noise).unwrap();
+    env.ok(&["backup", "home"]);
+    let backup_id = env.query(&["home/users/alice"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pack = corrupt_largest_pack(&env.repo());
+
+    let out = env.run(&["verify", "--all", "--read-data-subset", "100%"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAILED  repository check"), "{t}");
+    assert!(t.contains(&pack[..8]), "the damaged pack is named: {t}");
+    let failed: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("FAILED  home"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{t}");
+    assert!(
+        failed[0].contains("home/users/alice") && failed[0].contains(&backup_id),
+        "{t}"
+    );
+    assert!(
+        t.contains("OK      home/users/bob"),
+        "bob's data is intact: {t}"
+    );
+    assert!(
+        scratch_entries(&env).is_empty(),
+        "{:?}",
+        scratch_entries(&env)
+    );
+
+    // The failure is in the index, naming what failed.
+    let v = verifications(&env.query(&["home/users/alice"]));
+    assert_eq!(v[0].1["result"], "failed", "{v:?}");
+    assert!(
+        v[0].1["error"].as_str().unwrap().contains("restore"),
+        "{v:?}"
+    );
+    assert!(v[0].1.get("last_ok").is_none(), "{v:?}");
+}
+
+#[test]
+fn live_files_changed_under_a_forged_mtime_differ_newer_ones_do_not_count() {
+    let env = Env::new();
+    sources(&env);
+    env.write("data/alice/c.txt", "same size\n");
+    env.ok(&["backup", "home"]);
+    // a.txt: new bytes of the same size, its old mtime forged back.
+    let a = env.path("data/alice/a.txt");
+    let reference = env.path("a.ref");
+    std::fs::write(&reference, "").unwrap();
+    touch_r(&a, &reference);
+    std::fs::write(&a, "ALICE\n").unwrap();
+    touch_r(&reference, &a);
+    // c.txt: changed with a new mtime: a legitimate change since.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(env.path("data/alice/c.txt"), "SAME SIZE\n").unwrap();
+
+    let out = env.run(&["verify", "--no-check", "--all", "home/users/alice"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("FAILED  home/users/alice"))
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(line.contains("1 of 2 live files"), "{line}");
+    assert!(line.contains("a.txt") && !line.contains("c.txt"), "{line}");
+
+    // Within a tolerance the drill passes, and still reports it.
+    let out = env.ok(&[
+        "verify",
+        "--no-check",
+        "--all",
+        "--tolerance",
+        "50",
+        "home/users/alice",
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("OK      home/users/alice"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("1 of 2 live files") && line.contains("a.txt"),
+        "{line}"
+    );
+    assert!(scratch_entries(&env).is_empty());
+}
+
+/// `touch -r reference target`.
+fn touch_r(reference: &Path, target: &Path) {
+    let out = run({
+        let mut c = Command::new("touch");
+        c.arg("-r").arg(reference).arg(target);
+        c
+    });
+    assert!(out.status.success(), "touch -r: {}", text(&out));
+}
+
+#[test]
+fn scratch_is_removed_after_a_kill_at_the_next_start() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "home"]);
+    // A restic whose restore blocks until killed, so the drill is caught
+    // with its scratch directory in place.
+    let wrapper = env.path("slow-restic");
+    let mark = env.path("restore-started");
+    env.write(
+        "slow-restic",
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = restore ]; then touch '{}'; exec sleep 60; fi\nexec '{}' \"$@\"\n",
+            mark.display(),
+            which(&restic())
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let slow = env.path("etc-slow/agent.yml");
+    env.write(
+        "etc-slow/agent.yml",
+        &format!(
+            "hostname: testhost\nwork_dir: {}\nrepository:\n  type: restic\n  params:\n    uri: {}\n    password: \"{PASSWORD}\"\n    restic_binary: {}\n",
+            env.path("work").display(),
+            env.repo().display(),
+            wrapper.display()
+        ),
+    );
+    std::fs::create_dir_all(env.path("etc-slow/sources")).unwrap();
+    std::fs::copy(
+        env.path("etc/sources/home.yml"),
+        env.path("etc-slow/sources/home.yml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.path("etc-slow/handlers")).unwrap();
+    std::fs::copy(
+        env.path("etc/handlers/files.yml"),
+        env.path("etc-slow/handlers/files.yml"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tabacco"))
+        .arg("--config")
+        .arg(&slow)
+        .args(["verify", "--no-check", "--all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::common::wait_until(30, "the drill's restore to start", || mark.exists());
+    assert_eq!(
+        scratch_entries(&env).len(),
+        1,
+        "a scratch directory during the drill"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(scratch_entries(&env).len(), 1, "left behind by the kill");
+    // The next start (here: the next verify) removes it.
+    env.ok(&["verify", "--no-check", "--all"]);
+    assert!(
+        scratch_entries(&env).is_empty(),
+        "{:?}",
+        scratch_entries(&env)
+    );
+}
+
+/// The absolute path of a program on `PATH` (or `p` itself).
+fn which(p: &str) -> String {
+    if p.contains('/') {
+        return p.to_string();
+    }
+    let out = run({
+        let mut c = Command::new("sh");
+        c.args(["-c", &format!("command -v {p}")]);
+        c
+    });
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Run one SQL statement on `env`'s embedded index.
+fn sql(env: &Env, statement: &str) {
+    let db = env.path("work/metadata.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let done = sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        assert!(done.rows_affected() > 0, "{statement}");
+        c.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_stream_that_differs_from_its_fingerprint_fails_naming_the_atom() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "db"]);
+    // The fingerprints were recorded on the way in.
+    let q = env.query(&["db/*"]);
+    for b in q.as_array().unwrap() {
+        for ds in b["datasets"].as_array().unwrap() {
+            for a in ds["atoms"].as_array().unwrap() {
+                assert_eq!(a["sha256"].as_str().map(str::len), Some(64), "{a}");
+            }
+        }
+    }
+    // A wrong fingerprint for one spooled and the one streamed atom.
+    sql(
+        &env,
+        &format!(
+            "UPDATE atoms SET sha256 = '{}' WHERE name IN ('two', 'three')",
+            "0".repeat(64)
+        ),
+    );
+    let out = env.run(&["verify", "--no-check", "--all"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for atom in ["db/many/two", "db/single/three"] {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("FAILED") && l.contains(atom))
+            .unwrap_or_else(|| panic!("{atom}: {t}"));
+        assert!(
+            line.contains("differs from its fingerprint") && line.contains("SHA-256"),
+            "{line}"
+        );
+    }
+    assert!(
+        t.lines().any(|l| l.starts_with("OK")
+            && l.contains("db/many/one")
+            && l.contains("matches its SHA-256")),
+        "{t}"
+    );
+    assert!(scratch_entries(&env).is_empty());
+    // A wrong size is named too.
+    sql(&env, "UPDATE atoms SET size = size + 1 WHERE name = 'one'");
+    let t = text(&env.run(&["verify", "--no-check", "--all", "db/many/one"]));
+    assert!(
+        t.contains("FAILED  db/many/one") && t.contains("recorded"),
+        "{t}"
+    );
+}
+
+#[test]
+fn the_agent_verifies_on_schedule_in_its_own_queue_with_metrics_and_page() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "home", "db"]);
+    env.write_main("verify_schedule: '@every 2s'\nverify:\n  all: true\n  check: false\n");
+    let agent = crate::agent_proc::Agent::start(&env);
+    agent.wait_for(60, "a verification run", || {
+        agent.status()["verify"]["last_run"]["ok"] == true
+    });
+    let st = agent.status();
+    assert_eq!(st["verify"]["schedule"], "@every 2s");
+    assert_eq!(st["verify"]["last_run"]["verified"], 5, "{st}");
+    agent.wait_for(30, "the proof in the metrics", || {
+        agent
+            .metrics()
+            .contains("tabacco_verify_atoms_unverified{source=\"home\"} 0")
+    });
+    let m = agent.metrics();
+    assert!(
+        m.contains("tabacco_verify_last_success_timestamp_seconds{source=\"db\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tabacco_verify_atoms_total{source=\"home\",result=\"ok\"}"),
+        "{m}"
+    );
+    assert!(m.contains("tabacco_verify_last_run_problems 0"), "{m}");
+    let (_, page) = agent.get("/");
+    assert!(
+        page.contains("Verification") && page.contains("@every 2s"),
+        "{page}"
+    );
+
+    // A damaged stream: the next run fails, naming atom and version on
+    // the page.
+    sql(
+        &env,
+        &format!(
+            "UPDATE atoms SET sha256 = '{}' WHERE name = 'three'",
+            "0".repeat(64)
+        ),
+    );
+    agent.wait_for(60, "a failing verification run", || {
+        agent.status()["verify"]["last_run"]["failed"] == 1
+    });
+    let (_, page) = agent.get("/");
+    let backup = env.query(&["db/single/three"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        page.contains("db/single/three") && page.contains(&backup) && page.contains("SHA-256"),
+        "{page}"
+    );
+    agent.wait_for(30, "the problem in the metrics", || {
+        agent
+            .metrics()
+            .contains("tabacco_verify_last_run_problems 1")
+    });
+    agent.stop();
+}
+
+#[test]
+fn an_agent_killed_during_a_drill_leaves_no_scratch_after_its_next_start() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "home"]);
+    let mark = env.path("restore-started");
+    let wrapper = env.path("slow-restic");
+    env.write(
+        "slow-restic",
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = restore ]; then touch '{}'; exec sleep 60; fi\nexec '{}' \"$@\"\n",
+            mark.display(),
+            which(&restic())
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let main = std::fs::read_to_string(env.config()).unwrap();
+    let slow = format!(
+        "{}    restic_binary: {}\nverify_schedule: '@every 1s'\nverify:\n  check: false\n",
+        main.lines()
+            .filter(|l| !l.contains("restic_binary"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        wrapper.display()
+    );
+    env.write("etc/agent.yml", &slow);
+    let mut agent = crate::agent_proc::Agent::start(&env);
+    agent.wait_for(60, "the drill's restore to start", || mark.exists());
+    assert_eq!(scratch_entries(&env).len(), 1);
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    agent.wait_exit(std::time::Duration::from_secs(10));
+    assert_eq!(scratch_entries(&env).len(), 1, "left behind by the kill");
+    // Next start, no verification scheduled: the leftovers go at once.
+    env.write_main("");
+    let agent = crate::agent_proc::Agent::start(&env);
+    assert!(
+        scratch_entries(&env).is_empty(),
+        "{:?}",
+        scratch_entries(&env)
+    );
+    agent.stop();
+}
