@@ -112,8 +112,7 @@ pub enum ManagerError {
     },
     /// This host has no matching backup, other hosts do.
     #[error(
-        "host {host} has no backup of '{pattern}', but {} {}: choose one with --host (e.g. --host {})",
-        if others.len() == 1 { "this host has:" } else { "these hosts have:" },
+        "host {host} has no backup of '{pattern}', other hosts do: {}; choose one with --host (e.g. --host {})",
         others.join("; "),
         others.first().and_then(|o| o.split(' ').next()).unwrap_or_default()
     )]

@@ -218,6 +218,83 @@ mod tests {
         assert_eq!(stream_name(&ds(None, &[None]), "a0"), "www/sites/a0");
     }
 
+    /// A context whose configuration has the file source `www` and the
+    /// pipe source `mysql`.
+    fn rctx(dir: &Path) -> RuntimeContext {
+        let w = |rel: &str, text: &str| {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        w(
+            "agent.yml",
+            "hostname: b\nwork_dir: work\nrepository:\n  type: restic\n  params:\n    uri: /nonexistent\n    password: x\n",
+        );
+        w("handlers/files.yml", "name: files\ntype: file\n");
+        w(
+            "handlers/dump.yml",
+            "name: dump\ntype: pipe\nparams:\n  backup_command: echo x\n  restore_command: cat\n",
+        );
+        w(
+            "sources/www.yml",
+            "name: www\nhandler: files\nparams: {path: /srv/b}\ndatasets: [{name: sites, atoms: [{name: a0}]}]\n",
+        );
+        w(
+            "sources/mysql.yml",
+            "name: mysql\nhandler: dump\ndatasets: [{name: sites, atoms: [{name: a0}]}]\n",
+        );
+        let config = crate::config::load::load(&dir.join("agent.yml")).unwrap();
+        RuntimeContext::new(std::sync::Arc::new(config)).unwrap()
+    }
+
+    fn choose(rctx: &RuntimeContext, d: &Dataset, raw: bool) -> Result<&'static str, String> {
+        method(rctx, d, raw, || {
+            Ok(Box::new(crate::handler::file::FileHandler::new(
+                crate::handler::file::FileParams {
+                    root: "/local".into(),
+                },
+            )))
+        })
+        .map(|m| m.describe())
+    }
+
+    #[test]
+    fn the_record_decides_and_the_local_configuration_only_fills_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let rctx = rctx(dir.path());
+        // A file record with its paths: those, whatever this host has.
+        let file = ds(Some("file"), &[Some("/srv/a/a0")]);
+        assert_eq!(
+            choose(&rctx, &file, false),
+            Ok("files at their recorded paths")
+        );
+        // An older file record: the local source, if this host has it.
+        let old = ds(None, &[None]);
+        assert_eq!(
+            choose(&rctx, &old, false),
+            Ok("through the local source's handler")
+        );
+        let mut elsewhere = old.clone();
+        elsewhere.source = "db".into();
+        let e = choose(&rctx, &elsewhere, false).unwrap_err();
+        assert!(e.contains("no source 'db'"), "{e}");
+        // Pipe: the local restore_command where configured, else raw.
+        let mut pipe = ds(Some("pipe"), &[Some("/mysql/sites/a0")]);
+        pipe.source = "mysql".into();
+        assert_eq!(
+            choose(&rctx, &pipe, false),
+            Ok("through the local source's handler")
+        );
+        assert_eq!(choose(&rctx, &pipe, true), Ok("raw stream to a file"));
+        pipe.source = "pg".into();
+        assert_eq!(choose(&rctx, &pipe, false), Ok("raw stream to a file"));
+        // A pipe record for a name this host uses as a file source: raw.
+        pipe.source = "www".into();
+        assert_eq!(choose(&rctx, &pipe, false), Ok("raw stream to a file"));
+        let odd = ds(Some("tape"), &[None]);
+        assert!(choose(&rctx, &odd, false).unwrap_err().contains("\"tape\""));
+    }
+
     #[test]
     fn other_repository_names_both() {
         let b = Backup {
