@@ -111,6 +111,11 @@ impl VerifyOptions {
     }
 }
 
+/// Results sent per `add_verifications` request: with errors of up to
+/// 4 KiB each, 1000 stay well below a metadata server's default body limit
+/// (16 MiB).
+const RESULTS_PER_REQUEST: usize = 1000;
+
 /// Datasets drilled at once: one restoring while another is compared.
 /// Each has its own scratch directory, checked against the budget when
 /// it starts.
@@ -954,7 +959,7 @@ async fn record(store: &dyn MetadataStore, host: &str, drills: &[Drill]) -> Resu
             })
         })
         .collect();
-    for chunk in results.chunks(MAX_VERIFICATIONS_PER_REQUEST) {
+    for chunk in results.chunks(RESULTS_PER_REQUEST) {
         store
             .add_verifications(&AddVerificationsRequest {
                 host: host.to_string(),

@@ -16,6 +16,34 @@ impl Config {
         self.work_dir.join(EMBEDDED_METADB_FILE)
     }
 
+    /// `verify_schedule` and the drill options, in one line.
+    fn verify_summary(&self) -> String {
+        let v = &self.verify;
+        let schedule = v
+            .schedule
+            .as_deref()
+            .map_or_else(|| "not scheduled".to_string(), |s| format!("schedule {s}"));
+        let drills = match v.sample {
+            Some(n) => format!("sample {n}"),
+            None => "all".to_string(),
+        };
+        let check = match (v.check, &v.read_data_subset) {
+            (false, _) => "no check".to_string(),
+            (true, None) => "check".to_string(),
+            (true, Some(d)) => format!("check reading {d}"),
+        };
+        format!(
+            "{schedule}; {drills} of '{}', {} version(s) each; {check}; live tolerance {}%",
+            v.pattern,
+            if v.num_versions == 0 {
+                "all".to_string()
+            } else {
+                v.num_versions.to_string()
+            },
+            v.live_tolerance_percent
+        )
+    }
+
     /// A plain-text, aligned summary: main file, host, repository (URI
     /// only), directories, metadata store, handlers and sources.
     pub fn summary(&self) -> String {
@@ -66,6 +94,7 @@ impl Config {
                 "shutdown_timeout",
                 &humantime::format_duration(self.shutdown_timeout).to_string(),
             ]),
+            row(["verify", &self.verify_summary()]),
         ];
         let mut out = crate::util::table(&main, "");
 

@@ -547,3 +547,50 @@ fn an_agent_killed_during_a_drill_leaves_no_scratch_after_its_next_start() {
     );
     agent.stop();
 }
+
+#[test]
+fn e2e_verify_records_through_the_metadata_server_and_query_returns_it() {
+    use sha2::Digest;
+    let srv = tempfile::tempdir().unwrap();
+    let hash = hex::encode(sha2::Sha256::digest(b"token-of-testhost"));
+    let config = srv.path().join("metadb.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "database: sqlite://{}\nlisten: 127.0.0.1:0\ntokens:\n  testhost: {hash}\n",
+            srv.path().join("metadb.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let server = crate::metadb_server::MetadbServer::start(srv.path(), &config, &[]);
+    let env = Env::new();
+    sources(&env);
+    env.write("etc/token", "token-of-testhost\n");
+    env.write_main(&format!(
+        "metadb:\n  url: {}\n  token_file: {}\n",
+        server.base,
+        env.path("etc/token").display()
+    ));
+    env.ok(&["backup", "home", "db"]);
+    let out = env.ok(&["verify", "--no-check", "--all"]);
+    assert!(out.contains("5 atom versions verified, 0 failed"), "{out}");
+    let v = verifications(&env.query(&["*"]));
+    assert_eq!(v.len(), 5);
+    for (atom, v) in &v {
+        assert_eq!(v["result"], "ok", "{atom}: {v}");
+    }
+    // The server's page has nothing failed to show.
+    let addr = server
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let (code, page) =
+        crate::agent_proc::http_get(&addr, "/", &[("Authorization", "Bearer token-of-testhost")]);
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("No atom version's latest restore drill failed"),
+        "{page}"
+    );
+    server.terminate();
+}
