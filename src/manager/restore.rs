@@ -250,7 +250,7 @@ mod tests {
     fn choose(rctx: &RuntimeContext, d: &Dataset, raw: bool) -> Result<&'static str, String> {
         method(rctx, d, raw, || {
             Ok(Box::new(crate::handler::file::FileHandler::new(
-                crate::handler::file::FileParams {
+                crate::params::file::FileParams {
                     root: "/local".into(),
                 },
             )))
