@@ -31,7 +31,8 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Backup, Dataset, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
+    Backup, Dataset, FindRequest, JobStatus, RemoveDatasetsRequest, SourceReport,
+    UpdateActiveJobStatusRequest,
 };
 use crate::names::excerpt;
 use glob::Pattern;
@@ -159,6 +160,17 @@ pub trait MetadataStore: Send + Sync {
         &self,
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError>;
+
+    /// Remove dataset records of `req.host` (those of other hosts named in
+    /// it are left alone), and the backups left without datasets; returns
+    /// how many records were removed. Removing a record that is not there
+    /// is not an error.
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        let _ = req;
+        Err(MetadataError::Config(
+            "this metadata store cannot remove records".into(),
+        ))
+    }
 }
 
 /// The latest running-jobs report of one host.
@@ -340,6 +352,30 @@ pub(crate) fn validate_add(backup: &Backup, dataset: &Dataset) -> Result<(), Met
                 atom.name, dataset.id
             )));
         }
+    }
+    Ok(())
+}
+
+/// Most records one remove request may name (a bound on the server's
+/// work per request; clients send more in several requests).
+pub const MAX_REMOVE_DATASETS: usize = 10_000;
+
+/// Check a remove request: the host and every id by the rules of
+/// [`crate::names`], at most [`MAX_REMOVE_DATASETS`] records.
+pub(crate) fn validate_remove(req: &RemoveDatasetsRequest) -> Result<(), MetadataError> {
+    crate::names::check_host(&req.host)
+        .map_err(|e| MetadataError::BadRequest(format!("host: {e}")))?;
+    if req.datasets.len() > MAX_REMOVE_DATASETS {
+        return Err(MetadataError::BadRequest(format!(
+            "datasets: {} records in one request (at most {MAX_REMOVE_DATASETS}); send several",
+            req.datasets.len()
+        )));
+    }
+    for (i, d) in req.datasets.iter().enumerate() {
+        crate::names::check_id("backup id", &d.backup_id)
+            .map_err(|e| MetadataError::BadRequest(format!("datasets[{i}].backup_id: {e}")))?;
+        crate::names::check_id("dataset id", &d.dataset_id)
+            .map_err(|e| MetadataError::BadRequest(format!("datasets[{i}].dataset_id: {e}")))?;
     }
     Ok(())
 }

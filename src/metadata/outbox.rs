@@ -37,7 +37,9 @@ use tracing::{debug, error, info, warn};
 use super::remote::{AddDatasetRequest, RemoteStore};
 use super::{MetadataError, MetadataStore};
 use crate::config::Config;
-use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
+use crate::model::{
+    Backup, Dataset, FindRequest, RemoveDatasetsRequest, UpdateActiveJobStatusRequest,
+};
 
 /// How often the agent's background task should deliver the outbox
 /// ([`OutboxStore::run_delivery_loop`]).
@@ -711,6 +713,33 @@ impl MetadataStore for OutboxStore {
         req: &UpdateActiveJobStatusRequest,
     ) -> Result<(), MetadataError> {
         self.remote.update_active_job_status(req).await
+    }
+
+    /// Delivers the outbox first: a record still queued could be
+    /// delivered after its removal and promise a forgotten snapshot again.
+    /// While records stay queued (the server is unreachable), nothing is
+    /// removed and the caller must not forget anything either.
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        let report = self.deliver_pending().await;
+        log_report(&self.url, &report);
+        if report.pending > 0 {
+            return Err(MetadataError::Unavailable {
+                url: self.url.clone(),
+                attempts: 1,
+                status: None,
+                reason: format!(
+                    "{} dataset record(s) are still waiting in the outbox ({}); records are removed only once the outbox is delivered{}",
+                    report.pending,
+                    self.outbox.dir().display(),
+                    report
+                        .error
+                        .as_deref()
+                        .map(|e| format!(" (delivery: {e})"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        self.remote.remove_datasets(req).await
     }
 }
 

@@ -23,7 +23,10 @@ use tracing::{debug, warn};
 
 use super::{MetadataError, MetadataStore};
 use crate::config::MetadbClientConfig;
-use crate::model::{Backup, Dataset, FindRequest, UpdateActiveJobStatusRequest};
+use crate::model::{
+    Backup, Dataset, FindRequest, RemoveDatasetsRequest, RemoveDatasetsResponse,
+    UpdateActiveJobStatusRequest,
+};
 
 /// API path of `add_dataset`.
 pub const ADD_DATASET_PATH: &str = "api/add_dataset";
@@ -31,6 +34,8 @@ pub const ADD_DATASET_PATH: &str = "api/add_dataset";
 pub const FIND_ATOMS_PATH: &str = "api/find_atoms";
 /// API path of `update_active_job_status`.
 pub const UPDATE_ACTIVE_JOB_STATUS_PATH: &str = "api/update_active_job_status";
+/// API path of `remove_datasets`.
+pub const REMOVE_DATASETS_PATH: &str = "api/remove_datasets";
 /// Path of the health check.
 pub const HEALTHZ_PATH: &str = "healthz";
 
@@ -530,6 +535,25 @@ impl MetadataStore for RemoteStore {
         self.post(UPDATE_ACTIVE_JOB_STATUS_PATH, req)
             .await
             .map(|_| ())
+    }
+
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        let mut removed = 0;
+        // The server takes a bounded number per request.
+        for chunk in req.datasets.chunks(super::MAX_REMOVE_DATASETS) {
+            let part = RemoveDatasetsRequest {
+                host: req.host.clone(),
+                datasets: chunk.to_vec(),
+            };
+            let body = self.post(REMOVE_DATASETS_PATH, &part).await?;
+            let answer: RemoveDatasetsResponse =
+                serde_json::from_slice(&body).map_err(|e| MetadataError::InvalidResponse {
+                    url: format!("{}/{REMOVE_DATASETS_PATH}", self.display),
+                    message: format!("expected {{\"removed\": N}}: {e}"),
+                })?;
+            removed += answer.removed;
+        }
+        Ok(removed)
     }
 }
 

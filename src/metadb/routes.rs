@@ -6,6 +6,7 @@
 //! | `POST /api/add_dataset` | record `{backup, dataset}` (idempotent) |
 //! | `POST /api/find_atoms` | a `FindRequest` -> `[Backup]` |
 //! | `POST /api/update_active_job_status` | a host's running jobs |
+//! | `POST /api/remove_datasets` | remove a host's dataset records -> `{removed}` |
 //! | `GET /api/hosts` | hosts: last backup, last report, sources' state, active jobs |
 //! | `GET /api/openapi.json` | the OpenAPI 3 document (`docs/openapi.json`) |
 //! | `GET /healthz` | 200 when the database answers and takes a write, else 503 |
@@ -41,7 +42,8 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::page;
 use crate::model::{
-    Backup, Dataset, FindRequest, JobStatus, SourceReport, UpdateActiveJobStatusRequest,
+    Backup, Dataset, FindRequest, JobStatus, RemoveDatasetsRequest, RemoveDatasetsResponse,
+    SourceReport, UpdateActiveJobStatusRequest,
 };
 
 /// The OpenAPI 3 document of this API (committed as `docs/openapi.json`).
@@ -188,6 +190,25 @@ async fn add_dataset(
         "dataset recorded"
     );
     Ok(ok())
+}
+
+/// `POST /api/remove_datasets`: a host removes its own records, an admin
+/// any host's.
+async fn remove_datasets(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<RemoveDatasetsRequest>,
+) -> Result<Json<RemoveDatasetsResponse>, ApiError> {
+    state.auth.check_write(&caller, &req.host)?;
+    let removed = state.store.remove_datasets(&req).await?;
+    tracing::info!(
+        caller = caller.name(),
+        host = %req.host,
+        asked = req.datasets.len(),
+        removed,
+        "dataset records removed"
+    );
+    Ok(Json(RemoveDatasetsResponse { removed }))
 }
 
 /// `POST /api/find_atoms`.
@@ -428,6 +449,7 @@ pub fn router(state: Arc<AppState>) -> (Router, Vec<(&'static str, &'static str)
     }
     .add("post", "/api/add_dataset", post(add_dataset))
     .add("post", "/api/find_atoms", post(find_atoms))
+    .add("post", "/api/remove_datasets", post(remove_datasets))
     .add(
         "post",
         "/api/update_active_job_status",
