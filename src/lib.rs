@@ -23,5 +23,6 @@ pub mod names;
 pub mod process;
 pub mod redact;
 pub mod repository;
+pub mod retention;
 pub mod runtime;
 pub mod shell;
