@@ -50,6 +50,9 @@ pub struct Config {
     /// How often the agent reports its running jobs and sources' state to
     /// the metadata store (`status_report_interval`, default 30 s).
     pub status_report_interval: Duration,
+    /// When the agent prunes the repository (`prune_schedule`, validated);
+    /// `None`: this host never prunes.
+    pub prune_schedule: Option<String>,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerSpec>,
     /// Sources in the order they were read (files sorted by name).
@@ -171,6 +174,9 @@ pub struct SourceSpec {
     pub params: Params,
     /// Bound on the whole backup of the source.
     pub timeout: Option<Duration>,
+    /// Retention policy of its versions (its own `retention`, else the
+    /// default of `agent.yml`); `None`: versions are never forgotten.
+    pub retention: Option<crate::retention::Policy>,
     /// File this source was read from, for messages.
     pub file: PathBuf,
 }

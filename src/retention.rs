@@ -233,7 +233,7 @@ pub struct Version {
 }
 
 /// What the policy decided for one version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// Snapshot id.
     pub id: String,

@@ -590,6 +590,13 @@ impl OutboxStore {
         &self.outbox
     }
 
+    /// The metadata server itself, without the outbox (for work that is
+    /// repeated until it succeeds anyway, such as reconcile, and should
+    /// see the server's refusals at once).
+    pub fn remote(&self) -> &Arc<dyn MetadataStore> {
+        &self.remote
+    }
+
     /// The server's URL, for messages.
     pub fn url(&self) -> &str {
         &self.url

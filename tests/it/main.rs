@@ -20,4 +20,5 @@ mod metadb;
 mod metadb_server;
 mod remote;
 mod rest;
+mod retention;
 mod shared_repo;
