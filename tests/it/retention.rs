@@ -574,3 +574,17 @@ fn two_hosts_on_one_repository_and_server_each_forget_their_own_and_a_lost_serve
     let out = ok(&admin, &["reconcile", "--all-hosts", "--dry-run"]);
     assert!(out.contains("index and repository agree"), "{out}");
 }
+
+#[test]
+fn forget_forgets_nothing_while_the_metadata_server_is_unreachable() {
+    let env = Env::new();
+    file_source(&env);
+    // Nothing listens on port 1: records wait in the outbox.
+    env.write_main("retention: {keep_last: 1}\nmetadb:\n  url: http://127.0.0.1:1\n");
+    env.ok(&["backup", "home"]);
+    env.ok(&["backup", "home"]);
+    let out = env.run(&["forget"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("outbox"), "{}", text(&out));
+    assert_eq!(env.snapshots().len(), 2, "nothing forgotten");
+}
