@@ -54,6 +54,7 @@ use crate::jobs::queue::Queues;
 use crate::jobs::scheduler::{Clock, PlanChanges, ScheduledSource, SystemClock, run_scheduler};
 use crate::jobs::status::{JobObserver, JobResult, JobsSnapshot, StatusRegistry};
 use crate::manager::Manager;
+use crate::manager::maintenance::{ReconcileMode, Scope};
 use crate::metadata::MetadataStore;
 use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
 use crate::model::{FindRequest, RunReport, RunResult, SourceReport, UpdateActiveJobStatusRequest};
@@ -92,6 +93,29 @@ pub enum Event {
 /// (`ok`, `partial`, `error`, `skipped`, `cancelled`).
 pub type LastRun = RunReport;
 
+/// How a forget, prune or reconcile run by the agent ended (its page
+/// shows the last of each; a failure stays visible until the next run
+/// succeeds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceRun {
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// What it did, or why it failed.
+    pub summary: String,
+}
+
+impl MaintenanceRun {
+    fn now(ok: bool, summary: String) -> MaintenanceRun {
+        MaintenanceRun {
+            finished_at: Utc::now(),
+            ok,
+            summary,
+        }
+    }
+}
+
 /// What the agent knows about a source.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceStatus {
@@ -109,6 +133,10 @@ pub struct SourceStatus {
     pub last_success: Option<DateTime<Utc>>,
     /// Scheduled runs skipped because the source was locked.
     pub skipped_runs: u64,
+    /// The last application of the source's retention policy (after its
+    /// backups); `None`: none yet, or the source has no policy.
+    #[serde(default)]
+    pub last_forget: Option<MaintenanceRun>,
 }
 
 /// The agent's verification runs (`verify_schedule`).
@@ -178,6 +206,27 @@ pub struct AgentStatus {
     /// Verification runs.
     #[serde(default)]
     pub verify: VerifyStatus,
+    /// When this agent prunes the repository (`prune_schedule`; `None`:
+    /// never).
+    #[serde(default)]
+    pub prune_schedule: Option<String>,
+    /// Its next prune.
+    #[serde(default)]
+    pub next_prune: Option<DateTime<Utc>>,
+    /// Its last prune.
+    #[serde(default)]
+    pub last_prune: Option<MaintenanceRun>,
+    /// The reconcile of this host's records it ran at start.
+    #[serde(default)]
+    pub last_reconcile: Option<MaintenanceRun>,
+}
+
+/// The agent's own maintenance state (not per source).
+#[derive(Debug, Default)]
+struct MaintenanceState {
+    next_prune: Option<DateTime<Utc>>,
+    last_prune: Option<MaintenanceRun>,
+    last_reconcile: Option<MaintenanceRun>,
 }
 
 struct Inner {
@@ -189,6 +238,7 @@ struct Inner {
     seed: Seed,
     clock: Arc<dyn Clock>,
     sources: Mutex<BTreeMap<String, SourceStatus>>,
+    maintenance: Mutex<MaintenanceState>,
     schedules: watch::Sender<Vec<ScheduledSource>>,
     started_at: DateTime<Utc>,
     config_loaded_at: Mutex<DateTime<Utc>>,
@@ -324,6 +374,7 @@ impl Agent {
                 seed,
                 clock,
                 sources: Mutex::new(BTreeMap::new()),
+                maintenance: Mutex::new(MaintenanceState::default()),
                 started_at: Utc::now(),
                 config_loaded_at: Mutex::new(Utc::now()),
                 stopping: CancellationToken::new(),
@@ -377,6 +428,10 @@ impl Agent {
     /// The agent's status.
     pub fn status(&self) -> AgentStatus {
         let cfg = self.inner.config.config();
+        let (next_prune, last_prune, last_reconcile) = {
+            let m = lock(&self.inner.maintenance);
+            (m.next_prune, m.last_prune.clone(), m.last_reconcile.clone())
+        };
         AgentStatus {
             host: cfg.hostname.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -390,6 +445,10 @@ impl Agent {
             outbox_rejected: self.outbox_counts().map(|c| c.1),
             metadb_url: cfg.metadb.as_ref().map(|m| m.url.clone()),
             verify: lock(&self.inner.verify).clone(),
+            prune_schedule: cfg.prune_schedule.clone(),
+            next_prune,
+            last_prune,
+            last_reconcile,
         }
     }
 
@@ -810,6 +869,7 @@ impl Agent {
                 .finished(&source, result.is_success(), unix_seconds(now), duration);
         }
         inner.jobs.finish(&job_id, result, run.error.clone());
+        let recorded = run.datasets_recorded > 0;
         self.with_source(&source, |s| {
             if result.is_success() {
                 s.last_success = Some(now);
@@ -818,7 +878,149 @@ impl Agent {
         });
         info!(result = %result.as_str(), duration, "backup job done");
         drop(slot);
+        // The source's policy after each backup that recorded something,
+        // still under the source's lock.
+        if recorded && !inner.stopping.is_cancelled() {
+            self.apply_retention(&rctx, &source).await;
+        }
         drop(lock);
+    }
+
+    /// Apply the retention policy of `source` (if it has one) and record
+    /// the outcome for the page and the metrics.
+    async fn apply_retention(&self, rctx: &RuntimeContext, source: &str) {
+        let inner = &self.inner;
+        if rctx.config().dry_run || rctx.find_source(source).and_then(|s| s.retention).is_none() {
+            return;
+        }
+        let names = [source.to_string()];
+        let outcome = tokio::select! {
+            biased;
+            () = inner.cancel_jobs.cancelled() => return,
+            r = inner.manager.forget(rctx, &names, false) => r,
+        };
+        let now = Utc::now();
+        let run = match outcome {
+            Ok(r) => {
+                info!(forgotten = r.forgotten, "retention policy applied");
+                inner
+                    .metrics
+                    .forget(source, Some(r.forgotten), unix_seconds(now));
+                MaintenanceRun::now(
+                    true,
+                    format!(
+                        "forgot {} snapshot(s), kept {}",
+                        r.forgotten,
+                        r.groups
+                            .iter()
+                            .map(|g| g.decisions.iter().filter(|d| d.keep).count())
+                            .sum::<usize>()
+                    ),
+                )
+            }
+            Err(e) => {
+                let e = error_chain(&e);
+                error!("retention policy not applied: {e}");
+                inner.metrics.forget(source, None, unix_seconds(now));
+                MaintenanceRun::now(false, e)
+            }
+        };
+        self.with_source(source, |s| s.last_forget = Some(run));
+    }
+
+    /// Prune the repository on `prune_schedule` until the agent stops (a
+    /// host without `prune_schedule` never prunes; the schedule is read
+    /// again after each prune, so a reload takes effect).
+    async fn run_prune_schedule(&self) {
+        let inner = &self.inner;
+        loop {
+            let cfg = inner.config.config();
+            let next = cfg
+                .prune_schedule
+                .as_deref()
+                .and_then(|s| Schedule::parse(s).ok())
+                .and_then(|s| {
+                    crate::schedule::next_run(&s, inner.clock.now(), &inner.seed, "prune")
+                });
+            lock(&inner.maintenance).next_prune = next;
+            let wait = match next {
+                Some(t) => crate::schedule::until(inner.clock.now(), t),
+                // Not pruning: look again after a while (a reload may
+                // have set a schedule).
+                None => Duration::from_secs(60),
+            };
+            tokio::select! {
+                () = inner.stopping.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            if next.is_none() || inner.config.config().prune_schedule.is_none() {
+                continue;
+            }
+            let rctx = inner.config.runtime_context();
+            let outcome = tokio::select! {
+                () = inner.cancel_jobs.cancelled() => return,
+                r = inner.manager.prune(&rctx) => r,
+            };
+            let now = Utc::now();
+            let run = match outcome {
+                Ok(r) => {
+                    inner.metrics.prune(true, unix_seconds(now));
+                    MaintenanceRun::now(true, r.summary.join("; "))
+                }
+                Err(e) => {
+                    let e = error_chain(&e);
+                    error!("prune failed: {e}");
+                    inner.metrics.prune(false, unix_seconds(now));
+                    MaintenanceRun::now(false, e)
+                }
+            };
+            lock(&inner.maintenance).last_prune = Some(run);
+        }
+    }
+
+    /// Reconcile this host's records with the repository at start, adding
+    /// only (a snapshot made just before the agent was killed gets its
+    /// record); stale records are reported for `tabacco reconcile`.
+    pub async fn reconcile_at_start(&self) {
+        let inner = &self.inner;
+        let rctx = inner.config.runtime_context();
+        let scope = Scope::Host(rctx.hostname().to_string());
+        let run = match inner
+            .manager
+            .reconcile(&rctx, &scope, ReconcileMode::AddOnly)
+            .await
+        {
+            Ok(r) => {
+                inner.metrics.reconcile(r.differences(), r.repaired());
+                if r.differences() > 0 {
+                    warn!(
+                        missing = r.missing.len(),
+                        stale = r.stale.len(),
+                        added = r.added,
+                        "index and repository disagreed at start"
+                    );
+                }
+                MaintenanceRun::now(
+                    r.errors.is_empty() && r.stale.is_empty(),
+                    format!(
+                        "{} snapshot(s) indexed again, {} stale record(s) left for `tabacco reconcile`{}",
+                        r.added,
+                        r.stale.len(),
+                        if r.errors.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; failed: {}", r.errors.join("; "))
+                        }
+                    ),
+                )
+            }
+            Err(e) => {
+                let e = error_chain(&e);
+                warn!("reconcile at start failed: {e}");
+                MaintenanceRun::now(false, e)
+            }
+        };
+        lock(&inner.maintenance).last_reconcile = Some(run);
     }
 
     /// Re-read the configuration (SIGHUP). On any error the previous
@@ -1006,7 +1208,18 @@ impl Agent {
             tokio::spawn(async move {
                 this.load_last_successes().await;
                 this.load_verify_state().await;
+                if !this.inner.config.config().dry_run {
+                    this.reconcile_at_start().await;
+                }
             });
+        }
+        // Tracked like a job: a prune running at shutdown gets the grace
+        // period, then is stopped (restic prune may be interrupted).
+        {
+            let this = self.clone();
+            inner
+                .tracker
+                .spawn(async move { this.run_prune_schedule().await });
         }
 
         // Records queued by earlier runs (or while the server was down) are

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod check;
 pub mod interrupt;
 pub mod logging;
+pub mod maintenance;
 pub mod metadb;
 pub mod progress;
 pub mod query;
@@ -135,6 +136,16 @@ pub enum Command {
     /// default /etc/tabacco/metadb.yml if present); `TABACCO_CONFIG`, the
     /// agent's, is ignored.
     Metadb(metadb::MetadbArgs),
+    /// Apply the sources' retention policies to this host's versions:
+    /// remove their records from the index, then forget their snapshots.
+    Forget(maintenance::ForgetArgs),
+    /// Remove the data no snapshot references from the repository (restic's
+    /// exclusive lock: backups of other hosts wait meanwhile).
+    Prune,
+    /// Make the index and the repository agree: remove records whose
+    /// snapshot is gone, index snapshots that have no record (rebuilds a
+    /// lost index).
+    Reconcile(maintenance::ReconcileArgs),
     /// Repository tools: `repo init` creates the configured repository
     /// (the fleet procedure for a shared remote repository: once, before
     /// the hosts).
@@ -193,6 +204,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             metadb::run(explicit, args).await
         }
         Command::Repo(cmd) => repo::run(&cli.config, cmd).await,
+        Command::Forget(args) => maintenance::forget(&cli.config, args).await,
+        Command::Prune => maintenance::prune(&cli.config).await,
+        Command::Reconcile(args) => maintenance::reconcile(&cli.config, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,6 +56,9 @@ pub struct Config {
     /// Verification: the agent's `verify_schedule` and the options of
     /// its runs (also `tabacco verify`'s defaults).
     pub verify: VerifySpec,
+    /// When the agent prunes the repository (`prune_schedule`, validated);
+    /// `None`: this host never prunes.
+    pub prune_schedule: Option<String>,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerSpec>,
     /// Sources in the order they were read (files sorted by name).
@@ -218,6 +221,9 @@ pub struct SourceSpec {
     pub params: Params,
     /// Bound on the whole backup of the source.
     pub timeout: Option<Duration>,
+    /// Retention policy of its versions (its own `retention`, else the
+    /// default of `agent.yml`); `None`: versions are never forgotten.
+    pub retention: Option<crate::retention::Policy>,
     /// File this source was read from, for messages.
     pub file: PathBuf,
 }

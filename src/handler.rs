@@ -132,5 +132,6 @@ pub fn snapshot_meta(backup: &Backup, dataset: &Dataset) -> SnapshotMeta {
         backup_id: backup.id.clone(),
         dataset_id: dataset.id.clone(),
         source: dataset.source.clone(),
+        record: crate::repository::record::record_json(backup, dataset),
     }
 }

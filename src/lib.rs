@@ -25,6 +25,7 @@ pub mod params;
 pub mod process;
 pub mod redact;
 pub mod repository;
+pub mod retention;
 pub mod runtime;
 pub mod schedule;
 pub mod shell;

@@ -11,6 +11,8 @@
 //! dataset version through its source's handler, between
 //! `pre_restore_command` and `post_restore_command`.
 
+pub mod maintenance;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -641,6 +643,7 @@ impl Manager {
                     dataset.total_bytes = info.total_bytes;
                     dataset.bytes_added = info.bytes_added;
                     dataset.duration = info.duration_secs.round() as i64;
+                    maintenance::failpoint("backup-after-snapshot");
                     match self.store.add_dataset(backup, &dataset).await {
                         Ok(()) => Ok(info),
                         Err(e) => Err(format!(

@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::glob::Pattern;
 use crate::model::{
     AddVerificationsRequest, Backup, Dataset, FindRequest, GetVerificationsRequest, JobStatus,
-    SourceReport, UpdateActiveJobStatusRequest, Verification,
+    RemoveDatasetsRequest, SourceReport, UpdateActiveJobStatusRequest, Verification,
 };
 use crate::names::excerpt;
 
@@ -224,6 +224,17 @@ pub trait MetadataStore: Send + Sync {
     ) -> Result<Vec<Verification>, MetadataError> {
         let _ = req;
         Ok(Vec::new())
+    }
+
+    /// Remove dataset records of `req.host` (those of other hosts named in
+    /// it are left alone), and the backups left without datasets; returns
+    /// how many records were removed. Removing a record that is not there
+    /// is not an error.
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        let _ = req;
+        Err(MetadataError::Config(
+            "this metadata store cannot remove records".into(),
+        ))
     }
 }
 
@@ -562,6 +573,30 @@ pub(crate) fn validate_get_verifications(
     }
     for (i, v) in req.versions.iter().enumerate() {
         check_version(&format!("versions[{i}]"), v)?;
+    }
+    Ok(())
+}
+
+/// Most records one remove request may name (a bound on the server's
+/// work per request; clients send more in several requests).
+pub const MAX_REMOVE_DATASETS: usize = 10_000;
+
+/// Check a remove request: the host and every id by the rules of
+/// [`crate::names`], at most [`MAX_REMOVE_DATASETS`] records.
+pub(crate) fn validate_remove(req: &RemoveDatasetsRequest) -> Result<(), MetadataError> {
+    crate::names::check_host(&req.host)
+        .map_err(|e| MetadataError::BadRequest(format!("host: {e}")))?;
+    if req.datasets.len() > MAX_REMOVE_DATASETS {
+        return Err(MetadataError::BadRequest(format!(
+            "datasets: {} records in one request (at most {MAX_REMOVE_DATASETS}); send several",
+            req.datasets.len()
+        )));
+    }
+    for (i, d) in req.datasets.iter().enumerate() {
+        crate::names::check_id("backup id", &d.backup_id)
+            .map_err(|e| MetadataError::BadRequest(format!("datasets[{i}].backup_id: {e}")))?;
+        crate::names::check_id("dataset id", &d.dataset_id)
+            .map_err(|e| MetadataError::BadRequest(format!("datasets[{i}].dataset_id: {e}")))?;
     }
     Ok(())
 }

@@ -122,6 +122,9 @@ pub mod api {
     /// `POST`: restore drill results of atom versions
     /// ([`super::GetVerificationsRequest`]).
     pub const GET_VERIFICATIONS: &str = "/api/get_verifications";
+    /// `POST`: remove a host's dataset records
+    /// ([`super::RemoveDatasetsRequest`]).
+    pub const REMOVE_DATASETS: &str = "/api/remove_datasets";
     /// `GET`: every host's state.
     pub const HOSTS: &str = "/api/hosts";
     /// `GET`: the OpenAPI document.
@@ -171,6 +174,36 @@ pub fn size_text(size: Option<i64>, files: Option<i64>) -> Option<String> {
 pub fn atom_size_text(ds: &Dataset, a: &Atom) -> String {
     size_text(a.size, a.files)
         .unwrap_or_else(|| format!("{} (dataset)", crate::util::bytes(ds.total_bytes)))
+}
+
+/// One dataset record of the index, by its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DatasetRef {
+    /// The backup it belongs to.
+    pub backup_id: String,
+    /// The dataset's id.
+    pub dataset_id: String,
+}
+
+/// Remove dataset records of one host from the index (retention and
+/// reconcile: the record goes before its snapshot is forgotten). A host
+/// removes only its own records; records of other hosts named here are
+/// left alone. A backup left without datasets goes too.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoveDatasetsRequest {
+    /// The host whose records these are.
+    pub host: String,
+    /// The records to remove (absent ones are not an error).
+    #[serde(default)]
+    pub datasets: Vec<DatasetRef>,
+}
+
+/// The answer to a [`RemoveDatasetsRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoveDatasetsResponse {
+    /// How many of the named records existed and were removed.
+    #[serde(default, deserialize_with = "integer")]
+    pub removed: i64,
 }
 
 /// Global path of an atom: `source/dataset/atom`.

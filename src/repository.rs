@@ -3,6 +3,7 @@
 //! binary as a child process (argv, never a shell; secrets by environment
 //! or file, never argv).
 
+pub mod record;
 pub mod restic;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ pub struct SnapshotMeta {
     pub dataset_id: String,
     /// Source name (tag `source=...`).
     pub source: String,
+    /// The index record the snapshot carries (JSON, see [`record`];
+    /// empty: none).
+    pub record: String,
 }
 
 /// What a finished backup produced.
@@ -379,6 +383,45 @@ pub trait Repository: Send + Sync {
             message: "this repository type cannot list snapshots".into(),
         })
     }
+
+    /// Every snapshot (of `host` only, when given), in one repository
+    /// open (retention and reconcile).
+    async fn snapshots(&self, _host: Option<&str>) -> Result<Vec<record::RepoSnapshot>, RepoError> {
+        Err(unsupported("listing snapshots"))
+    }
+
+    /// Forget these snapshots (full ids) in a few repository opens at most,
+    /// under restic's exclusive lock (waited for like every command). The
+    /// data stays until the next prune.
+    async fn forget_ids(&self, _ids: &[String]) -> Result<(), RepoError> {
+        Err(unsupported("forgetting snapshots"))
+    }
+
+    /// Remove the data no snapshot references (`restic prune`, under
+    /// restic's exclusive lock: backups of other hosts wait for it).
+    async fn prune(&self) -> Result<PruneReport, RepoError> {
+        Err(unsupported("pruning"))
+    }
+
+    /// The version-dependent rules of `restic forget` (see
+    /// [`crate::retention::Rules`]).
+    async fn retention_rules(&self) -> Result<crate::retention::Rules, RepoError> {
+        Ok(crate::retention::Rules::default())
+    }
+}
+
+/// The error of an operation a repository does not implement.
+fn unsupported(what: &str) -> RepoError {
+    RepoError::BadRequest {
+        message: format!("this repository does not support {what}"),
+    }
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PruneReport {
+    /// restic's own summary lines (what was removed, what is left).
+    pub summary: Vec<String>,
 }
 
 /// Build the repository described by the configuration; its child

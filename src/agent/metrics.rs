@@ -11,6 +11,9 @@
 //! atom had a successful restore drill and the atoms never proven, drills
 //! by result; per agent the checks by result and the last run's time and
 //! problems.
+//! Retention: snapshots forgotten and failed forgets per source, the last
+//! forget per source, the last prune and failed prunes, and the
+//! differences reconcile found and repaired.
 //! Series of a source removed by a reload are dropped, so alerts do not
 //! fire for sources that no longer exist.
 
@@ -82,6 +85,13 @@ pub struct Metrics {
     verify_checks: Family<ResultLabels, Counter>,
     verify_last_run: FloatGauge,
     verify_last_run_problems: Gauge,
+    forgotten: Family<SourceLabels, Counter>,
+    forget_failures: Family<SourceLabels, Counter>,
+    last_forget: Family<SourceLabels, FloatGauge>,
+    last_prune: FloatGauge,
+    prune_failures: Counter,
+    reconcile_found: Counter,
+    reconcile_repaired: Counter,
 }
 
 fn src(source: &str) -> SourceLabels {
@@ -121,8 +131,50 @@ impl Metrics {
             verify_checks: Family::default(),
             verify_last_run: FloatGauge::default(),
             verify_last_run_problems: Gauge::default(),
+            forgotten: Family::default(),
+            forget_failures: Family::default(),
+            last_forget: Family::default(),
+            last_prune: FloatGauge::default(),
+            prune_failures: Counter::default(),
+            reconcile_found: Counter::default(),
+            reconcile_repaired: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "forget_snapshots",
+            "Snapshots of the source forgotten by its retention policy",
+            m.forgotten.clone(),
+        );
+        registry.register(
+            "forget_failures",
+            "Retention runs of the source that failed (nothing was forgotten, or the index and repository steps did not both finish)",
+            m.forget_failures.clone(),
+        );
+        registry.register(
+            "forget_last_timestamp_seconds",
+            "Unix time of the last successful retention run of the source",
+            m.last_forget.clone(),
+        );
+        registry.register(
+            "prune_last_timestamp_seconds",
+            "Unix time of the last successful prune of the repository by this agent",
+            m.last_prune.clone(),
+        );
+        registry.register(
+            "prune_failures",
+            "Prunes of the repository by this agent that failed",
+            m.prune_failures.clone(),
+        );
+        registry.register(
+            "reconcile_differences",
+            "Differences between the index and the repository that reconcile found (records of forgotten snapshots, snapshots without records)",
+            m.reconcile_found.clone(),
+        );
+        registry.register(
+            "reconcile_repaired",
+            "Differences between the index and the repository that reconcile repaired",
+            m.reconcile_repaired.clone(),
+        );
         registry.register(
             "backup_last_success_timestamp_seconds",
             "Unix time of the last backup of the source in which every dataset was recorded (at start: the newest time by which the index holds every configured dataset)",
@@ -259,6 +311,9 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        self.forgotten.remove(&l);
+        self.forget_failures.remove(&l);
+        self.last_forget.remove(&l);
         for result in RunResult::ALL {
             self.runs.remove(&RunLabels {
                 source: source.to_string(),
@@ -367,6 +422,36 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A retention run of a source ended: `Some(n)` snapshots forgotten,
+    /// or `None` when it failed.
+    pub fn forget(&self, source: &str, forgotten: Option<usize>, when: f64) {
+        let l = src(source);
+        match forgotten {
+            Some(n) => {
+                self.forgotten.get_or_create(&l).inc_by(n as u64);
+                self.last_forget.get_or_create(&l).set(when);
+            }
+            None => {
+                self.forget_failures.get_or_create(&l).inc();
+            }
+        }
+    }
+
+    /// A prune ended.
+    pub fn prune(&self, ok: bool, when: f64) {
+        if ok {
+            self.last_prune.set(when);
+        } else {
+            self.prune_failures.inc();
+        }
+    }
+
+    /// A reconcile found `found` differences and repaired `repaired`.
+    pub fn reconcile(&self, found: usize, repaired: usize) {
+        self.reconcile_found.inc_by(found as u64);
+        self.reconcile_repaired.inc_by(repaired as u64);
     }
 
     /// Count a configuration reload.

@@ -161,6 +161,24 @@ fn verify_section(h: &mut String, v: &super::VerifyStatus, now: DateTime<Utc>) {
     }
 }
 
+/// A forget, prune or reconcile outcome: when, and what it did or why it
+/// failed (in red).
+fn maintenance_cell(run: Option<&crate::agent::MaintenanceRun>, now: DateTime<Utc>) -> String {
+    match run {
+        None => "—".to_string(),
+        Some(r) if r.ok => format!(
+            "<span class=\"ok\">ok</span> {}: {}",
+            time(Some(r.finished_at), now),
+            escape(&r.summary)
+        ),
+        Some(r) => format!(
+            "<span class=\"err\">FAILED</span> {}: {}",
+            time(Some(r.finished_at), now),
+            escape(&r.summary)
+        ),
+    }
+}
+
 /// Render the page for `status` as seen at `now`.
 pub fn render(status: &AgentStatus, now: DateTime<Utc>) -> String {
     let mut h = String::new();
@@ -216,7 +234,7 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
 
     let _ = write!(
         h,
-        "<h2>Sources ({})</h2>\n<table><tr><th>Source</th><th>Schedule</th><th>Next run</th><th>Last result</th><th>Finished</th><th>Duration</th><th>Last success</th><th>Skipped runs</th><th>Failed datasets</th><th>Error</th></tr>\n",
+        "<h2>Sources ({})</h2>\n<table><tr><th>Source</th><th>Schedule</th><th>Next run</th><th>Last result</th><th>Finished</th><th>Duration</th><th>Last success</th><th>Skipped runs</th><th>Failed datasets</th><th>Error</th><th>Retention</th></tr>\n",
         status.sources.len()
     );
     for s in &status.sources {
@@ -238,17 +256,38 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
         };
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{result}</td><td>{finished}</td><td>{duration}</td><td>{}</td><td>{}</td><td>{failed}</td><td>{error}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{result}</td><td>{finished}</td><td>{duration}</td><td>{}</td><td>{}</td><td>{failed}</td><td>{error}</td><td>{}</td></tr>",
             escape(&s.name),
             escape(s.schedule.as_deref().unwrap_or("on demand")),
             time(s.next_run, now),
             time(s.last_success, now),
             s.skipped_runs,
+            maintenance_cell(s.last_forget.as_ref(), now),
         );
     }
     h.push_str("</table>\n");
 
     verify_section(&mut h, &status.verify, now);
+    h.push_str("<h2>Repository maintenance</h2>\n<table>");
+    let _ = writeln!(
+        h,
+        "<tr><th>Prune</th><td>{}</td></tr>",
+        match &status.prune_schedule {
+            None => "this host never prunes (no <code>prune_schedule</code>)".to_string(),
+            Some(s) => format!(
+                "<code>{}</code>, next {}; last: {}",
+                escape(s),
+                time(status.next_prune, now),
+                maintenance_cell(status.last_prune.as_ref(), now)
+            ),
+        }
+    );
+    let _ = writeln!(
+        h,
+        "<tr><th>Reconcile at start</th><td>{}</td></tr>",
+        maintenance_cell(status.last_reconcile.as_ref(), now)
+    );
+    h.push_str("</table>\n");
 
     let jobs = &status.jobs;
     let _ = writeln!(h, "<h2>Running ({})</h2>", jobs.running.len());
@@ -385,6 +424,11 @@ mod tests {
                 }),
                 last_success: None,
                 skipped_runs: 3,
+                last_forget: Some(crate::agent::MaintenanceRun {
+                    finished_at: "2026-03-01T11:01:00Z".parse().unwrap(),
+                    ok: false,
+                    summary: "metadata server unavailable".into(),
+                }),
             }],
             jobs: reg.snapshot(),
             outbox_pending: Some(4),
@@ -408,6 +452,14 @@ mod tests {
                     ],
                 }),
             },
+            prune_schedule: Some("@weekly".into()),
+            next_prune: None,
+            last_prune: Some(crate::agent::MaintenanceRun {
+                finished_at: "2026-03-01T10:00:00Z".parse().unwrap(),
+                ok: true,
+                summary: "to delete: 3 blobs".into(),
+            }),
+            last_reconcile: None,
         };
         let html = render(&status, now);
         assert!(
@@ -416,6 +468,12 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("failed db/x/&lt;y&gt; version b1"), "{html}");
+        // A failed forget and the last prune are on the page.
+        assert!(
+            html.contains("FAILED</span>") && html.contains("metadata server unavailable"),
+            "{html}"
+        );
+        assert!(html.contains("<code>@weekly</code>") && html.contains("to delete: 3 blobs"));
         assert!(html.contains(">partial<") && html.contains("1 of 3 datasets (4 atoms)"));
         assert!(html.contains("slapcat: permission denied"));
         assert!(html.contains("4 dataset record(s) not yet delivered"));

@@ -21,8 +21,11 @@ use serde::de::DeserializeOwned;
 
 use crate::names::{check_atom_path, check_host, check_name, check_source_name};
 use crate::params::Params;
+use crate::retention::{CalendarDuration, Policy};
 
-use super::raw::{OneOrMany, RawConfig, RawDataset, RawHandler, RawMetadb, RawSource};
+use super::raw::{
+    OneOrMany, RawConfig, RawDataset, RawHandler, RawMetadb, RawRetention, RawSource,
+};
 use super::{
     AtomSpec, AtomsSource, Config, DatasetSpec, DatasetsSource, HandlerSpec, HandlerType,
     MetadbClientConfig, QueueSpec, RepositorySpec, SourceSpec,
@@ -89,7 +92,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let handlers = resolve_handlers(handler_files, &mut errors);
 
     let source_files = read_spec_dir::<RawSource>(&dir.join("sources"), "sources", &mut errors);
-    let sources = resolve_sources(source_files, &handlers, &mut errors);
+    let default_retention = main.as_ref().and_then(|m| m.retention);
+    let sources = resolve_sources(source_files, &handlers, default_retention, &mut errors);
 
     // Parse errors were found while reading each directory, validation
     // errors afterwards: present them file by file, in reading order.
@@ -120,6 +124,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             shutdown_timeout: main.shutdown_timeout,
             status_report_interval: main.status_report_interval,
             verify: main.verify,
+            prune_schedule: main.prune_schedule,
             handlers: handlers
                 .into_iter()
                 .filter_map(|(name, h)| {
@@ -366,6 +371,8 @@ struct MainParts {
     shutdown_timeout: Duration,
     status_report_interval: Duration,
     verify: super::VerifySpec,
+    retention: Option<Policy>,
+    prune_schedule: Option<String>,
 }
 
 /// `value` made absolute against `dir` when relative.
@@ -540,6 +547,13 @@ fn resolve_main(
         raw.verify.unwrap_or_default(),
         &mut errs,
     );
+    let retention = raw
+        .retention
+        .and_then(|r| resolve_retention("retention", r, &mut errs));
+    let prune_schedule = non_empty(raw.prune_schedule).map(|s| s.trim().to_string());
+    if let Some(Err(e)) = prune_schedule.as_deref().map(check_schedule) {
+        errs.add("prune_schedule", e);
+    }
 
     if errs.out.len() > before {
         return None;
@@ -557,6 +571,8 @@ fn resolve_main(
         shutdown_timeout,
         status_report_interval,
         verify,
+        retention,
+        prune_schedule,
     })
 }
 
@@ -624,6 +640,52 @@ fn resolve_verify(
         }
     }
     spec
+}
+
+/// Validate a `retention` policy (`field`: where it is written). An empty
+/// policy is refused: it would keep everything or, with newer restic,
+/// nothing.
+fn resolve_retention(field: &str, raw: RawRetention, errs: &mut FileErrors<'_>) -> Option<Policy> {
+    let before = errs.out.len();
+    let mut count = |key: &str, v: Option<i64>| -> u32 {
+        match v {
+            None => 0,
+            Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => n as u32,
+            Some(n) => {
+                errs.add(
+                    join(field, key),
+                    format!("{n} is out of range: give a count from 0 (unset) upwards"),
+                );
+                0
+            }
+        }
+    };
+    let mut policy = Policy {
+        keep_last: count("keep_last", raw.keep_last),
+        keep_hourly: count("keep_hourly", raw.keep_hourly),
+        keep_daily: count("keep_daily", raw.keep_daily),
+        keep_weekly: count("keep_weekly", raw.keep_weekly),
+        keep_monthly: count("keep_monthly", raw.keep_monthly),
+        keep_yearly: count("keep_yearly", raw.keep_yearly),
+        keep_within: None,
+    };
+    if let Some(w) = non_empty(raw.keep_within) {
+        match CalendarDuration::parse(&w) {
+            Ok(d) => policy.keep_within = Some(d),
+            Err(e) => errs.add(join(field, "keep_within"), e),
+        }
+    }
+    if errs.out.len() > before {
+        return None;
+    }
+    if policy.is_empty() {
+        errs.add(
+            field,
+            "keeps nothing: set at least one of keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within (remove the key to keep every version)",
+        );
+        return None;
+    }
+    Some(policy)
 }
 
 fn resolve_repository(
@@ -807,6 +869,7 @@ fn non_empty(s: Option<String>) -> Option<String> {
 fn resolve_sources(
     files: Vec<SpecFile<RawSource>>,
     handlers: &BTreeMap<String, HandlerEntry>,
+    default_retention: Option<Policy>,
     out: &mut Vec<ConfigError>,
 ) -> Vec<SourceSpec> {
     let mut seen: HashMap<String, (PathBuf, String)> = HashMap::new();
@@ -818,7 +881,9 @@ fn resolve_sources(
                 file: &file.path,
                 out: &mut *out,
             };
-            if let Some(s) = resolve_source(&p, raw, handlers, &mut errs, &mut seen) {
+            if let Some(s) =
+                resolve_source(&p, raw, handlers, default_retention, &mut errs, &mut seen)
+            {
                 sources.push(s);
             }
         }
@@ -830,6 +895,7 @@ fn resolve_source(
     p: &str,
     raw: RawSource,
     handlers: &BTreeMap<String, HandlerEntry>,
+    default_retention: Option<Policy>,
     errs: &mut FileErrors<'_>,
     seen: &mut HashMap<String, (PathBuf, String)>,
 ) -> Option<SourceSpec> {
@@ -892,6 +958,11 @@ fn resolve_source(
         },
     };
 
+    let retention = match raw.retention {
+        Some(r) => resolve_retention(&join(p, "retention"), r, errs),
+        None => default_retention,
+    };
+
     let datasets_field = join(p, "datasets");
     let command = non_empty(raw.datasets_command);
     let datasets = match (raw.datasets, command) {
@@ -946,6 +1017,7 @@ fn resolve_source(
         post_restore_command: non_empty(raw.post_restore_command),
         params,
         timeout,
+        retention,
         file: errs.file.to_path_buf(),
     })
 }
@@ -1437,6 +1509,57 @@ datasets:
         ] {
             assert_error(&dir, &errs, "agent.yml", field, "");
         }
+    }
+
+    #[test]
+    fn retention_defaults_from_agent_yml_and_is_checked() {
+        let src = "name: s\nhandler: files\ndatasets: [{name: d, atoms: [{name: a}]}]\n";
+        let own = format!("{src}retention: {{keep_daily: 7, keep_within: 1y2d}}\n");
+        let main = format!("{MAIN}retention: {{keep_last: 3}}\nprune_schedule: '@weekly'\n");
+        let (_d, c) = ok(&[
+            ("agent.yml", &main),
+            ("sources/a.yml", src),
+            ("sources/b.yml", &own.replace("name: s", "name: t")),
+        ]);
+        let a = c.find_source("s").unwrap().retention.unwrap();
+        assert_eq!((a.keep_last, a.keep_daily), (3, 0));
+        let b = c.find_source("t").unwrap().retention.unwrap();
+        assert_eq!((b.keep_last, b.keep_daily), (0, 7));
+        assert_eq!(b.keep_within.unwrap().to_string(), "1y2d");
+        assert_eq!(c.prune_schedule.as_deref(), Some("@weekly"));
+        let (_d, c) = ok(&[("sources/a.yml", src)]);
+        assert!(c.find_source("s").unwrap().retention.is_none());
+        assert!(c.prune_schedule.is_none());
+        assert_only_error(
+            &[(
+                "sources/a.yml",
+                &format!("{src}retention: {{keep_within: 2w}}\n"),
+            )],
+            "sources/a.yml",
+            "retention.keep_within",
+            "unknown unit",
+        );
+        assert_only_error(
+            &[(
+                "sources/a.yml",
+                &format!("{src}retention: {{keep_last: -1}}\n"),
+            )],
+            "sources/a.yml",
+            "retention.keep_last",
+            "out of range",
+        );
+        assert_only_error(
+            &[("agent.yml", &format!("{MAIN}retention: {{keep_last: 0}}\n"))],
+            "agent.yml",
+            "retention",
+            "keeps nothing",
+        );
+        assert_only_error(
+            &[("agent.yml", &format!("{MAIN}prune_schedule: sometimes\n"))],
+            "agent.yml",
+            "prune_schedule",
+            "",
+        );
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct RawConfig {
     /// Options of verification runs (the agent's and `tabacco verify`'s
     /// defaults).
     pub verify: Option<RawVerify>,
+    /// Default retention policy of the sources that have none.
+    pub retention: Option<RawRetention>,
+    /// When the agent prunes the repository (a schedule); absent: this
+    /// host never prunes.
+    pub prune_schedule: Option<String>,
 }
 
 /// `verify` in `agent.yml`.
@@ -71,6 +76,27 @@ pub struct RawVerify {
     pub live_tolerance_percent: Option<f64>,
     /// Most bytes a drill's scratch directory may hold (`20GiB`).
     pub scratch_budget: Option<String>,
+}
+
+/// `retention` of a source or in `agent.yml`: restic's `forget` policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Keep the newest N versions.
+    pub keep_last: Option<i64>,
+    /// Keep one version for each of the last N hours with one.
+    pub keep_hourly: Option<i64>,
+    /// The same per day.
+    pub keep_daily: Option<i64>,
+    /// The same per week.
+    pub keep_weekly: Option<i64>,
+    /// The same per month.
+    pub keep_monthly: Option<i64>,
+    /// The same per year.
+    pub keep_yearly: Option<i64>,
+    /// Keep every version within this duration of the newest, restic's
+    /// format (`30d`, `1y6m`, `2d12h`).
+    pub keep_within: Option<String>,
 }
 
 /// `queue_config` in `agent.yml`.
@@ -157,6 +183,9 @@ pub struct RawSource {
     pub params: Option<Params>,
     /// Bound on the whole backup, e.g. `6h`, `1h30m`.
     pub timeout: Option<String>,
+    /// Retention policy of this source's versions (over the default in
+    /// `agent.yml`).
+    pub retention: Option<RawRetention>,
 }
 
 /// A dataset, in a source's `datasets` or a `datasets_command`'s output.

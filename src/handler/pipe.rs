@@ -199,7 +199,18 @@ impl PipeHandler {
                 p(&st)
             }) as ProgressFn
         });
-        let meta = snapshot_meta(backup, dataset);
+        // The record the snapshot carries lists only the atoms it holds
+        // (what the index will record, see the manager).
+        let held = Dataset {
+            atoms: dataset
+                .atoms
+                .iter()
+                .filter(|a| !failed_atoms.iter().any(|f| f.atom == a.name))
+                .cloned()
+                .collect(),
+            ..dataset.clone()
+        };
+        let meta = snapshot_meta(backup, &held);
         let snapshot = rctx
             .repo()
             .backup_relative(&meta, dir.path(), &[rel], restic_progress)

@@ -17,7 +17,8 @@ use super::sqlite::SqliteStore;
 use super::{HostSummary, MetadataError, MetadataStore, ServerStore};
 use crate::glob::Pattern;
 use crate::model::{
-    Atom, Backup, Dataset, FindRequest, JobStatus, UpdateActiveJobStatusRequest, atom_path,
+    Atom, Backup, Dataset, DatasetRef, FindRequest, JobStatus, RemoveDatasetsRequest,
+    UpdateActiveJobStatusRequest, atom_path,
 };
 
 /// A store under test: the server interface plus row counts.
@@ -213,6 +214,8 @@ store_tests!(
     verifications_only_of_own_indexed_atoms,
     restore_record_fields_round_trip,
     add_refuses_bad_restore_record_fields,
+    remove_datasets_removes_only_the_hosts_own_records,
+    remove_datasets_refuses_bad_ids,
 );
 
 /// A dataset with the restore record of issue 11: the handler, the
@@ -312,6 +315,92 @@ async fn add_refuses_bad_restore_record_fields(s: &dyn TestStore) {
         }
     }
     assert_eq!(s.counts().await, (0, 0, 0));
+}
+
+fn remove(host: &str, refs: &[(&str, &str)]) -> RemoveDatasetsRequest {
+    RemoveDatasetsRequest {
+        host: host.into(),
+        datasets: refs
+            .iter()
+            .map(|(b, d)| DatasetRef {
+                backup_id: (*b).into(),
+                dataset_id: (*d).into(),
+            })
+            .collect(),
+    }
+}
+
+async fn remove_datasets_removes_only_the_hosts_own_records(s: &dyn TestStore) {
+    let b1 = backup("b1", "h1", "2026-01-01T00:00:00Z");
+    let b2 = backup("b2", "h2", "2026-01-02T00:00:00Z");
+    s.add_dataset(&b1, &dataset("d1", "src", "one", &["a", "b"]))
+        .await
+        .unwrap();
+    s.add_dataset(&b1, &dataset("d2", "src", "two", &["c"]))
+        .await
+        .unwrap();
+    s.add_dataset(&b2, &dataset("d3", "src", "one", &["a"]))
+        .await
+        .unwrap();
+    assert_eq!(s.counts().await, (2, 3, 4));
+    // h1 names its own record and one of h2's: only its own goes.
+    let n = s
+        .remove_datasets(&remove("h1", &[("b1", "d1"), ("b2", "d3"), ("b9", "d9")]))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(s.counts().await, (2, 2, 2));
+    let found = s.find_atoms(&find("src/*")).await.unwrap();
+    let names: Vec<_> = found
+        .iter()
+        .flat_map(|b| b.datasets.iter().map(|d| d.id.clone()))
+        .collect();
+    assert_eq!(names, ["d3", "d2"]);
+    // Removing again is not an error; the emptied backup goes.
+    let n = s
+        .remove_datasets(&remove("h1", &[("b1", "d1"), ("b1", "d2")]))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(s.counts().await, (1, 1, 1));
+    let hosts: Vec<_> = s
+        .hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.host)
+        .collect();
+    assert_eq!(hosts, ["h2"]);
+    // The record can be added again (reconcile re-indexing a snapshot).
+    s.add_dataset(&b1, &dataset("d1", "src", "one", &["a", "b"]))
+        .await
+        .unwrap();
+    assert_eq!(s.counts().await, (2, 2, 3));
+    assert_eq!(s.remove_datasets(&remove("h1", &[])).await.unwrap(), 0);
+}
+
+async fn remove_datasets_refuses_bad_ids(s: &dyn TestStore) {
+    for req in [
+        remove("", &[("b", "d")]),
+        remove("h 1", &[("b", "d")]),
+        remove("h1", &[("../b", "d")]),
+        remove("h1", &[("b", "d,e")]),
+    ] {
+        let e = s.remove_datasets(&req).await.unwrap_err();
+        assert!(matches!(e, MetadataError::BadRequest(_)), "{req:?}: {e}");
+    }
+    let many = RemoveDatasetsRequest {
+        host: "h1".into(),
+        datasets: vec![
+            DatasetRef {
+                backup_id: "b".into(),
+                dataset_id: "d".into()
+            };
+            super::MAX_REMOVE_DATASETS + 1
+        ],
+    };
+    let e = s.remove_datasets(&many).await.unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
 }
 
 async fn add_then_find_round_trips_every_field(s: &dyn TestStore) {

@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::filelock::{Locked, lock_waiting};
 use crate::model::{
     AddDatasetRequest, AddVerificationsRequest, Backup, Dataset, FindRequest,
-    GetVerificationsRequest, UpdateActiveJobStatusRequest, Verification,
+    GetVerificationsRequest, RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification,
 };
 
 /// How often the agent's background task should deliver the outbox
@@ -587,6 +587,13 @@ impl OutboxStore {
         &self.outbox
     }
 
+    /// The metadata server itself, without the outbox (for work that is
+    /// repeated until it succeeds anyway, such as reconcile, and should
+    /// see the server's refusals at once).
+    pub fn remote(&self) -> &Arc<dyn MetadataStore> {
+        &self.remote
+    }
+
     /// The server's URL, for messages.
     pub fn url(&self) -> &str {
         &self.url
@@ -748,6 +755,33 @@ impl MetadataStore for OutboxStore {
         req: &GetVerificationsRequest,
     ) -> Result<Vec<Verification>, MetadataError> {
         self.remote.get_verifications(req).await
+    }
+
+    /// Delivers the outbox first: a record still queued could be
+    /// delivered after its removal and promise a forgotten snapshot again.
+    /// While records stay queued (the server is unreachable), nothing is
+    /// removed and the caller must not forget anything either.
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        let report = self.deliver_pending().await;
+        log_report(&self.url, &report);
+        if report.pending > 0 {
+            return Err(MetadataError::Unavailable {
+                url: self.url.clone(),
+                attempts: 1,
+                status: None,
+                reason: format!(
+                    "{} dataset record(s) are still waiting in the outbox ({}); records are removed only once the outbox is delivered{}",
+                    report.pending,
+                    self.outbox.dir().display(),
+                    report
+                        .error
+                        .as_deref()
+                        .map(|e| format!(" (delivery: {e})"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        self.remote.remove_datasets(req).await
     }
 }
 

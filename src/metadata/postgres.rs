@@ -36,18 +36,17 @@ use super::sql::{
 use super::{
     HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, backup_id_chunks,
     check_owned, decode_report, jobs_json, state_json, truncate_micros, validate_add,
-    validate_find, validate_get_verifications, validate_verifications,
+    validate_find, validate_get_verifications, validate_remove, validate_verifications,
 };
 use crate::glob::{PathCondition, Pattern};
 use crate::model::{
     AddVerificationsRequest, Atom, AtomVersion, Backup, Dataset, FindRequest,
-    GetVerificationsRequest, UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
+    GetVerificationsRequest, RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification,
+    VerifyResult, atom_path,
 };
 
-/// Backup ids per `= ANY($1)` array of the verification queries.
 const IDS_PER_QUERY: usize = 1000;
 
-/// Verification rows per INSERT statement (7 parameters each).
 const VERIFICATIONS_PER_INSERT: usize = 1000;
 
 /// Connections in the pool.
@@ -362,6 +361,39 @@ impl MetadataStore for PostgresStore {
             "dataset recorded"
         );
         Ok(())
+    }
+
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        validate_remove(req)?;
+        if req.datasets.is_empty() {
+            return Ok(0);
+        }
+        let backup_ids: Vec<&str> = req.datasets.iter().map(|d| d.backup_id.as_str()).collect();
+        let dataset_ids: Vec<&str> = req.datasets.iter().map(|d| d.dataset_id.as_str()).collect();
+        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        // Atoms go with their dataset (ON DELETE CASCADE); only the host's
+        // own records match.
+        let removed = sqlx::query(
+            "DELETE FROM datasets d USING unnest($1::text[], $2::text[]) AS r(backup_id, id),              backups b WHERE d.backup_id = r.backup_id AND d.id = r.id              AND b.id = d.backup_id AND b.host = $3",
+        )
+        .bind(&backup_ids)
+        .bind(&dataset_ids)
+        .bind(&req.host)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?
+        .rows_affected() as i64;
+        sqlx::query(
+            "DELETE FROM backups b WHERE b.id = ANY($1::text[]) AND b.host = $2              AND NOT EXISTS (SELECT 1 FROM datasets d WHERE d.backup_id = b.id)",
+        )
+        .bind(&backup_ids)
+        .bind(&req.host)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        tracing::debug!(database = %self.location, host = %req.host, removed, "dataset records removed");
+        Ok(removed)
     }
 
     async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {

@@ -25,7 +25,8 @@ use super::{MetadataError, MetadataStore};
 use crate::config::MetadbClientConfig;
 use crate::model::{
     AddDatasetRequest, AddVerificationsRequest, Backup, Dataset, FindRequest,
-    GetVerificationsRequest, UpdateActiveJobStatusRequest, Verification, api,
+    GetVerificationsRequest, RemoveDatasetsRequest, RemoveDatasetsResponse,
+    UpdateActiveJobStatusRequest, Verification, api,
 };
 use crate::util::error_chain;
 
@@ -559,6 +560,29 @@ impl MetadataStore for RemoteStore {
         self.post(api::UPDATE_ACTIVE_JOB_STATUS, req)
             .await
             .map(|_| ())
+    }
+
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        let mut removed = 0;
+        // The server takes a bounded number per request.
+        for chunk in req.datasets.chunks(super::MAX_REMOVE_DATASETS) {
+            let part = RemoveDatasetsRequest {
+                host: req.host.clone(),
+                datasets: chunk.to_vec(),
+            };
+            let body = self.post(api::REMOVE_DATASETS, &part).await?;
+            let answer: RemoveDatasetsResponse =
+                serde_json::from_slice(&body).map_err(|e| MetadataError::InvalidResponse {
+                    url: format!(
+                        "{}{}",
+                        self.display.trim_end_matches('/'),
+                        api::REMOVE_DATASETS
+                    ),
+                    message: format!("expected {{\"removed\": N}}: {e}"),
+                })?;
+            removed += answer.removed;
+        }
+        Ok(removed)
     }
 
     async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {

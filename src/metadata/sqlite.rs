@@ -60,12 +60,12 @@ pub use super::{HostActiveJobs, HostSummary};
 use super::{
     MetadataError, MetadataStore, ServerStore, backup_id_chunks, check_owned, decode_report,
     jobs_json, state_json, validate_add, validate_find, validate_get_verifications,
-    validate_verifications,
+    validate_remove, validate_verifications,
 };
 use crate::glob::{PathCondition, Pattern};
 use crate::model::{
     AddVerificationsRequest, AtomVersion, Backup, Dataset, FindRequest, GetVerificationsRequest,
-    UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
+    RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
 };
 
 /// How long a connection waits for another process's write lock before
@@ -521,6 +521,52 @@ impl MetadataStore for SqliteStore {
             "dataset recorded"
         );
         Ok(())
+    }
+
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        validate_remove(req)?;
+        if req.datasets.is_empty() {
+            return Ok(0);
+        }
+        let _writer = self.writer.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let mut removed = 0i64;
+        // Atoms go with their dataset (ON DELETE CASCADE); only the host's
+        // own records match.
+        for d in &req.datasets {
+            removed += sqlx::query(
+                "DELETE FROM datasets WHERE backup_id = ? AND id = ?                  AND backup_id IN (SELECT id FROM backups WHERE id = ? AND host = ?)",
+            )
+            .bind(&d.backup_id)
+            .bind(&d.dataset_id)
+            .bind(&d.backup_id)
+            .bind(&req.host)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .rows_affected() as i64;
+        }
+        let mut backups: Vec<&str> = req.datasets.iter().map(|d| d.backup_id.as_str()).collect();
+        backups.sort_unstable();
+        backups.dedup();
+        for b in backups {
+            sqlx::query(
+                "DELETE FROM backups WHERE id = ? AND host = ?                  AND NOT EXISTS (SELECT 1 FROM datasets WHERE backup_id = ?)",
+            )
+            .bind(b)
+            .bind(&req.host)
+            .bind(b)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))?;
+        tracing::debug!(database = %self.location, host = %req.host, removed, "dataset records removed");
+        Ok(removed)
     }
 
     async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {

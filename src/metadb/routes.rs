@@ -8,6 +8,7 @@
 //! | `POST /api/update_active_job_status` | a host's running jobs |
 //! | `POST /api/add_verifications` | a host's restore drill results (its own backups only) |
 //! | `POST /api/get_verifications` | atom versions -> their latest drill results |
+//! | `POST /api/remove_datasets` | remove a host's dataset records -> `{removed}` |
 //! | `GET /api/hosts` | hosts: last backup, last report, sources' state, active jobs |
 //! | `GET /api/openapi.json` | the OpenAPI 3 document (`docs/openapi.json`) |
 //! | `GET /healthz` | 200 when the database answers and takes a write, else 503 |
@@ -44,7 +45,8 @@ use super::error::{ApiError, ErrorBody};
 use super::page;
 use crate::model::{
     AddDatasetRequest, AddVerificationsRequest, Backup, FindRequest, GetVerificationsRequest,
-    JobStatus, SourceReport, UpdateActiveJobStatusRequest, Verification, api,
+    JobStatus, RemoveDatasetsRequest, RemoveDatasetsResponse, SourceReport,
+    UpdateActiveJobStatusRequest, Verification, api,
 };
 
 /// The OpenAPI 3 document of this API (committed as `docs/openapi.json`).
@@ -182,6 +184,25 @@ async fn add_dataset(
         "dataset recorded"
     );
     Ok(ok())
+}
+
+/// `POST /api/remove_datasets`: a host removes its own records, an admin
+/// any host's.
+async fn remove_datasets(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<RemoveDatasetsRequest>,
+) -> Result<Json<RemoveDatasetsResponse>, ApiError> {
+    state.auth.check_write(&caller, &req.host)?;
+    let removed = state.store.remove_datasets(&req).await?;
+    tracing::info!(
+        caller = caller.name(),
+        host = %req.host,
+        asked = req.datasets.len(),
+        removed,
+        "dataset records removed"
+    );
+    Ok(Json(RemoveDatasetsResponse { removed }))
 }
 
 /// `POST /api/find_atoms`.
@@ -457,6 +478,7 @@ pub fn router(state: Arc<AppState>) -> (Router, Vec<(&'static str, &'static str)
     }
     .add("post", api::ADD_DATASET, post(add_dataset))
     .add("post", api::FIND_ATOMS, post(find_atoms))
+    .add("post", api::REMOVE_DATASETS, post(remove_datasets))
     .add(
         "post",
         api::UPDATE_ACTIVE_JOB_STATUS,

@@ -995,6 +995,29 @@ async fn openapi_document_matches_routes_and_model() {
             .unwrap(),
         ),
         (
+            "RemoveDatasetsRequest",
+            serde_json::to_value(crate::model::RemoveDatasetsRequest {
+                host: "h".into(),
+                datasets: vec![crate::model::DatasetRef {
+                    backup_id: "b".into(),
+                    dataset_id: "d".into(),
+                }],
+            })
+            .unwrap(),
+        ),
+        (
+            "DatasetRef",
+            serde_json::to_value(crate::model::DatasetRef {
+                backup_id: "b".into(),
+                dataset_id: "d".into(),
+            })
+            .unwrap(),
+        ),
+        (
+            "RemoveDatasetsResponse",
+            serde_json::to_value(crate::model::RemoveDatasetsResponse { removed: 1 }).unwrap(),
+        ),
+        (
             "AddDatasetRequest",
             serde_json::to_value(crate::model::AddDatasetRequest {
                 backup: backup.clone(),
@@ -1354,6 +1377,36 @@ async fn mtls_requires_a_certificate_and_hosts_write_only_their_own_records() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(flat(&serde_json::from_str(&text).unwrap()).len(), 3);
+    // Removing records follows the same rule: host A may not remove host
+    // B's, B removes its own, an admin anyone's.
+    let refs = |host: &str, b: &str| {
+        let add = add_for(host, b);
+        json!({"host": host, "datasets": [{"backup_id": b, "dataset_id": add["dataset"]["id"]}]})
+    };
+    let (status, _) = post_with(&a, &s, "/api/remove_datasets", &refs("host-b", "bb"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, text) = post_with(&b, &s, "/api/remove_datasets", &refs("host-b", "bb"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["removed"], 1);
+    let (status, text) = post_with(
+        &admin,
+        &s,
+        "/api/remove_datasets",
+        &refs("host-c", "bc"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["removed"], 1);
+    let (_, text) = post_with(&b, &s, "/api/find_atoms", &json!({"pattern": "*"}), None)
+        .await
+        .unwrap();
+    assert_eq!(flat(&serde_json::from_str(&text).unwrap()).len(), 1);
     // Health and the document need no certificate at the HTTP level, but
     // the TLS layer still wants one.
     let resp = admin.get(s.url("/healthz")).send().await.unwrap();

@@ -45,9 +45,10 @@ use futures::future::Either;
 use nix::sys::signal::Signal;
 
 use self::json::{BackupLine, BackupSummary, Snapshot, Version};
+use super::record::RepoSnapshot;
 use super::{
-    Creation, PartialSnapshot, ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta,
-    SnapshotNode, StreamFacts,
+    Creation, PartialSnapshot, ProgressFn, PruneReport, RepoError, Repository, SnapshotInfo,
+    SnapshotMeta, SnapshotNode, StreamFacts,
 };
 use crate::config::RepositorySpec;
 use crate::model::RunningJobStatus;
@@ -766,11 +767,14 @@ impl Restic {
                 message: "the snapshot's host name is empty".into(),
             });
         }
-        let tags = [
+        let mut tags = vec![
             format!("backup_id={}", meta.backup_id),
             format!("dataset_id={}", meta.dataset_id),
             format!("source={}", meta.source),
         ];
+        if !meta.record.is_empty() {
+            tags.extend(super::record::record_tags(&meta.record));
+        }
         let mut args: Vec<OsString> =
             vec!["--json".into(), "--host".into(), meta.host.clone().into()];
         for t in tags {
@@ -942,7 +946,23 @@ impl Restic {
         tags: &[String],
         ids: &[&str],
     ) -> Result<Vec<Snapshot>, RepoError> {
+        self.list_snapshots_of(version, None, tags, ids).await
+    }
+
+    /// `restic snapshots --json [--host H] [--tag T1,T2] [IDS...]`.
+    async fn list_snapshots_of(
+        &self,
+        version: Version,
+        host: Option<&str>,
+        tags: &[String],
+        ids: &[&str],
+    ) -> Result<Vec<Snapshot>, RepoError> {
         let mut args: Vec<String> = vec!["--json".into()];
+        if let Some(h) = host {
+            crate::names::check_host(h).map_err(|message| RepoError::BadRequest { message })?;
+            args.push("--host".into());
+            args.push(h.into());
+        }
         if !tags.is_empty() {
             for t in tags {
                 check_tag(t)?;
@@ -1498,6 +1518,97 @@ impl Repository for Restic {
         self.cat_config(version).await?;
         Ok(creation)
     }
+
+    async fn snapshots(&self, host: Option<&str>) -> Result<Vec<RepoSnapshot>, RepoError> {
+        let version = self.version().await?;
+        let snaps = self.list_snapshots_of(version, host, &[], &[]).await?;
+        Ok(snaps
+            .into_iter()
+            .map(Snapshot::into_repo_snapshot)
+            .collect())
+    }
+
+    async fn forget_ids(&self, ids: &[String]) -> Result<(), RepoError> {
+        for id in ids {
+            check_snapshot_id(id)?;
+        }
+        let version = self.version().await?;
+        for chunk in ids.chunks(FORGET_IDS_PER_RUN) {
+            self.with_retries(version, false, |wait| async move {
+                let out = self
+                    .restic_command("forget", chunk)
+                    .args(Restic::retry_lock_args(version, wait))
+                    .stdout_lines(|l| tracing::debug!("restic forget: {l}"))
+                    .status()
+                    .await
+                    .map_err(|e| self.spawn_error(e))?;
+                self.check(version, &out)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn prune(&self) -> Result<PruneReport, RepoError> {
+        let version = self.version().await?;
+        let lines = std::sync::Mutex::new(Vec::new());
+        let lines = &lines;
+        self.with_retries(version, false, |wait| async move {
+            if let Ok(mut l) = lines.lock() {
+                l.clear();
+            }
+            let out = self
+                .restic_command("prune", None::<&str>)
+                .args(Restic::retry_lock_args(version, wait))
+                .stdout_lines(|l| {
+                    tracing::debug!("restic prune: {l}");
+                    if let Ok(mut v) = lines.lock() {
+                        v.push(l.to_string());
+                    }
+                })
+                .status()
+                .await
+                .map_err(|e| self.spawn_error(e))?;
+            self.check(version, &out)
+        })
+        .await?;
+        let all = lines.lock().map(|l| l.clone()).unwrap_or_default();
+        Ok(PruneReport {
+            summary: prune_summary(&all),
+        })
+    }
+
+    async fn retention_rules(&self) -> Result<crate::retention::Rules, RepoError> {
+        let version = self.version().await?;
+        Ok(crate::retention::Rules {
+            keep_oldest: version >= KEEP_OLDEST_SINCE,
+        })
+    }
+}
+
+/// Snapshot ids per `restic forget` run (65 bytes each in argv).
+const FORGET_IDS_PER_RUN: usize = 2000;
+
+/// The first restic version whose `forget` keeps a group's oldest
+/// snapshot while a bucket has counts left.
+const KEEP_OLDEST_SINCE: Version = Version::new(0, 18, 0);
+
+/// The lines of `restic prune` worth keeping: what it found to delete,
+/// repack and what remains (its progress lines are left out).
+fn prune_summary(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| {
+            l.starts_with("to delete:")
+                || l.starts_with("to repack:")
+                || l.starts_with("total prune:")
+                || l.starts_with("remaining:")
+                || l.starts_with("unused size after prune:")
+                || l.starts_with("this removes")
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -1604,6 +1715,7 @@ mod tests {
             backup_id: backup_id.into(),
             dataset_id: format!("{backup_id}-ds"),
             source: "src".into(),
+            record: String::new(),
         }
     }
 

@@ -21,5 +21,6 @@ mod metadb;
 mod metadb_server;
 mod remote;
 mod rest;
+mod retention;
 mod shared_repo;
 mod verify;

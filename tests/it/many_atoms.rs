@@ -200,6 +200,19 @@ fn a_failing_dump_loses_its_atom_only() {
     // db3's partial output is not in the snapshot.
     let listed = restic_ok(env.repo().to_str().unwrap(), &["ls", "--no-lock", "latest"]);
     assert!(!String::from_utf8_lossy(&listed).contains("/db/all/db3"));
+    // The record the snapshot carries agrees (issue 13): an index rebuilt
+    // from the repository does not promise db3 either.
+    let before = env.query(&["db/*"]);
+    for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
+        let _ = std::fs::remove_file(env.path("work").join(f));
+    }
+    env.ok(&["reconcile"]);
+    let after = env.query(&["db/*"]);
+    assert_eq!(atom_versions(&after).len(), 4, "{after}");
+    assert_eq!(
+        after[0]["datasets"][0]["atoms"],
+        before[0]["datasets"][0]["atoms"]
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! come as integers or floats. A line that is not a JSON object (plain text
 //! warnings, garbage) is reported as such, never an error.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -149,8 +149,9 @@ pub struct Snapshot {
     /// Short id (8 hex digits).
     #[serde(default)]
     pub short_id: String,
-    /// When it was taken.
-    pub time: DateTime<Utc>,
+    /// When it was taken, with the offset it was written with (restic's
+    /// retention buckets use that wall clock).
+    pub time: DateTime<FixedOffset>,
     /// Root tree id.
     #[serde(default)]
     pub tree: String,
@@ -166,9 +167,55 @@ pub struct Snapshot {
     /// Tags (`key=value` for ours).
     #[serde(default, deserialize_with = "null_as_empty")]
     pub tags: Vec<String>,
+    /// The backup's statistics, stored in the snapshot from restic 0.17.
+    #[serde(default)]
+    pub summary: Option<SnapshotSummary>,
+}
+
+/// The statistics restic 0.17 and later store in a snapshot (the fields
+/// tabacco records; others are ignored).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct SnapshotSummary {
+    /// When the backup started.
+    #[serde(default)]
+    pub backup_start: Option<DateTime<Utc>>,
+    /// When it ended.
+    #[serde(default)]
+    pub backup_end: Option<DateTime<Utc>>,
+    /// Bytes added to the repository.
+    #[serde(default)]
+    pub data_added: u64,
+    /// Files read.
+    #[serde(default)]
+    pub total_files_processed: u64,
+    /// Bytes read.
+    #[serde(default)]
+    pub total_bytes_processed: u64,
 }
 
 impl Snapshot {
+    /// The repository-neutral form (statistics from the stored summary).
+    pub fn into_repo_snapshot(self) -> crate::repository::record::RepoSnapshot {
+        let stats = self
+            .summary
+            .map(|s| crate::repository::record::SnapshotStats {
+                total_files: i64::try_from(s.total_files_processed).unwrap_or(i64::MAX),
+                total_bytes: i64::try_from(s.total_bytes_processed).unwrap_or(i64::MAX),
+                bytes_added: i64::try_from(s.data_added).unwrap_or(i64::MAX),
+                duration_secs: match (s.backup_start, s.backup_end) {
+                    (Some(a), Some(b)) => (b - a).as_seconds_f64().max(0.0),
+                    _ => 0.0,
+                },
+            });
+        crate::repository::record::RepoSnapshot {
+            id: self.id,
+            time: self.time,
+            host: self.hostname,
+            tags: self.tags,
+            stats,
+        }
+    }
+
     /// The value of our tag `key=value`, if present.
     pub fn tag(&self, key: &str) -> Option<&str> {
         self.tags
