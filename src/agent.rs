@@ -1014,6 +1014,14 @@ impl Agent {
                     ),
                 )
             }
+            // A host whose first backup has not run yet: nothing to
+            // reconcile (the backup creates the repository).
+            Err(crate::manager::maintenance::MaintenanceError::Repo(
+                crate::repository::RepoError::NoRepository { .. },
+            )) => {
+                info!("reconcile at start: the repository does not exist yet, nothing to compare");
+                MaintenanceRun::now(true, "the repository does not exist yet".into())
+            }
             Err(e) => {
                 let e = error_chain(&e);
                 warn!("reconcile at start failed: {e}");

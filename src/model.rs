@@ -519,6 +519,17 @@ pub struct AtomVersion {
     pub atom: String,
 }
 
+impl AtomVersion {
+    /// The version of atom `atom` of dataset `ds` in backup `b`.
+    pub fn of(b: &Backup, ds: &Dataset, atom: &Atom) -> AtomVersion {
+        AtomVersion {
+            backup_id: b.id.clone(),
+            dataset_id: ds.id.clone(),
+            atom: atom.name.clone(),
+        }
+    }
+}
+
 /// How a restore drill of one atom version ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -457,11 +457,7 @@ fn drill(
     bytes: u64,
 ) -> Drill {
     Drill {
-        version: AtomVersion {
-            backup_id: b.id.clone(),
-            dataset_id: ds.id.clone(),
-            atom: a.name.clone(),
-        },
+        version: AtomVersion::of(b, ds, a),
         atom_path: atom_path(&ds.source, &ds.name, &a.name),
         backup_time: b.timestamp,
         snapshot_id: ds.snapshot_id.clone(),
@@ -1004,11 +1000,7 @@ pub async fn proven(
     for b in &backups {
         for ds in &b.datasets {
             for a in &ds.atoms {
-                let key = AtomVersion {
-                    backup_id: b.id.clone(),
-                    dataset_id: ds.id.clone(),
-                    atom: a.name.clone(),
-                };
+                let key = AtomVersion::of(b, ds, a);
                 let ok = verified.get(&key).and_then(|v| v.last_ok);
                 let entry = newest_ok
                     .entry(atom_path(&ds.source, &ds.name, &a.name))
@@ -1038,13 +1030,9 @@ pub async fn verifications_of(
     let versions: Vec<AtomVersion> = backups
         .iter()
         .flat_map(|b| {
-            b.datasets.iter().flat_map(move |ds| {
-                ds.atoms.iter().map(move |a| AtomVersion {
-                    backup_id: b.id.clone(),
-                    dataset_id: ds.id.clone(),
-                    atom: a.name.clone(),
-                })
-            })
+            b.datasets
+                .iter()
+                .flat_map(move |ds| ds.atoms.iter().map(move |a| AtomVersion::of(b, ds, a)))
         })
         .collect();
     let mut out = BTreeMap::new();

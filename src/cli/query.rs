@@ -85,11 +85,7 @@ pub fn with_verifications(
         for (ds, dv) in b.datasets.iter().zip(datasets.into_iter().flatten()) {
             let atoms = dv.get_mut("atoms").and_then(|a| a.as_array_mut());
             for (a, av) in ds.atoms.iter().zip(atoms.into_iter().flatten()) {
-                let key = AtomVersion {
-                    backup_id: b.id.clone(),
-                    dataset_id: ds.id.clone(),
-                    atom: a.name.clone(),
-                };
+                let key = AtomVersion::of(b, ds, a);
                 if let (Some(v), Some(obj)) = (verified.get(&key), av.as_object_mut()) {
                     obj.insert(
                         "verification".into(),
@@ -113,11 +109,7 @@ pub fn table(backups: &[Backup], verified: &BTreeMap<AtomVersion, Verification>)
     for b in backups {
         for ds in &b.datasets {
             for a in &ds.atoms {
-                let key = AtomVersion {
-                    backup_id: b.id.clone(),
-                    dataset_id: ds.id.clone(),
-                    atom: a.name.clone(),
-                };
+                let key = AtomVersion::of(b, ds, a);
                 let verification = verified.get(&key).map_or_else(
                     || "never".to_string(),
                     |v| {
