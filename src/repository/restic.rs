@@ -80,12 +80,8 @@ const SHOWN_ITEMS: usize = 10;
 /// A restic repository.
 pub struct Restic {
     name: String,
-    uri: String,
-    password: Password,
-    env: BTreeMap<String, String>,
-    cache_dir: Option<PathBuf>,
-    binary: String,
-    extra_args: Vec<String>,
+    /// Location, password and how to run restic, as configured.
+    params: ResticParams,
     nice_level: i32,
     io_class: i32,
     lock_wait: Duration,
@@ -106,12 +102,7 @@ impl fmt::Debug for Restic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Restic")
             .field("name", &self.name)
-            .field("uri", &crate::redact::url(&self.uri))
-            .field("password", &self.password)
-            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
-            .field("cache_dir", &self.cache_dir)
-            .field("binary", &self.binary)
-            .field("extra_args", &self.extra_args)
+            .field("params", &self.params)
             .field("nice_level", &self.nice_level)
             .field("io_class", &self.io_class)
             .field("lock_wait", &self.lock_wait)
@@ -434,24 +425,10 @@ impl Restic {
                 .collect::<Vec<_>>()
                 .join("; "),
         })?;
-        let ResticParams {
-            uri,
-            password,
-            env,
-            cache_dir,
-            binary,
-            extra_args,
-            lock_wait,
-        } = p;
-        let lock_wait = lock_wait.unwrap_or(DEFAULT_LOCK_WAIT);
+        let lock_wait = p.lock_wait.unwrap_or(DEFAULT_LOCK_WAIT);
         Ok(Restic {
             name: spec.name.clone(),
-            uri,
-            password,
-            env,
-            cache_dir,
-            binary,
-            extra_args,
+            params: p,
             nice_level,
             io_class,
             lock_wait,
@@ -464,7 +441,7 @@ impl Restic {
 
     /// The repository URI with any password in it hidden, for messages.
     pub fn display_uri(&self) -> String {
-        crate::redact::url(&self.uri)
+        crate::redact::url(&self.params.uri)
     }
 
     /// A restic command `restic SUBCOMMAND ARGS... [--cache-dir D]
@@ -478,23 +455,23 @@ impl Restic {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut c = ChildCommand::new(&self.binary).arg(subcommand).args(args);
-        if let Some(d) = &self.cache_dir {
+        let mut c = ChildCommand::new(&self.params.binary).arg(subcommand).args(args);
+        if let Some(d) = &self.params.cache_dir {
             c = c.arg("--cache-dir").arg(d);
         }
-        c = c.args(&self.extra_args);
+        c = c.args(&self.params.extra_args);
         for k in REPOSITORY_ENV_VARS {
             c = c.env_remove(k);
         }
         // JSON progress comes at up to 60 lines a second by default; a few
         // are plenty for a status page.
-        if !self.env.contains_key("RESTIC_PROGRESS_FPS")
+        if !self.params.env.contains_key("RESTIC_PROGRESS_FPS")
             && std::env::var_os("RESTIC_PROGRESS_FPS").is_none()
         {
             c = c.env("RESTIC_PROGRESS_FPS", "4");
         }
-        c = c.envs(&self.env).env("RESTIC_REPOSITORY", &self.uri);
-        c = match &self.password {
+        c = c.envs(&self.params.env).env("RESTIC_REPOSITORY", &self.params.uri);
+        c = match &self.params.password {
             Password::Value(pw) => c.env("RESTIC_PASSWORD", pw),
             Password::File(f) => c.env("RESTIC_PASSWORD_FILE", f),
         };
@@ -505,7 +482,7 @@ impl Restic {
             } else {
                 vec!["unlock"]
             })
-            .label(format!("{} {subcommand}", self.binary))
+            .label(format!("{} {subcommand}", self.params.binary))
     }
 
     /// A spawn failure as a repository error (restic missing is its own
@@ -513,7 +490,7 @@ impl Restic {
     fn spawn_error(&self, e: ProcessError) -> RepoError {
         if e.is_not_found() {
             RepoError::ResticNotFound {
-                binary: self.binary.clone(),
+                binary: self.params.binary.clone(),
             }
         } else {
             RepoError::Process(e)
@@ -528,11 +505,11 @@ impl Restic {
                 let known = VERSIONS
                     .lock()
                     .ok()
-                    .and_then(|m| m.get(&self.binary).copied());
+                    .and_then(|m| m.get(&self.params.binary).copied());
                 if let Some(v) = known {
                     return Ok(v);
                 }
-                let out = ChildCommand::new(&self.binary)
+                let out = ChildCommand::new(&self.params.binary)
                     .arg("version")
                     .stdout_capture()
                     .run()
@@ -554,7 +531,7 @@ impl Restic {
                     }
                 };
                 if let Ok(mut m) = VERSIONS.lock() {
-                    m.insert(self.binary.clone(), v);
+                    m.insert(self.params.binary.clone(), v);
                 }
                 Ok(v)
             })
@@ -702,7 +679,7 @@ impl Restic {
         if self.known_to_exist.load(Ordering::Relaxed) {
             return Ok(Creation::Existing);
         }
-        let creation = match local_repo_dir(&self.uri) {
+        let creation = match local_repo_dir(&self.params.uri) {
             Some(dir) => create::create_local(self, version, &dir).await?,
             None => create::create_remote(self, version).await?,
         };
@@ -835,7 +812,7 @@ impl Restic {
     ) -> Result<String, RepoError> {
         let Some(id) = summary.snapshot_id.as_deref() else {
             return Err(RepoError::Protocol {
-                command: format!("{} backup", self.binary),
+                command: format!("{} backup", self.params.binary),
                 message: "the summary names no snapshot".into(),
             });
         };
@@ -844,7 +821,7 @@ impl Restic {
         }
         // A local repository names each snapshot file by its full id: one
         // directory listing instead of another repository open (~0.6 s).
-        if let Some(dir) = local_repo_dir(&self.uri)
+        if let Some(dir) = local_repo_dir(&self.params.uri)
             && let Ok(names) = list_dir_names(&dir.join("snapshots")).await
             && let Some(full) = unique_full_id(id, &names)
         {
@@ -852,7 +829,7 @@ impl Restic {
         }
         let snaps = self.list_snapshots(version, &[], &[id]).await?;
         json::resolve_id(id, &snaps).ok_or_else(|| RepoError::Protocol {
-            command: format!("{} snapshots", self.binary),
+            command: format!("{} snapshots", self.params.binary),
             message: format!("no single snapshot with id {id} found after the backup made it"),
         })
     }
@@ -865,7 +842,7 @@ impl Restic {
     ) -> Result<SnapshotInfo, RepoError> {
         let Some(summary) = &run.summary else {
             return Err(RepoError::Protocol {
-                command: format!("{} backup", self.binary),
+                command: format!("{} backup", self.params.binary),
                 message: format!(
                     "no summary line in its output (stderr: {})",
                     run.outcome.stderr_tail
@@ -989,7 +966,7 @@ impl Restic {
             })
             .await?;
         json::parse_snapshots(&out.stdout).map_err(|e| RepoError::Protocol {
-            command: format!("{} snapshots --json", self.binary),
+            command: format!("{} snapshots --json", self.params.binary),
             message: e.to_string(),
         })
     }
@@ -1508,7 +1485,7 @@ impl Repository for Restic {
     }
 
     fn location(&self) -> String {
-        crate::redact::url(&self.uri)
+        crate::redact::url(&self.params.uri)
     }
 
     async fn create(&self) -> Result<Creation, RepoError> {

@@ -162,7 +162,7 @@ fn remote_lock_path(uri: &str) -> PathBuf {
 /// host at a time, and check that the result opens with our password.
 pub(super) async fn create_remote(r: &Restic, version: Version) -> Result<Creation, RepoError> {
     let uri = r.display_uri();
-    let _lock = creators_lock(r, &remote_lock_path(&r.uri)).await?;
+    let _lock = creators_lock(r, &remote_lock_path(&r.params.uri)).await?;
     match r.cat_config(version).await {
         Ok(()) => return Ok(Creation::Existing),
         Err(RepoError::NoRepository { .. }) => {}
