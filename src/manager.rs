@@ -11,6 +11,7 @@
 //! dataset version through its source's handler, between
 //! `pre_restore_command` and `post_restore_command`.
 
+mod hooks;
 pub mod maintenance;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +24,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use self::hooks::Hooks;
 use crate::config::load::parse_dataset_specs;
 use crate::config::{AtomSpec, AtomsSource, DatasetSpec, DatasetsSource, SourceSpec};
 use crate::handler::{self, DatasetBackup, Handler, HandlerError};
@@ -280,10 +282,6 @@ fn with_var(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(Stri
     env
 }
 
-fn status_word(ok: bool) -> &'static str {
-    if ok { "ok" } else { "error" }
-}
-
 /// State shared between a backup run and its caller, so that what was
 /// recorded before a timeout is still reported.
 struct Progress {
@@ -389,21 +387,10 @@ impl Manager {
             let mut fatal = fatal.map(|e| error_chain(&e));
             let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
             let ok = fatal.is_none() && state.failures.is_empty();
-            if let Some(cmd) = &source.post_backup_command {
-                let env = with_var(
-                    source_env(&backup, &source.name),
-                    "TABACCO_STATUS",
-                    status_word(ok),
-                );
-                if let Err(e) = rctx.shell().run(cmd, &env).await {
-                    let e = ManagerError::Command {
-                        source_name: source.name.clone(),
-                        what: "post_backup_command",
-                        error: e,
-                    };
-                    error!("{}", error_chain(&e));
-                    fatal.get_or_insert(error_chain(&e));
-                }
+            let hooks = Hooks::backup(source, source_env(&backup, &source.name));
+            if let Err(e) = hooks.post(rctx.shell(), ok).await {
+                error!("{}", error_chain(&e));
+                fatal.get_or_insert(error_chain(&e));
             }
             let report = BackupReport {
                 backup: Backup {
@@ -459,16 +446,7 @@ impl Manager {
         {
             warn!("cannot remove the spool left by an earlier run: {e}");
         }
-        if let Some(cmd) = &source.pre_backup_command {
-            shell
-                .run(cmd, &env)
-                .await
-                .map_err(|error| ManagerError::Command {
-                    source_name: source.name.clone(),
-                    what: "pre_backup_command",
-                    error,
-                })?;
-        }
+        Hooks::backup(source, env.clone()).pre(shell).await?;
         let specs = match &source.datasets {
             DatasetsSource::Static(specs) => specs.clone(),
             DatasetsSource::Command(cmd) if shell.is_dry_run() => {
@@ -852,15 +830,9 @@ impl Manager {
                     ("TABACCO_SOURCE".to_string(), name.clone()),
                     ("TABACCO_TARGET".to_string(), target.display().to_string()),
                 ];
+                let hooks = Hooks::restore(name, hooks, env);
                 let mut source_ok = true;
-                if let Some(cmd) = hooks.and_then(|s| s.pre_restore_command.as_ref())
-                    && let Err(error) = rctx.shell().run(cmd, &env).await
-                {
-                    let e = ManagerError::Command {
-                        source_name: name.clone(),
-                        what: "pre_restore_command",
-                        error,
-                    };
+                if let Err(e) = hooks.pre(rctx.shell()).await {
                     report.failures.push(DatasetFailure {
                         dataset: String::new(),
                         atom: None,
@@ -902,20 +874,12 @@ impl Manager {
                         });
                     }
                 }
-                if let Some(cmd) = hooks.and_then(|s| s.post_restore_command.as_ref()) {
-                    let env = with_var(env.clone(), "TABACCO_STATUS", status_word(source_ok));
-                    if let Err(error) = rctx.shell().run(cmd, &env).await {
-                        let e = ManagerError::Command {
-                            source_name: name.clone(),
-                            what: "post_restore_command",
-                            error,
-                        };
-                        report.failures.push(DatasetFailure {
-                            dataset: String::new(),
-                            atom: None,
-                            error: error_chain(&e),
-                        });
-                    }
+                if let Err(e) = hooks.post(rctx.shell(), source_ok).await {
+                    report.failures.push(DatasetFailure {
+                        dataset: String::new(),
+                        atom: None,
+                        error: error_chain(&e),
+                    });
                 }
             }
             .instrument(span)

@@ -455,7 +455,9 @@ impl Restic {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut c = ChildCommand::new(&self.params.binary).arg(subcommand).args(args);
+        let mut c = ChildCommand::new(&self.params.binary)
+            .arg(subcommand)
+            .args(args);
         if let Some(d) = &self.params.cache_dir {
             c = c.arg("--cache-dir").arg(d);
         }
@@ -470,7 +472,9 @@ impl Restic {
         {
             c = c.env("RESTIC_PROGRESS_FPS", "4");
         }
-        c = c.envs(&self.params.env).env("RESTIC_REPOSITORY", &self.params.uri);
+        c = c
+            .envs(&self.params.env)
+            .env("RESTIC_REPOSITORY", &self.params.uri);
         c = match &self.params.password {
             Password::Value(pw) => c.env("RESTIC_PASSWORD", pw),
             Password::File(f) => c.env("RESTIC_PASSWORD_FILE", f),
