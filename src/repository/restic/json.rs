@@ -515,8 +515,13 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].tag("backup_id"), Some("b1"));
         assert_eq!(s[0].tag("backup"), None);
+        // The offset restic wrote is kept (retention buckets use it).
         assert_eq!(
             s[0].time.to_rfc3339(),
+            "2026-11-24T19:04:12.828283952+02:00"
+        );
+        assert_eq!(
+            s[0].time.with_timezone(&Utc).to_rfc3339(),
             "2026-11-24T17:04:12.828283952+00:00"
         );
         assert!(s[1].tags.is_empty());
