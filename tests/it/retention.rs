@@ -349,7 +349,7 @@ fn a_deleted_embedded_index_is_rebuilt_by_reconcile_and_answers_as_before() {
     );
     if has_snapshot_summary(&env) {
         // restic 0.17 and later keep the statistics in the snapshot.
-        assert_eq!(after, before);
+        assert_eq!(record_fields(&after, true), record_fields(&before, true));
     }
 }
 
@@ -358,19 +358,52 @@ fn has_snapshot_summary(env: &Env) -> bool {
     env.snapshots().iter().all(|s| s.get("summary").is_some())
 }
 
-/// The query result without the statistics that restic before 0.17 does
-/// not keep in the snapshot (and whose duration restic rounds there).
-fn strip_stats(v: &Value) -> Value {
-    let mut v = v.clone();
-    for b in v.as_array_mut().unwrap() {
-        for d in b["datasets"].as_array_mut().unwrap() {
-            let d = d.as_object_mut().unwrap();
-            for k in ["total_files", "total_bytes", "bytes_added", "duration"] {
-                d.remove(k);
-            }
-        }
+/// The fields of a query result a snapshot's record restores in every
+/// case: ids, time, host, names, atoms' name and path, snapshot id; the
+/// statistics only with `stats` (restic 0.17 and later keep them in the
+/// snapshot). Fields only known after a backup (per-atom sizes and hashes,
+/// added by other work) are not in the record and not compared.
+fn record_fields(v: &Value, stats: bool) -> Value {
+    let pick = |o: &Value, keys: &[&str]| -> serde_json::Map<String, Value> {
+        keys.iter()
+            .filter_map(|k| o.get(*k).map(|x| (k.to_string(), x.clone())))
+            .collect()
+    };
+    let mut ds_keys = vec!["id", "name", "source", "snapshot_id"];
+    if stats {
+        ds_keys.extend(["total_files", "total_bytes", "bytes_added", "duration"]);
     }
-    v
+    Value::Array(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let mut m = pick(b, &["id", "timestamp", "host"]);
+                let datasets: Vec<Value> = b["datasets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| {
+                        let mut dm = pick(d, &ds_keys);
+                        let atoms: Vec<Value> = d["atoms"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|a| Value::Object(pick(a, &["name", "path"])))
+                            .collect();
+                        dm.insert("atoms".into(), Value::Array(atoms));
+                        Value::Object(dm)
+                    })
+                    .collect();
+                m.insert("datasets".into(), Value::Array(datasets));
+                Value::Object(m)
+            })
+            .collect(),
+    )
+}
+
+fn strip_stats(v: &Value) -> Value {
+    record_fields(v, false)
 }
 
 #[test]
