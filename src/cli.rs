@@ -23,9 +23,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
 use crate::glob::Pattern;
-use crate::metadata::MetadataStore;
-use crate::metadata::outbox::OutboxStore;
-use crate::metadata::sqlite::SqliteStore;
+use crate::metadata::{MetadataStore, Stores};
 use crate::model::FindRequest;
 
 /// Exit codes, also listed in `--help`.
@@ -233,33 +231,13 @@ pub fn load_config(path: &Path) -> Result<Arc<Config>, CliError> {
     config::load(path).map(Arc::new).map_err(CliError::usage)
 }
 
-/// The metadata stores the configuration asks for.
-pub struct Stores {
-    /// What backups record into and queries search: the embedded SQLite
-    /// store, or the [`OutboxStore`] in front of the metadata server.
-    pub store: Arc<dyn MetadataStore>,
-    /// The outbox store when `metadb` is configured (the same object as
-    /// `store`), for delivery and its counters.
-    pub outbox: Option<Arc<OutboxStore>>,
-}
-
-/// Open the metadata store the configuration asks for, keeping a handle on
-/// the outbox when there is one (`tabacco backup`, the agent).
+/// Open the metadata stores the configuration asks for
+/// ([`crate::metadata::Stores::open`]): a mistake in the `metadb` block
+/// exits 2, a store that cannot be opened 1.
 pub async fn open_stores(config: &Config) -> Result<Stores, CliError> {
-    let remote = OutboxStore::from_config(config)
-        .map_err(|e| CliError::usage(anyhow::anyhow!("{}: {e}", config.path.display())))?;
-    if let Some(outbox) = remote {
-        let outbox = Arc::new(outbox);
-        return Ok(Stores {
-            store: outbox.clone(),
-            outbox: Some(outbox),
-        });
-    }
-    let path = config.embedded_metadb_path();
-    let store = SqliteStore::open(&path).await.map_err(CliError::failed)?;
-    Ok(Stores {
-        store: Arc::new(store),
-        outbox: None,
+    Stores::open(config).await.map_err(|e| match e.recovery() {
+        crate::metadata::Recovery::FixSetup => CliError::usage(e),
+        _ => CliError::failed(e),
     })
 }
 

@@ -185,6 +185,39 @@ impl MetadataError {
     }
 }
 
+/// The stores a host's processes (the agent, the commands) use, as its
+/// configuration asks: the metadata server through the durable outbox when
+/// `metadb` is configured, else the embedded SQLite store in `work_dir`.
+pub struct Stores {
+    /// What backups record into and queries search.
+    pub store: Arc<dyn MetadataStore>,
+    /// The outbox store when `metadb` is configured (the same object as
+    /// `store`), for delivery and its counters.
+    pub outbox: Option<Arc<outbox::OutboxStore>>,
+}
+
+impl Stores {
+    /// Open them. A `metadb` block that cannot be used (bad URL, unreadable
+    /// token or certificate) is a [`MetadataError::Config`] naming the
+    /// configuration file.
+    pub async fn open(config: &crate::config::Config) -> Result<Stores, MetadataError> {
+        let remote = outbox::OutboxStore::from_config(config)
+            .map_err(|e| MetadataError::Config(format!("{}: {e}", config.path.display())))?;
+        if let Some(outbox) = remote {
+            let outbox = Arc::new(outbox);
+            return Ok(Stores {
+                store: outbox.clone(),
+                outbox: Some(outbox),
+            });
+        }
+        let store = sqlite::SqliteStore::open(&config.embedded_metadb_path()).await?;
+        Ok(Stores {
+            store: Arc::new(store),
+            outbox: None,
+        })
+    }
+}
+
 /// The interface to the index of backups.
 #[async_trait]
 pub trait MetadataStore: Send + Sync {
@@ -208,7 +241,8 @@ pub trait MetadataStore: Send + Sync {
     /// Record the results of restore drills run by `req.host` on its own
     /// backups: each replaces the stored result of its atom version
     /// (keeping the time of the last `ok` one). Refused as a whole when an
-    /// atom version is not in the index or belongs to another host.
+    /// atom version is not in the index or belongs to another host (both
+    /// [`MetadataError::Conflict`]).
     async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
         let _ = req;
         Err(MetadataError::BadRequest(
@@ -527,8 +561,11 @@ pub(crate) fn check_owned(
 ) -> Result<(), MetadataError> {
     for (i, v) in results.iter().enumerate() {
         match stored.get(&v.version()) {
+            // A well-formed request about something the index does not hold
+            // (forgotten since, or never recorded): a conflict with what is
+            // stored, like a foreign key (409), not a malformed request.
             None => {
-                return Err(MetadataError::BadRequest(format!(
+                return Err(MetadataError::Conflict(format!(
                     "verifications[{i}]: atom {} of backup {} dataset {} is not in the index",
                     excerpt(&v.atom),
                     excerpt(&v.backup_id),

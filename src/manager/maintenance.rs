@@ -130,15 +130,19 @@ impl ForgetReport {
                 keep,
                 g.decisions.len() - keep
             ));
-            for d in &g.decisions {
-                out.push_str(&format!(
-                    "  {}  {}  {:<6}  {}\n",
-                    d.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-                    &d.id[..d.id.len().min(8)],
-                    if d.keep { "keep" } else { "remove" },
-                    d.reasons.join(", ")
-                ));
-            }
+            let rows: Vec<[String; 4]> = g
+                .decisions
+                .iter()
+                .map(|d| {
+                    [
+                        d.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                        d.id.chars().take(8).collect(),
+                        if d.keep { "keep" } else { "remove" }.to_string(),
+                        d.reasons.join(", "),
+                    ]
+                })
+                .collect();
+            out.push_str(&crate::util::table(&rows, "  "));
         }
         for s in &self.no_policy {
             out.push_str(&format!("{s}: no retention policy, every version kept\n"));

@@ -1533,6 +1533,9 @@ async fn bearer_tokens_authenticate_hosts() {
         (drill("host-a", "ba"), "secret-a", StatusCode::OK),
         (drill("host-b", "bb"), "secret-a", StatusCode::FORBIDDEN),
         (drill("host-a", "bb"), "secret-a", StatusCode::CONFLICT),
+        // An atom version the index does not hold: a conflict too (the
+        // API fuzz sends such well-formed requests).
+        (drill("host-a", "zz"), "secret-a", StatusCode::CONFLICT),
     ] {
         let (status, text) = post_with(c, &s, "/api/add_verifications", &body, Some(token))
             .await

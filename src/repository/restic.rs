@@ -30,7 +30,9 @@
 //!
 //! restic's output formats are parsed in [`json`].
 
+mod args;
 pub mod create;
+mod failure;
 pub mod json;
 
 use std::collections::BTreeMap;
@@ -55,6 +57,12 @@ use crate::model::RunningJobStatus;
 use crate::params::restic::{Password, REPOSITORY_ENV_VARS, ResticParams, check_data_subset};
 use crate::process::{ChildCommand, Outcome, ProcessError};
 use crate::shell::ShellCommand;
+use args::{
+    check_abs_path, check_rel_path, check_snapshot_id, check_stdin_filename, check_tag,
+    flat_stdin_name, stored_stdin_name,
+};
+pub(crate) use failure::{Failure, classify_failure, lock_holder};
+use failure::{check_damage, unreadable_items};
 
 /// How long a command waits for a repository locked by someone else
 /// unless the repository's `lock_wait` says otherwise.
@@ -136,214 +144,8 @@ fn unique_full_id(short: &str, names: &[String]) -> Option<String> {
     found.next().is_none().then(|| first.clone())
 }
 
-/// Why a restic command failed, as far as it matters to us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
-    /// The repository does not exist (or its config cannot be read).
-    NoRepository,
-    /// The password opens no key.
-    WrongPassword,
-    /// Another process holds a conflicting lock.
-    Locked,
-    /// The key restic found does not decrypt the config.
-    Damaged,
-    /// Anything else.
-    Other,
-}
-
-/// Classify a failed restic command by exit code (restic 0.17 and later)
-/// and stderr text (all versions).
-pub(crate) fn classify_failure(version: Version, code: Option<i32>, stderr: &str) -> Failure {
-    if version >= Version::new(0, 17, 0) {
-        match code {
-            Some(10) => return Failure::NoRepository,
-            Some(11) => return Failure::Locked,
-            Some(12) => return Failure::WrongPassword,
-            _ => {}
-        }
-    }
-    if stderr.contains("wrong password or no key found") {
-        Failure::WrongPassword
-    } else if stderr.contains("unable to open config file")
-        || stderr.contains("Is there a repository at the following location?")
-        || stderr.contains("repository does not exist")
-    {
-        Failure::NoRepository
-    } else if stderr.contains("config or key") && stderr.contains("is damaged") {
-        // Not any "ciphertext verification failed": a damaged pack says
-        // that too; only the config/key pair points at a collision.
-        Failure::Damaged
-    } else if stderr.contains("repository is already locked")
-        || stderr.contains("unable to create lock")
-    {
-        Failure::Locked
-    } else {
-        Failure::Other
-    }
-}
-
-/// Who holds the lock restic complained about, from its stderr: `by PID
-/// 12 on host by user (UID 0, GID 0), lock created at ... (3s ago),
-/// storage ID 1a2b3c4d`; the stderr itself when it names nobody.
-pub(crate) fn lock_holder(stderr: &str) -> String {
-    let mut parts = Vec::new();
-    for line in stderr.lines().map(str::trim) {
-        if let Some(i) = line.find("already locked ") {
-            parts.push(line[i + "already locked ".len()..].trim().to_string());
-        } else if let Some(rest) = line.strip_prefix("lock was ") {
-            parts.push(format!("lock {rest}"));
-        } else if let Some(rest) = line.strip_prefix("storage ID ") {
-            parts.push(format!("storage ID {rest}"));
-        }
-    }
-    if parts.is_empty() {
-        format!("by another process (restic: {})", stderr.trim())
-    } else {
-        parts.join(", ")
-    }
-}
-
-/// The items named in restic's error messages, or its stderr tail if it
-/// named none.
-fn unreadable_items(errors: &[json::ErrorMessage], stderr_tail: &str) -> Vec<String> {
-    let mut items: Vec<String> = errors
-        .iter()
-        .take(SHOWN_ITEMS)
-        .map(json::ErrorMessage::describe)
-        .collect();
-    if errors.len() > SHOWN_ITEMS {
-        items.push(format!("and {} more", errors.len() - SHOWN_ITEMS));
-    }
-    if items.is_empty() {
-        items.push(format!("some files (restic: {stderr_tail})"));
-    }
-    items
-}
-
-/// Check a path given to backup/restore: absolute and plain text.
-fn check_abs_path(p: &Path) -> Result<(), RepoError> {
-    if !p.is_absolute() {
-        return Err(RepoError::BadRequest {
-            message: format!(
-                "path '{}' is not absolute; restic would store it under /{0}: pass absolute paths",
-                p.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Check a path given relative to a backup's working directory: relative,
-/// no `..` (restic would store it outside `/`), not starting with `-`
-/// (restic would take it as a flag).
-fn check_rel_path(p: &Path) -> Result<(), RepoError> {
-    use std::path::Component;
-    let ok = !p.as_os_str().is_empty()
-        && !p.to_string_lossy().starts_with('-')
-        && p.components().all(|c| matches!(c, Component::Normal(_)));
-    if !ok {
-        return Err(RepoError::BadRequest {
-            message: format!(
-                "path '{}' must be relative, without '.' or '..' segments",
-                p.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The lines of `restic check`'s standard error that name damage (its
-/// progress and advice lines left out), at most [`SHOWN_ITEMS`] plus a
-/// count of the rest.
-fn check_damage(stderr: &[String]) -> Vec<String> {
-    let damage: Vec<&String> = stderr
-        .iter()
-        .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            (l.contains("error")
-                || l.contains("damaged")
-                || l.contains("does not match")
-                || l.contains("not found"))
-                && !l.starts_with("fatal: repository contains errors")
-                && !l.starts_with("the repository contains damaged pack files")
-                && !l.starts_with("damaged pack files can be caused")
-        })
-        .collect();
-    let mut out: Vec<String> = damage
-        .iter()
-        .take(SHOWN_ITEMS)
-        .map(|l| (*l).clone())
-        .collect();
-    if damage.len() > SHOWN_ITEMS {
-        out.push(format!("and {} more", damage.len() - SHOWN_ITEMS));
-    }
-    if out.is_empty()
-        && stderr
-            .iter()
-            .any(|l| l.contains("repository contains errors"))
-    {
-        out.push("repository contains errors".into());
-    }
-    out
-}
-
-/// Check a snapshot id given to restore/dump/forget: hex (a prefix is
-/// fine) or `latest`, never something restic would take as a flag.
-fn check_snapshot_id(id: &str) -> Result<(), RepoError> {
-    if id == "latest" || (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())) {
-        Ok(())
-    } else {
-        Err(RepoError::BadRequest {
-            message: format!("'{id}' is not a restic snapshot id (hex digits expected)"),
-        })
-    }
-}
-
-/// Check a tag: restic splits tag lists at commas.
-fn check_tag(tag: &str) -> Result<(), RepoError> {
-    if tag.contains(',') || tag.contains('\n') {
-        Err(RepoError::BadRequest {
-            message: format!("tag '{tag}' contains a comma or newline, which restic cannot store"),
-        })
-    } else {
-        Ok(())
-    }
-}
-
-/// The stdin file name without a leading `/`, checked.
-fn check_stdin_filename(name: &str) -> Result<&str, RepoError> {
-    let n = name.trim_start_matches('/');
-    if n.is_empty() || n.contains('\0') || n.contains('\n') || n.split('/').any(|c| c == "..") {
-        return Err(RepoError::BadRequest {
-            message: format!("'{name}' cannot be the name of a stream in a snapshot"),
-        });
-    }
-    Ok(n)
-}
-
 /// `restic restore --json` reports progress since restic 0.17.
 const RESTORE_JSON_SINCE: Version = Version::new(0, 17, 0);
-
-/// restic 0.18.0 cannot store a stream under a name with directories
-/// ("unable to save snapshot: open /db: no such file or directory"; restic
-/// issue 5324, fixed in 0.18.1). Debian 13 ships that version.
-const STDIN_DIRS_BROKEN: (Version, Version) = (Version::new(0, 18, 0), Version::new(0, 18, 1));
-
-/// A stream name as one path segment: `%` as `%25`, `/` as `%2F`.
-fn flat_stdin_name(name: &str) -> String {
-    name.replace('%', "%25").replace('/', "%2F")
-}
-
-/// The name a stream is stored under by this restic version: the name
-/// itself, or with the versions that cannot store directories, its flat
-/// form ([`flat_stdin_name`]). A restore finds either.
-fn stored_stdin_name(version: Version, name: &str) -> String {
-    if (STDIN_DIRS_BROKEN.0..STDIN_DIRS_BROKEN.1).contains(&version) {
-        flat_stdin_name(name)
-    } else {
-        name.to_string()
-    }
-}
 
 /// What one `restic backup --json` run reported.
 #[derive(Debug)]
