@@ -499,7 +499,9 @@ pub const MAX_VERIFICATIONS_PER_REQUEST: usize = 10_000;
 /// Check an add_verifications request before touching the database: the
 /// host, every identifier, the times; returns the results with their
 /// `error` cut to [`MAX_VERIFY_ERROR_BYTES`] and `last_ok` cleared (the
-/// store keeps it).
+/// store keeps it). Several results for one atom version are read like
+/// results sent one after another: the newest (the last, at equal times)
+/// is kept.
 pub(crate) fn validate_verifications(
     req: &AddVerificationsRequest,
 ) -> Result<Vec<Verification>, MetadataError> {
@@ -511,19 +513,13 @@ pub(crate) fn validate_verifications(
             req.verifications.len()
         )));
     }
-    let mut seen = std::collections::HashSet::new();
-    req.verifications
+    let checked: Vec<Verification> = req
+        .verifications
         .iter()
         .enumerate()
         .map(|(i, v)| {
             check_version(&format!("verifications[{i}]"), &v.version())?;
             time_in_range(&format!("verifications[{i}].verified_at"), &v.verified_at)?;
-            if !seen.insert(v.version()) {
-                return Err(MetadataError::BadRequest(format!(
-                    "verifications[{i}]: atom {:?} of backup {:?} dataset {:?} appears twice",
-                    v.atom, v.backup_id, v.dataset_id
-                )));
-            }
             let error = v.error.as_deref().map(|e| {
                 let mut end = e.len().min(MAX_VERIFY_ERROR_BYTES);
                 while !e.is_char_boundary(end) {
@@ -538,7 +534,18 @@ pub(crate) fn validate_verifications(
                 ..v.clone()
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let mut newest: std::collections::HashMap<crate::model::AtomVersion, usize> =
+        std::collections::HashMap::new();
+    for (i, v) in checked.iter().enumerate() {
+        let slot = newest.entry(v.version()).or_insert(i);
+        if checked[*slot].verified_at <= v.verified_at {
+            *slot = i;
+        }
+    }
+    let mut keep: Vec<usize> = newest.into_values().collect();
+    keep.sort_unstable();
+    Ok(keep.into_iter().map(|i| checked[i].clone()).collect())
 }
 
 /// Check the identifiers of an atom version (`what` names it in errors).
