@@ -1870,12 +1870,23 @@ mod tests {
 
     #[tokio::test]
     async fn backup_restore_round_trip() {
-        // Status lines come on restic's timer: often enough that even this
-        // small backup has some, whatever the version.
+        // Status lines come on restic's timer: a backup of a few bytes can
+        // end before the first tick (restic 0.18 under load did, 1 run in
+        // a few), so the backup holds 32 MiB that take restic a while.
         let (dir, _repo, r) = setup(false, &[("env", env_param("RESTIC_PROGRESS_FPS", "1000"))]);
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join("alice/sub")).unwrap();
         std::fs::write(data.join("alice/a.txt"), "alice\n").unwrap();
+        let mut bulk = Vec::with_capacity(32 << 20);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while bulk.len() < 32 << 20 {
+            // xorshift: incompressible, not deduplicated within the file.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bulk.extend_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(data.join("alice/bulk.bin"), &bulk).unwrap();
         std::fs::write(data.join("alice/sub/b.bin"), [0u8, 1, 2, 255]).unwrap();
         std::fs::write(data.join("bob.txt"), "bob\n").unwrap();
         std::fs::write(data.join("carol.txt"), "not backed up\n").unwrap();
@@ -1888,7 +1899,7 @@ mod tests {
         let paths = vec![data.join("alice"), data.join("bob.txt")];
         let info = r.backup(&meta("b2"), &paths, Some(progress)).await.unwrap();
         assert!(json::is_full_id(&info.snapshot_id));
-        assert_eq!(info.total_files, 3);
+        assert_eq!(info.total_files, 4);
         assert!(*calls.lock().unwrap() >= 1, "progress was reported");
 
         let target = dir.path().join("restore/here");
