@@ -440,24 +440,12 @@ fn records_without_the_new_fields_still_restore_on_their_host() {
     backup(&env, "www");
     backup(&env, "mysql");
     // As written before issue 11: none of the new columns.
-    let db = env.path("work/metadata.db");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        for sql in [
-            "UPDATE datasets SET handler = NULL, repository_id = NULL",
-            "UPDATE atoms SET snapshot_path = NULL, size = NULL, files = NULL, sha256 = NULL",
-        ] {
-            sqlx::query(sql).execute(&mut c).await.unwrap();
-        }
-        c.close().await.unwrap();
-    });
+    for statement in [
+        "UPDATE datasets SET handler = NULL, repository_id = NULL",
+        "UPDATE atoms SET snapshot_path = NULL, size = NULL, files = NULL, sha256 = NULL",
+    ] {
+        env.sql(statement);
+    }
     let q = env.query(&["*"]);
     assert!(q[0]["datasets"][0].get("handler").is_none(), "{q:#}");
     let t = env.path("t");

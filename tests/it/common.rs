@@ -165,6 +165,28 @@ impl Env {
         v
     }
 
+    /// Run one SQL statement on the embedded index (tests that forge or
+    /// age records); it must change at least one row.
+    pub fn sql(&self, statement: &str) {
+        let db = self.path("work/metadata.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let done = sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            assert!(done.rows_affected() > 0, "{statement}");
+            c.close().await.unwrap();
+        });
+    }
+
     /// Snapshots in the repository, straight from restic.
     pub fn snapshots(&self) -> Vec<serde_json::Value> {
         let out = restic_on(&self.repo().display().to_string())

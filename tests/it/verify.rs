@@ -366,27 +366,6 @@ fn which(p: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Run one SQL statement on `env`'s embedded index.
-fn sql(env: &Env, statement: &str) {
-    let db = env.path("work/metadata.db");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        let done = sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        assert!(done.rows_affected() > 0, "{statement}");
-        c.close().await.unwrap();
-    });
-}
-
 #[test]
 fn a_stream_that_differs_from_its_fingerprint_fails_naming_the_atom() {
     let env = Env::new();
@@ -402,13 +381,10 @@ fn a_stream_that_differs_from_its_fingerprint_fails_naming_the_atom() {
         }
     }
     // A wrong fingerprint for one spooled and the one streamed atom.
-    sql(
-        &env,
-        &format!(
-            "UPDATE atoms SET sha256 = '{}' WHERE name IN ('two', 'three')",
-            "0".repeat(64)
-        ),
-    );
+    env.sql(&format!(
+        "UPDATE atoms SET sha256 = '{}' WHERE name IN ('two', 'three')",
+        "0".repeat(64)
+    ));
     let out = env.run(&["verify", "--no-check", "--all"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -430,7 +406,7 @@ fn a_stream_that_differs_from_its_fingerprint_fails_naming_the_atom() {
     );
     assert!(scratch_entries(&env).is_empty());
     // A wrong size is named too.
-    sql(&env, "UPDATE atoms SET size = size + 1 WHERE name = 'one'");
+    env.sql("UPDATE atoms SET size = size + 1 WHERE name = 'one'");
     let t = text(&env.run(&["verify", "--no-check", "--all", "db/many/one"]));
     assert!(
         t.contains("FAILED  db/many/one") && t.contains("recorded"),
@@ -474,13 +450,10 @@ fn the_agent_verifies_on_schedule_in_its_own_queue_with_metrics_and_page() {
 
     // A damaged stream: the next run fails, naming atom and version on
     // the page.
-    sql(
-        &env,
-        &format!(
-            "UPDATE atoms SET sha256 = '{}' WHERE name = 'three'",
-            "0".repeat(64)
-        ),
-    );
+    env.sql(&format!(
+        "UPDATE atoms SET sha256 = '{}' WHERE name = 'three'",
+        "0".repeat(64)
+    ));
     agent.wait_for(60, "a failing verification run", || {
         agent.status()["verify"]["last_run"]["failed"] == 1
     });
