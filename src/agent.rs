@@ -7,12 +7,19 @@
 //!
 //! When a source is due, the agent takes a [`RuntimeContext`] snapshot
 //! (the job keeps it to the end, whatever reloads happen meanwhile) and the
-//! source's lock ([`crate::jobs::lock`], shared with `tabacco backup`). If
+//! source's lock: the flow of [`crate::jobs::backup`], shared with
+//! `tabacco backup`. If
 //! the lock is held (the previous run is still going, or someone runs a
 //! backup of it by hand) the run is skipped and counted
 //! (`tabacco_backup_runs_total{result="skipped"}`), not queued. Otherwise
 //! the job waits, pending, for a worker of the `backup` queue, then runs
-//! with its progress in the job status.
+//! with its progress in the job status. After a backup that recorded
+//! something, the source's retention policy is applied under the same lock.
+//!
+//! The code is in four parts: this module (the agent's state and its
+//! lifecycle: start, reload, shutdown), `jobs` (backup and verification
+//! jobs), `maintenance` (prune schedule, reconcile at start) and `status`
+//! (what the page, `/api/status` and the metadata server are told).
 //!
 //! # Verification
 //!
@@ -32,35 +39,37 @@
 //! sure nothing survives even if the agent itself is killed.
 
 pub mod http;
+mod jobs;
+mod maintenance;
 pub mod metrics;
 pub mod page;
+mod status;
+
+pub use status::{
+    AgentStatus, ExpectedDatasets, LastRun, MaintenanceRun, SourceStatus, VerifyRun, VerifyStatus,
+    full_backup_time,
+};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::config::{AtomsSource, DatasetsSource};
 use crate::config_manager::{ConfigManager, ReloadError};
-use crate::jobs::lock::{HolderKind, LockError, SourceLock};
 use crate::jobs::queue::Queues;
-use crate::jobs::scheduler::{Clock, PlanChanges, ScheduledSource, SystemClock, run_scheduler};
-use crate::jobs::status::{JobObserver, JobResult, JobsSnapshot, StatusRegistry};
+use crate::jobs::scheduler::{Clock, ScheduledSource, SystemClock, run_scheduler};
+use crate::jobs::status::StatusRegistry;
 use crate::manager::Manager;
-use crate::manager::maintenance::{ReconcileMode, Scope};
 use crate::metadata::MetadataStore;
 use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
-use crate::model::{FindRequest, RunReport, RunResult, SourceReport, UpdateActiveJobStatusRequest};
-use crate::runtime::RuntimeContext;
 use crate::schedule::{Schedule, Seed};
-use crate::util::{error_chain, lock};
+use crate::util::lock;
 use metrics::Metrics;
 
 /// Default address of the status page.
@@ -87,138 +96,6 @@ pub enum Event {
     Reload,
     /// Stop (SIGTERM, SIGINT); a second one cancels running jobs at once.
     Shutdown,
-}
-
-/// How a source's last run ended: the report sent to the metadata server
-/// (`ok`, `partial`, `error`, `skipped`, `cancelled`).
-pub type LastRun = RunReport;
-
-/// How a forget, prune or reconcile run by the agent ended (its page
-/// shows the last of each; a failure stays visible until the next run
-/// succeeds).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MaintenanceRun {
-    /// When it ended.
-    pub finished_at: DateTime<Utc>,
-    /// Whether it succeeded.
-    pub ok: bool,
-    /// What it did, or why it failed.
-    pub summary: String,
-}
-
-impl MaintenanceRun {
-    fn now(ok: bool, summary: String) -> MaintenanceRun {
-        MaintenanceRun {
-            finished_at: Utc::now(),
-            ok,
-            summary,
-        }
-    }
-}
-
-/// What the agent knows about a source.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SourceStatus {
-    /// Source name.
-    pub name: String,
-    /// Schedule as written; `None`: on demand only.
-    pub schedule: Option<String>,
-    /// Next scheduled run.
-    pub next_run: Option<DateTime<Utc>>,
-    /// The last run by this agent.
-    pub last_run: Option<LastRun>,
-    /// The last run in which every dataset was recorded; at start, the
-    /// newest time by which every configured dataset had been recorded,
-    /// from the index (see [`Agent::load_last_successes`]).
-    pub last_success: Option<DateTime<Utc>>,
-    /// Scheduled runs skipped because the source was locked.
-    pub skipped_runs: u64,
-    /// The last application of the source's retention policy (after its
-    /// backups); `None`: none yet, or the source has no policy.
-    #[serde(default)]
-    pub last_forget: Option<MaintenanceRun>,
-}
-
-/// The agent's verification runs (`verify_schedule`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VerifyStatus {
-    /// Schedule as written; `None`: not scheduled (`tabacco verify` only).
-    pub schedule: Option<String>,
-    /// Next scheduled run.
-    pub next_run: Option<DateTime<Utc>>,
-    /// Whether a run is pending or going on.
-    pub running: bool,
-    /// The last run of this agent.
-    pub last_run: Option<VerifyRun>,
-}
-
-/// How a verification run of the agent ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VerifyRun {
-    /// When it ended.
-    pub finished_at: DateTime<Utc>,
-    /// How long it took, in seconds.
-    pub duration_seconds: f64,
-    /// Whether everything was proven (check clean, every drill ok,
-    /// results recorded).
-    pub ok: bool,
-    /// Whether the repository check found no damage (`None`: not run).
-    pub check_ok: Option<bool>,
-    /// Atom versions proven restorable.
-    pub verified: usize,
-    /// Drills that failed.
-    pub failed: usize,
-    /// Drills that could not run.
-    pub skipped: usize,
-    /// Bytes restored.
-    pub bytes: u64,
-    /// Each problem: the check's damage, each failed drill naming atom,
-    /// version and what differed (or the error that stopped the run).
-    pub problems: Vec<String>,
-}
-
-/// Everything the status page and `/api/status` show.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentStatus {
-    /// This host.
-    pub host: String,
-    /// Agent version.
-    pub version: String,
-    /// When the agent started.
-    pub started_at: DateTime<Utc>,
-    /// Main configuration file.
-    pub config_file: String,
-    /// When the configuration in force was loaded.
-    pub config_loaded_at: DateTime<Utc>,
-    /// Whether the agent is shutting down.
-    pub shutting_down: bool,
-    /// Configured sources, by name.
-    pub sources: Vec<SourceStatus>,
-    /// Pending, running and recently done jobs.
-    pub jobs: JobsSnapshot,
-    /// Dataset records waiting in the outbox for the metadata server
-    /// (`None`: no metadata server configured, or the outbox unreadable).
-    pub outbox_pending: Option<i64>,
-    /// Dataset records the server refused, kept in `outbox/rejected/`.
-    pub outbox_rejected: Option<i64>,
-    /// The metadata server's web page (`metadb.url`), if one is configured.
-    pub metadb_url: Option<String>,
-    /// Verification runs.
-    #[serde(default)]
-    pub verify: VerifyStatus,
-    /// When this agent prunes the repository (`prune_schedule`; `None`:
-    /// never).
-    #[serde(default)]
-    pub prune_schedule: Option<String>,
-    /// Its next prune.
-    #[serde(default)]
-    pub next_prune: Option<DateTime<Utc>>,
-    /// Its last prune.
-    #[serde(default)]
-    pub last_prune: Option<MaintenanceRun>,
-    /// The reconcile of this host's records it ran at start.
-    #[serde(default)]
-    pub last_reconcile: Option<MaintenanceRun>,
 }
 
 /// The agent's own maintenance state (not per source).
@@ -304,50 +181,6 @@ fn unix_seconds(t: DateTime<Utc>) -> f64 {
     t.timestamp_millis() as f64 / 1000.0
 }
 
-/// What a full backup of a source records: each dataset by name, with its
-/// atoms when they are listed in the configuration (`None`: printed by
-/// `atoms_command`, so any atom of the dataset counts).
-pub type ExpectedDatasets<'a> = [(&'a str, Option<Vec<&'a str>>)];
-
-/// The newest time by which everything in `expected` had been recorded,
-/// from the newest version of each atom (`backups`, a `num_versions: 1`
-/// find result): the oldest of the atoms' (or datasets') newest versions.
-/// `None` if something has never been recorded. A run that recorded only
-/// some datasets (failed, or cancelled), or a dataset without some of its
-/// atoms, does not move it past the older versions of the rest.
-pub fn full_backup_time(
-    expected: &ExpectedDatasets<'_>,
-    backups: &[crate::model::Backup],
-) -> Option<DateTime<Utc>> {
-    let mut newest: BTreeMap<(&str, Option<&str>), DateTime<Utc>> = BTreeMap::new();
-    let mut raise = |key, t: DateTime<Utc>| {
-        let e = newest.entry(key).or_insert(t);
-        if *e < t {
-            *e = t;
-        }
-    };
-    for b in backups {
-        for d in &b.datasets {
-            raise((d.name.as_str(), None), b.timestamp);
-            for a in &d.atoms {
-                raise((d.name.as_str(), Some(a.name.as_str())), b.timestamp);
-            }
-        }
-    }
-    let mut oldest: Option<DateTime<Utc>> = None;
-    for (dataset, atoms) in expected {
-        let keys: Vec<(&str, Option<&str>)> = match atoms {
-            Some(atoms) => atoms.iter().map(|a| (*dataset, Some(*a))).collect(),
-            None => vec![(*dataset, None)],
-        };
-        for key in keys {
-            let t = *newest.get(&key)?;
-            oldest = Some(oldest.map_or(t, |o| o.min(t)));
-        }
-    }
-    oldest
-}
-
 impl Agent {
     /// An agent over a configuration, a metadata store and this host's
     /// random seed.
@@ -404,633 +237,6 @@ impl Agent {
         &self.inner.jobs
     }
 
-    /// The metrics in OpenMetrics text.
-    pub fn metrics_text(&self) -> String {
-        self.metrics_as(crate::exposition::Format::OpenMetrics)
-    }
-
-    /// The metrics in `format`.
-    pub fn metrics_as(&self, format: crate::exposition::Format) -> String {
-        let (pending, running) = self.inner.jobs.counts();
-        self.inner.metrics.jobs(pending, running);
-        if let Some(store) = self.inner.outbox.get() {
-            let outbox = store.outbox();
-            self.inner.metrics.outbox(
-                outbox.pending().unwrap_or(0),
-                outbox.rejected_stored().unwrap_or(0),
-                outbox.delivered_total(),
-                outbox.rejected_total(),
-            );
-        }
-        self.inner.metrics.render_as(format)
-    }
-
-    /// The agent's status.
-    pub fn status(&self) -> AgentStatus {
-        let cfg = self.inner.config.config();
-        let (next_prune, last_prune, last_reconcile) = {
-            let m = lock(&self.inner.maintenance);
-            (m.next_prune, m.last_prune.clone(), m.last_reconcile.clone())
-        };
-        AgentStatus {
-            host: cfg.hostname.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: self.inner.started_at,
-            config_file: cfg.path.display().to_string(),
-            config_loaded_at: *lock(&self.inner.config_loaded_at),
-            shutting_down: self.inner.stopping.is_cancelled(),
-            sources: lock(&self.inner.sources).values().cloned().collect(),
-            jobs: self.inner.jobs.snapshot(),
-            outbox_pending: self.outbox_counts().map(|c| c.0),
-            outbox_rejected: self.outbox_counts().map(|c| c.1),
-            metadb_url: cfg.metadb.as_ref().map(|m| m.url.clone()),
-            verify: lock(&self.inner.verify).clone(),
-            prune_schedule: cfg.prune_schedule.clone(),
-            next_prune,
-            last_prune,
-            last_reconcile,
-        }
-    }
-
-    /// Records pending in the outbox and kept aside as rejected, if an
-    /// outbox is in use and readable.
-    fn outbox_counts(&self) -> Option<(i64, i64)> {
-        let outbox = self.inner.outbox.get()?.outbox();
-        let n = |r: Result<usize, _>| r.ok().map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-        Some((n(outbox.pending())?, n(outbox.rejected_stored())?))
-    }
-
-    /// Make the per-source state follow the configuration's sources.
-    fn sync_sources(&self, cfg: &Config) {
-        let mut sources = lock(&self.inner.sources);
-        sources.retain(|name, _| {
-            let keep = cfg.find_source(name).is_some();
-            if !keep {
-                self.inner.metrics.remove_source(name);
-            }
-            keep
-        });
-        for s in &cfg.sources {
-            let st = sources.entry(s.name.clone()).or_insert_with(|| {
-                self.inner.metrics.add_source(&s.name);
-                SourceStatus {
-                    name: s.name.clone(),
-                    ..SourceStatus::default()
-                }
-            });
-            st.schedule = s.schedule.clone();
-            if st.schedule.is_none() {
-                st.next_run = None;
-            }
-        }
-    }
-
-    fn with_source(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
-        if let Some(s) = lock(&self.inner.sources).get_mut(name) {
-            f(s);
-        }
-    }
-
-    fn published(&self, next: &BTreeMap<String, Option<DateTime<Utc>>>, changes: &PlanChanges) {
-        for name in changes.removed.iter() {
-            if name == VERIFY_JOB {
-                lock(&self.inner.verify).next_run = None;
-                continue;
-            }
-            self.inner.metrics.next_run(name, None);
-            self.with_source(name, |s| s.next_run = None);
-        }
-        for (name, when) in next {
-            if name == VERIFY_JOB {
-                lock(&self.inner.verify).next_run = *when;
-                continue;
-            }
-            self.inner.metrics.next_run(name, when.map(unix_seconds));
-            self.with_source(name, |s| s.next_run = *when);
-        }
-    }
-
-    /// Start a verification run now, as the scheduler does: skipped if one
-    /// is pending or running.
-    pub fn trigger_verify(&self) {
-        let inner = &self.inner;
-        if inner.stopping.is_cancelled() {
-            return;
-        }
-        {
-            let mut st = lock(&inner.verify);
-            if st.running {
-                warn!(
-                    "scheduled verification skipped: the previous one is still pending or running"
-                );
-                return;
-            }
-            st.running = true;
-        }
-        let rctx = inner.config.runtime_context();
-        let job_id = inner.jobs.add_pending("verify", "(verify)", VERIFY_QUEUE);
-        let span = info_span!("job", job_id = %job_id, kind = "verify");
-        let this = self.clone();
-        inner
-            .tracker
-            .spawn(async move { this.run_verify(rctx, job_id).await }.instrument(span));
-    }
-
-    async fn run_verify(&self, rctx: RuntimeContext, job_id: String) {
-        let inner = &self.inner;
-        let slot = tokio::select! {
-            biased;
-            () = inner.stopping.cancelled() => {
-                inner.jobs.finish(&job_id, JobResult::Cancelled, Some("the agent shut down before the verification got a worker".into()));
-                lock(&inner.verify).running = false;
-                return;
-            }
-            slot = inner.queues.acquire(VERIFY_QUEUE) => slot,
-        };
-        inner.jobs.set_running(&job_id);
-        info!("verification started");
-        let opts = crate::verify::VerifyOptions {
-            dry_run: rctx.config().dry_run,
-            ..crate::verify::VerifyOptions::from_spec(&rctx.config().verify)
-        };
-        let started = Instant::now();
-        // Cancelling drops the run: restic is stopped, the scratch
-        // directory removed, nothing recorded.
-        let outcome = tokio::select! {
-            biased;
-            () = inner.cancel_jobs.cancelled() => None,
-            () = inner.stopping.cancelled() => None,
-            r = crate::verify::run(&rctx, inner.manager.store().as_ref(), &opts) => Some(r),
-        };
-        let now = Utc::now();
-        let duration = started.elapsed().as_secs_f64();
-        let (result, run) = match outcome {
-            None => {
-                warn!("verification cancelled by the shutdown");
-                inner.jobs.finish(
-                    &job_id,
-                    JobResult::Cancelled,
-                    Some("cancelled: the agent shut down".into()),
-                );
-                lock(&inner.verify).running = false;
-                return;
-            }
-            // Nothing backed up here yet (or nothing matches `verify.pattern`):
-            // nothing to prove, not a failure.
-            Some(Err(e @ crate::verify::VerifyError::NothingFound { .. })) => {
-                info!("verification: nothing to drill: {e}");
-                let run = VerifyRun {
-                    finished_at: now,
-                    duration_seconds: duration,
-                    ok: true,
-                    check_ok: None,
-                    verified: 0,
-                    failed: 0,
-                    skipped: 0,
-                    bytes: 0,
-                    problems: Vec::new(),
-                };
-                (RunResult::Ok, run)
-            }
-            Some(Err(e)) => {
-                let e = error_chain(&e);
-                error!("verification could not run: {e}");
-                let run = VerifyRun {
-                    finished_at: now,
-                    duration_seconds: duration,
-                    ok: false,
-                    check_ok: None,
-                    verified: 0,
-                    failed: 0,
-                    skipped: 0,
-                    bytes: 0,
-                    problems: vec![e],
-                };
-                (RunResult::Error, run)
-            }
-            Some(Ok(report)) => {
-                use crate::verify::DrillOutcome;
-                let mut by_source: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-                for d in &report.drills {
-                    let source = d.atom_path.split('/').next().unwrap_or_default();
-                    let e = by_source.entry(source).or_default();
-                    match d.outcome {
-                        DrillOutcome::Ok => e.0 += 1,
-                        DrillOutcome::Failed => e.1 += 1,
-                        _ => {}
-                    }
-                }
-                for (source, (ok, failed)) in by_source {
-                    inner.metrics.verify_drills(source, ok, failed);
-                }
-                let run = VerifyRun {
-                    finished_at: now,
-                    duration_seconds: duration,
-                    ok: report.is_ok(),
-                    check_ok: report.check.as_ref().map(|c| c.ok),
-                    verified: report.count(DrillOutcome::Ok),
-                    failed: report.count(DrillOutcome::Failed),
-                    skipped: report.count(DrillOutcome::Skipped),
-                    bytes: report.bytes(),
-                    problems: report.problems(),
-                };
-                for p in &run.problems {
-                    error!("verification: {p}");
-                }
-                (
-                    if run.ok {
-                        RunResult::Ok
-                    } else {
-                        RunResult::Error
-                    },
-                    run,
-                )
-            }
-        };
-        inner
-            .metrics
-            .verify_run(unix_seconds(now), run.problems.len(), run.check_ok);
-        let summary = format!(
-            "{} verified, {} failed, {} skipped{}",
-            run.verified,
-            run.failed,
-            run.skipped,
-            match run.check_ok {
-                Some(true) => "; repository check ok",
-                Some(false) => "; repository check FAILED",
-                None => "",
-            }
-        );
-        inner.jobs.finish(
-            &job_id,
-            result,
-            (!run.ok).then(|| format!("{summary}: {}", run.problems.join("; "))),
-        );
-        info!(result = %result.as_str(), duration, "verification done: {summary}");
-        {
-            let mut st = lock(&inner.verify);
-            st.running = false;
-            st.last_run = Some(run);
-        }
-        drop(slot);
-        self.load_verify_state().await;
-    }
-
-    /// Read from the index what is proven of each configured source's
-    /// atoms (the `tabacco_verify_*` gauges per source).
-    pub async fn load_verify_state(&self) {
-        let cfg = self.inner.config.config();
-        for s in &cfg.sources {
-            match crate::verify::proven(self.inner.manager.store().as_ref(), &cfg.hostname, &s.name)
-                .await
-            {
-                Ok(p) if p.atoms > 0 => self.inner.metrics.verify_state(
-                    &s.name,
-                    p.proven_by.map(unix_seconds),
-                    p.unverified,
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(source = %s.name, "cannot read the verifications from the index: {}", error_chain(&e))
-                }
-            }
-        }
-    }
-
-    /// Start a backup job of `source` now, as the scheduler does: skipped
-    /// (and counted) if the source is locked.
-    pub fn trigger(&self, source: &str) {
-        let inner = &self.inner;
-        if source == VERIFY_JOB {
-            return self.trigger_verify();
-        }
-        if inner.stopping.is_cancelled() {
-            return;
-        }
-        let rctx = inner.config.runtime_context();
-        if rctx.find_source(source).is_none() {
-            warn!(
-                source = %source,
-                "not starting a backup: the source is no longer configured"
-            );
-            return;
-        }
-        let lock = match SourceLock::try_acquire(rctx.work_dir(), source, HolderKind::Agent) {
-            Ok(l) => l,
-            Err(e @ LockError::Busy { .. }) => {
-                warn!(source = %source, "scheduled backup skipped: {e}");
-                inner.metrics.run(source, RunResult::Skipped.as_str());
-                self.with_source(source, |s| {
-                    s.skipped_runs += 1;
-                    // A skip never hides a failure: the failed run stays
-                    // the last run until a run ends again.
-                    if s.last_run.as_ref().is_some_and(|r| r.result.is_failure()) {
-                        return;
-                    }
-                    s.last_run = Some(RunReport {
-                        result: RunResult::Skipped,
-                        finished_at: Utc::now(),
-                        duration_seconds: 0.0,
-                        backup_id: None,
-                        job_id: None,
-                        error: Some(format!("skipped: {e}")),
-                        datasets_recorded: 0,
-                        datasets_failed: 0,
-                        atoms_failed: 0,
-                    });
-                });
-                return;
-            }
-            Err(e) => {
-                error!(source = %source, "scheduled backup not started: {e}");
-                let now = Utc::now();
-                inner.metrics.run(source, RunResult::Error.as_str());
-                inner
-                    .metrics
-                    .finished(source, false, unix_seconds(now), 0.0);
-                self.with_source(source, |s| {
-                    s.last_run = Some(RunReport {
-                        result: RunResult::Error,
-                        finished_at: now,
-                        duration_seconds: 0.0,
-                        backup_id: None,
-                        job_id: None,
-                        error: Some(e.to_string()),
-                        datasets_recorded: 0,
-                        datasets_failed: 0,
-                        atoms_failed: 0,
-                    })
-                });
-                return;
-            }
-        };
-        let job_id = inner.jobs.add_pending("backup", source, BACKUP_QUEUE);
-        let span = info_span!("job", job_id = %job_id, source = %source);
-        let this = self.clone();
-        let source = source.to_string();
-        inner
-            .tracker
-            .spawn(async move { this.run_job(rctx, source, job_id, lock).await }.instrument(span));
-    }
-
-    async fn run_job(
-        &self,
-        rctx: RuntimeContext,
-        source: String,
-        job_id: String,
-        lock: SourceLock,
-    ) {
-        let inner = &self.inner;
-        info!("backup job queued");
-        let slot = tokio::select! {
-            biased;
-            () = inner.stopping.cancelled() => {
-                info!("pending backup job dropped: the agent is shutting down");
-                inner.jobs.finish(&job_id, JobResult::Cancelled, Some("the agent shut down before the job got a worker".into()));
-                inner.metrics.run(&source, JobResult::Cancelled.as_str());
-                return;
-            }
-            slot = inner.queues.acquire(BACKUP_QUEUE) => slot,
-        };
-        inner.jobs.set_running(&job_id);
-        let observer = Arc::new(JobObserver::new(inner.jobs.clone(), job_id.clone()));
-        let started = Instant::now();
-        // Once the agent is stopping, no new dataset starts (the grace
-        // period lets running ones finish); cancel_jobs kills them.
-        let outcome = tokio::select! {
-            biased;
-            () = inner.cancel_jobs.cancelled() => None,
-            r = inner.manager.backup_until(&rctx, &source, observer, &inner.stopping, std::future::pending()) => Some(r),
-        };
-        let duration = started.elapsed().as_secs_f64();
-        let now = Utc::now();
-        let mut run = RunReport {
-            result: RunResult::Error,
-            finished_at: now,
-            duration_seconds: duration,
-            backup_id: None,
-            job_id: Some(job_id.clone()),
-            error: None,
-            datasets_recorded: 0,
-            datasets_failed: 0,
-            atoms_failed: 0,
-        };
-        match outcome {
-            None => {
-                warn!(
-                    duration,
-                    "backup cancelled by the shutdown; its commands were killed"
-                );
-                run.result = RunResult::Cancelled;
-                run.error = Some(
-                    "cancelled: the agent shut down and the shutdown_timeout ran out".to_string(),
-                );
-                // What the job had finished before it was cancelled.
-                if let Some(job) = inner
-                    .jobs
-                    .snapshot()
-                    .running
-                    .iter()
-                    .find(|j| j.id == job_id)
-                {
-                    run.backup_id = job.backup_id.clone();
-                    run.datasets_recorded =
-                        job.datasets.iter().filter(|d| d.state == "ok").count() as i64;
-                    run.datasets_failed = job.datasets.len() as i64 - run.datasets_recorded;
-                }
-            }
-            Some(Err(e)) => {
-                let e = error_chain(&e);
-                error!("backup could not start: {e}");
-                run.error = Some(e);
-            }
-            Some(Ok(report)) => {
-                let bytes: i64 = report.backup.datasets.iter().map(|d| d.bytes_added).sum();
-                let files: i64 = report.backup.datasets.iter().map(|d| d.total_files).sum();
-                inner.metrics.added(&source, bytes, files);
-                // Atoms left out of a recorded dataset (pipe datasets of
-                // many atoms) count as failed atoms, not failed datasets.
-                let left_out = report.failures.iter().filter(|f| f.atom.is_some()).count();
-                inner.metrics.atoms_failed(&source, left_out);
-                run.result = report.result();
-                run.error = report.error_text();
-                run.backup_id = Some(report.backup.id.clone());
-                run.datasets_recorded = report.backup.datasets.len() as i64;
-                run.datasets_failed =
-                    report.failures.iter().filter(|f| f.atom.is_none()).count() as i64;
-                run.atoms_failed = (report.failed_atoms + left_out) as i64;
-            }
-        }
-        let result = run.result;
-        inner.metrics.run(&source, result.as_str());
-        if result != JobResult::Cancelled {
-            inner
-                .metrics
-                .finished(&source, result.is_success(), unix_seconds(now), duration);
-        }
-        inner.jobs.finish(&job_id, result, run.error.clone());
-        let recorded = run.datasets_recorded > 0;
-        self.with_source(&source, |s| {
-            if result.is_success() {
-                s.last_success = Some(now);
-            }
-            s.last_run = Some(run);
-        });
-        info!(result = %result.as_str(), duration, "backup job done");
-        drop(slot);
-        // The source's policy after each backup that recorded something,
-        // still under the source's lock.
-        if recorded && !inner.stopping.is_cancelled() {
-            self.apply_retention(&rctx, &source).await;
-        }
-        drop(lock);
-    }
-
-    /// Apply the retention policy of `source` (if it has one) and record
-    /// the outcome for the page and the metrics.
-    async fn apply_retention(&self, rctx: &RuntimeContext, source: &str) {
-        let inner = &self.inner;
-        if rctx.config().dry_run || rctx.find_source(source).and_then(|s| s.retention).is_none() {
-            return;
-        }
-        let names = [source.to_string()];
-        let outcome = tokio::select! {
-            biased;
-            () = inner.cancel_jobs.cancelled() => return,
-            r = inner.manager.forget(rctx, &names, false) => r,
-        };
-        let now = Utc::now();
-        let run = match outcome {
-            Ok(r) => {
-                info!(forgotten = r.forgotten, "retention policy applied");
-                inner
-                    .metrics
-                    .forget(source, Some(r.forgotten), unix_seconds(now));
-                MaintenanceRun::now(
-                    true,
-                    format!(
-                        "forgot {} snapshot(s), kept {}",
-                        r.forgotten,
-                        r.groups
-                            .iter()
-                            .map(|g| g.decisions.iter().filter(|d| d.keep).count())
-                            .sum::<usize>()
-                    ),
-                )
-            }
-            Err(e) => {
-                let e = error_chain(&e);
-                error!("retention policy not applied: {e}");
-                inner.metrics.forget(source, None, unix_seconds(now));
-                MaintenanceRun::now(false, e)
-            }
-        };
-        self.with_source(source, |s| s.last_forget = Some(run));
-    }
-
-    /// Prune the repository on `prune_schedule` until the agent stops (a
-    /// host without `prune_schedule` never prunes; the schedule is read
-    /// again after each prune, so a reload takes effect).
-    async fn run_prune_schedule(&self) {
-        let inner = &self.inner;
-        loop {
-            let cfg = inner.config.config();
-            let next = cfg
-                .prune_schedule
-                .as_deref()
-                .and_then(|s| Schedule::parse(s).ok())
-                .and_then(|s| {
-                    crate::schedule::next_run(&s, inner.clock.now(), &inner.seed, "prune")
-                });
-            lock(&inner.maintenance).next_prune = next;
-            let wait = match next {
-                Some(t) => crate::schedule::until(inner.clock.now(), t),
-                // Not pruning: look again after a while (a reload may
-                // have set a schedule).
-                None => Duration::from_secs(60),
-            };
-            tokio::select! {
-                () = inner.stopping.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-            if next.is_none() || inner.config.config().prune_schedule.is_none() {
-                continue;
-            }
-            let rctx = inner.config.runtime_context();
-            let outcome = tokio::select! {
-                () = inner.cancel_jobs.cancelled() => return,
-                r = inner.manager.prune(&rctx) => r,
-            };
-            let now = Utc::now();
-            let run = match outcome {
-                Ok(r) => {
-                    inner.metrics.prune(true, unix_seconds(now));
-                    MaintenanceRun::now(true, r.summary.join("; "))
-                }
-                Err(e) => {
-                    let e = error_chain(&e);
-                    error!("prune failed: {e}");
-                    inner.metrics.prune(false, unix_seconds(now));
-                    MaintenanceRun::now(false, e)
-                }
-            };
-            lock(&inner.maintenance).last_prune = Some(run);
-        }
-    }
-
-    /// Reconcile this host's records with the repository at start, adding
-    /// only (a snapshot made just before the agent was killed gets its
-    /// record); stale records are reported for `tabacco reconcile`.
-    pub async fn reconcile_at_start(&self) {
-        let inner = &self.inner;
-        let rctx = inner.config.runtime_context();
-        let scope = Scope::Host(rctx.hostname().to_string());
-        let run = match inner
-            .manager
-            .reconcile(&rctx, &scope, ReconcileMode::AddOnly)
-            .await
-        {
-            Ok(r) => {
-                inner.metrics.reconcile(r.differences(), r.repaired());
-                if r.differences() > 0 {
-                    warn!(
-                        missing = r.missing.len(),
-                        stale = r.stale.len(),
-                        added = r.added,
-                        "index and repository disagreed at start"
-                    );
-                }
-                MaintenanceRun::now(
-                    r.errors.is_empty() && r.stale.is_empty(),
-                    format!(
-                        "{} snapshot(s) indexed again, {} stale record(s) left for `tabacco reconcile`{}",
-                        r.added,
-                        r.stale.len(),
-                        if r.errors.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; failed: {}", r.errors.join("; "))
-                        }
-                    ),
-                )
-            }
-            // A host whose first backup has not run yet: nothing to
-            // reconcile (the backup creates the repository).
-            Err(crate::manager::maintenance::MaintenanceError::Repo(
-                crate::repository::RepoError::NoRepository { .. },
-            )) => {
-                info!("reconcile at start: the repository does not exist yet, nothing to compare");
-                MaintenanceRun::now(true, "the repository does not exist yet".into())
-            }
-            Err(e) => {
-                let e = error_chain(&e);
-                warn!("reconcile at start failed: {e}");
-                MaintenanceRun::now(false, e)
-            }
-        };
-        lock(&inner.maintenance).last_reconcile = Some(run);
-    }
-
     /// Re-read the configuration (SIGHUP). On any error the previous
     /// configuration stays and every error is logged.
     pub fn reload(&self) -> bool {
@@ -1076,103 +282,6 @@ impl Agent {
                 );
                 inner.metrics.reload(false);
                 false
-            }
-        }
-    }
-
-    /// The periodic report: running jobs (and their datasets not started
-    /// yet), the state of every source, the outbox backlog.
-    pub fn status_report(&self) -> UpdateActiveJobStatusRequest {
-        let cfg = self.inner.config.config();
-        let host = cfg.hostname.clone();
-        let sources = lock(&self.inner.sources)
-            .values()
-            .map(|s| SourceReport {
-                name: s.name.clone(),
-                schedule: s.schedule.clone(),
-                next_run: s.next_run,
-                last_run: s.last_run.clone(),
-                last_success: s.last_success,
-                running: self.inner.jobs.is_active(&s.name),
-            })
-            .collect();
-        let outbox = self.outbox_counts();
-        UpdateActiveJobStatusRequest {
-            active_jobs: self.inner.jobs.active_jobs(&host),
-            host,
-            sources: Some(sources),
-            outbox_pending: outbox.map(|c| c.0),
-            outbox_rejected: outbox.map(|c| c.1),
-            report_interval_seconds: Some(self.inner.report_interval.as_secs_f64()),
-        }
-    }
-
-    /// Report the running jobs and the sources' state to the metadata
-    /// store.
-    pub async fn report_status(&self) {
-        let req = self.status_report();
-        let store = self.inner.manager.store();
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            store.update_active_job_status(&req),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(
-                "cannot report running jobs to the metadata store: {}",
-                error_chain(&e)
-            ),
-            Err(_) => {
-                warn!("cannot report running jobs to the metadata store: no answer within 10s")
-            }
-        }
-    }
-
-    /// Read from the index when each source was last backed up in full, so
-    /// that `tabacco_backup_last_success_timestamp_seconds` survives
-    /// restarts without trusting a partial or cancelled run: see
-    /// [`full_backup_time`]. A source whose datasets come from
-    /// `datasets_command` has no fixed list to check, so it gets a last
-    /// success only from a run of this agent.
-    pub async fn load_last_successes(&self) {
-        let cfg = self.inner.config.config();
-        for s in &cfg.sources {
-            let DatasetsSource::Static(specs) = &s.datasets else {
-                continue;
-            };
-            let expected: Vec<(&str, Option<Vec<&str>>)> = specs
-                .iter()
-                .map(|d| {
-                    let atoms = match &d.atoms {
-                        AtomsSource::Static(atoms) => {
-                            Some(atoms.iter().map(|a| a.name.as_str()).collect())
-                        }
-                        AtomsSource::Command(_) => None,
-                    };
-                    (d.name.as_str(), atoms)
-                })
-                .collect();
-            let req = FindRequest {
-                pattern: format!("{}/*", s.name),
-                host: cfg.hostname.clone(),
-                num_versions: 1,
-                older_than: None,
-            };
-            match self.inner.manager.store().find_atoms(&req).await {
-                Ok(backups) => {
-                    if let Some(t) = full_backup_time(&expected, &backups) {
-                        self.inner.metrics.seen_success(&s.name, unix_seconds(t));
-                        self.with_source(&s.name, |st| {
-                            if st.last_success.is_none_or(|l| l < t) {
-                                st.last_success = Some(t);
-                            }
-                        });
-                    }
-                }
-                Err(e) => {
-                    warn!(source = %s.name, "cannot read the last backup from the index: {}", error_chain(&e))
-                }
             }
         }
     }
@@ -1323,11 +432,17 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::lock::{HolderKind, SourceLock};
+    use crate::jobs::status::JobResult;
     use crate::metadata::MetadataError;
-    use crate::model::{Backup, Dataset, RunningJobStatus};
+    use crate::model::{
+        Backup, Dataset, FindRequest, RunResult, RunningJobStatus, UpdateActiveJobStatusRequest,
+    };
     use crate::repository::{ProgressFn, RepoError, Repository, SnapshotInfo, SnapshotMeta};
+    use crate::runtime::RuntimeContext;
     use crate::shell::{Shell, ShellCommand};
     use std::path::{Path, PathBuf};
+    use std::time::Instant;
 
     /// Records what the agent sends.
     #[derive(Default)]

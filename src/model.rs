@@ -468,6 +468,22 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// A run that ended `result` at `finished_at`, with nothing else known
+    /// yet (no backup, no job, no counts).
+    pub fn new(result: RunResult, finished_at: DateTime<Utc>) -> RunReport {
+        RunReport {
+            result,
+            finished_at,
+            duration_seconds: 0.0,
+            backup_id: None,
+            job_id: None,
+            error: None,
+            datasets_recorded: 0,
+            datasets_failed: 0,
+            atoms_failed: 0,
+        }
+    }
+
     /// What failed, for the pages: `2 of 5 datasets (7 atoms)`, or `0`.
     pub fn failed_text(&self) -> String {
         if self.datasets_failed > 0 {

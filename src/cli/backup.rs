@@ -9,7 +9,8 @@ use clap::Args;
 
 use super::interrupt::Interrupts;
 use super::{CliError, load_config, open_stores, progress};
-use crate::jobs::lock::{HolderKind, SourceLock};
+use crate::jobs::backup::SourceJob;
+use crate::jobs::lock::HolderKind;
 use crate::manager::{Manager, Observer};
 use crate::metadata::outbox::{DeliveryReport, OutboxStore};
 use crate::model::{Dataset, RunningJobStatus};
@@ -114,37 +115,33 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
             not_started.push(name);
             continue;
         }
-        // The same lock as the agent's: never two backups of a source at
+        // The same flow as the agent's: never two backups of a source at
         // once. A locked source is skipped; the others still run.
-        let _lock = if config.dry_run {
-            None
-        } else {
-            match SourceLock::try_acquire(&config.work_dir, name, HolderKind::Cli) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    if names.len() == 1 {
-                        return Err(CliError::failed(e));
-                    }
-                    progress::suspend(|| println!("FAILED  {name}: {e}"));
-                    failed += 1;
-                    continue;
+        let job = match SourceJob::start(rctx.clone(), name, HolderKind::Cli) {
+            Ok(job) => job,
+            Err(e) => {
+                if names.len() == 1 {
+                    return Err(CliError::failed(e));
                 }
+                progress::suspend(|| println!("FAILED  {name}: {e}"));
+                failed += 1;
+                continue;
             }
         };
         let running = Arc::new(Running {
             inner: observer.clone(),
             datasets: Mutex::new(BTreeSet::new()),
         });
-        let report = manager
-            .backup_until(
-                &rctx,
-                name,
+        let report = job
+            .backup(
+                &manager,
                 running.clone(),
                 &tokio_util::sync::CancellationToken::new(),
                 interrupts.first_name(),
             )
             .await
             .map_err(CliError::failed)?;
+        drop(job);
         recorded_total += report.backup.datasets.len();
         if interrupts.received().is_some() {
             stopped.extend(running.names().into_iter().map(|d| format!("{name}/{d}")));
