@@ -5,7 +5,7 @@
 //!
 //! # Jobs
 //!
-//! When a source is due, the agent takes a [`RuntimeContext`] snapshot
+//! When a source is due, the agent takes a [`RuntimeContext`](crate::runtime::RuntimeContext) snapshot
 //! (the job keeps it to the end, whatever reloads happen meanwhile) and the
 //! source's lock: the flow of [`crate::jobs::backup`], shared with
 //! `tabacco backup`. If
