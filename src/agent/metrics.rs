@@ -88,7 +88,9 @@ pub struct Metrics {
     forgotten: Family<SourceLabels, Counter>,
     forget_failures: Family<SourceLabels, Counter>,
     last_forget: Family<SourceLabels, FloatGauge>,
+    last_forget_failure: Family<SourceLabels, FloatGauge>,
     last_prune: FloatGauge,
+    last_prune_failure: FloatGauge,
     prune_failures: Counter,
     reconcile_found: Counter,
     reconcile_repaired: Counter,
@@ -134,7 +136,9 @@ impl Metrics {
             forgotten: Family::default(),
             forget_failures: Family::default(),
             last_forget: Family::default(),
+            last_forget_failure: Family::default(),
             last_prune: FloatGauge::default(),
+            last_prune_failure: FloatGauge::default(),
             prune_failures: Counter::default(),
             reconcile_found: Counter::default(),
             reconcile_repaired: Counter::default(),
@@ -156,9 +160,19 @@ impl Metrics {
             m.last_forget.clone(),
         );
         registry.register(
+            "forget_last_failure_timestamp_seconds",
+            "Unix time of the last failed retention run of the source",
+            m.last_forget_failure.clone(),
+        );
+        registry.register(
             "prune_last_timestamp_seconds",
             "Unix time of the last successful prune of the repository by this agent",
             m.last_prune.clone(),
+        );
+        registry.register(
+            "prune_last_failure_timestamp_seconds",
+            "Unix time of the last failed prune of the repository by this agent",
+            m.last_prune_failure.clone(),
         );
         registry.register(
             "prune_failures",
@@ -305,6 +319,10 @@ impl Metrics {
         self.next_run.remove(&l);
         self.verify_last_success.remove(&l);
         self.verify_unverified.remove(&l);
+        self.forgotten.remove(&l);
+        self.forget_failures.remove(&l);
+        self.last_forget.remove(&l);
+        self.last_forget_failure.remove(&l);
         for result in ["ok", "failed"] {
             self.verify_atoms.remove(&RunLabels {
                 source: source.to_string(),
@@ -435,6 +453,9 @@ impl Metrics {
             }
             None => {
                 self.forget_failures.get_or_create(&l).inc();
+                self.last_forget_failure.get_or_create(&l).set(when);
+                // Present (0: never) so that alerts can compare the two.
+                let _ = self.last_forget.get_or_create(&l);
             }
         }
     }
@@ -445,6 +466,7 @@ impl Metrics {
             self.last_prune.set(when);
         } else {
             self.prune_failures.inc();
+            self.last_prune_failure.set(when);
         }
     }
 
@@ -529,6 +551,9 @@ mod tests {
         m.reload(false);
         m.outbox(5, 1, 4, 1);
         m.outbox(3, 1, 6, 1);
+        m.forget("db", None, 1_700_000_200.0);
+        m.prune(true, 1_700_000_300.0);
+        m.prune(false, 1_700_000_400.0);
         let text = m.render();
         for line in [
             r#"tabacco_backup_last_success_timestamp_seconds{source="db"} 1700000000.5"#,
@@ -548,6 +573,12 @@ mod tests {
             "tabacco_outbox_rejected_records 1",
             "tabacco_outbox_delivered_total 6",
             "tabacco_outbox_rejected_total 1",
+            r#"tabacco_forget_failures_total{source="db"} 1"#,
+            r#"tabacco_forget_last_failure_timestamp_seconds{source="db"} 1700000200.0"#,
+            r#"tabacco_forget_last_timestamp_seconds{source="db"} 0.0"#,
+            "tabacco_prune_last_timestamp_seconds 1700000300.0",
+            "tabacco_prune_last_failure_timestamp_seconds 1700000400.0",
+            "tabacco_prune_failures_total 1",
             &format!(
                 r#"tabacco_build_info{{version="{}"}} 1"#,
                 env!("CARGO_PKG_VERSION")
