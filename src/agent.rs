@@ -549,10 +549,7 @@ impl Agent {
         };
         inner.jobs.set_running(&job_id);
         info!("verification started");
-        let opts = crate::verify::VerifyOptions {
-            dry_run: rctx.config().dry_run,
-            ..crate::verify::VerifyOptions::from_spec(&rctx.config().verify)
-        };
+        let opts = crate::verify::VerifyOptions::from_spec(&rctx.config().verify);
         let started = Instant::now();
         // Cancelling drops the run: restic is stopped, the scratch
         // directory removed, nothing recorded.
@@ -890,14 +887,14 @@ impl Agent {
     /// the outcome for the page and the metrics.
     async fn apply_retention(&self, rctx: &RuntimeContext, source: &str) {
         let inner = &self.inner;
-        if rctx.config().dry_run || rctx.find_source(source).and_then(|s| s.retention).is_none() {
+        if rctx.find_source(source).and_then(|s| s.retention).is_none() {
             return;
         }
         let names = [source.to_string()];
         let outcome = tokio::select! {
             biased;
             () = inner.cancel_jobs.cancelled() => return,
-            r = inner.manager.forget(rctx, &names, false) => r,
+            r = inner.manager.forget(rctx, &names) => r,
         };
         let now = Utc::now();
         let run = match outcome {
@@ -1216,9 +1213,7 @@ impl Agent {
             tokio::spawn(async move {
                 this.load_last_successes().await;
                 this.load_verify_state().await;
-                if !this.inner.config.config().dry_run {
-                    this.reconcile_at_start().await;
-                }
+                this.reconcile_at_start().await;
             });
         }
         // Tracked like a job: a prune running at shutdown gets the grace
