@@ -325,9 +325,7 @@ impl Agent {
             tokio::spawn(async move {
                 this.load_last_successes().await;
                 this.load_verify_state().await;
-                if !this.inner.config.config().dry_run {
-                    this.reconcile_at_start().await;
-                }
+                this.reconcile_at_start().await;
             });
         }
         // Tracked like a job: a prune running at shutdown gets the grace

@@ -231,6 +231,17 @@ pub fn load_config(path: &Path) -> Result<Arc<Config>, CliError> {
     config::load(path).map(Arc::new).map_err(CliError::usage)
 }
 
+/// [`load_config`] for a command with `--dry-run`: the flag turns on the
+/// configuration's `dry_run`, the one switch every operation obeys (see
+/// [`crate::runtime::RuntimeContext::plan_then_apply`]).
+pub fn load_config_with_dry_run(path: &Path, dry_run: bool) -> Result<Arc<Config>, CliError> {
+    let mut config = load_config(path)?;
+    if dry_run {
+        Arc::make_mut(&mut config).dry_run = true;
+    }
+    Ok(config)
+}
+
 /// Open the metadata stores the configuration asks for
 /// ([`crate::metadata::Stores::open`]): a mistake in the `metadb` block
 /// exits 2, a store that cannot be opened 1.

@@ -35,7 +35,9 @@ pub struct Config {
     pub queue: QueueSpec,
     /// Where backups go.
     pub repository: RepositorySpec,
-    /// Log commands instead of running them; record nothing.
+    /// Every operation stops after its plan: no command runs, nothing is
+    /// written or recorded (`dry_run: true`, or `--dry-run`). Operations
+    /// read it in one place only, the runtime context's `plan_then_apply`.
     pub dry_run: bool,
     /// `nice` level for user commands and restic (0: unchanged).
     pub default_nice_level: i32,

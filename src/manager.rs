@@ -1,6 +1,11 @@
 //! Manager: backup and restore of sources.
 //!
-//! A backup of a source runs `pre_backup_command`, resolves the datasets
+//! Every operation is a plan, made by reading only, then an apply (see
+//! [`RuntimeContext::plan_then_apply`]): a dry run reports the plan.
+//!
+//! A backup's plan is the source's configuration ([`BackupPlan`]): what a
+//! command lists is only named. Applying it runs `pre_backup_command`,
+//! resolves the datasets
 //! (static, or printed by `datasets_command`) and their atoms, backs each
 //! dataset up through its handler (a few at once), records each dataset in
 //! the metadata store only after its snapshot exists, and always ends with
@@ -11,6 +16,8 @@
 //! dataset version through its source's handler, between
 //! `pre_restore_command` and `post_restore_command`.
 
+#[cfg(test)]
+mod dry_run_tests;
 mod hooks;
 pub mod maintenance;
 
@@ -34,6 +41,7 @@ use crate::names::{check_name, check_record, excerpt, join_below};
 use crate::process::ProcessError;
 use crate::repository::{ProgressFn, SnapshotInfo};
 use crate::runtime::RuntimeContext;
+use crate::shell::script_label;
 use crate::util::{error_chain, lock};
 
 pub mod restore;
@@ -182,8 +190,9 @@ pub struct BackupReport {
     pub failures: Vec<DatasetFailure>,
     /// An error that stopped the whole source (hook, timeout, datasets).
     pub fatal: Option<String>,
-    /// Datasets that would have been backed up (dry run only).
-    pub planned: Vec<Dataset>,
+    /// Dry run: what the backup would do, one line each ([`BackupPlan::lines`];
+    /// empty when the backup ran).
+    pub planned: Vec<String>,
     /// Atoms of the failed datasets whose atoms were known (atoms left
     /// out of a recorded dataset are `failures` with an `atom`).
     pub failed_atoms: usize,
@@ -287,7 +296,6 @@ fn with_var(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(Stri
 struct Progress {
     recorded: Vec<Dataset>,
     failures: Vec<DatasetFailure>,
-    planned: Vec<Dataset>,
     failed_atoms: usize,
     not_started: usize,
     /// Once cancelled, no new dataset starts.
@@ -333,6 +341,9 @@ impl Manager {
     /// timeout: running commands are stopped (restic with `SIGINT`, so it
     /// removes its lock) and unfinished datasets are not recorded.
     /// `post_backup_command` runs either way.
+    ///
+    /// A dry run plans ([`plan_backup`]) and stops: the report's
+    /// [`BackupReport::planned`] says what would be done.
     pub async fn backup_until(
         &self,
         rctx: &RuntimeContext,
@@ -341,7 +352,7 @@ impl Manager {
         stop: &CancellationToken,
         interrupt: impl std::future::Future<Output = String>,
     ) -> Result<BackupReport, ManagerError> {
-        let (source, handler) = source_handler(rctx, source_name)?;
+        let plan = plan_backup(rctx, source_name)?;
         let now = Utc::now();
         let backup = Backup {
             id: new_id(),
@@ -351,20 +362,52 @@ impl Manager {
             host: rctx.hostname().to_string(),
             datasets: Vec::new(),
         };
+        let backup = &backup;
+        rctx.plan_then_apply(
+            plan,
+            |plan| {
+                let planned = plan.lines();
+                for line in &planned {
+                    info!(source = %plan.source.name, "dry run: {line}");
+                }
+                BackupReport {
+                    backup: backup.clone(),
+                    failures: Vec::new(),
+                    fatal: None,
+                    planned,
+                    failed_atoms: 0,
+                    not_started: 0,
+                }
+            },
+            |plan| self.apply_backup(rctx, plan, backup, observer, stop, interrupt),
+        )
+        .await
+    }
+
+    /// Apply a backup plan: see [`Manager::backup_until`].
+    async fn apply_backup(
+        &self,
+        rctx: &RuntimeContext,
+        plan: BackupPlan<'_>,
+        backup: &Backup,
+        observer: Arc<dyn Observer>,
+        stop: &CancellationToken,
+        interrupt: impl std::future::Future<Output = String>,
+    ) -> Result<BackupReport, ManagerError> {
+        let BackupPlan { source, handler } = plan;
         let span = info_span!("backup", source = %source.name, backup_id = %backup.id);
         async {
             info!("backup started");
-            observer.backup_started(&backup);
+            observer.backup_started(backup);
             let started = Instant::now();
             let state = Mutex::new(Progress {
                 recorded: Vec::new(),
                 failures: Vec::new(),
-                planned: Vec::new(),
                 failed_atoms: 0,
                 not_started: 0,
                 stop: stop.clone(),
             });
-            let run = self.run_backup(rctx, source, handler.as_ref(), &backup, &observer, &state);
+            let run = self.run_backup(rctx, source, handler.as_ref(), backup, &observer, &state);
             let run = async {
                 match source.timeout {
                     Some(t) => match tokio::time::timeout(t, run).await {
@@ -387,7 +430,7 @@ impl Manager {
             let mut fatal = fatal.map(|e| error_chain(&e));
             let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
             let ok = fatal.is_none() && state.failures.is_empty();
-            let hooks = Hooks::backup(source, source_env(&backup, &source.name));
+            let hooks = Hooks::backup(source, source_env(backup, &source.name));
             if let Err(e) = hooks.post(rctx.shell(), ok).await {
                 error!("{}", error_chain(&e));
                 fatal.get_or_insert(error_chain(&e));
@@ -399,7 +442,7 @@ impl Manager {
                 },
                 failures: state.failures,
                 fatal,
-                planned: state.planned,
+                planned: Vec::new(),
                 failed_atoms: state.failed_atoms,
                 not_started: state.not_started,
             };
@@ -441,18 +484,12 @@ impl Manager {
         let env = source_env(backup, &source.name);
         // The caller holds the source's lock: what is in its spool was
         // left by a killed run.
-        if !shell.is_dry_run()
-            && let Err(e) = handler::spool::clear_source(rctx.work_dir(), &source.name)
-        {
+        if let Err(e) = handler::spool::clear_source(rctx.work_dir(), &source.name) {
             warn!("cannot remove the spool left by an earlier run: {e}");
         }
         Hooks::backup(source, env.clone()).pre(shell).await?;
         let specs = match &source.datasets {
             DatasetsSource::Static(specs) => specs.clone(),
-            DatasetsSource::Command(cmd) if shell.is_dry_run() => {
-                info!(command = %cmd, "dry run: would list datasets with datasets_command");
-                return Ok(());
-            }
             DatasetsSource::Command(cmd) => {
                 let out = shell
                     .output(cmd, &env)
@@ -484,14 +521,6 @@ impl Manager {
                 }
             }
         }
-        if shell.is_dry_run() {
-            for ds in &datasets {
-                let atoms: Vec<_> = ds.atoms.iter().map(|a| a.name.as_str()).collect();
-                info!(dataset = %ds.name, ?atoms, "dry run: would back up dataset");
-            }
-            lock(state).planned = datasets;
-            return Ok(());
-        }
         let limit = rctx.config().queue.workers(DATASETS_QUEUE).max(1);
         observer.datasets_planned(&datasets);
         futures::stream::iter(datasets)
@@ -512,10 +541,6 @@ impl Manager {
     ) -> Result<Dataset, ManagerError> {
         let atoms: Vec<AtomSpec> = match &spec.atoms {
             AtomsSource::Static(atoms) => atoms.clone(),
-            AtomsSource::Command(cmd) if rctx.shell().is_dry_run() => {
-                info!(dataset = %spec.name, command = %cmd, "dry run: would list atoms with atoms_command");
-                Vec::new()
-            }
             AtomsSource::Command(cmd) => {
                 let env = with_var(
                     source_env(backup, &source.name),
@@ -675,6 +700,11 @@ impl Manager {
     /// When the request yields several versions of one atom, each backup's
     /// data goes to `target/<backup id>/` so versions do not overwrite each
     /// other; otherwise everything goes to `target` itself.
+    ///
+    /// Every dataset version is planned (index and configuration only)
+    /// before anything is touched; a dry run returns the plan as the
+    /// report's `restored` items, running no hook and creating no
+    /// directory.
     pub async fn restore(
         &self,
         rctx: &RuntimeContext,
@@ -808,8 +838,31 @@ impl Manager {
             }
         }
 
-        let dry_run = rctx.shell().is_dry_run();
-        if !dry_run && !by_source.is_empty() {
+        rctx.plan_then_apply(
+            (report, by_source),
+            |(mut report, by_source)| {
+                for p in by_source.values().flatten() {
+                    info!(backup_id = %p.backup.id, snapshot_id = %p.dataset.snapshot_id, atoms = ?p.atom_names(), target = %p.dest.display(), how = p.method.describe(), "dry run: would restore");
+                    report.restored.push(p.restored_item());
+                }
+                report
+            },
+            |(report, by_source)| self.apply_restore(rctx, report, by_source, target, observer),
+        )
+        .await
+    }
+
+    /// Apply a restore plan: create the target, and restore each source's
+    /// dataset versions between its restore hooks.
+    async fn apply_restore(
+        &self,
+        rctx: &RuntimeContext,
+        mut report: RestoreReport,
+        by_source: BTreeMap<String, Vec<Planned<'_>>>,
+        target: &Path,
+        observer: &Arc<dyn Observer>,
+    ) -> Result<RestoreReport, ManagerError> {
+        if !by_source.is_empty() {
             tokio::fs::create_dir_all(target)
                 .await
                 .map_err(|source| ManagerError::Io {
@@ -843,35 +896,21 @@ impl Manager {
                 if source_ok {
                     for p in items {
                         let (b, ds) = (p.backup, p.dataset);
-                        let atoms: Vec<String> = p.atoms.iter().map(|a| a.atom.clone()).collect();
-                        if dry_run {
-                            info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %p.dest.display(), how = p.method.describe(), "dry run: would restore");
-                        } else {
-                            info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, ?atoms, target = %p.dest.display(), how = p.method.describe(), "restoring");
-                            observer.dataset_started(ds);
-                            let result = self.restore_one(rctx, p, observer).await;
-                            observer.restore_finished(ds, result.as_ref().map(|_| ()).map_err(String::as_str));
-                            if let Err(error) = result {
-                                error!(dataset = %ds.name, "restore failed: {error}");
-                                report.failures.push(DatasetFailure {
-                                    dataset: ds.name.clone(),
-                                    atom: None,
-                                    error,
-                                });
-                                source_ok = false;
-                                continue;
-                            }
+                        info!(backup_id = %b.id, snapshot_id = %ds.snapshot_id, atoms = ?p.atom_names(), target = %p.dest.display(), how = p.method.describe(), "restoring");
+                        observer.dataset_started(ds);
+                        let result = self.restore_one(rctx, p, observer).await;
+                        observer.restore_finished(ds, result.as_ref().map(|_| ()).map_err(String::as_str));
+                        if let Err(error) = result {
+                            error!(dataset = %ds.name, "restore failed: {error}");
+                            report.failures.push(DatasetFailure {
+                                dataset: ds.name.clone(),
+                                atom: None,
+                                error,
+                            });
+                            source_ok = false;
+                            continue;
                         }
-                        report.restored.push(RestoredItem {
-                            backup_id: b.id.clone(),
-                            timestamp: b.timestamp,
-                            host: b.host.clone(),
-                            atoms,
-                            target: p.dest.clone(),
-                            snapshot_id: ds.snapshot_id.clone(),
-                            how: p.method.describe(),
-                            planned: p.atoms.clone(),
-                        });
+                        report.restored.push(p.restored_item());
                     }
                 }
                 if let Err(e) = hooks.post(rctx.shell(), source_ok).await {
@@ -1033,6 +1072,29 @@ struct Planned<'a> {
     atoms: Vec<PlannedAtom>,
 }
 
+impl Planned<'_> {
+    /// The names of the atoms restored.
+    fn atom_names(&self) -> Vec<String> {
+        self.atoms.iter().map(|a| a.atom.clone()).collect()
+    }
+
+    /// The report's line for this dataset version (restored, or in a dry
+    /// run to be restored).
+    fn restored_item(&self) -> RestoredItem {
+        let (b, ds) = (self.backup, self.dataset);
+        RestoredItem {
+            backup_id: b.id.clone(),
+            timestamp: b.timestamp,
+            host: b.host.clone(),
+            atoms: self.atom_names(),
+            target: self.dest.clone(),
+            snapshot_id: ds.snapshot_id.clone(),
+            how: self.method.describe(),
+            planned: self.atoms.clone(),
+        }
+    }
+}
+
 /// Choices of a restore beyond the index request.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -1044,6 +1106,62 @@ pub struct RestoreOptions {
     /// The request's host is this host by default, not by the user's
     /// choice: when nothing matches, name the hosts that have it.
     pub host_defaulted: bool,
+}
+
+/// A backup of a source as planned from its configuration alone: no
+/// command runs to make it. What `datasets_command` and `atoms_command`
+/// list is only named: they run when the plan is applied, after
+/// `pre_backup_command` (which may prepare what they list).
+pub struct BackupPlan<'a> {
+    source: &'a SourceSpec,
+    handler: Box<dyn Handler>,
+}
+
+impl BackupPlan<'_> {
+    /// What applying the plan would do, one line each: the hooks, and each
+    /// dataset with its atoms (or the command that lists them).
+    pub fn lines(&self) -> Vec<String> {
+        let s = self.source;
+        let hook = |what: &str, cmd: &Option<String>| {
+            cmd.as_deref()
+                .map(|c| format!("would run {what} `{}`", script_label(c)))
+        };
+        let mut out: Vec<String> = hook("pre_backup_command", &s.pre_backup_command)
+            .into_iter()
+            .collect();
+        match &s.datasets {
+            DatasetsSource::Static(specs) => {
+                for spec in specs {
+                    let atoms = match &spec.atoms {
+                        AtomsSource::Static(atoms) => {
+                            let names: Vec<&str> = atoms.iter().map(|a| a.name.as_str()).collect();
+                            format!("atoms {}", names.join(", "))
+                        }
+                        AtomsSource::Command(c) => {
+                            format!("atoms listed by atoms_command `{}`", script_label(c))
+                        }
+                    };
+                    out.push(format!("would back up {}/{}: {atoms}", s.name, spec.name));
+                }
+            }
+            DatasetsSource::Command(c) => out.push(format!(
+                "would back up the datasets of {} listed by datasets_command `{}`",
+                s.name,
+                script_label(c)
+            )),
+        }
+        out.extend(hook("post_backup_command", &s.post_backup_command));
+        out
+    }
+}
+
+/// Plan the backup of source `name` (see [`BackupPlan`]).
+pub fn plan_backup<'a>(
+    rctx: &'a RuntimeContext,
+    name: &str,
+) -> Result<BackupPlan<'a>, ManagerError> {
+    let (source, handler) = source_handler(rctx, name)?;
+    Ok(BackupPlan { source, handler })
 }
 
 /// A configured source and the handler built for it.

@@ -3,6 +3,8 @@
 //! binary as a child process (argv, never a shell; secrets by environment
 //! or file, never argv).
 
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod record;
 pub mod restic;
 
@@ -34,6 +36,22 @@ pub struct SnapshotMeta {
     /// The index record the snapshot carries (JSON, see [`record`];
     /// empty: none).
     pub record: String,
+}
+
+impl SnapshotMeta {
+    /// The snapshot's tags: `backup_id=`, `dataset_id=`, `source=` and the
+    /// record's parts (see [`record::record_tags`]).
+    pub fn tags(&self) -> Vec<String> {
+        let mut tags = vec![
+            format!("backup_id={}", self.backup_id),
+            format!("dataset_id={}", self.dataset_id),
+            format!("source={}", self.source),
+        ];
+        if !self.record.is_empty() {
+            tags.extend(record::record_tags(&self.record));
+        }
+        tags
+    }
 }
 
 /// What a finished backup produced.

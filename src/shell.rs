@@ -1,7 +1,8 @@
 //! Shell: runs user-supplied commands (hooks, dump commands,
 //! `datasets_command`, `atoms_command`) through `/bin/bash -c`, with the
-//! configured nice level and I/O class, extra environment variables, and a
-//! global dry-run switch that logs commands instead of running them.
+//! configured nice level and I/O class and extra environment variables. It
+//! runs what it is given: a dry run stops before any command (the runtime
+//! context's `plan_then_apply` owns that rule).
 //!
 //! Values such as atom names reach commands as environment variables, never
 //! spliced into the command text.
@@ -22,7 +23,6 @@ const LABEL_CHARS: usize = 60;
 /// Runs user commands with the configured options.
 #[derive(Debug, Clone, Default)]
 pub struct Shell {
-    dry_run: bool,
     nice_level: i32,
     io_class: i32,
 }
@@ -64,8 +64,9 @@ impl ShellCommand {
     }
 }
 
-/// See [`ShellCommand::label`].
-fn script_label(script: &str) -> String {
+/// A short description of a script for messages: see
+/// [`ShellCommand::label`].
+pub fn script_label(script: &str) -> String {
     let mut lines = script.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("");
     let more = lines.next().is_some();
@@ -78,17 +79,11 @@ fn script_label(script: &str) -> String {
 
 impl Shell {
     /// A shell with the given options.
-    pub fn new(dry_run: bool, nice_level: i32, io_class: i32) -> Shell {
+    pub fn new(nice_level: i32, io_class: i32) -> Shell {
         Shell {
-            dry_run,
             nice_level,
             io_class,
         }
-    }
-
-    /// Whether commands are only logged.
-    pub fn is_dry_run(&self) -> bool {
-        self.dry_run
     }
 
     /// A command for a caller that wires its stdio itself.
@@ -99,14 +94,6 @@ impl Shell {
             nice_level: self.nice_level,
             io_class: self.io_class,
         }
-    }
-
-    /// In dry-run mode, log that `script` would run and return `true`.
-    fn skip(&self, script: &str) -> bool {
-        if self.dry_run {
-            tracing::info!("dry run: would run: {script}");
-        }
-        self.dry_run
     }
 
     /// Run a command; its output is logged. Fails on a non-zero exit with
@@ -128,9 +115,6 @@ impl Shell {
         env: &[(String, String)],
         stdout_callback: impl FnMut(&str) + Send,
     ) -> Result<(), ProcessError> {
-        if self.skip(script) {
-            return Ok(());
-        }
         let cmd = self.command(script, env);
         let label = cmd.label();
         cmd.to_child()
@@ -141,16 +125,12 @@ impl Shell {
         Ok(())
     }
 
-    /// Run a command and return its standard output (empty in dry-run
-    /// mode). Fails like [`Shell::run`]; stderr is logged at debug level.
+    /// Run a command and return its standard output. Fails like [`Shell::run`]; stderr is logged at debug level.
     pub async fn output(
         &self,
         script: &str,
         env: &[(String, String)],
     ) -> Result<Vec<u8>, ProcessError> {
-        if self.skip(script) {
-            return Ok(Vec::new());
-        }
         let cmd = self.command(script, env);
         let label = cmd.label();
         let out = cmd
@@ -191,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn output_and_env_values_stay_literal() {
         let dir = tempfile::tempdir().unwrap();
-        let sh = Shell::new(false, 0, 0);
+        let sh = Shell::new(0, 0);
         let e = env(&[("TABACCO_ATOM", "$(touch pwned); `touch pwned2`")]);
         let out = sh.output("echo \"atom=$TABACCO_ATOM\"", &e).await.unwrap();
         assert_eq!(
@@ -208,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn failure_has_status_and_stderr_tail() {
-        let sh = Shell::new(false, 0, 0);
+        let sh = Shell::new(0, 0);
         let err = sh
             .run("echo to-stdout; echo 'dump exploded' >&2; exit 3", &[])
             .await
@@ -222,7 +202,7 @@ mod tests {
 
     #[tokio::test]
     async fn stdout_callback_gets_lines() {
-        let sh = Shell::new(false, 0, 0);
+        let sh = Shell::new(0, 0);
         let mut lines = Vec::new();
         sh.run_with_stdout_callback("printf 'a\\nb\\n'; echo err >&2", &[], |l| {
             lines.push(l.to_string())
@@ -233,27 +213,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dry_run_runs_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("file");
-        let sh = Shell::new(true, 0, 0);
-        assert!(sh.is_dry_run());
-        let script = format!("touch {}; echo hi", f.display());
-        sh.run(&script, &[]).await.unwrap();
-        assert!(sh.output(&script, &[]).await.unwrap().is_empty());
-        let mut called = false;
-        sh.run_with_stdout_callback(&script, &[], |_| called = true)
-            .await
-            .unwrap();
-        assert!(!called);
-        assert!(!f.exists(), "dry run ran the command");
-    }
-
-    #[tokio::test]
     async fn timeout_kills_background_jobs_of_the_script() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
-        let sh = Shell::new(false, 0, 0);
+        let sh = Shell::new(0, 0);
         let script = format!("sleep 1000 & echo $! > {}; wait", pidfile.display());
         let r = tokio::time::timeout(Duration::from_millis(500), sh.run(&script, &[])).await;
         assert!(r.is_err());
@@ -263,7 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn shell_command_pipes_into_another() {
-        let sh = Shell::new(false, 0, 0);
+        let sh = Shell::new(0, 0);
         let producer = sh.command("seq 1 5 | tr -d '\\n'; echo", &[]);
         let (r, w) = crate::process::pipe().unwrap();
         let consumer = ChildCommand::new("cat").stdin_fd(r).stdout_capture();

@@ -76,8 +76,6 @@ pub struct VerifyOptions {
     /// Most bytes a drill's scratch directory may hold (`None`: the free
     /// space of `work_dir` less a reserve).
     pub scratch_budget: Option<u64>,
-    /// Only list what would be checked and drilled.
-    pub dry_run: bool,
 }
 
 impl Default for VerifyOptions {
@@ -90,7 +88,6 @@ impl Default for VerifyOptions {
             read_data_subset: None,
             live_tolerance_percent: 0.0,
             scratch_budget: None,
-            dry_run: false,
         }
     }
 }
@@ -106,7 +103,6 @@ impl VerifyOptions {
             read_data_subset: spec.read_data_subset.clone(),
             live_tolerance_percent: spec.live_tolerance_percent,
             scratch_budget: spec.scratch_budget,
-            dry_run: false,
         }
     }
 }
@@ -277,13 +273,14 @@ struct Candidate {
     last: Option<DateTime<Utc>>,
 }
 
-/// Run a verification: check, pick, drill, record.
+/// Run a verification: pick (the plan: reads the index only), then check,
+/// drill, record; a dry run lists the picked versions as
+/// [`DrillOutcome::Planned`] drills and stops.
 pub async fn run(
     rctx: &RuntimeContext,
     store: &dyn MetadataStore,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
-    let mut report = VerifyReport::default();
     let host = rctx.hostname().to_string();
     let found = store
         .find_atoms(&FindRequest {
@@ -351,14 +348,6 @@ pub async fn run(
     }
     let picked = pick(candidates, opts.selection, |c| backups[c.backup].timestamp);
 
-    if opts.check_repository {
-        if opts.dry_run {
-            info!(read_data_subset = ?opts.read_data_subset, "dry run: would check the repository");
-        } else {
-            report.check = Some(check(rctx, opts.read_data_subset.as_deref()).await);
-        }
-    }
-
     // One restore per dataset, datasets in the order their first atom was
     // picked.
     let mut groups: Vec<((usize, usize), Vec<Atom>)> = Vec::new();
@@ -368,36 +357,46 @@ pub async fn run(
             None => groups.push(((c.backup, c.dataset), vec![c.atom])),
         }
     }
-    let started = Instant::now();
-    if opts.dry_run {
-        for ((bi, di), atoms) in groups {
-            let b = &backups[bi];
-            let ds = &b.datasets[di];
-            for a in &atoms {
-                report
-                    .drills
-                    .push(drill(b, ds, a, DrillOutcome::Planned, "dry run".into(), 0));
+    let backups = &backups;
+    rctx.plan_then_apply(
+        (VerifyReport::default(), groups),
+        |(mut report, groups)| {
+            if opts.check_repository {
+                info!(read_data_subset = ?opts.read_data_subset, "dry run: would check the repository");
             }
-        }
-    } else {
-        // Two datasets in flight: one restoring while the other's restored
-        // bytes are compared (results in the order picked).
-        let backups = &backups;
-        let mut drills =
-            futures::stream::iter(groups.into_iter().map(|((bi, di), atoms)| async move {
+            for ((bi, di), atoms) in groups {
                 let b = &backups[bi];
-                drill_dataset(rctx, b, &b.datasets[di], &atoms, opts).await
-            }))
-            .buffered(DATASETS_IN_FLIGHT);
-        while let Some(d) = drills.next().await {
-            report.drills.extend(d);
-        }
-    }
-    report.drill_seconds = started.elapsed().as_secs_f64();
-    if !opts.dry_run {
-        report.record_error = record(store, &host, &report.drills).await.err();
-    }
-    Ok(report)
+                let ds = &b.datasets[di];
+                for a in &atoms {
+                    report
+                        .drills
+                        .push(drill(b, ds, a, DrillOutcome::Planned, "dry run".into(), 0));
+                }
+            }
+            report
+        },
+        |(mut report, groups)| async move {
+            if opts.check_repository {
+                report.check = Some(check(rctx, opts.read_data_subset.as_deref()).await);
+            }
+            let started = Instant::now();
+            // Two datasets in flight: one restoring while the other's
+            // restored bytes are compared (results in the order picked).
+            let mut drills =
+                futures::stream::iter(groups.into_iter().map(|((bi, di), atoms)| async move {
+                    let b = &backups[bi];
+                    drill_dataset(rctx, b, &b.datasets[di], &atoms, opts).await
+                }))
+                .buffered(DATASETS_IN_FLIGHT);
+            while let Some(d) = drills.next().await {
+                report.drills.extend(d);
+            }
+            report.drill_seconds = started.elapsed().as_secs_f64();
+            report.record_error = record(store, &host, &report.drills).await.err();
+            Ok(report)
+        },
+    )
+    .await
 }
 
 /// Order candidates never-verified first, then least recently verified,
@@ -1124,5 +1123,71 @@ mod tests {
         };
         assert!(!r.is_ok());
         assert_eq!(r.problems(), ["repository check: pack x damaged"]);
+    }
+}
+
+#[cfg(test)]
+mod dry_run_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::metadata::sqlite::SqliteStore;
+    use crate::runtime::tests::contexts;
+
+    /// "A dry run does nothing", at the boundary between the pick (the
+    /// plan) and the check, drills and recording (the apply).
+    #[tokio::test]
+    async fn verify_dry_run_picks_and_drills_nothing() {
+        let c = contexts(&[(
+            "s",
+            "name: s\nhandler: pipe\ndatasets: [{name: d, atoms: [{name: a}]}]\n",
+        )]);
+        let store = Arc::new(SqliteStore::open(&c.path("index.db")).await.unwrap());
+        let backup = Backup {
+            id: format!("{:032x}", 1),
+            timestamp: Utc::now(),
+            host: "h1".into(),
+            datasets: Vec::new(),
+        };
+        let atom = Atom {
+            name: "a".into(),
+            ..Default::default()
+        };
+        let dataset = Dataset {
+            id: format!("{:032x}", 2),
+            name: "d".into(),
+            source: "s".into(),
+            snapshot_id: "f".repeat(64),
+            handler: Some("pipe".into()),
+            atoms: vec![atom.clone()],
+            ..Default::default()
+        };
+        store.add_dataset(&backup, &dataset).await.unwrap();
+        let verified = || async {
+            let req = GetVerificationsRequest {
+                versions: vec![AtomVersion::of(&backup, &dataset, &atom)],
+            };
+            store.get_verifications(&req).await.unwrap().len()
+        };
+        let opts = VerifyOptions::default();
+
+        let r = run(&c.dry, store.as_ref(), &opts).await.unwrap();
+        assert_eq!(r.check, None);
+        assert_eq!(r.count(DrillOutcome::Planned), 1);
+        assert_eq!(r.drills[0].atom_path, "s/d/a");
+        assert!(c.repo.calls().is_empty(), "{:?}", c.repo.calls());
+        assert_eq!(verified().await, 0);
+
+        // Applied: checked, drilled (the fake restores nothing: a failed
+        // drill), recorded.
+        let r = run(&c.real, store.as_ref(), &opts).await.unwrap();
+        assert!(r.check.is_some());
+        assert_eq!(r.count(DrillOutcome::Planned), 0);
+        assert!(
+            c.repo.writes().starts_with(&["check"]),
+            "{:?}",
+            c.repo.calls()
+        );
+        assert_eq!(verified().await, 1);
     }
 }

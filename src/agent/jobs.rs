@@ -266,10 +266,7 @@ impl Agent {
         };
         inner.jobs.set_running(&job_id);
         info!("verification started");
-        let opts = crate::verify::VerifyOptions {
-            dry_run: rctx.config().dry_run,
-            ..crate::verify::VerifyOptions::from_spec(&rctx.config().verify)
-        };
+        let opts = crate::verify::VerifyOptions::from_spec(&rctx.config().verify);
         let started = Instant::now();
         // Cancelling drops the run: restic is stopped, the scratch
         // directory removed, nothing recorded.

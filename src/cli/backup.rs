@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::interrupt::Interrupts;
-use super::{CliError, load_config, open_stores, progress};
+use super::{CliError, load_config_with_dry_run, open_stores, progress};
 use crate::jobs::backup::SourceJob;
 use crate::jobs::lock::HolderKind;
 use crate::manager::{Manager, Observer};
@@ -76,10 +76,7 @@ impl Observer for Running {
 /// are; exit 130 / 143.
 pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
     let interrupts = Interrupts::catch()?;
-    let mut config = load_config(config_path)?;
-    if args.dry_run {
-        Arc::make_mut(&mut config).dry_run = true;
-    }
+    let config = load_config_with_dry_run(config_path, args.dry_run)?;
     let names: Vec<String> = if args.all {
         config.sources.iter().map(|s| s.name.clone()).collect()
     } else {
@@ -147,14 +144,8 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
             stopped.extend(running.names().into_iter().map(|d| format!("{name}/{d}")));
         }
         progress::suspend(|| {
-            for ds in &report.planned {
-                let atoms: Vec<&str> = ds.atoms.iter().map(|a| a.name.as_str()).collect();
-                println!(
-                    "dry run: would back up {}/{}: atoms {}",
-                    ds.source,
-                    ds.name,
-                    atoms.join(", ")
-                );
+            for line in &report.planned {
+                println!("dry run: {line}");
             }
             for ds in report.backup.datasets.iter().filter(|_| !progress::quiet()) {
                 println!(
@@ -175,7 +166,7 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
             }
             if progress::quiet() {
                 // Failures only: printed above.
-            } else if !report.planned.is_empty() || config.dry_run {
+            } else if config.dry_run {
                 println!("{name}: dry run, nothing was backed up or recorded");
             } else {
                 println!(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use clap::Args;
 
-use super::{CliError, load_config, open_store, open_stores};
+use super::{CliError, load_config_with_dry_run, open_store, open_stores};
 use crate::manager::Manager;
 use crate::manager::maintenance::{MaintenanceError, ReconcileMode, Scope};
 use crate::runtime::RuntimeContext;
@@ -47,8 +47,8 @@ fn maintenance_error(e: MaintenanceError) -> CliError {
     }
 }
 
-async fn setup(config_path: &Path) -> Result<(RuntimeContext, Manager), CliError> {
-    let config = load_config(config_path)?;
+async fn setup(config_path: &Path, dry_run: bool) -> Result<(RuntimeContext, Manager), CliError> {
+    let config = load_config_with_dry_run(config_path, dry_run)?;
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
     let store = open_store(&config).await?;
     Ok((rctx, Manager::new(store)))
@@ -56,9 +56,9 @@ async fn setup(config_path: &Path) -> Result<(RuntimeContext, Manager), CliError
 
 /// Run `tabacco forget`.
 pub async fn forget(config_path: &Path, args: ForgetArgs) -> Result<(), CliError> {
-    let (rctx, manager) = setup(config_path).await?;
+    let (rctx, manager) = setup(config_path, args.dry_run).await?;
     let report = manager
-        .forget(&rctx, &args.sources, args.dry_run)
+        .forget(&rctx, &args.sources)
         .await
         .map_err(maintenance_error)?;
     if args.json {
@@ -67,7 +67,7 @@ pub async fn forget(config_path: &Path, args: ForgetArgs) -> Result<(), CliError
         return Ok(());
     }
     print!("{}", report.table());
-    if args.dry_run {
+    if report.dry_run {
         println!(
             "dry run: would remove {} version(s); nothing changed",
             report.to_remove()
@@ -83,7 +83,7 @@ pub async fn forget(config_path: &Path, args: ForgetArgs) -> Result<(), CliError
 
 /// Run `tabacco prune`.
 pub async fn prune(config_path: &Path) -> Result<(), CliError> {
-    let (rctx, manager) = setup(config_path).await?;
+    let (rctx, manager) = setup(config_path, false).await?;
     let report = manager.prune(&rctx).await.map_err(maintenance_error)?;
     for line in &report.summary {
         println!("{line}");
@@ -97,7 +97,7 @@ pub async fn prune(config_path: &Path) -> Result<(), CliError> {
 /// refuses (another host's, without admin rights) is an error now, not a
 /// file in `outbox/rejected/`.
 pub async fn reconcile(config_path: &Path, args: ReconcileArgs) -> Result<(), CliError> {
-    let config = load_config(config_path)?;
+    let config = load_config_with_dry_run(config_path, args.dry_run)?;
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
     let stores = open_stores(&config).await?;
     let manager = match &stores.outbox {
@@ -116,15 +116,7 @@ pub async fn reconcile(config_path: &Path, args: ReconcileArgs) -> Result<(), Cl
         Scope::Host(host)
     };
     let report = manager
-        .reconcile(
-            &rctx,
-            &scope,
-            if args.dry_run {
-                ReconcileMode::DryRun
-            } else {
-                ReconcileMode::Full
-            },
-        )
+        .reconcile(&rctx, &scope, ReconcileMode::Full)
         .await
         .map_err(maintenance_error)?;
     print!("{}", report.text());

@@ -2,12 +2,11 @@
 //! from what the index records (any host's atoms, onto any host).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use clap::Args;
 
 use super::interrupt::Interrupts;
-use super::{AtomFilter, CliError, load_config, open_store, progress};
+use super::{AtomFilter, CliError, load_config_with_dry_run, open_store, progress};
 use crate::manager::restore::short;
 use crate::manager::{Manager, ManagerError, RestoreOptions, RestoreReport};
 use crate::metadb::page::shell_quote;
@@ -48,10 +47,7 @@ pub struct RestoreArgs {
 pub async fn run(config_path: &Path, args: RestoreArgs) -> Result<(), CliError> {
     let mut req = args.filter.request(&args.pattern, args.num_versions)?;
     let interrupts = Interrupts::catch()?;
-    let mut config = load_config(config_path)?;
-    if args.dry_run {
-        Arc::make_mut(&mut config).dry_run = true;
-    }
+    let config = load_config_with_dry_run(config_path, args.dry_run)?;
     // Every host of a fleet uses the same atom names: without --host,
     // this host's backups only (a backup id names its host already).
     let host_defaulted = args.filter.host.is_none() && args.filter.backup_id.is_none();

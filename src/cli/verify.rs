@@ -7,7 +7,7 @@ use std::path::Path;
 use clap::Args;
 
 use super::interrupt::Interrupts;
-use super::{CliError, load_config, open_store, progress};
+use super::{CliError, load_config_with_dry_run, open_store, progress};
 use crate::glob::Pattern;
 use crate::runtime::RuntimeContext;
 use crate::verify::{self, DrillOutcome, Selection, VerifyError};
@@ -50,7 +50,7 @@ pub struct VerifyArgs {
 /// Run the verification; exit 1 when the check found damage, a drill
 /// failed or could not run, or the results could not be recorded.
 pub async fn run(config_path: &Path, args: VerifyArgs) -> Result<(), CliError> {
-    let config = load_config(config_path)?;
+    let config = load_config_with_dry_run(config_path, args.dry_run)?;
     let mut opts = verify::VerifyOptions::from_spec(&config.verify);
     if let Some(p) = args.pattern {
         Pattern::parse(&p).map_err(|e| CliError::usage(anyhow::anyhow!("pattern {p:?}: {e}")))?;
@@ -85,7 +85,6 @@ pub async fn run(config_path: &Path, args: VerifyArgs) -> Result<(), CliError> {
         }
         opts.live_tolerance_percent = t;
     }
-    opts.dry_run = args.dry_run || config.dry_run;
     let interrupts = Interrupts::catch()?;
     let rctx = RuntimeContext::new(config.clone()).map_err(CliError::usage)?;
     let store = open_store(&config).await?;
@@ -115,7 +114,7 @@ pub async fn run(config_path: &Path, args: VerifyArgs) -> Result<(), CliError> {
         for d in &report.drills {
             println!("{:<7} {}: {}", d.outcome.word(), d.name(), d.detail);
         }
-        if !opts.dry_run {
+        if !config.dry_run {
             println!(
                 "{} atom versions verified, {} failed, {} skipped; {} restored in {:.1} s",
                 report.count(DrillOutcome::Ok),

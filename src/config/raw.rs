@@ -25,7 +25,7 @@ pub struct RawConfig {
     pub queue_config: Option<RawQueueConfig>,
     /// Where backups go.
     pub repository: Option<RawRepository>,
-    /// Log commands instead of running them.
+    /// Plan every operation, carry none out (as `--dry-run`).
     pub dry_run: Option<bool>,
     /// `nice` level for user commands and restic (-20..=19).
     pub default_nice_level: Option<i64>,

@@ -368,7 +368,7 @@ mod tests {
         let file = dir.path().join("a");
         let budget = unlimited(dir.path());
         let seen = AtomicU64::new(0);
-        let cmd = Shell::new(false, 0, 0).command("head -c 1000000 /dev/zero; echo end", &[]);
+        let cmd = Shell::new(0, 0).command("head -c 1000000 /dev/zero; echo end", &[]);
         let tally = dump_to_file(&cmd, &file, &budget, &|b| {
             seen.fetch_add(b, Ordering::Relaxed);
         })
@@ -392,8 +392,7 @@ mod tests {
     async fn a_failing_dump_is_an_atom_error_and_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a");
-        let cmd =
-            Shell::new(false, 0, 0).command("echo partial; echo 'no such db' >&2; exit 4", &[]);
+        let cmd = Shell::new(0, 0).command("echo partial; echo 'no such db' >&2; exit 4", &[]);
         let e = dump_to_file(&cmd, &file, &unlimited(dir.path()), &|_| {})
             .await
             .unwrap_err();
@@ -413,7 +412,7 @@ mod tests {
         let pid_file = dir.path().join("pid");
         let budget = Budget::new(100_000, Limit::Configured, dir.path());
         let script = format!("echo $$ > {}; exec cat /dev/zero", pid_file.display());
-        let cmd = Shell::new(false, 0, 0).command(&script, &[]);
+        let cmd = Shell::new(0, 0).command(&script, &[]);
         let e = dump_to_file(&cmd, &file, &budget, &|_| {})
             .await
             .unwrap_err();

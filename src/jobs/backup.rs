@@ -87,20 +87,20 @@ impl SourceJob {
     }
 
     /// Apply the source's retention policy after `report`, under the lock.
-    /// `None` when there is nothing to apply: a dry run, a source without
-    /// a policy, or a backup that recorded nothing (versions are never
-    /// forgotten in favour of a run that failed).
+    /// `None` when there is nothing to apply: a source without a policy,
+    /// or a backup that recorded nothing (a dry run, or a run that failed:
+    /// versions are never forgotten in favour of it).
     pub async fn apply_retention(
         &self,
         manager: &Manager,
         report: &BackupReport,
     ) -> Option<Result<ForgetReport, MaintenanceError>> {
         let policy = self.rctx.find_source(&self.source)?.retention;
-        if self.rctx.config().dry_run || policy.is_none() || report.backup.datasets.is_empty() {
+        if policy.is_none() || report.backup.datasets.is_empty() {
             return None;
         }
         let names = [self.source.clone()];
-        Some(manager.forget(&self.rctx, &names, false).await)
+        Some(manager.forget(&self.rctx, &names).await)
     }
 }
 

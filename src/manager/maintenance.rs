@@ -163,11 +163,10 @@ pub enum Scope {
     AllHosts,
 }
 
-/// How much a reconcile changes.
+/// How much a reconcile changes (a dry run: nothing, see
+/// [`RuntimeContext::plan_then_apply`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReconcileMode {
-    /// Report the differences only.
-    DryRun,
     /// Index the snapshots without a record; report stale records but
     /// leave them (what the agent does at start: it may have been killed
     /// between a snapshot and its record, and adding is always safe).
@@ -263,6 +262,14 @@ impl ReconcileReport {
     }
 }
 
+/// The repairs a reconcile plans.
+struct Repairs {
+    /// Records whose snapshot is gone, per host.
+    stale: BTreeMap<String, Vec<DatasetRef>>,
+    /// Records to index again from their snapshots.
+    to_add: Vec<Backup>,
+}
+
 /// Every dataset record of `host` (`""`: every host) in the index.
 async fn index_records(
     manager: &Manager,
@@ -307,18 +314,34 @@ async fn remove_records(
 impl Manager {
     /// Apply the retention policies of `sources` (empty: every configured
     /// source) to this host's versions. See the module documentation for
-    /// the order of the steps.
+    /// the order of the steps: (1) and (2) are the plan, a dry run stops
+    /// after them.
     pub async fn forget(
         &self,
         rctx: &RuntimeContext,
         sources: &[String],
-        dry_run: bool,
     ) -> Result<ForgetReport, MaintenanceError> {
+        let plan = self.plan_forget(rctx, sources).await?;
+        rctx.plan_then_apply(
+            plan,
+            |(report, _)| ForgetReport {
+                dry_run: true,
+                ..report
+            },
+            |(report, to_remove)| self.apply_forget(rctx, report, to_remove),
+        )
+        .await
+    }
+
+    /// Steps (1) and (2) of forget: the decisions, and the versions to
+    /// remove (snapshot id, index key).
+    async fn plan_forget(
+        &self,
+        rctx: &RuntimeContext,
+        sources: &[String],
+    ) -> Result<(ForgetReport, Vec<(String, DatasetRef)>), MaintenanceError> {
         let host = rctx.hostname().to_string();
-        let mut report = ForgetReport {
-            dry_run,
-            ..ForgetReport::default()
-        };
+        let mut report = ForgetReport::default();
         let mut policies: BTreeMap<String, Policy> = BTreeMap::new();
         let selected: Vec<&crate::config::SourceSpec> = if sources.is_empty() {
             rctx.config().sources.iter().collect()
@@ -340,7 +363,7 @@ impl Manager {
             }
         }
         if policies.is_empty() {
-            return Ok(report);
+            return Ok((report, Vec::new()));
         }
         let repo = rctx.repo();
         let rules = repo.retention_rules().await?;
@@ -455,9 +478,20 @@ impl Manager {
                 decisions,
             });
         }
-        if dry_run || to_remove.is_empty() {
+        Ok((report, to_remove))
+    }
+
+    /// Steps (3) and (4) of forget.
+    async fn apply_forget(
+        &self,
+        rctx: &RuntimeContext,
+        mut report: ForgetReport,
+        to_remove: Vec<(String, DatasetRef)>,
+    ) -> Result<ForgetReport, MaintenanceError> {
+        if to_remove.is_empty() {
             return Ok(report);
         }
+        let host = rctx.hostname().to_string();
         // (3) The index first: from now on no find returns these versions.
         let refs: Vec<DatasetRef> = to_remove.iter().map(|(_, k)| k.clone()).collect();
         report.records_removed = remove_records(self, BTreeMap::from([(host.clone(), refs)]))
@@ -469,7 +503,7 @@ impl Manager {
         failpoint("forget-after-records");
         // (4) Then the snapshots.
         let ids: Vec<String> = to_remove.into_iter().map(|(id, _)| id).collect();
-        repo.forget_ids(&ids).await?;
+        rctx.repo().forget_ids(&ids).await?;
         report.forgotten = ids.len();
         failpoint("forget-after-forget");
         info!(
@@ -480,29 +514,60 @@ impl Manager {
         Ok(report)
     }
 
-    /// Remove unreferenced data from the repository (`restic prune`).
+    /// Remove unreferenced data from the repository (`restic prune`); a
+    /// dry run only says so (restic decides what to remove while it runs).
     pub async fn prune(&self, rctx: &RuntimeContext) -> Result<PruneReport, MaintenanceError> {
-        info!("prune started");
-        let r = rctx.repo().prune().await?;
-        info!(summary = ?r.summary, "prune done");
-        Ok(r)
+        rctx.plan_then_apply(
+            (),
+            |()| PruneReport {
+                summary: vec![format!(
+                    "dry run: would run restic prune on {}",
+                    rctx.repo().location()
+                )],
+            },
+            |()| async {
+                info!("prune started");
+                let r = rctx.repo().prune().await?;
+                info!(summary = ?r.summary, "prune done");
+                Ok(r)
+            },
+        )
+        .await
     }
 
     /// Make the index and the repository agree for `scope` (see the module
-    /// documentation).
+    /// documentation): the differences are the plan, a dry run stops there.
     pub async fn reconcile(
         &self,
         rctx: &RuntimeContext,
         scope: &Scope,
         mode: ReconcileMode,
     ) -> Result<ReconcileReport, MaintenanceError> {
-        let dry_run = mode == ReconcileMode::DryRun;
+        let plan = self.plan_reconcile(rctx, scope, mode).await?;
+        rctx.plan_then_apply(
+            plan,
+            |(report, _)| ReconcileReport {
+                dry_run: true,
+                ..report
+            },
+            |(report, repair)| self.apply_reconcile(report, repair, mode),
+        )
+        .await
+    }
+
+    /// The differences between the index and the repository, and the
+    /// repairs they call for.
+    async fn plan_reconcile(
+        &self,
+        rctx: &RuntimeContext,
+        scope: &Scope,
+        mode: ReconcileMode,
+    ) -> Result<(ReconcileReport, Repairs), MaintenanceError> {
         let host_filter = match scope {
             Scope::Host(h) => h.as_str(),
             Scope::AllHosts => "",
         };
         let mut report = ReconcileReport {
-            dry_run,
             add_only: mode == ReconcileMode::AddOnly,
             ..ReconcileReport::default()
         };
@@ -575,9 +640,17 @@ impl Manager {
                 SnapshotRecord::Foreign => {}
             }
         }
-        if dry_run {
-            return Ok(report);
-        }
+        Ok((report, Repairs { stale, to_add }))
+    }
+
+    /// Repair what [`Manager::plan_reconcile`] found: stale records are
+    /// removed only in [`ReconcileMode::Full`].
+    async fn apply_reconcile(
+        &self,
+        mut report: ReconcileReport,
+        Repairs { stale, mut to_add }: Repairs,
+        mode: ReconcileMode,
+    ) -> Result<ReconcileReport, MaintenanceError> {
         if mode == ReconcileMode::Full {
             match remove_records(self, stale).await {
                 Ok(n) => report.removed = n,

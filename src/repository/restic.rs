@@ -550,14 +550,7 @@ impl Restic {
                 message: "the snapshot's host name is empty".into(),
             });
         }
-        let mut tags = vec![
-            format!("backup_id={}", meta.backup_id),
-            format!("dataset_id={}", meta.dataset_id),
-            format!("source={}", meta.source),
-        ];
-        if !meta.record.is_empty() {
-            tags.extend(super::record::record_tags(&meta.record));
-        }
+        let tags = meta.tags();
         let mut args: Vec<OsString> =
             vec!["--json".into(), "--host".into(), meta.host.clone().into()];
         for t in tags {
@@ -1804,7 +1797,7 @@ mod tests {
             t.contains("apt-get install restic") && t.contains("restic_binary"),
             "{t}"
         );
-        let shell = Shell::new(false, 0, 0);
+        let shell = Shell::new(0, 0);
         let e = r
             .stream_backup(&meta("b"), shell.command("echo hi", &[]), "x", None)
             .await
@@ -1839,7 +1832,7 @@ mod tests {
     async fn first_stream_backup_initialises_the_repository() {
         let (dir, repo, r) = setup(true, &[]);
         let count = dir.path().join("runs");
-        let shell = Shell::new(false, 0, 0);
+        let shell = Shell::new(0, 0);
         let env = vec![("COUNT".to_string(), count.display().to_string())];
         let info = r
             .stream_backup(
@@ -2010,7 +2003,7 @@ mod tests {
         let data = noise(5_000_000);
         let src = dir.path().join("src.bin");
         std::fs::write(&src, &data).unwrap();
-        let shell = Shell::new(false, 0, 0);
+        let shell = Shell::new(0, 0);
         let env = vec![("SRC".to_string(), src.display().to_string())];
         let info = r
             .stream_backup(
@@ -2097,7 +2090,7 @@ mod tests {
     #[tokio::test]
     async fn failing_producer_leaves_no_snapshot() {
         let (_dir, _repo, r) = setup(false, &[]);
-        let shell = Shell::new(false, 0, 0);
+        let shell = Shell::new(0, 0);
         let e = r
             .stream_backup(
                 &meta("b5"),
@@ -2135,7 +2128,7 @@ mod tests {
     async fn cancelled_stream_backup_kills_producer_and_leaves_no_lock() {
         let (dir, repo, r) = setup(false, &[]);
         let pidfile = dir.path().join("pid");
-        let shell = Shell::new(false, 0, 0);
+        let shell = Shell::new(0, 0);
         let script = format!(
             "echo start; sleep 1000 & echo $! > {}; wait",
             pidfile.display()
@@ -2214,7 +2207,7 @@ mod tests {
         holder.wait().unwrap();
         drop(stdin);
         assert_eq!(lock_count(&repo), 1);
-        let shell = Shell::new(false, 0, 0);
+        let shell = Shell::new(0, 0);
         let e = r
             .stream_backup(
                 &meta("b9"),
@@ -2243,7 +2236,7 @@ mod tests {
     async fn live_lock_is_waited_for_then_reported_and_the_snapshot_left_behind() {
         let (_dir, repo, r) = setup(false, &[("lock_wait", s("2s"))]);
         let (mut holder, stdin) = hold_lock(&repo);
-        let shell = Shell::new(false, 0, 0);
+        let shell = Shell::new(0, 0);
         let started = Instant::now();
         let e = r
             .stream_backup(
