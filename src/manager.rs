@@ -611,6 +611,9 @@ impl Manager {
                 let ds = dataset.clone();
                 Arc::new(move |st: &RunningJobStatus| observer.progress(&ds, st))
             };
+            // How to restore it, known before the backup runs, so that the
+            // record the snapshot carries has it too.
+            dataset.handler = Some(handler.kind().as_str().to_string());
             let result = handler.backup(rctx, backup, &dataset, Some(progress)).await;
             let mut atom_failures = Vec::new();
             let outcome = match result {
@@ -629,8 +632,8 @@ impl Manager {
                         dataset.atoms = atoms;
                     }
                     atom_failures = failed_atoms;
-                    // What a restore elsewhere needs: how, and from where.
-                    dataset.handler = Some(handler.kind().as_str().to_string());
+                    // What a restore elsewhere needs: from where (how is
+                    // set above).
                     dataset.repository_id = match rctx.repo().id().await {
                         Ok(id) => id,
                         Err(e) => {

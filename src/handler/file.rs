@@ -130,7 +130,13 @@ impl Handler for FileHandler {
                 ..atom.clone()
             });
         }
-        let meta = snapshot_meta(backup, dataset);
+        // The record the snapshot carries has the atoms as measured, so
+        // that an index rebuilt from the repository knows their sizes.
+        let measured = Dataset {
+            atoms: atoms.clone(),
+            ..dataset.clone()
+        };
+        let meta = snapshot_meta(backup, &measured);
         let snapshot = rctx.repo().backup(&meta, &paths, progress).await?;
         Ok(DatasetBackup {
             snapshot,

@@ -199,15 +199,13 @@ impl PipeHandler {
                 p(&st)
             }) as ProgressFn
         });
-        // The record the snapshot carries lists only the atoms it holds
-        // (what the index will record, see the manager).
+        // The record the snapshot carries lists only the atoms it holds,
+        // with their sizes and digests (what the index will record, see
+        // the manager), so that an index rebuilt from the repository has
+        // the fingerprints verify compares against.
+        spooled.sort_by(|a, b| a.name.cmp(&b.name));
         let held = Dataset {
-            atoms: dataset
-                .atoms
-                .iter()
-                .filter(|a| !failed_atoms.iter().any(|f| f.atom == a.name))
-                .cloned()
-                .collect(),
+            atoms: spooled.clone(),
             ..dataset.clone()
         };
         let meta = snapshot_meta(backup, &held);
@@ -216,7 +214,6 @@ impl PipeHandler {
             .backup_relative(&meta, dir.path(), &[rel], restic_progress)
             .await?;
         drop(dir);
-        spooled.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(DatasetBackup {
             snapshot,
             failed_atoms,

@@ -609,12 +609,31 @@ impl Manager {
             }
         }
         let mut to_add: Vec<Backup> = Vec::new();
+        // A snapshot's record is written before its backup runs: the
+        // repository it is in is this one (also for a snapshot copied here
+        // from another), read once when something is to be indexed.
+        let mut repo_id: Option<Option<String>> = None;
         for snap in &snapshots {
             let short = &snap.id[..snap.id.len().min(8)];
             match record::read(snap) {
-                SnapshotRecord::Record(b) => {
+                SnapshotRecord::Record(mut b) => {
                     let ds = &b.datasets[0];
                     if !indexed.contains(&(b.id.clone(), ds.id.clone())) {
+                        if repo_id.is_none() {
+                            repo_id = Some(match rctx.repo().id().await {
+                                Ok(id) => id,
+                                Err(e) => {
+                                    warn!(
+                                        "cannot read the repository id, records indexed again will lack it: {e}"
+                                    );
+                                    None
+                                }
+                            });
+                        }
+                        if let Some(Some(id)) = &repo_id {
+                            b.datasets[0].repository_id = Some(id.clone());
+                        }
+                        let ds = &b.datasets[0];
                         report.missing.push(format!(
                             "{} {}/{} (backup {}, snapshot {short})",
                             b.host, ds.source, ds.name, b.id

@@ -323,11 +323,21 @@ fn a_deleted_embedded_index_is_rebuilt_by_reconcile_and_answers_as_before() {
             env.path("data").display()
         ),
     );
+    // A pipe dataset of two atoms: spooled, so their digests are known
+    // before restic runs and travel in the snapshot's record.
+    env.write(
+        "etc/handlers/dump.yml",
+        "name: dump\ntype: pipe\nparams:\n  backup_command: printf 'dump of %s\\n' \"$TABACCO_ATOM\"\n  restore_command: cat > /dev/null\n",
+    );
+    env.write(
+        "etc/sources/db.yml",
+        "name: db\nhandler: dump\ndatasets:\n  - name: all\n    atoms: [{name: one}, {name: two}]\n",
+    );
     for _ in 0..2 {
-        env.ok(&["backup", "home", "more"]);
+        env.ok(&["backup", "home", "more", "db"]);
     }
     let before = env.query(&["*"]);
-    assert_eq!(atom_versions(&before).len(), 6);
+    assert_eq!(atom_versions(&before).len(), 10);
     for f in std::fs::read_dir(env.path("work")).unwrap() {
         let p = f.unwrap().path();
         if p.file_name()
@@ -347,6 +357,22 @@ fn a_deleted_embedded_index_is_rebuilt_by_reconcile_and_answers_as_before() {
         strip_stats(&before),
         "rebuilt index differs"
     );
+    // What a restore anywhere and verify need came back too: how, from
+    // which repository, and each atom's path, size, file count or digest.
+    let digests = |v: &Value| -> Vec<String> {
+        let mut out: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["datasets"].as_array().unwrap().iter())
+            .flat_map(|d| d["atoms"].as_array().unwrap().iter())
+            .filter_map(|a| a["sha256"].as_str().map(str::to_string))
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(digests(&before).len(), 4, "{before}");
+    assert_eq!(digests(&after), digests(&before));
     if has_snapshot_summary(&env) {
         // restic 0.17 and later keep the statistics in the snapshot.
         assert_eq!(record_fields(&after, true), record_fields(&before, true));
@@ -359,17 +385,26 @@ fn has_snapshot_summary(env: &Env) -> bool {
 }
 
 /// The fields of a query result a snapshot's record restores in every
-/// case: ids, time, host, names, atoms' name and path, snapshot id; the
-/// statistics only with `stats` (restic 0.17 and later keep them in the
-/// snapshot). Fields only known after a backup (per-atom sizes and hashes,
-/// added by other work) are not in the record and not compared.
+/// case: ids, time, host, names, handler, repository id, snapshot id,
+/// atoms' name, path, path in the snapshot, size, file count and digest;
+/// the dataset's statistics only with `stats` (restic 0.17 and later keep
+/// them in the snapshot). A single-atom stream's size and digest are only
+/// known once restic has read it, so they are not in its record: the
+/// datasets compared here are files and a spooled (multi-atom) stream.
 fn record_fields(v: &Value, stats: bool) -> Value {
     let pick = |o: &Value, keys: &[&str]| -> serde_json::Map<String, Value> {
         keys.iter()
             .filter_map(|k| o.get(*k).map(|x| (k.to_string(), x.clone())))
             .collect()
     };
-    let mut ds_keys = vec!["id", "name", "source", "snapshot_id"];
+    let mut ds_keys = vec![
+        "id",
+        "name",
+        "source",
+        "snapshot_id",
+        "handler",
+        "repository_id",
+    ];
     if stats {
         ds_keys.extend(["total_files", "total_bytes", "bytes_added", "duration"]);
     }
@@ -389,7 +424,12 @@ fn record_fields(v: &Value, stats: bool) -> Value {
                             .as_array()
                             .unwrap()
                             .iter()
-                            .map(|a| Value::Object(pick(a, &["name", "path"])))
+                            .map(|a| {
+                                Value::Object(pick(
+                                    a,
+                                    &["name", "path", "snapshot_path", "size", "files", "sha256"],
+                                ))
+                            })
                             .collect();
                         dm.insert("atoms".into(), Value::Array(atoms));
                         Value::Object(dm)
