@@ -374,10 +374,6 @@ mod tests {
                     ..Default::default()
                 }],
                 snapshot_id: "s".into(),
-                total_files: 0,
-                total_bytes: 0,
-                bytes_added: 0,
-                duration: 0,
                 ..Default::default()
             },
         )

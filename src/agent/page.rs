@@ -361,12 +361,6 @@ mod tests {
             id: "d1".into(),
             name: "users".into(),
             source: "db".into(),
-            atoms: vec![],
-            snapshot_id: String::new(),
-            total_files: 0,
-            total_bytes: 0,
-            bytes_added: 0,
-            duration: 0,
             ..Default::default()
         };
         reg.dataset_started(&running, &ds);

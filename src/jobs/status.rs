@@ -382,12 +382,6 @@ mod tests {
             id: id.into(),
             name: format!("name-{id}"),
             source: "src".into(),
-            atoms: vec![],
-            snapshot_id: String::new(),
-            total_files: 0,
-            total_bytes: 0,
-            bytes_added: 0,
-            duration: 0,
             ..Default::default()
         }
     }

@@ -184,15 +184,8 @@ mod tests {
             (RunResult::Cancelled, false),
         ] {
             s.last_run = Some(RunReport {
-                result,
-                finished_at: now,
                 duration_seconds: 1.0,
-                backup_id: None,
-                job_id: None,
-                error: None,
-                datasets_recorded: 0,
-                datasets_failed: 0,
-                atoms_failed: 0,
+                ..RunReport::new(result, now)
             });
             assert_eq!(is_failing(&s), failing, "{result:?}");
         }
