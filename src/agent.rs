@@ -46,8 +46,7 @@ pub mod page;
 mod status;
 
 pub use status::{
-    AgentStatus, ExpectedDatasets, LastRun, MaintenanceRun, SourceStatus, VerifyRun, VerifyStatus,
-    full_backup_time,
+    AgentStatus, ExpectedDatasets, LastRun, SourceStatus, VerifyRun, VerifyStatus, full_backup_time,
 };
 
 use std::collections::BTreeMap;
@@ -68,6 +67,7 @@ use crate::jobs::status::StatusRegistry;
 use crate::manager::Manager;
 use crate::metadata::MetadataStore;
 use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
+use crate::model::MaintenanceRun;
 use crate::schedule::{Schedule, Seed};
 use crate::util::lock;
 use metrics::Metrics;

@@ -499,8 +499,32 @@ impl RunReport {
     }
 }
 
-/// The state of one source of a host, as reported by its agent.
+/// How a forget, prune or reconcile run by an agent ended (its page and
+/// the metadata server's show the last of each; a failure stays visible
+/// until the next run succeeds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceRun {
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// What it did, or why it failed.
+    pub summary: String,
+}
+
+impl MaintenanceRun {
+    /// A run that ended now.
+    pub fn now(ok: bool, summary: String) -> MaintenanceRun {
+        MaintenanceRun {
+            finished_at: Utc::now(),
+            ok,
+            summary,
+        }
+    }
+}
+
+/// The state of one source of a host, as reported by its agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceReport {
     /// Source name.
     pub name: String,
@@ -521,6 +545,11 @@ pub struct SourceReport {
     /// Whether a run is going on now.
     #[serde(default)]
     pub running: bool,
+    /// The last application of the source's retention policy (absent: none
+    /// yet, the source has no policy, or an agent that does not report
+    /// it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_forget: Option<MaintenanceRun>,
 }
 
 /// One version of one atom: the atom `atom` of dataset `dataset_id` of

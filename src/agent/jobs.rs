@@ -9,12 +9,13 @@ use std::time::Instant;
 use chrono::Utc;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::status::{MaintenanceRun, VerifyRun};
+use super::status::VerifyRun;
 use super::{Agent, BACKUP_QUEUE, VERIFY_JOB, VERIFY_QUEUE, unix_seconds};
 use crate::jobs::backup::{SourceJob, StartError};
 use crate::jobs::lock::{HolderKind, LockError};
 use crate::jobs::status::{JobObserver, JobResult};
 use crate::manager::BackupReport;
+use crate::model::MaintenanceRun;
 use crate::model::{RunReport, RunResult};
 use crate::runtime::RuntimeContext;
 use crate::util::{error_chain, lock};

@@ -6,9 +6,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::{error, info, warn};
 
-use super::status::MaintenanceRun;
 use super::{Agent, unix_seconds};
 use crate::manager::maintenance::{ReconcileMode, Scope};
+use crate::model::MaintenanceRun;
 use crate::schedule::Schedule;
 use crate::util::{error_chain, lock};
 

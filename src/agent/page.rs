@@ -163,7 +163,7 @@ fn verify_section(h: &mut String, v: &super::VerifyStatus, now: DateTime<Utc>) {
 
 /// A forget, prune or reconcile outcome: when, and what it did or why it
 /// failed (in red).
-fn maintenance_cell(run: Option<&crate::agent::MaintenanceRun>, now: DateTime<Utc>) -> String {
+fn maintenance_cell(run: Option<&crate::model::MaintenanceRun>, now: DateTime<Utc>) -> String {
     match run {
         None => "—".to_string(),
         Some(r) if r.ok => format!(
@@ -418,7 +418,7 @@ mod tests {
                 }),
                 last_success: None,
                 skipped_runs: 3,
-                last_forget: Some(crate::agent::MaintenanceRun {
+                last_forget: Some(crate::model::MaintenanceRun {
                     finished_at: "2026-03-01T11:01:00Z".parse().unwrap(),
                     ok: false,
                     summary: "metadata server unavailable".into(),
@@ -448,7 +448,7 @@ mod tests {
             },
             prune_schedule: Some("@weekly".into()),
             next_prune: None,
-            last_prune: Some(crate::agent::MaintenanceRun {
+            last_prune: Some(crate::model::MaintenanceRun {
                 finished_at: "2026-03-01T10:00:00Z".parse().unwrap(),
                 ok: true,
                 summary: "to delete: 3 blobs".into(),

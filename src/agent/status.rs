@@ -14,35 +14,14 @@ use super::{Agent, VERIFY_JOB, unix_seconds};
 use crate::config::{AtomsSource, Config, DatasetsSource};
 use crate::jobs::scheduler::PlanChanges;
 use crate::jobs::status::JobsSnapshot;
-use crate::model::{FindRequest, RunReport, SourceReport, UpdateActiveJobStatusRequest};
+use crate::model::{
+    FindRequest, MaintenanceRun, RunReport, SourceReport, UpdateActiveJobStatusRequest,
+};
 use crate::util::{error_chain, lock};
 
 /// How a source's last run ended: the report sent to the metadata server
 /// (`ok`, `partial`, `error`, `skipped`, `cancelled`).
 pub type LastRun = RunReport;
-
-/// How a forget, prune or reconcile run by the agent ended (its page
-/// shows the last of each; a failure stays visible until the next run
-/// succeeds).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MaintenanceRun {
-    /// When it ended.
-    pub finished_at: DateTime<Utc>,
-    /// Whether it succeeded.
-    pub ok: bool,
-    /// What it did, or why it failed.
-    pub summary: String,
-}
-
-impl MaintenanceRun {
-    pub(super) fn now(ok: bool, summary: String) -> MaintenanceRun {
-        MaintenanceRun {
-            finished_at: Utc::now(),
-            ok,
-            summary,
-        }
-    }
-}
 
 /// What the agent knows about a source.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -318,6 +297,7 @@ impl Agent {
                 last_run: s.last_run.clone(),
                 last_success: s.last_success,
                 running: self.inner.jobs.is_active(&s.name),
+                last_forget: s.last_forget.clone(),
             })
             .collect();
         let outbox = self.outbox_counts();

@@ -968,6 +968,11 @@ async fn active_jobs_keeps_the_latest_report_per_host(s: &dyn TestStore) {
         }),
         last_success: None,
         running: false,
+        last_forget: Some(crate::model::MaintenanceRun {
+            finished_at: ts("2026-01-01T00:00:01Z"),
+            ok: false,
+            summary: "the metadata server is unreachable".into(),
+        }),
     }];
     s.update_active_job_status(&UpdateActiveJobStatusRequest {
         host: "h0".into(),

@@ -10,6 +10,8 @@
 //!   `error`: some of its data is not in the index.
 //! - A source is **stale** when its last full success (every dataset
 //!   recorded) is older than `stale_after`, or it never had one.
+//! - A source's **retention is failing** when the last application of its
+//!   retention policy failed: nothing is lost, old versions pile up.
 
 use std::time::Duration;
 
@@ -54,6 +56,11 @@ pub fn is_failing(source: &SourceReport) -> bool {
         .is_some_and(|r| r.result.is_failure())
 }
 
+/// Whether the last application of the source's retention policy failed.
+pub fn retention_failing(source: &SourceReport) -> bool {
+    source.last_forget.as_ref().is_some_and(|r| !r.ok)
+}
+
 /// Whether the source's last full success is older than `stale_after` at
 /// `now` (or it never had one).
 pub fn is_stale(source: &SourceReport, now: DateTime<Utc>, stale_after: Duration) -> bool {
@@ -74,6 +81,8 @@ pub struct Summary {
     pub failing_sources: usize,
     /// Sources without a full success within `stale_after`.
     pub stale_sources: usize,
+    /// Sources whose last retention run failed.
+    pub retention_failing: usize,
     /// Sources reported by the hosts.
     pub sources: usize,
     /// Jobs running now (by job, not dataset).
@@ -94,6 +103,7 @@ pub fn summary(hosts: &[HostStatus], now: DateTime<Utc>, stale_after: Duration) 
             s.sources += 1;
             s.failing_sources += usize::from(is_failing(src));
             s.stale_sources += usize::from(is_stale(src, now, stale_after));
+            s.retention_failing += usize::from(retention_failing(src));
         }
         let mut jobs: Vec<&str> = h.active_jobs.iter().map(|j| j.job_id.as_str()).collect();
         jobs.sort_unstable();
@@ -114,6 +124,7 @@ pub fn attention(h: &HostStatus, now: DateTime<Utc>, stale_after: Duration) -> u
     } else if h.silent {
         1
     } else if sources.clone().any(|s| is_stale(s, now, stale_after))
+        || sources.clone().any(retention_failing)
         || h.outbox_rejected.unwrap_or(0) > 0
         || h.outbox_pending.unwrap_or(0) > 0
     {
@@ -174,6 +185,7 @@ mod tests {
             last_run: None,
             last_success: Some(t("2026-01-02T12:00:00Z")),
             running: false,
+            last_forget: None,
         };
         assert!(!is_failing(&s));
         for (result, failing) in [
@@ -194,5 +206,41 @@ mod tests {
         assert!(is_stale(&s, now, day / 4));
         s.last_success = None;
         assert!(is_stale(&s, now, day));
+    }
+
+    #[test]
+    fn retention_failing_is_a_failed_last_forget_and_needs_attention() {
+        let now = t("2026-01-03T00:00:00Z");
+        let mut source = SourceReport {
+            name: "www".into(),
+            last_success: Some(now),
+            ..SourceReport::default()
+        };
+        assert!(!retention_failing(&source));
+        source.last_forget = Some(crate::model::MaintenanceRun {
+            finished_at: now,
+            ok: true,
+            summary: "forgot 1 snapshot(s), kept 2".into(),
+        });
+        assert!(!retention_failing(&source));
+        let mut host = HostStatus {
+            host: "h".into(),
+            last_backup: None,
+            backups: 0,
+            active_jobs: Vec::new(),
+            active_jobs_updated: None,
+            last_seen: Some(now),
+            silent: false,
+            sources: Some(vec![source.clone()]),
+            outbox_pending: None,
+            outbox_rejected: None,
+        };
+        let day = Duration::from_secs(86400);
+        assert_eq!(attention(&host, now, day), 3);
+        source.last_forget.as_mut().unwrap().ok = false;
+        assert!(retention_failing(&source));
+        host.sources = Some(vec![source]);
+        assert_eq!(attention(&host, now, day), 2);
+        assert_eq!(summary(&[host], now, day).retention_failing, 1);
     }
 }

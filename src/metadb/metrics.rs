@@ -25,7 +25,10 @@
 //! - `tabacco_source_failing{host,source}`: 1 when the source's last run
 //!   was `partial` or `error`;
 //! - `tabacco_source_last_success_timestamp_seconds{host,source}`: its last
-//!   run in which every dataset was recorded.
+//!   run in which every dataset was recorded;
+//! - `tabacco_source_retention_failing{host,source}`: 1 when the last
+//!   application of the source's retention policy failed (0 when it
+//!   succeeded; absent when the agent reported none).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -99,6 +102,8 @@ pub struct Metrics {
     source_failing: Family<SourceLabels, Gauge>,
     /// Last full success per source, Unix seconds.
     source_last_success: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    /// 1 for a source whose last retention run failed.
+    source_retention_failing: Family<SourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -173,6 +178,12 @@ impl Metrics {
             "The source's last run in which every dataset was recorded (Unix seconds), from the host's latest report",
             source_last_success.clone(),
         );
+        let source_retention_failing = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "tabacco_source_retention_failing",
+            "1 when the last application of the source's retention policy failed (old versions pile up until it succeeds), from the host's latest report",
+            source_retention_failing.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -185,6 +196,7 @@ impl Metrics {
             host_outbox_rejected,
             source_failing,
             source_last_success,
+            source_retention_failing,
         }
     }
 
@@ -230,6 +242,7 @@ impl Metrics {
         self.host_outbox_rejected.clear();
         self.source_failing.clear();
         self.source_last_success.clear();
+        self.source_retention_failing.clear();
         let secs = |t: &chrono::DateTime<chrono::Utc>| t.timestamp_micros() as f64 / 1e6;
         for h in hosts {
             let hl = HostLabels {
@@ -255,6 +268,11 @@ impl Metrics {
                     .set(i64::from(super::fleet::is_failing(s)));
                 if let Some(t) = &s.last_success {
                     self.source_last_success.get_or_create(&sl).set(secs(t));
+                }
+                if let Some(r) = &s.last_forget {
+                    self.source_retention_failing
+                        .get_or_create(&sl)
+                        .set(i64::from(!r.ok));
                 }
             }
         }

@@ -319,6 +319,12 @@ fn summary_section(html: &mut String, s: &Summary) {
         "stale sources",
         Some(s.stale_sources > 0),
     );
+    tile(
+        html,
+        s.retention_failing.to_string(),
+        "retention failing",
+        Some(s.retention_failing > 0),
+    );
     tile(html, s.running_jobs.to_string(), "running jobs", None);
     tile(
         html,
@@ -338,6 +344,11 @@ fn summary_section(html: &mut String, s: &Summary) {
     count(s.failing_sources, "failing source", "failing sources");
     count(s.silent_hosts, "silent host", "silent hosts");
     count(s.stale_sources, "stale source", "stale sources");
+    count(
+        s.retention_failing,
+        "source whose retention failed",
+        "sources whose retention failed",
+    );
     count(
         usize::try_from(s.undelivered_records).unwrap_or(0),
         "undelivered record",
@@ -404,7 +415,20 @@ fn host_problems(h: &HostStatus, now: DateTime<Utc>, stale_after: Duration) -> V
                 ago(now, &r.finished_at),
                 escape(r.error.as_deref().unwrap_or("(no error text)")),
             ));
-        } else if fleet::is_stale(s, now, stale_after) {
+        }
+        if let Some(r) = s
+            .last_forget
+            .as_ref()
+            .filter(|_| fleet::retention_failing(s))
+        {
+            out.push(format!(
+                "<div><b>{}</b>: retention failed {} — <span class=\"err\">{}</span></div>",
+                escape(&s.name),
+                ago(now, &r.finished_at),
+                escape(&r.summary),
+            ));
+        }
+        if !fleet::is_failing(s) && fleet::is_stale(s, now, stale_after) {
             out.push(match &s.last_success {
                 Some(t) => format!(
                     "<div><b>{}</b>: <span class=\"warnt\">stale</span>, last full backup {}</div>",
@@ -899,7 +923,7 @@ fn sources_section(
     html.push_str(
         "<table><thead><tr><th>Source</th><th>Schedule</th><th>Next run</th><th>Last run</th>\
          <th>Failed</th><th>Error</th><th>Last success</th><th>Newest version</th>\
-         <th>Restore newest</th></tr></thead><tbody>",
+         <th>Retention</th><th>Restore newest</th></tr></thead><tbody>",
     );
     for s in list {
         let class = if fleet::is_failing(s) {
@@ -949,6 +973,15 @@ fn sources_section(
             }
             None => "–".to_owned(),
         };
+        let retention = match &s.last_forget {
+            None => "–".to_owned(),
+            Some(r) if r.ok => format!("{} {}", escape(&r.summary), ago(now, &r.finished_at)),
+            Some(r) => format!(
+                "<span class=\"err\">failed {}: {}</span>",
+                ago(now, &r.finished_at),
+                escape(&r.summary)
+            ),
+        };
         let restore = format!(
             "tabacco restore --host {} --target {} {}",
             shell_quote(&h.host),
@@ -959,7 +992,7 @@ fn sources_section(
             html,
             "<tr{class}><td><b>{}</b></td><td><code>{}</code></td><td>{next}</td><td>{last}</td>\
              <td>{failed}</td><td>{error}</td><td>{success}</td><td>{newest_text}</td>\
-             <td><code class=\"cmd\">{}</code></td></tr>",
+             <td>{retention}</td><td><code class=\"cmd\">{}</code></td></tr>",
             escape(&s.name),
             escape(s.schedule.as_deref().unwrap_or("on demand")),
             escape(&restore),

@@ -540,7 +540,8 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
         ],
         "sources": [
             {"name": "ldap", "schedule": "@daily", "last_run": {"result": "partial", "finished_at": now, "error": "dataset 'cn': slapcat: permission denied", "datasets_recorded": 1, "datasets_failed": 1, "atoms_failed": 2}},
-            {"name": "mysql", "schedule": "@daily", "last_run": {"result": "ok", "finished_at": now}, "last_success": now, "running": true}
+            {"name": "mysql", "schedule": "@daily", "last_run": {"result": "ok", "finished_at": now}, "last_success": now, "running": true,
+             "last_forget": {"finished_at": now, "ok": false, "summary": "index removal refused <b>"}}
         ],
         "outbox_pending": 4, "outbox_rejected": 0}),
     )
@@ -574,8 +575,15 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(html.contains("<b>2</b>silent hosts"), "{html}");
     assert!(html.contains("<b>1</b>failing sources"), "{html}");
     assert!(html.contains("<b>4</b>undelivered records"), "{html}");
+    assert!(html.contains("<b>1</b>retention failing"), "{html}");
     assert!(
-        html.contains("Needs attention: 1 failing source, 2 silent hosts"),
+        html.contains("Needs attention: 1 failing source, 2 silent hosts")
+            && html.contains("1 source whose retention failed, 4 undelivered records."),
+        "{html}"
+    );
+    assert!(
+        html.contains("<b>mysql</b>: retention failed")
+            && html.contains("index removal refused &lt;b&gt;"),
         "{html}"
     );
     // h1 (failing source) first, with the error; links to the host page.
@@ -608,6 +616,20 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
         "{page}"
     );
     assert!(page.contains("(running now)"));
+    assert!(
+        page.contains("<span class=\"err\">failed ")
+            && page.contains("index removal refused &lt;b&gt;</span>"),
+        "{page}"
+    );
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"tabacco_source_retention_failing{host="h1",source="mysql"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"tabacco_source_retention_failing{host="h1",source="ldap"}"#),
+        "{metrics}"
+    );
     assert!(
         page.contains("Recent runs") && page.contains("<code>b2</code>"),
         "{page}"
@@ -935,6 +957,7 @@ async fn openapi_document_matches_routes_and_model() {
         }),
         last_success: Some(Utc::now()),
         running: false,
+        last_forget: Some(crate::model::MaintenanceRun::now(false, "e".into())),
     };
     let dataset = Dataset {
         atoms: vec![Atom {
@@ -977,6 +1000,10 @@ async fn openapi_document_matches_routes_and_model() {
         (
             "RunReport",
             serde_json::to_value(source.last_run.as_ref().unwrap()).unwrap(),
+        ),
+        (
+            "MaintenanceRun",
+            serde_json::to_value(source.last_forget.as_ref().unwrap()).unwrap(),
         ),
         (
             "RunningJobStatus",
