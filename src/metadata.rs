@@ -766,6 +766,31 @@ mod tests {
     }
 
     #[test]
+    fn refusals_about_the_record_are_told_from_setup_problems() {
+        let rejected = |status| MetadataError::Rejected {
+            url: "http://metadb/api/add_dataset".into(),
+            status,
+            message: format!("scripted {status}"),
+        };
+        let refused = |e: &MetadataError| e.recovery() == Recovery::Refused;
+        for s in [400, 403, 409, 413, 422] {
+            assert!(refused(&rejected(s)), "{s}");
+        }
+        for s in [401, 404, 405, 407, 408, 308] {
+            assert_eq!(rejected(s).recovery(), Recovery::FixSetup, "{s}");
+        }
+        assert_eq!(rejected(429).recovery(), Recovery::Retry);
+        let unavailable = MetadataError::Unavailable {
+            url: "http://metadb/api/add_dataset".into(),
+            attempts: 1,
+            status: None,
+            reason: "connection refused".into(),
+        };
+        assert_eq!(unavailable.recovery(), Recovery::Retry);
+        assert!(refused(&MetadataError::Conflict("x".into())));
+    }
+
+    #[test]
     fn times_outside_years_1_to_9999_are_refused() {
         let ok: DateTime<Utc> = "0001-01-01T00:00:00Z".parse().unwrap();
         assert!(time_in_range("t", &ok).is_ok());
