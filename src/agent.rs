@@ -56,7 +56,7 @@ use crate::jobs::status::{JobObserver, JobResult, JobsSnapshot, StatusRegistry};
 use crate::manager::Manager;
 use crate::manager::maintenance::{ReconcileMode, Scope};
 use crate::metadata::MetadataStore;
-use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
+use crate::metadata::client::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
 use crate::model::{FindRequest, RunReport, RunResult, SourceReport, UpdateActiveJobStatusRequest};
 use crate::runtime::RuntimeContext;
 use crate::schedule::{Schedule, Seed};

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use self::queue::{DeliveryReport, Outbox};
 use crate::config::Config;
-use crate::metadata::remote::{RemoteOptions, RemoteStore, RetryPolicy};
+use crate::metadata::client::remote::{RemoteOptions, RemoteStore, RetryPolicy};
 use crate::metadata::{MetadataError, MetadataStore};
 use crate::model::{
     AddVerificationsRequest, Backup, Dataset, FindRequest, GetVerificationsRequest,
@@ -358,7 +358,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::queue::tests::{Fake, enqueue_n, unavailable};
-    use crate::metadata::remote::tests::sample;
+    use crate::metadata::client::remote::tests::sample;
 
     fn outbox_store(work: &Path, fake: Arc<Fake>) -> OutboxStore {
         OutboxStore::with_options(
@@ -524,8 +524,8 @@ mod tests {
 
     #[tokio::test]
     async fn delivery_through_the_remote_store_survives_an_outage() {
-        use crate::metadata::remote::testserver::{Reply, Script, start};
-        use crate::metadata::remote::{RemoteOptions, RetryPolicy};
+        use crate::metadata::client::remote::testserver::{Reply, Script, start};
+        use crate::metadata::client::remote::{RemoteOptions, RetryPolicy};
         let script = Script::default();
         script.set_default(Reply::status(503));
         let url = start(script.clone()).await;

@@ -459,7 +459,7 @@ pub(super) mod tests {
 
     use async_trait::async_trait;
 
-    use crate::metadata::remote::tests::sample;
+    use crate::metadata::client::remote::tests::sample;
     use crate::model::{FindRequest, UpdateActiveJobStatusRequest};
 
     pub(crate) fn rejected(status: u16) -> MetadataError {
