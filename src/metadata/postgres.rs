@@ -26,28 +26,26 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::sql::{
-    FIND_AGGREGATES_AT, FoundDataset, atom_columns, atom_from_row, dataset_columns,
-    dataset_from_row, group_backups, push_find_tail, push_matching_paths,
+    ACTIVE_JOBS_QUERY, Dialect, HOSTS_QUERY, ReportRow, backup_conflict, backups_from_rows,
+    corrupt, failed_verification_from_row, found_from_row, group_backups, host_from_row,
+    push_dataset_insert, push_failed_verifications, push_find_tail, push_health_probe,
+    push_matching_paths, push_recent_backups, push_reports_upsert, record_verifications,
+    report_from_row, stored_dataset, stored_verifications, warn_if_changed,
 };
 use super::{
-    HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore, backup_id_chunks,
-    check_owned, decode_report, jobs_json, state_json, truncate_micros, validate_add,
-    validate_find, validate_get_verifications, validate_remove, validate_verifications,
+    FailedVerification, HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore,
+    jobs_json, state_json, truncate_micros, validate_add, validate_find,
+    validate_get_verifications, validate_remove, validate_verifications,
 };
 use crate::glob::{PathCondition, Pattern};
 use crate::model::{
-    AddVerificationsRequest, Atom, AtomVersion, Backup, Dataset, FindRequest,
-    GetVerificationsRequest, RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification,
-    VerifyResult, atom_path,
+    AddVerificationsRequest, Atom, Backup, Dataset, FindRequest, GetVerificationsRequest,
+    RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification, atom_path,
 };
-
-const IDS_PER_QUERY: usize = 1000;
-
-const VERIFICATIONS_PER_INSERT: usize = 1000;
 
 /// Connections in the pool.
 const MAX_CONNECTIONS: u32 = 16;
@@ -140,49 +138,83 @@ impl PostgresStore {
 
     /// A stored value that cannot be used.
     fn corrupt(&self, detail: String) -> MetadataError {
-        MetadataError::Database {
-            location: self.location.clone(),
-            source: sqlx::Error::Decode(detail.into()),
-        }
+        self.db_error(corrupt(detail))
+    }
+}
+
+/// PostgreSQL's spelling of the shared SQL.
+impl Dialect for Postgres {
+    /// `timestamptz`.
+    type Time = DateTime<Utc>;
+    const LITERAL_CAST: &'static str = "::text";
+    const IDS_PER_QUERY: usize = 1000;
+    const VERIFICATIONS_PER_INSERT: usize = 1000;
+    /// One array per atom column.
+    const ATOM_AGGREGATES: &'static [&'static str] = &[
+        "array_agg(name)",
+        "array_agg(path)",
+        "array_agg(snapshot_path)",
+        "array_agg(size)",
+        "array_agg(files)",
+        "array_agg(sha256)",
+    ];
+
+    fn time(t: &DateTime<Utc>) -> DateTime<Utc> {
+        *t
     }
 
-    /// The stored dataset (with atoms, by name) of a backup, if any.
-    async fn stored_dataset(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        backup_id: &str,
-        dataset_id: &str,
-    ) -> Result<Option<Dataset>, MetadataError> {
-        let Some(row) = sqlx::query(concat!(
-            "SELECT ",
-            dataset_columns!(),
-            " FROM datasets WHERE backup_id = $1 AND id = $2"
-        ))
-        .bind(backup_id)
-        .bind(dataset_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| self.db_error(e))?
-        else {
-            return Ok(None);
-        };
-        let mut dataset = dataset_from_row(&row, 0).map_err(|e| self.db_error(e))?;
-        let atoms = sqlx::query(concat!(
-            "SELECT ",
-            atom_columns!(),
-            " FROM atoms WHERE backup_id = $1 AND dataset_id = $2 ORDER BY name"
-        ))
-        .bind(backup_id)
-        .bind(dataset_id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        for row in atoms {
-            dataset
-                .atoms
-                .push(atom_from_row(&row).map_err(|e| self.db_error(e))?);
+    fn time_at(row: &PgRow, i: usize) -> Result<DateTime<Utc>, sqlx::Error> {
+        row.try_get(i)
+    }
+
+    fn opt_time_at(row: &PgRow, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        row.try_get(i)
+    }
+
+    /// `column = ANY($n)`, the ids as one array parameter.
+    fn push_in(qb: &mut QueryBuilder<Postgres>, column: &str, ids: &[String]) {
+        qb.push(column)
+            .push(" = ANY(")
+            .push_bind(ids.to_vec())
+            .push(")");
+    }
+
+    fn atoms_at(row: &PgRow, at: usize) -> Result<Vec<Atom>, sqlx::Error> {
+        let names: Vec<String> = row.try_get(at)?;
+        let paths: Vec<String> = row.try_get(at + 1)?;
+        let snapshot_paths: Vec<Option<String>> = row.try_get(at + 2)?;
+        let sizes: Vec<Option<i64>> = row.try_get(at + 3)?;
+        let files: Vec<Option<i64>> = row.try_get(at + 4)?;
+        let sha256s: Vec<Option<String>> = row.try_get(at + 5)?;
+        if [
+            paths.len(),
+            snapshot_paths.len(),
+            sizes.len(),
+            files.len(),
+            sha256s.len(),
+        ]
+        .iter()
+        .any(|&n| n != names.len())
+        {
+            return Err(corrupt("aggregates of different lengths".into()));
         }
-        Ok(Some(dataset))
+        Ok(names
+            .into_iter()
+            .zip(paths)
+            .zip(snapshot_paths)
+            .zip(sizes.into_iter().zip(files))
+            .zip(sha256s)
+            .map(
+                |((((name, path), snapshot_path), (size, files)), sha256)| Atom {
+                    name,
+                    path,
+                    snapshot_path,
+                    size,
+                    files,
+                    sha256,
+                },
+            )
+            .collect())
     }
 }
 
@@ -201,7 +233,7 @@ fn push_find_query(
 ) {
     let cond = pattern.condition();
     let older_than = req.older_than.as_ref().map(truncate_micros);
-    push_matching_paths(qb, &cond, &req.host, "::text");
+    push_matching_paths(qb, &cond, &req.host);
     qb.push(
         ", matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
          a.timestamp, a.snapshot_path, a.size, a.files, a.sha256 FROM paths CROSS JOIN LATERAL \
@@ -222,17 +254,7 @@ fn push_find_query(
     if let PathCondition::Glob { .. } = &cond {
         qb.push(" WHERE paths.p ~ ").push_bind(regex.to_owned());
     }
-    push_find_tail(
-        qb,
-        &[
-            "array_agg(name)",
-            "array_agg(path)",
-            "array_agg(snapshot_path)",
-            "array_agg(size)",
-            "array_agg(files)",
-            "array_agg(sha256)",
-        ],
-    );
+    push_find_tail(qb);
 }
 
 #[async_trait]
@@ -260,54 +282,26 @@ impl MetadataStore for PostgresStore {
             .await
             .map_err(|e| self.db_error(e))?;
         let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-        let stored_ts: DateTime<Utc> = row.try_get(1).map_err(|e| self.db_error(e))?;
+        let stored_ts = Postgres::time_at(&row, 1).map_err(|e| self.db_error(e))?;
         if host != backup.host || stored_ts != ts {
-            return Err(MetadataError::Conflict(format!(
-                "backup {:?} is already recorded with host {host:?} and timestamp {}, \
-                 not host {:?} and timestamp {}",
-                backup.id,
-                stored_ts.to_rfc3339(),
-                backup.host,
-                backup.timestamp.to_rfc3339(),
-            )));
+            return Err(backup_conflict(backup, &host, &stored_ts));
         }
 
-        let inserted = sqlx::query(
-            "INSERT INTO datasets (backup_id, id, name, source, snapshot_id, total_files, \
-             total_bytes, bytes_added, duration, handler, repository_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (backup_id, id) DO NOTHING",
-        )
-        .bind(&backup.id)
-        .bind(&dataset.id)
-        .bind(&dataset.name)
-        .bind(&dataset.source)
-        .bind(&dataset.snapshot_id)
-        .bind(dataset.total_files)
-        .bind(dataset.total_bytes)
-        .bind(dataset.bytes_added)
-        .bind(dataset.duration)
-        .bind(&dataset.handler)
-        .bind(&dataset.repository_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?
-        .rows_affected();
+        let mut qb = QueryBuilder::new("");
+        push_dataset_insert(&mut qb, &backup.id, dataset);
+        qb.push(" ON CONFLICT (backup_id, id) DO NOTHING");
+        let inserted = qb
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .rows_affected();
         if inserted == 0 {
-            if let Some(stored) = self
-                .stored_dataset(&mut tx, &backup.id, &dataset.id)
-                .await?
+            if let Some(stored) = stored_dataset::<Postgres>(&mut tx, &backup.id, &dataset.id)
+                .await
+                .map_err(|e| self.db_error(e))?
             {
-                let mut given = dataset.clone();
-                given.atoms.sort_by(|a, b| a.name.cmp(&b.name));
-                if stored != given {
-                    tracing::warn!(
-                        database = %self.location,
-                        backup = %backup.id,
-                        dataset = %dataset.id,
-                        "dataset already recorded with different contents; keeping the stored one"
-                    );
-                }
+                warn_if_changed(&self.location, &backup.id, dataset, &stored);
             }
             return Ok(());
         }
@@ -411,56 +405,9 @@ impl MetadataStore for PostgresStore {
 
         let found = rows
             .iter()
-            .map(|row| {
-                let mut dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
-                let at = FIND_AGGREGATES_AT;
-                let get = |e| self.db_error(e);
-                let names: Vec<String> = row.try_get(at).map_err(get)?;
-                let paths: Vec<String> = row.try_get(at + 1).map_err(get)?;
-                let snapshot_paths: Vec<Option<String>> = row.try_get(at + 2).map_err(get)?;
-                let sizes: Vec<Option<i64>> = row.try_get(at + 3).map_err(get)?;
-                let files: Vec<Option<i64>> = row.try_get(at + 4).map_err(get)?;
-                let sha256s: Vec<Option<String>> = row.try_get(at + 5).map_err(get)?;
-                if [
-                    paths.len(),
-                    snapshot_paths.len(),
-                    sizes.len(),
-                    files.len(),
-                    sha256s.len(),
-                ]
-                .iter()
-                .any(|&n| n != names.len())
-                {
-                    return Err(self.corrupt(format!(
-                        "atoms of dataset {}: aggregates of different lengths",
-                        dataset.id
-                    )));
-                }
-                dataset.atoms = names
-                    .into_iter()
-                    .zip(paths)
-                    .zip(snapshot_paths)
-                    .zip(sizes.into_iter().zip(files))
-                    .zip(sha256s)
-                    .map(
-                        |((((name, path), snapshot_path), (size, files)), sha256)| Atom {
-                            name,
-                            path,
-                            snapshot_path,
-                            size,
-                            files,
-                            sha256,
-                        },
-                    )
-                    .collect();
-                Ok(FoundDataset {
-                    backup_id: row.try_get(0).map_err(|e| self.db_error(e))?,
-                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
-                    timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
-                    dataset,
-                })
-            })
-            .collect::<Result<Vec<_>, MetadataError>>()?;
+            .map(found_from_row::<Postgres>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db_error(e))?;
         Ok(group_backups(found))
     }
 
@@ -470,73 +417,26 @@ impl MetadataStore for PostgresStore {
     ) -> Result<(), MetadataError> {
         let jobs = jobs_json(req)?;
         let state = state_json(req)?;
-        sqlx::query(
-            "INSERT INTO active_jobs (host, received, jobs, state) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs, \
-             state = excluded.state",
-        )
-        .bind(&req.host)
-        .bind(truncate_micros(&Utc::now()))
-        .bind(jobs)
-        .bind(state)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
+        let report = ReportRow {
+            host: &req.host,
+            received: truncate_micros(&Utc::now()),
+            jobs: &jobs,
+            state: &state,
+        };
+        let mut qb = QueryBuilder::new("");
+        push_reports_upsert(&mut qb, [report]);
+        qb.build()
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
     async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
         let results = validate_verifications(req)?;
         let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
-        let mut stored = std::collections::HashMap::new();
-        for ids in backup_id_chunks(results.iter().map(|v| v.backup_id.as_str()), IDS_PER_QUERY) {
-            let rows = sqlx::query(
-                "SELECT backup_id, dataset_id, name, host FROM atoms WHERE backup_id = ANY($1)",
-            )
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?;
-            for row in rows {
-                let get = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
-                stored.insert(
-                    AtomVersion {
-                        backup_id: get(0)?,
-                        dataset_id: get(1)?,
-                        atom: get(2)?,
-                    },
-                    get(3)?,
-                );
-            }
-        }
-        check_owned(&req.host, &results, &stored)?;
-        for chunk in results.chunks(VERIFICATIONS_PER_INSERT) {
-            let mut qb = QueryBuilder::<Postgres>::new(
-                "INSERT INTO verifications (backup_id, dataset_id, atom, verified_at, result, \
-                 error, last_ok) ",
-            );
-            qb.push_values(chunk, |mut row, v| {
-                row.push_bind(&v.backup_id)
-                    .push_bind(&v.dataset_id)
-                    .push_bind(&v.atom)
-                    .push_bind(v.verified_at)
-                    .push_bind(v.result.as_str())
-                    .push_bind(&v.error)
-                    .push_bind((v.result == VerifyResult::Ok).then_some(v.verified_at));
-            });
-            // A result older than the stored one does not replace it.
-            qb.push(
-                " ON CONFLICT (backup_id, dataset_id, atom) DO UPDATE SET \
-                 verified_at = excluded.verified_at, result = excluded.result, \
-                 error = excluded.error, \
-                 last_ok = COALESCE(excluded.last_ok, verifications.last_ok) \
-                 WHERE excluded.verified_at >= verifications.verified_at",
-            );
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db_error(e))?;
-        }
+        record_verifications::<Postgres>(&mut tx, &req.host, &results, |e| self.db_error(e))
+            .await?;
         tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(())
     }
@@ -546,76 +446,10 @@ impl MetadataStore for PostgresStore {
         req: &GetVerificationsRequest,
     ) -> Result<Vec<Verification>, MetadataError> {
         validate_get_verifications(req)?;
-        let wanted: std::collections::HashSet<&AtomVersion> = req.versions.iter().collect();
-        let mut out = Vec::new();
-        for ids in backup_id_chunks(
-            req.versions.iter().map(|v| v.backup_id.as_str()),
-            IDS_PER_QUERY,
-        ) {
-            let rows = sqlx::query(
-                "SELECT backup_id, dataset_id, atom, verified_at, result, error, last_ok \
-                 FROM verifications WHERE backup_id = ANY($1)",
-            )
-            .bind(&ids)
-            .fetch_all(&self.pool)
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
+        stored_verifications::<Postgres>(&mut conn, &req.versions)
             .await
-            .map_err(|e| self.db_error(e))?;
-            for row in rows {
-                let v = self.verification_from_row(&row)?;
-                if wanted.contains(&v.version()) {
-                    out.push(v);
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl PostgresStore {
-    /// Decode a `verifications` row (`backup_id, dataset_id, atom,
-    /// verified_at, result, error, last_ok`).
-    fn verification_from_row(
-        &self,
-        row: &sqlx::postgres::PgRow,
-    ) -> Result<Verification, MetadataError> {
-        let text = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
-        let result = match text(4)?.as_str() {
-            "ok" => VerifyResult::Ok,
-            "failed" => VerifyResult::Failed,
-            other => return Err(self.corrupt(format!("verification result {other:?}"))),
-        };
-        Ok(Verification {
-            backup_id: text(0)?,
-            dataset_id: text(1)?,
-            atom: text(2)?,
-            verified_at: row.try_get(3).map_err(|e| self.db_error(e))?,
-            result,
-            error: row.try_get(5).map_err(|e| self.db_error(e))?,
-            last_ok: row.try_get(6).map_err(|e| self.db_error(e))?,
-        })
-    }
-
-    /// Group rows of `id, host, timestamp` followed by the eight dataset
-    /// columns into backups (rows ordered by backup).
-    fn backups_from_rows(
-        &self,
-        rows: &[sqlx::postgres::PgRow],
-    ) -> Result<Vec<Backup>, MetadataError> {
-        let mut backups: Vec<Backup> = Vec::new();
-        for row in rows {
-            let id: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-            let dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
-            match backups.last_mut() {
-                Some(b) if b.id == id => b.datasets.push(dataset),
-                _ => backups.push(Backup {
-                    id,
-                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
-                    timestamp: row.try_get(2).map_err(|e| self.db_error(e))?,
-                    datasets: vec![dataset],
-                }),
-            }
-        }
-        Ok(backups)
+            .map_err(|e| self.db_error(e))
     }
 }
 
@@ -625,116 +459,71 @@ impl ServerStore for PostgresStore {
         &self,
         host: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<super::FailedVerification>, MetadataError> {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "SELECT v.backup_id, v.dataset_id, v.atom, v.verified_at, v.result, v.error, \
-             v.last_ok, a.host, a.global_path, a.timestamp FROM verifications v \
-             JOIN atoms a ON a.backup_id = v.backup_id AND a.dataset_id = v.dataset_id \
-             AND a.name = v.atom WHERE v.result = 'failed'",
-        );
-        if let Some(h) = host {
-            qb.push(" AND a.host = ").push_bind(h.to_owned());
-        }
-        qb.push(" ORDER BY v.verified_at DESC, v.backup_id, v.atom LIMIT ")
-            .push_bind(limit.max(0));
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(super::FailedVerification {
-                    verification: self.verification_from_row(row)?,
-                    host: row.try_get(7).map_err(|e| self.db_error(e))?,
-                    atom_path: row.try_get(8).map_err(|e| self.db_error(e))?,
-                    backup_time: row.try_get(9).map_err(|e| self.db_error(e))?,
-                })
-            })
-            .collect()
+    ) -> Result<Vec<FailedVerification>, MetadataError> {
+        let mut qb = QueryBuilder::new("");
+        push_failed_verifications(&mut qb, host, limit);
+        let rows = qb.build().fetch_all(&self.pool).await;
+        let rows = rows.map_err(|e| self.db_error(e))?;
+        let failed = rows.iter().map(failed_verification_from_row::<Postgres>);
+        failed
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db_error(e))
     }
 
     async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
-        let rows = sqlx::query(
-            "SELECT host, MAX(timestamp), COUNT(*) FROM backups GROUP BY host ORDER BY host",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(HostSummary {
-                    host: row.try_get(0).map_err(|e| self.db_error(e))?,
-                    last_backup: row.try_get(1).map_err(|e| self.db_error(e))?,
-                    backups: row.try_get(2).map_err(|e| self.db_error(e))?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(HOSTS_QUERY).fetch_all(&self.pool).await;
+        let rows = rows.map_err(|e| self.db_error(e))?;
+        let hosts = rows.iter().map(host_from_row::<Postgres>);
+        hosts
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db_error(e))
     }
 
     async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
-        let rows = sqlx::query("SELECT host, received, jobs, state FROM active_jobs ORDER BY host")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        rows.iter()
-            .map(|row| {
-                let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-                let received = row.try_get(1).map_err(|e| self.db_error(e))?;
-                let jobs: String = row.try_get(2).map_err(|e| self.db_error(e))?;
-                let state: Option<String> = row.try_get(3).map_err(|e| self.db_error(e))?;
-                decode_report(host, received, &jobs, state.as_deref()).map_err(|e| self.corrupt(e))
-            })
-            .collect()
+        let rows = sqlx::query(ACTIVE_JOBS_QUERY).fetch_all(&self.pool).await;
+        let rows = rows.map_err(|e| self.db_error(e))?;
+        let reports = rows.iter().map(report_from_row::<Postgres>);
+        reports
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db_error(e))
     }
 
     async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError> {
-        let rows = sqlx::query(
-            "WITH recent AS (SELECT id, host, timestamp FROM backups \
-             ORDER BY timestamp DESC, id LIMIT $1) \
-             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
-             d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, \
-             d.repository_id FROM recent r JOIN datasets d ON d.backup_id = r.id \
-             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
-        )
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        self.backups_from_rows(&rows)
+        self.host_backups_or_all(None, limit).await
     }
 
     async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
-        let rows = sqlx::query(
-            "WITH recent AS (SELECT id, host, timestamp FROM backups WHERE host = $1 \
-             ORDER BY timestamp DESC, id LIMIT $2) \
-             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
-             d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, \
-             d.repository_id FROM recent r JOIN datasets d ON d.backup_id = r.id \
-             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
-        )
-        .bind(host)
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        self.backups_from_rows(&rows)
+        self.host_backups_or_all(Some(host), limit).await
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {
-        sqlx::query(
-            "INSERT INTO health_probe (id, checked) VALUES (1, $1) \
-             ON CONFLICT (id) DO UPDATE SET checked = excluded.checked",
-        )
-        .bind(Utc::now().timestamp_micros())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
+        let mut qb = QueryBuilder::new("");
+        push_health_probe(&mut qb);
+        qb.build()
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+impl PostgresStore {
+    /// The `limit` newest backups (of `host` only, when given) with their
+    /// datasets.
+    async fn host_backups_or_all(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Backup>, MetadataError> {
+        let mut qb = QueryBuilder::new("");
+        push_recent_backups(&mut qb, host, limit);
+        let rows = qb.build().fetch_all(&self.pool).await;
+        let rows = rows.map_err(|e| self.db_error(e))?;
+        backups_from_rows::<Postgres>(&rows).map_err(|e| self.db_error(e))
     }
 }
 

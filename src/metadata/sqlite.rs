@@ -53,19 +53,21 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::sql::{
-    FIND_AGGREGATES_AT, FoundDataset, atom_columns, atom_from_row, atoms_from_json,
-    dataset_columns, dataset_from_row, group_backups, push_find_tail, push_matching_paths,
+    ACTIVE_JOBS_QUERY, Dialect, HOSTS_QUERY, ReportRow, atoms_from_json, backup_conflict,
+    backups_from_rows, corrupt, failed_verification_from_row, found_from_row, group_backups,
+    host_from_row, push_dataset_insert, push_failed_verifications, push_find_tail,
+    push_health_probe, push_matching_paths, push_recent_backups, push_reports_upsert,
+    record_verifications, report_from_row, stored_dataset, stored_verifications, warn_if_changed,
 };
-pub use super::{HostActiveJobs, HostSummary};
 use super::{
-    MetadataError, MetadataStore, ServerStore, backup_id_chunks, check_owned, decode_report,
-    jobs_json, state_json, validate_add, validate_find, validate_get_verifications,
-    validate_remove, validate_verifications,
+    FailedVerification, HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore,
+    jobs_json, state_json, truncate_micros, validate_add, validate_find,
+    validate_get_verifications, validate_remove, validate_verifications,
 };
 use crate::glob::{PathCondition, Pattern};
 use crate::model::{
-    AddVerificationsRequest, AtomVersion, Backup, Dataset, FindRequest, GetVerificationsRequest,
-    RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification, VerifyResult, atom_path,
+    AddVerificationsRequest, Atom, Backup, Dataset, FindRequest, GetVerificationsRequest,
+    RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification, atom_path,
 };
 
 /// How long a connection waits for another process's write lock before
@@ -212,49 +214,6 @@ impl SqliteStore {
         }
     }
 
-    /// Close the connections (checkpointing the WAL). Further calls fail.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// The latest running-jobs report of every host that sent one, by host
-    /// name.
-    pub async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
-        let rows = sqlx::query("SELECT host, received, jobs, state FROM active_jobs ORDER BY host")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        rows.iter()
-            .map(|row| {
-                let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-                let received = self.timestamp(row.try_get(1).map_err(|e| self.db_error(e))?)?;
-                let jobs: String = row.try_get(2).map_err(|e| self.db_error(e))?;
-                let state: Option<String> = row.try_get(3).map_err(|e| self.db_error(e))?;
-                decode_report(host, received, &jobs, state.as_deref()).map_err(|e| self.corrupt(e))
-            })
-            .collect()
-    }
-
-    /// Every host with backups in the index, with its newest backup time
-    /// and number of backups, by host name.
-    pub async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
-        let rows = sqlx::query(
-            "SELECT host, MAX(timestamp), COUNT(*) FROM backups GROUP BY host ORDER BY host",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(HostSummary {
-                    host: row.try_get(0).map_err(|e| self.db_error(e))?,
-                    last_backup: self.timestamp(row.try_get(1).map_err(|e| self.db_error(e))?)?,
-                    backups: row.try_get(2).map_err(|e| self.db_error(e))?,
-                })
-            })
-            .collect()
-    }
-
     /// The queue of running-jobs reports (a panic while it was held
     /// cannot leave it inconsistent: it is only pushed to and drained).
     fn queued_reports(&self) -> std::sync::MutexGuard<'_, Vec<QueuedReport>> {
@@ -267,56 +226,6 @@ impl SqliteStore {
             location: self.location.clone(),
             source,
         }
-    }
-
-    /// A stored value that cannot be decoded.
-    fn corrupt(&self, detail: String) -> MetadataError {
-        self.db_error(sqlx::Error::Decode(detail.into()))
-    }
-
-    /// Decode a stored timestamp.
-    fn timestamp(&self, micros: i64) -> Result<DateTime<Utc>, MetadataError> {
-        DateTime::from_timestamp_micros(micros)
-            .ok_or_else(|| self.corrupt(format!("timestamp {micros} is out of range")))
-    }
-
-    /// The stored dataset (with atoms) of a backup, if any.
-    async fn stored_dataset(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        backup_id: &str,
-        dataset_id: &str,
-    ) -> Result<Option<Dataset>, MetadataError> {
-        let Some(row) = sqlx::query(concat!(
-            "SELECT ",
-            dataset_columns!(),
-            " FROM datasets WHERE backup_id = ? AND id = ?"
-        ))
-        .bind(backup_id)
-        .bind(dataset_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| self.db_error(e))?
-        else {
-            return Ok(None);
-        };
-        let mut dataset = dataset_from_row(&row, 0).map_err(|e| self.db_error(e))?;
-        let atoms = sqlx::query(concat!(
-            "SELECT ",
-            atom_columns!(),
-            " FROM atoms WHERE backup_id = ? AND dataset_id = ? ORDER BY name"
-        ))
-        .bind(backup_id)
-        .bind(dataset_id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        for row in atoms {
-            dataset
-                .atoms
-                .push(atom_from_row(&row).map_err(|e| self.db_error(e))?);
-        }
-        Ok(Some(dataset))
     }
 }
 
@@ -357,6 +266,50 @@ fn is_busy(e: &sqlx::Error) -> bool {
     }
 }
 
+/// SQLite's spelling of the shared SQL.
+impl Dialect for Sqlite {
+    /// Microseconds since the Unix epoch (UTC).
+    type Time = i64;
+    const LITERAL_CAST: &'static str = "";
+    const IDS_PER_QUERY: usize = 500;
+    const VERIFICATIONS_PER_INSERT: usize = 500;
+    const ATOM_AGGREGATES: &'static [&'static str] =
+        &["json_group_array(json_array(name, path, snapshot_path, size, files, sha256))"];
+
+    fn time(t: &DateTime<Utc>) -> i64 {
+        t.timestamp_micros()
+    }
+
+    fn time_at(row: &SqliteRow, i: usize) -> Result<DateTime<Utc>, sqlx::Error> {
+        let micros: i64 = row.try_get(i)?;
+        DateTime::from_timestamp_micros(micros)
+            .ok_or_else(|| corrupt(format!("timestamp {micros} is out of range")))
+    }
+
+    fn opt_time_at(row: &SqliteRow, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        match row.try_get::<Option<i64>, _>(i)? {
+            None => Ok(None),
+            Some(_) => Sqlite::time_at(row, i).map(Some),
+        }
+    }
+
+    /// `column IN (?, ?, ...)`.
+    fn push_in(qb: &mut QueryBuilder<Sqlite>, column: &str, ids: &[String]) {
+        qb.push(column).push(" IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(id.clone());
+        }
+        qb.push(")");
+    }
+
+    /// One JSON array of arrays of the atom columns.
+    fn atoms_at(row: &SqliteRow, at: usize) -> Result<Vec<Atom>, sqlx::Error> {
+        let json: &str = row.try_get(at)?;
+        atoms_from_json(json).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
 /// Append the find query for `req` (whose pattern parsed as `pattern`) to
 /// `qb`. Columns and order: those of [`push_find_tail`], one row per
 /// dataset, its matching atoms as a JSON array of [`atom_columns`] arrays.
@@ -374,7 +327,7 @@ fn is_busy(e: &sqlx::Error) -> bool {
 /// the newest N is never needed.
 fn push_find_query(qb: &mut QueryBuilder<Sqlite>, pattern: &Pattern, req: &FindRequest) {
     let cond = pattern.condition();
-    push_matching_paths(qb, &cond, &req.host, "");
+    push_matching_paths(qb, &cond, &req.host);
     qb.push(
         ", matched AS (SELECT a.backup_id, a.dataset_id, a.name, a.path, a.host, \
          a.timestamp, a.snapshot_path, a.size, a.files, a.sha256 FROM paths CROSS JOIN atoms a ON ",
@@ -400,17 +353,14 @@ fn push_find_query(qb: &mut QueryBuilder<Sqlite>, pattern: &Pattern, req: &FindR
     if let PathCondition::Glob { pattern, .. } = &cond {
         qb.push(" WHERE paths.p GLOB ").push_bind(pattern.clone());
     }
-    push_find_tail(
-        qb,
-        &["json_group_array(json_array(name, path, snapshot_path, size, files, sha256))"],
-    );
+    push_find_tail(qb);
 }
 
 #[async_trait]
 impl MetadataStore for SqliteStore {
     async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
         validate_add(backup, dataset)?;
-        let ts = backup.timestamp.timestamp_micros();
+        let ts = truncate_micros(&backup.timestamp);
         let _writer = self.writer.lock().await;
         // Take the write lock now: a deferred transaction that reads first
         // fails instead of waiting if another process writes in between.
@@ -428,65 +378,36 @@ impl MetadataStore for SqliteStore {
         match existing {
             Some(row) => {
                 let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-                let stored_ts: i64 = row.try_get(1).map_err(|e| self.db_error(e))?;
+                let stored_ts = Sqlite::time_at(&row, 1).map_err(|e| self.db_error(e))?;
                 if host != backup.host || stored_ts != ts {
-                    return Err(MetadataError::Conflict(format!(
-                        "backup {:?} is already recorded with host {host:?} and timestamp {}, \
-                         not host {:?} and timestamp {}",
-                        backup.id,
-                        self.timestamp(stored_ts)?.to_rfc3339(),
-                        backup.host,
-                        backup.timestamp.to_rfc3339(),
-                    )));
+                    return Err(backup_conflict(backup, &host, &stored_ts));
                 }
             }
             None => {
                 sqlx::query("INSERT INTO backups (id, host, timestamp) VALUES (?, ?, ?)")
                     .bind(&backup.id)
                     .bind(&backup.host)
-                    .bind(ts)
+                    .bind(Sqlite::time(&ts))
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.db_error(e))?;
             }
         }
 
-        if let Some(stored) = self
-            .stored_dataset(&mut tx, &backup.id, &dataset.id)
-            .await?
+        if let Some(stored) = stored_dataset::<Sqlite>(&mut tx, &backup.id, &dataset.id)
+            .await
+            .map_err(|e| self.db_error(e))?
         {
-            let mut given = dataset.clone();
-            given.atoms.sort_by(|a, b| a.name.cmp(&b.name));
-            if stored != given {
-                tracing::warn!(
-                    database = %self.location,
-                    backup = %backup.id,
-                    dataset = %dataset.id,
-                    "dataset already recorded with different contents; keeping the stored one"
-                );
-            }
+            warn_if_changed(&self.location, &backup.id, dataset, &stored);
             return Ok(());
         }
 
-        sqlx::query(
-            "INSERT INTO datasets (backup_id, id, name, source, snapshot_id, total_files, \
-             total_bytes, bytes_added, duration, handler, repository_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&backup.id)
-        .bind(&dataset.id)
-        .bind(&dataset.name)
-        .bind(&dataset.source)
-        .bind(&dataset.snapshot_id)
-        .bind(dataset.total_files)
-        .bind(dataset.total_bytes)
-        .bind(dataset.bytes_added)
-        .bind(dataset.duration)
-        .bind(&dataset.handler)
-        .bind(&dataset.repository_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?;
+        let mut qb = QueryBuilder::new("");
+        push_dataset_insert(&mut qb, &backup.id, dataset);
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
         // Many rows per statement: each statement is a round trip to the
         // connection's worker thread.
         for chunk in dataset.atoms.chunks(ATOMS_PER_INSERT) {
@@ -501,7 +422,7 @@ impl MetadataStore for SqliteStore {
                     .push_bind(&atom.path)
                     .push_bind(atom_path(&dataset.source, &dataset.name, &atom.name))
                     .push_bind(&backup.host)
-                    .push_bind(ts)
+                    .push_bind(Sqlite::time(&ts))
                     .push_bind(&atom.snapshot_path)
                     .push_bind(atom.size)
                     .push_bind(atom.files)
@@ -581,21 +502,9 @@ impl MetadataStore for SqliteStore {
 
         let found = rows
             .iter()
-            .map(|row| {
-                let mut dataset = dataset_from_row(row, 3).map_err(|e| self.db_error(e))?;
-                let atoms: &str = row
-                    .try_get(FIND_AGGREGATES_AT)
-                    .map_err(|e| self.db_error(e))?;
-                dataset.atoms = atoms_from_json(atoms)
-                    .map_err(|e| self.corrupt(format!("atoms of dataset {}: {e}", dataset.id)))?;
-                Ok(FoundDataset {
-                    backup_id: row.try_get(0).map_err(|e| self.db_error(e))?,
-                    host: row.try_get(1).map_err(|e| self.db_error(e))?,
-                    timestamp: self.timestamp(row.try_get(2).map_err(|e| self.db_error(e))?)?,
-                    dataset,
-                })
-            })
-            .collect::<Result<Vec<_>, MetadataError>>()?;
+            .map(found_from_row::<Sqlite>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db_error(e))?;
         Ok(group_backups(found))
     }
 
@@ -605,7 +514,7 @@ impl MetadataStore for SqliteStore {
     ) -> Result<(), MetadataError> {
         let jobs = jobs_json(req)?;
         let state = state_json(req)?;
-        let received = Utc::now().timestamp_micros();
+        let received = Sqlite::time(&Utc::now());
         let (done, mut stored) = tokio::sync::oneshot::channel();
         self.queued_reports().push(QueuedReport {
             host: req.host.clone(),
@@ -629,7 +538,9 @@ impl MetadataStore for SqliteStore {
                     tokio::spawn(async move {
                         while !queued.is_empty() {
                             let rest = queued.split_off(queued.len().min(REPORTS_PER_BATCH));
-                            let ok = write_reports(&pool, &queued).await.is_ok();
+                            let ok = write_reports(&pool, queued.iter().map(QueuedReport::row))
+                                .await
+                                .is_ok();
                             for report in std::mem::replace(&mut queued, rest) {
                                 let _ = report.done.send(ok);
                             }
@@ -646,19 +557,15 @@ impl MetadataStore for SqliteStore {
         // The batch failed (or its writer was lost): write this report
         // alone, for its own result and error.
         let _writer = self.writer.lock().await;
-        sqlx::query(
-            "INSERT INTO active_jobs (host, received, jobs, state) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs, \
-             state = excluded.state",
-        )
-        .bind(&req.host)
-        .bind(received)
-        .bind(jobs)
-        .bind(state)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        Ok(())
+        let report = ReportRow {
+            host: &req.host,
+            received,
+            jobs: &jobs,
+            state: &state,
+        };
+        write_reports(&self.pool, [report])
+            .await
+            .map_err(|e| self.db_error(e))
     }
 
     async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
@@ -669,39 +576,7 @@ impl MetadataStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| self.db_error(e))?;
-        let mut stored = std::collections::HashMap::new();
-        for ids in backup_id_chunks(results.iter().map(|v| v.backup_id.as_str()), IDS_PER_QUERY) {
-            stored.extend(self.atom_hosts(&mut tx, &ids).await?);
-        }
-        check_owned(&req.host, &results, &stored)?;
-        for chunk in results.chunks(VERIFICATIONS_PER_INSERT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO verifications (backup_id, dataset_id, atom, verified_at, result, \
-                 error, last_ok) ",
-            );
-            qb.push_values(chunk, |mut row, v| {
-                let at = v.verified_at.timestamp_micros();
-                row.push_bind(&v.backup_id)
-                    .push_bind(&v.dataset_id)
-                    .push_bind(&v.atom)
-                    .push_bind(at)
-                    .push_bind(v.result.as_str())
-                    .push_bind(&v.error)
-                    .push_bind((v.result == VerifyResult::Ok).then_some(at));
-            });
-            // A result older than the stored one does not replace it.
-            qb.push(
-                " ON CONFLICT (backup_id, dataset_id, atom) DO UPDATE SET \
-                 verified_at = excluded.verified_at, result = excluded.result, \
-                 error = excluded.error, \
-                 last_ok = COALESCE(excluded.last_ok, verifications.last_ok) \
-                 WHERE excluded.verified_at >= verifications.verified_at",
-            );
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db_error(e))?;
-        }
+        record_verifications::<Sqlite>(&mut tx, &req.host, &results, |e| self.db_error(e)).await?;
         tx.commit().await.map_err(|e| self.db_error(e))?;
         tracing::debug!(database = %self.location, host = %req.host, results = results.len(), "verifications recorded");
         Ok(())
@@ -712,144 +587,35 @@ impl MetadataStore for SqliteStore {
         req: &GetVerificationsRequest,
     ) -> Result<Vec<Verification>, MetadataError> {
         validate_get_verifications(req)?;
-        let wanted: std::collections::HashSet<&AtomVersion> = req.versions.iter().collect();
-        let mut out = Vec::new();
-        for ids in backup_id_chunks(
-            req.versions.iter().map(|v| v.backup_id.as_str()),
-            IDS_PER_QUERY,
-        ) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT backup_id, dataset_id, atom, verified_at, result, error, last_ok \
-                 FROM verifications WHERE backup_id IN (",
-            );
-            let mut list = qb.separated(", ");
-            for id in &ids {
-                list.push_bind(id);
-            }
-            qb.push(")");
-            for row in qb
-                .build()
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.db_error(e))?
-            {
-                let v = verification_from_row(self, &row)?;
-                if wanted.contains(&v.version()) {
-                    out.push(v);
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Backup ids per `IN (...)` list of the verification queries.
-const IDS_PER_QUERY: usize = 500;
-
-/// Verification rows per INSERT statement (7 parameters each).
-const VERIFICATIONS_PER_INSERT: usize = 500;
-
-impl SqliteStore {
-    /// The host of every atom of these backups (the atom versions a
-    /// verification may name).
-    async fn atom_hosts(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        ids: &[String],
-    ) -> Result<std::collections::HashMap<AtomVersion, String>, MetadataError> {
-        let mut out = std::collections::HashMap::new();
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT backup_id, dataset_id, name, host FROM atoms WHERE backup_id IN (",
-        );
-        let mut list = qb.separated(", ");
-        for id in ids {
-            list.push_bind(id);
-        }
-        qb.push(")");
-        for row in qb
-            .build()
-            .fetch_all(&mut *conn)
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
+        stored_verifications::<Sqlite>(&mut conn, &req.versions)
             .await
-            .map_err(|e| self.db_error(e))?
-        {
-            let get = |i| row.try_get::<String, _>(i).map_err(|e| self.db_error(e));
-            out.insert(
-                AtomVersion {
-                    backup_id: get(0)?,
-                    dataset_id: get(1)?,
-                    atom: get(2)?,
-                },
-                get(3)?,
-            );
-        }
-        Ok(out)
+            .map_err(|e| self.db_error(e))
     }
 }
 
-/// Decode a `verifications` row (`backup_id, dataset_id, atom,
-/// verified_at, result, error, last_ok`, times in microseconds).
-fn verification_from_row(
-    store: &SqliteStore,
-    row: &SqliteRow,
-) -> Result<Verification, MetadataError> {
-    let text = |i| row.try_get::<String, _>(i).map_err(|e| store.db_error(e));
-    let result = match text(4)?.as_str() {
-        "ok" => VerifyResult::Ok,
-        "failed" => VerifyResult::Failed,
-        other => return Err(store.corrupt(format!("verification result {other:?}"))),
-    };
-    let last_ok: Option<i64> = row.try_get(6).map_err(|e| store.db_error(e))?;
-    Ok(Verification {
-        backup_id: text(0)?,
-        dataset_id: text(1)?,
-        atom: text(2)?,
-        verified_at: store.timestamp(row.try_get(3).map_err(|e| store.db_error(e))?)?,
-        result,
-        error: row.try_get(5).map_err(|e| store.db_error(e))?,
-        last_ok: last_ok.map(|t| store.timestamp(t)).transpose()?,
-    })
+impl QueuedReport {
+    /// The report as stored.
+    fn row(&self) -> ReportRow<'_, i64> {
+        ReportRow {
+            host: &self.host,
+            received: self.received,
+            jobs: &self.jobs,
+            state: &self.state,
+        }
+    }
 }
 
-/// Store queued running-jobs reports in one statement (in queue order, so
-/// the last report of a host wins).
-async fn write_reports(pool: &SqlitePool, batch: &[QueuedReport]) -> Result<(), sqlx::Error> {
-    let mut qb =
-        QueryBuilder::<Sqlite>::new("INSERT INTO active_jobs (host, received, jobs, state) ");
-    qb.push_values(batch, |mut row, r| {
-        row.push_bind(&r.host)
-            .push_bind(r.received)
-            .push_bind(&r.jobs)
-            .push_bind(&r.state);
-    });
-    qb.push(
-        " ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs, \
-         state = excluded.state",
-    );
+/// Store running-jobs reports in one statement (in their order, so the
+/// last report of a host wins).
+async fn write_reports<'a>(
+    pool: &SqlitePool,
+    reports: impl IntoIterator<Item = ReportRow<'a, i64>>,
+) -> Result<(), sqlx::Error> {
+    let mut qb = QueryBuilder::new("");
+    push_reports_upsert(&mut qb, reports);
     qb.build().execute(pool).await?;
     Ok(())
-}
-
-/// Group rows of `id, host, timestamp` followed by the eight dataset
-/// columns into backups (rows ordered by backup).
-fn backups_from_rows(
-    store: &SqliteStore,
-    rows: &[SqliteRow],
-) -> Result<Vec<Backup>, MetadataError> {
-    let mut backups: Vec<Backup> = Vec::new();
-    for row in rows {
-        let id: String = row.try_get(0).map_err(|e| store.db_error(e))?;
-        let dataset = dataset_from_row(row, 3).map_err(|e| store.db_error(e))?;
-        match backups.last_mut() {
-            Some(b) if b.id == id => b.datasets.push(dataset),
-            _ => backups.push(Backup {
-                id,
-                host: row.try_get(1).map_err(|e| store.db_error(e))?,
-                timestamp: store.timestamp(row.try_get(2).map_err(|e| store.db_error(e))?)?,
-                datasets: vec![dataset],
-            }),
-        }
-    }
-    Ok(backups)
 }
 
 #[async_trait]
@@ -858,74 +624,41 @@ impl ServerStore for SqliteStore {
         &self,
         host: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<super::FailedVerification>, MetadataError> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT v.backup_id, v.dataset_id, v.atom, v.verified_at, v.result, v.error, \
-             v.last_ok, a.host, a.global_path, a.timestamp FROM verifications v \
-             JOIN atoms a ON a.backup_id = v.backup_id AND a.dataset_id = v.dataset_id \
-             AND a.name = v.atom WHERE v.result = 'failed'",
-        );
-        if let Some(h) = host {
-            qb.push(" AND a.host = ").push_bind(h.to_owned());
-        }
-        qb.push(" ORDER BY v.verified_at DESC, v.backup_id, v.atom LIMIT ")
-            .push_bind(limit.max(0));
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(super::FailedVerification {
-                    verification: verification_from_row(self, row)?,
-                    host: row.try_get(7).map_err(|e| self.db_error(e))?,
-                    atom_path: row.try_get(8).map_err(|e| self.db_error(e))?,
-                    backup_time: self.timestamp(row.try_get(9).map_err(|e| self.db_error(e))?)?,
-                })
-            })
-            .collect()
+    ) -> Result<Vec<FailedVerification>, MetadataError> {
+        let mut qb = QueryBuilder::new("");
+        push_failed_verifications(&mut qb, host, limit);
+        let rows = qb.build().fetch_all(&self.pool).await;
+        let rows = rows.map_err(|e| self.db_error(e))?;
+        let failed = rows.iter().map(failed_verification_from_row::<Sqlite>);
+        failed
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db_error(e))
     }
 
     async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
-        SqliteStore::hosts(self).await
+        let rows = sqlx::query(HOSTS_QUERY).fetch_all(&self.pool).await;
+        let rows = rows.map_err(|e| self.db_error(e))?;
+        let hosts = rows.iter().map(host_from_row::<Sqlite>);
+        hosts
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db_error(e))
     }
 
     async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
-        SqliteStore::active_jobs(self).await
+        let rows = sqlx::query(ACTIVE_JOBS_QUERY).fetch_all(&self.pool).await;
+        let rows = rows.map_err(|e| self.db_error(e))?;
+        let reports = rows.iter().map(report_from_row::<Sqlite>);
+        reports
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db_error(e))
     }
 
     async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError> {
-        let rows = sqlx::query(
-            "WITH recent AS (SELECT id, host, timestamp FROM backups \
-             ORDER BY timestamp DESC, id LIMIT ?) \
-             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
-             d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, \
-             d.repository_id FROM recent r JOIN datasets d ON d.backup_id = r.id \
-             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
-        )
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        backups_from_rows(self, &rows)
+        self.host_backups_or_all(None, limit).await
     }
 
     async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
-        let rows = sqlx::query(
-            "WITH recent AS (SELECT id, host, timestamp FROM backups WHERE host = ? \
-             ORDER BY timestamp DESC, id LIMIT ?) \
-             SELECT r.id, r.host, r.timestamp, d.id, d.name, d.source, d.snapshot_id, \
-             d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, \
-             d.repository_id FROM recent r JOIN datasets d ON d.backup_id = r.id \
-             ORDER BY r.timestamp DESC, r.id, d.source, d.name, d.id",
-        )
-        .bind(host)
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        backups_from_rows(self, &rows)
+        self.host_backups_or_all(Some(host), limit).await
     }
 
     async fn ping(&self) -> Result<(), MetadataError> {
@@ -935,20 +668,35 @@ impl ServerStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| self.db_error(e))?;
-        sqlx::query(
-            "INSERT INTO health_probe (id, checked) VALUES (1, ?) \
-             ON CONFLICT (id) DO UPDATE SET checked = excluded.checked",
-        )
-        .bind(Utc::now().timestamp_micros())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?;
+        let mut qb = QueryBuilder::new("");
+        push_health_probe(&mut qb);
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
         tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
+    /// Close the connections (checkpointing the WAL). Further calls fail.
     async fn close(&self) {
-        SqliteStore::close(self).await;
+        self.pool.close().await;
+    }
+}
+
+impl SqliteStore {
+    /// The `limit` newest backups (of `host` only, when given) with their
+    /// datasets.
+    async fn host_backups_or_all(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Backup>, MetadataError> {
+        let mut qb = QueryBuilder::new("");
+        push_recent_backups(&mut qb, host, limit);
+        let rows = qb.build().fetch_all(&self.pool).await;
+        let rows = rows.map_err(|e| self.db_error(e))?;
+        backups_from_rows::<Sqlite>(&rows).map_err(|e| self.db_error(e))
     }
 }
 
@@ -1296,7 +1044,9 @@ mod tests {
                 done: tx2,
             },
         ];
-        write_reports(&s.pool, &batch).await.unwrap();
+        write_reports(&s.pool, batch.iter().map(QueuedReport::row))
+            .await
+            .unwrap();
         let jobs = s.active_jobs().await.unwrap();
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].received.timestamp_micros(), 2);
