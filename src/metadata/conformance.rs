@@ -31,14 +31,14 @@ pub(crate) trait TestStore: ServerStore {
 #[async_trait]
 impl TestStore for SqliteStore {
     async fn counts(&self) -> (i64, i64, i64) {
-        SqliteStore::counts(self).await
+        super::sql::counts(self).await
     }
 }
 
 #[async_trait]
 impl TestStore for PostgresStore {
     async fn counts(&self) -> (i64, i64, i64) {
-        PostgresStore::counts(self).await
+        super::sql::counts(self).await
     }
 }
 

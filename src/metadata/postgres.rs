@@ -27,19 +27,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Pool, Postgres, QueryBuilder, Row};
 
 use super::sql::{
-    ACTIVE_JOBS_QUERY, Dialect, HOSTS_QUERY, ReportRow, backup_conflict, backups_from_rows,
-    corrupt, failed_verification_from_row, found_from_row, group_backups, host_from_row,
-    push_dataset_insert, push_failed_verifications, push_find_tail, push_health_probe,
-    push_matching_paths, push_recent_backups, push_reports_upsert, record_verifications,
-    report_from_row, stored_dataset, stored_verifications, warn_if_changed,
+    Dialect, ReportRow, SqlStore, backup_conflict, corrupt, found_from_row, group_backups,
+    push_dataset_insert, push_find_tail, push_health_probe, push_matching_paths,
+    push_reports_upsert, record_verifications, stored_dataset, stored_verifications,
+    warn_if_changed,
 };
 use super::{
-    FailedVerification, HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore,
-    jobs_json, state_json, truncate_micros, validate_add, validate_find,
-    validate_get_verifications, validate_remove, validate_verifications,
+    MetadataError, MetadataStore, jobs_json, state_json, truncate_micros, validate_add,
+    validate_find, validate_get_verifications, validate_remove, validate_verifications,
 };
 use crate::glob::{PathCondition, Pattern};
 use crate::model::{
@@ -117,23 +115,6 @@ impl PostgresStore {
             })?;
         tracing::debug!(database = %store.location, "metadata database open");
         Ok(store)
-    }
-
-    /// Wrap a database error with the location; PostgreSQL refusing a
-    /// pattern's regular expression is the client's problem.
-    fn db_error(&self, source: sqlx::Error) -> MetadataError {
-        if let sqlx::Error::Database(db) = &source
-            && db.code().as_deref() == Some(INVALID_REGULAR_EXPRESSION)
-        {
-            return MetadataError::BadRequest(format!(
-                "the pattern cannot be evaluated by PostgreSQL: {}",
-                db.message()
-            ));
-        }
-        MetadataError::Database {
-            location: self.location.clone(),
-            source,
-        }
     }
 
     /// A stored value that cannot be used.
@@ -454,49 +435,31 @@ impl MetadataStore for PostgresStore {
 }
 
 #[async_trait]
-impl ServerStore for PostgresStore {
-    async fn failed_verifications(
-        &self,
-        host: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<FailedVerification>, MetadataError> {
-        let mut qb = QueryBuilder::new("");
-        push_failed_verifications(&mut qb, host, limit);
-        let rows = qb.build().fetch_all(&self.pool).await;
-        let rows = rows.map_err(|e| self.db_error(e))?;
-        let failed = rows.iter().map(failed_verification_from_row::<Postgres>);
-        failed
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.db_error(e))
+impl SqlStore for PostgresStore {
+    type DB = Postgres;
+
+    fn pool(&self) -> &Pool<Postgres> {
+        &self.pool
     }
 
-    async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
-        let rows = sqlx::query(HOSTS_QUERY).fetch_all(&self.pool).await;
-        let rows = rows.map_err(|e| self.db_error(e))?;
-        let hosts = rows.iter().map(host_from_row::<Postgres>);
-        hosts
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.db_error(e))
+    /// Wrap a database error with the location; PostgreSQL refusing a
+    /// pattern's regular expression is the client's problem.
+    fn db_error(&self, source: sqlx::Error) -> MetadataError {
+        if let sqlx::Error::Database(db) = &source
+            && db.code().as_deref() == Some(INVALID_REGULAR_EXPRESSION)
+        {
+            return MetadataError::BadRequest(format!(
+                "the pattern cannot be evaluated by PostgreSQL: {}",
+                db.message()
+            ));
+        }
+        MetadataError::Database {
+            location: self.location.clone(),
+            source,
+        }
     }
 
-    async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
-        let rows = sqlx::query(ACTIVE_JOBS_QUERY).fetch_all(&self.pool).await;
-        let rows = rows.map_err(|e| self.db_error(e))?;
-        let reports = rows.iter().map(report_from_row::<Postgres>);
-        reports
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.db_error(e))
-    }
-
-    async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError> {
-        self.host_backups_or_all(None, limit).await
-    }
-
-    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
-        self.host_backups_or_all(Some(host), limit).await
-    }
-
-    async fn ping(&self) -> Result<(), MetadataError> {
+    async fn write_probe(&self) -> Result<(), MetadataError> {
         let mut qb = QueryBuilder::new("");
         push_health_probe(&mut qb);
         qb.build()
@@ -504,41 +467,6 @@ impl ServerStore for PostgresStore {
             .await
             .map_err(|e| self.db_error(e))?;
         Ok(())
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-impl PostgresStore {
-    /// The `limit` newest backups (of `host` only, when given) with their
-    /// datasets.
-    async fn host_backups_or_all(
-        &self,
-        host: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Backup>, MetadataError> {
-        let mut qb = QueryBuilder::new("");
-        push_recent_backups(&mut qb, host, limit);
-        let rows = qb.build().fetch_all(&self.pool).await;
-        let rows = rows.map_err(|e| self.db_error(e))?;
-        backups_from_rows::<Postgres>(&rows).map_err(|e| self.db_error(e))
-    }
-}
-
-#[cfg(test)]
-impl PostgresStore {
-    /// Rows in backups, datasets and atoms.
-    pub(crate) async fn counts(&self) -> (i64, i64, i64) {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM backups), (SELECT COUNT(*) FROM datasets), \
-             (SELECT COUNT(*) FROM atoms)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap();
-        (row.get(0), row.get(1), row.get(2))
     }
 }
 
@@ -642,6 +570,8 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::TestSchema;
     use super::*;
+    use crate::metadata::ServerStore;
+    use crate::metadata::conformance::TestStore;
     use crate::metadata::conformance::{find, fleet, indexed_find_requests};
 
     /// Issue 10: the store's connections are killed again and again in the

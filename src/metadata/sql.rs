@@ -9,14 +9,15 @@
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, QueryBuilder, Row, Type,
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row, Type,
 };
 
 use super::{
-    FailedVerification, HostActiveJobs, HostSummary, MetadataError, backup_id_chunks, check_owned,
-    decode_report,
+    FailedVerification, HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore,
+    backup_id_chunks, check_owned, decode_report,
 };
 use crate::glob::PathCondition;
 use crate::model::{Atom, AtomVersion, Backup, Dataset, Verification, VerifyResult};
@@ -57,6 +58,143 @@ pub(crate) trait Dialect: Database {
     /// Decode the atoms of a `find_atoms` row from its
     /// [`Dialect::ATOM_AGGREGATES`] starting at column `at`.
     fn atoms_at(row: &Self::Row, at: usize) -> Result<Vec<Atom>, sqlx::Error>;
+}
+
+/// A store on an SQL database (the SQLite and the PostgreSQL store): what
+/// the code written once here for both needs of it. Every such store is a
+/// [`ServerStore`] through the implementation below.
+#[async_trait]
+pub(crate) trait SqlStore: MetadataStore {
+    /// Its database.
+    type DB: Dialect;
+
+    /// Its connection pool.
+    fn pool(&self) -> &Pool<Self::DB>;
+
+    /// A database error, naming the database.
+    fn db_error(&self, source: sqlx::Error) -> MetadataError;
+
+    /// Write the health probe ([`push_health_probe`]) the way this store
+    /// writes (for [`ServerStore::ping`]).
+    async fn write_probe(&self) -> Result<(), MetadataError>;
+}
+
+/// Run the query `qb` on the store's pool.
+async fn fetch_rows<S>(
+    store: &S,
+    mut qb: QueryBuilder<S::DB>,
+) -> Result<Vec<<S::DB as Database>::Row>, MetadataError>
+where
+    S: SqlStore,
+    for<'c> &'c mut <S::DB as Database>::Connection: Executor<'c, Database = S::DB>,
+    <S::DB as Database>::Arguments: IntoArguments<S::DB>,
+{
+    let rows = qb.build().fetch_all(store.pool()).await;
+    rows.map_err(|e| store.db_error(e))
+}
+
+/// Run the query `qb` on the store's pool and decode every row.
+async fn fetch_decoded<S, T>(
+    store: &S,
+    qb: QueryBuilder<S::DB>,
+    decode: impl Fn(&<S::DB as Database>::Row) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, MetadataError>
+where
+    S: SqlStore,
+    for<'c> &'c mut <S::DB as Database>::Connection: Executor<'c, Database = S::DB>,
+    <S::DB as Database>::Arguments: IntoArguments<S::DB>,
+{
+    let rows = fetch_rows(store, qb).await?;
+    let decoded = rows.iter().map(decode).collect::<Result<_, _>>();
+    decoded.map_err(|e| store.db_error(e))
+}
+
+/// The `limit` newest backups (of `host` only, when given), newest first,
+/// each with its datasets.
+async fn newest_backups<S>(
+    store: &S,
+    host: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Backup>, MetadataError>
+where
+    S: SqlStore,
+    for<'c> &'c mut <S::DB as Database>::Connection: Executor<'c, Database = S::DB>,
+    <S::DB as Database>::Arguments: IntoArguments<S::DB>,
+    usize: ColumnIndex<<S::DB as Database>::Row>,
+    String: for<'r> Decode<'r, S::DB> + for<'q> Encode<'q, S::DB> + Type<S::DB>,
+    i64: for<'r> Decode<'r, S::DB> + for<'q> Encode<'q, S::DB> + Type<S::DB>,
+{
+    let mut qb = QueryBuilder::new("");
+    push_recent_backups(&mut qb, host, limit);
+    let rows = fetch_rows(store, qb).await?;
+    backups_from_rows::<S::DB>(&rows).map_err(|e| store.db_error(e))
+}
+
+#[async_trait]
+impl<S> ServerStore for S
+where
+    S: SqlStore,
+    for<'c> &'c mut <S::DB as Database>::Connection: Executor<'c, Database = S::DB>,
+    <S::DB as Database>::Arguments: IntoArguments<S::DB>,
+    usize: ColumnIndex<<S::DB as Database>::Row>,
+    String: for<'r> Decode<'r, S::DB> + for<'q> Encode<'q, S::DB> + Type<S::DB>,
+    i64: for<'r> Decode<'r, S::DB> + for<'q> Encode<'q, S::DB> + Type<S::DB>,
+{
+    async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
+        fetch_decoded(self, QueryBuilder::new(HOSTS_QUERY), host_from_row::<S::DB>).await
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
+        let qb = QueryBuilder::new(ACTIVE_JOBS_QUERY);
+        fetch_decoded(self, qb, report_from_row::<S::DB>).await
+    }
+
+    async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError> {
+        newest_backups(self, None, limit).await
+    }
+
+    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
+        newest_backups(self, Some(host), limit).await
+    }
+
+    async fn failed_verifications(
+        &self,
+        host: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<FailedVerification>, MetadataError> {
+        let mut qb = QueryBuilder::new("");
+        push_failed_verifications(&mut qb, host, limit);
+        fetch_decoded(self, qb, failed_verification_from_row::<S::DB>).await
+    }
+
+    async fn ping(&self) -> Result<(), MetadataError> {
+        self.write_probe().await
+    }
+
+    /// Close the connections (SQLite checkpoints its WAL then).
+    async fn close(&self) {
+        self.pool().close().await;
+    }
+}
+
+/// Rows in backups, datasets and atoms (for tests).
+#[cfg(test)]
+pub(crate) async fn counts<S>(store: &S) -> (i64, i64, i64)
+where
+    S: SqlStore,
+    for<'c> &'c mut <S::DB as Database>::Connection: Executor<'c, Database = S::DB>,
+    <S::DB as Database>::Arguments: IntoArguments<S::DB>,
+    usize: ColumnIndex<<S::DB as Database>::Row>,
+    i64: for<'r> Decode<'r, S::DB> + Type<S::DB>,
+{
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM backups), (SELECT COUNT(*) FROM datasets), \
+         (SELECT COUNT(*) FROM atoms)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("count rows");
+    (row.get(0), row.get(1), row.get(2))
 }
 
 /// A stored value that cannot be used, as a decoding error (the stores
@@ -440,11 +578,10 @@ pub(crate) fn push_reports_upsert<'a, DB>(
 }
 
 /// Every host's latest running-jobs report ([`report_from_row`]).
-pub(crate) const ACTIVE_JOBS_QUERY: &str =
-    "SELECT host, received, jobs, state FROM active_jobs ORDER BY host";
+const ACTIVE_JOBS_QUERY: &str = "SELECT host, received, jobs, state FROM active_jobs ORDER BY host";
 
 /// Decode a row of [`ACTIVE_JOBS_QUERY`].
-pub(crate) fn report_from_row<DB>(row: &DB::Row) -> Result<HostActiveJobs, sqlx::Error>
+fn report_from_row<DB>(row: &DB::Row) -> Result<HostActiveJobs, sqlx::Error>
 where
     DB: Dialect,
     usize: ColumnIndex<DB::Row>,
@@ -463,11 +600,11 @@ where
 
 /// Every host with backups, its newest backup and its number of backups
 /// ([`host_from_row`]).
-pub(crate) const HOSTS_QUERY: &str =
+const HOSTS_QUERY: &str =
     "SELECT host, MAX(timestamp), COUNT(*) FROM backups GROUP BY host ORDER BY host";
 
 /// Decode a row of [`HOSTS_QUERY`].
-pub(crate) fn host_from_row<DB>(row: &DB::Row) -> Result<HostSummary, sqlx::Error>
+fn host_from_row<DB>(row: &DB::Row) -> Result<HostSummary, sqlx::Error>
 where
     DB: Dialect,
     usize: ColumnIndex<DB::Row>,
@@ -483,7 +620,7 @@ where
 
 /// Append the query for the `limit` newest backups (of `host` only, when
 /// given), newest first, each with its datasets ([`backups_from_rows`]).
-pub(crate) fn push_recent_backups<DB>(qb: &mut QueryBuilder<DB>, host: Option<&str>, limit: i64)
+fn push_recent_backups<DB>(qb: &mut QueryBuilder<DB>, host: Option<&str>, limit: i64)
 where
     DB: Database,
     String: for<'q> Encode<'q, DB> + Type<DB>,
@@ -505,7 +642,7 @@ where
 
 /// Group rows of [`push_recent_backups`] (`id, host, timestamp`, then the
 /// dataset columns; ordered by backup) into backups.
-pub(crate) fn backups_from_rows<DB>(rows: &[DB::Row]) -> Result<Vec<Backup>, sqlx::Error>
+fn backups_from_rows<DB>(rows: &[DB::Row]) -> Result<Vec<Backup>, sqlx::Error>
 where
     DB: Dialect,
     usize: ColumnIndex<DB::Row>,
@@ -702,11 +839,8 @@ where
 /// Append the query for the atom versions whose latest drill failed,
 /// newest drill first, at most `limit`, of `host` only when given
 /// ([`failed_verification_from_row`]).
-pub(crate) fn push_failed_verifications<DB>(
-    qb: &mut QueryBuilder<DB>,
-    host: Option<&str>,
-    limit: i64,
-) where
+fn push_failed_verifications<DB>(qb: &mut QueryBuilder<DB>, host: Option<&str>, limit: i64)
+where
     DB: Database,
     String: for<'q> Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
@@ -725,9 +859,7 @@ pub(crate) fn push_failed_verifications<DB>(
 }
 
 /// Decode a row of [`push_failed_verifications`].
-pub(crate) fn failed_verification_from_row<DB>(
-    row: &DB::Row,
-) -> Result<FailedVerification, sqlx::Error>
+fn failed_verification_from_row<DB>(row: &DB::Row) -> Result<FailedVerification, sqlx::Error>
 where
     DB: Dialect,
     usize: ColumnIndex<DB::Row>,

@@ -50,19 +50,17 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Pool, QueryBuilder, Row, Sqlite};
 
 use super::sql::{
-    ACTIVE_JOBS_QUERY, Dialect, HOSTS_QUERY, ReportRow, atoms_from_json, backup_conflict,
-    backups_from_rows, corrupt, failed_verification_from_row, found_from_row, group_backups,
-    host_from_row, push_dataset_insert, push_failed_verifications, push_find_tail,
-    push_health_probe, push_matching_paths, push_recent_backups, push_reports_upsert,
-    record_verifications, report_from_row, stored_dataset, stored_verifications, warn_if_changed,
+    Dialect, ReportRow, SqlStore, atoms_from_json, backup_conflict, corrupt, found_from_row,
+    group_backups, push_dataset_insert, push_find_tail, push_health_probe, push_matching_paths,
+    push_reports_upsert, record_verifications, stored_dataset, stored_verifications,
+    warn_if_changed,
 };
 use super::{
-    FailedVerification, HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore,
-    jobs_json, state_json, truncate_micros, validate_add, validate_find,
-    validate_get_verifications, validate_remove, validate_verifications,
+    MetadataError, MetadataStore, jobs_json, state_json, truncate_micros, validate_add,
+    validate_find, validate_get_verifications, validate_remove, validate_verifications,
 };
 use crate::glob::{PathCondition, Pattern};
 use crate::model::{
@@ -218,14 +216,6 @@ impl SqliteStore {
     /// cannot leave it inconsistent: it is only pushed to and drained).
     fn queued_reports(&self) -> std::sync::MutexGuard<'_, Vec<QueuedReport>> {
         crate::util::lock(&self.reports)
-    }
-
-    /// Wrap a database error with the file path.
-    fn db_error(&self, source: sqlx::Error) -> MetadataError {
-        MetadataError::Database {
-            location: self.location.clone(),
-            source,
-        }
     }
 }
 
@@ -619,49 +609,22 @@ async fn write_reports<'a>(
 }
 
 #[async_trait]
-impl ServerStore for SqliteStore {
-    async fn failed_verifications(
-        &self,
-        host: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<FailedVerification>, MetadataError> {
-        let mut qb = QueryBuilder::new("");
-        push_failed_verifications(&mut qb, host, limit);
-        let rows = qb.build().fetch_all(&self.pool).await;
-        let rows = rows.map_err(|e| self.db_error(e))?;
-        let failed = rows.iter().map(failed_verification_from_row::<Sqlite>);
-        failed
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.db_error(e))
+impl SqlStore for SqliteStore {
+    type DB = Sqlite;
+
+    fn pool(&self) -> &Pool<Sqlite> {
+        &self.pool
     }
 
-    async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
-        let rows = sqlx::query(HOSTS_QUERY).fetch_all(&self.pool).await;
-        let rows = rows.map_err(|e| self.db_error(e))?;
-        let hosts = rows.iter().map(host_from_row::<Sqlite>);
-        hosts
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.db_error(e))
+    /// Wrap a database error with the file path.
+    fn db_error(&self, source: sqlx::Error) -> MetadataError {
+        MetadataError::Database {
+            location: self.location.clone(),
+            source,
+        }
     }
 
-    async fn active_jobs(&self) -> Result<Vec<HostActiveJobs>, MetadataError> {
-        let rows = sqlx::query(ACTIVE_JOBS_QUERY).fetch_all(&self.pool).await;
-        let rows = rows.map_err(|e| self.db_error(e))?;
-        let reports = rows.iter().map(report_from_row::<Sqlite>);
-        reports
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.db_error(e))
-    }
-
-    async fn recent_backups(&self, limit: i64) -> Result<Vec<Backup>, MetadataError> {
-        self.host_backups_or_all(None, limit).await
-    }
-
-    async fn host_backups(&self, host: &str, limit: i64) -> Result<Vec<Backup>, MetadataError> {
-        self.host_backups_or_all(Some(host), limit).await
-    }
-
-    async fn ping(&self) -> Result<(), MetadataError> {
+    async fn write_probe(&self) -> Result<(), MetadataError> {
         let _writer = self.writer.lock().await;
         let mut tx = self
             .pool
@@ -677,43 +640,10 @@ impl ServerStore for SqliteStore {
         tx.commit().await.map_err(|e| self.db_error(e))?;
         Ok(())
     }
-
-    /// Close the connections (checkpointing the WAL). Further calls fail.
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-impl SqliteStore {
-    /// The `limit` newest backups (of `host` only, when given) with their
-    /// datasets.
-    async fn host_backups_or_all(
-        &self,
-        host: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Backup>, MetadataError> {
-        let mut qb = QueryBuilder::new("");
-        push_recent_backups(&mut qb, host, limit);
-        let rows = qb.build().fetch_all(&self.pool).await;
-        let rows = rows.map_err(|e| self.db_error(e))?;
-        backups_from_rows::<Sqlite>(&rows).map_err(|e| self.db_error(e))
-    }
 }
 
 #[cfg(test)]
 impl SqliteStore {
-    /// Rows in backups, datasets and atoms.
-    pub(crate) async fn counts(&self) -> (i64, i64, i64) {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM backups), (SELECT COUNT(*) FROM datasets), \
-             (SELECT COUNT(*) FROM atoms)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap();
-        (row.get(0), row.get(1), row.get(2))
-    }
-
     /// Checkpoint the WAL and truncate it to zero bytes, so that the next
     /// write must grow the file (fault tests fill the disk after this).
     pub(crate) async fn checkpoint_truncate(&self) {
@@ -730,6 +660,8 @@ mod tests {
     //! tested for both by `metadata::conformance`.
 
     use super::*;
+    use crate::metadata::ServerStore;
+    use crate::metadata::conformance::TestStore;
     use crate::metadata::conformance::{backup, dataset, find, indexed_find_requests};
     use sqlx::Connection;
     use tempfile::TempDir;
