@@ -26,24 +26,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Pool, Postgres, QueryBuilder, Row};
 
 use super::sql::{
-    Dialect, ReportRow, SqlStore, backup_conflict, corrupt, found_from_row, group_backups,
-    push_dataset_insert, push_find_tail, push_health_probe, push_matching_paths,
-    push_reports_upsert, record_verifications, stored_dataset, stored_verifications,
-    warn_if_changed,
+    Dialect, ReportRow, SqlStore, WriteTx, corrupt, push_find_tail, push_matching_paths,
+    push_reports_upsert,
 };
-use super::{
-    MetadataError, MetadataStore, jobs_json, state_json, truncate_micros, validate_add,
-    validate_find, validate_get_verifications, validate_remove, validate_verifications,
-};
+use super::{MetadataError, truncate_micros};
 use crate::glob::{PathCondition, Pattern};
-use crate::model::{
-    AddVerificationsRequest, Atom, Backup, Dataset, FindRequest, GetVerificationsRequest,
-    RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification, atom_path,
-};
+use crate::model::{Atom, Backup, Dataset, FindRequest, RemoveDatasetsRequest, atom_path};
 
 /// Connections in the pool.
 const MAX_CONNECTIONS: u32 = 16;
@@ -160,6 +152,10 @@ impl Dialect for Postgres {
             .push(")");
     }
 
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
     fn atoms_at(row: &PgRow, at: usize) -> Result<Vec<Atom>, sqlx::Error> {
         let names: Vec<String> = row.try_get(at)?;
         let paths: Vec<String> = row.try_get(at + 1)?;
@@ -239,55 +235,47 @@ fn push_find_query(
 }
 
 #[async_trait]
-impl MetadataStore for PostgresStore {
-    async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
-        validate_add(backup, dataset)?;
-        let ts = truncate_micros(&backup.timestamp);
-        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+impl SqlStore for PostgresStore {
+    type DB = Postgres;
 
-        // Insert-or-keep, then compare: a concurrent insert of the same
-        // backup makes this wait for it instead of failing.
-        sqlx::query(
-            "INSERT INTO backups (id, host, timestamp) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&backup.id)
-        .bind(&backup.host)
-        .bind(ts)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        let row = sqlx::query("SELECT host, timestamp FROM backups WHERE id = $1")
-            .bind(&backup.id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-        let stored_ts = Postgres::time_at(&row, 1).map_err(|e| self.db_error(e))?;
-        if host != backup.host || stored_ts != ts {
-            return Err(backup_conflict(backup, &host, &stored_ts));
+    fn pool(&self) -> &Pool<Postgres> {
+        &self.pool
+    }
+
+    /// Wrap a database error with the location; PostgreSQL refusing a
+    /// pattern's regular expression is the client's problem.
+    fn db_error(&self, source: sqlx::Error) -> MetadataError {
+        if let sqlx::Error::Database(db) = &source
+            && db.code().as_deref() == Some(INVALID_REGULAR_EXPRESSION)
+        {
+            return MetadataError::BadRequest(format!(
+                "the pattern cannot be evaluated by PostgreSQL: {}",
+                db.message()
+            ));
         }
-
-        let mut qb = QueryBuilder::new("");
-        push_dataset_insert(&mut qb, &backup.id, dataset);
-        qb.push(" ON CONFLICT (backup_id, id) DO NOTHING");
-        let inserted = qb
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?
-            .rows_affected();
-        if inserted == 0 {
-            if let Some(stored) = stored_dataset::<Postgres>(&mut tx, &backup.id, &dataset.id)
-                .await
-                .map_err(|e| self.db_error(e))?
-            {
-                warn_if_changed(&self.location, &backup.id, dataset, &stored);
-            }
-            return Ok(());
+        MetadataError::Database {
+            location: self.location.clone(),
+            source,
         }
+    }
 
-        // All atoms in one statement, as arrays.
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn begin_write(&self) -> Result<WriteTx<'_, Postgres>, MetadataError> {
+        let tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
+        Ok(WriteTx { tx, _writer: None })
+    }
+
+    /// All atoms in one statement, as arrays.
+    async fn insert_atoms(
+        &self,
+        conn: &mut PgConnection,
+        backup: &Backup,
+        dataset: &Dataset,
+        time: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
         let names: Vec<&str> = dataset.atoms.iter().map(|a| a.name.as_str()).collect();
         let paths: Vec<&str> = dataset.atoms.iter().map(|a| a.path.as_str()).collect();
         let globals: Vec<String> = dataset
@@ -319,149 +307,70 @@ impl MetadataStore for PostgresStore {
         .bind(&paths)
         .bind(&globals)
         .bind(&backup.host)
-        .bind(ts)
+        .bind(time)
         .bind(&snapshot_paths)
         .bind(&sizes)
         .bind(&files)
         .bind(&sha256s)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        tracing::debug!(
-            database = %self.location,
-            backup = %backup.id,
-            dataset = %dataset.id,
-            atoms = dataset.atoms.len(),
-            "dataset recorded"
-        );
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 
-    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
-        validate_remove(req)?;
-        if req.datasets.is_empty() {
-            return Ok(0);
-        }
+    /// Two statements, the records as arrays. Atoms go with their dataset
+    /// (ON DELETE CASCADE); only the host's own records match.
+    async fn delete_datasets(
+        &self,
+        conn: &mut PgConnection,
+        req: &RemoveDatasetsRequest,
+    ) -> Result<i64, sqlx::Error> {
         let backup_ids: Vec<&str> = req.datasets.iter().map(|d| d.backup_id.as_str()).collect();
         let dataset_ids: Vec<&str> = req.datasets.iter().map(|d| d.dataset_id.as_str()).collect();
-        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
-        // Atoms go with their dataset (ON DELETE CASCADE); only the host's
-        // own records match.
         let removed = sqlx::query(
-            "DELETE FROM datasets d USING unnest($1::text[], $2::text[]) AS r(backup_id, id),              backups b WHERE d.backup_id = r.backup_id AND d.id = r.id              AND b.id = d.backup_id AND b.host = $3",
+            "DELETE FROM datasets d USING unnest($1::text[], $2::text[]) AS r(backup_id, id), \
+             backups b WHERE d.backup_id = r.backup_id AND d.id = r.id \
+             AND b.id = d.backup_id AND b.host = $3",
         )
         .bind(&backup_ids)
         .bind(&dataset_ids)
         .bind(&req.host)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?
+        .execute(&mut *conn)
+        .await?
         .rows_affected() as i64;
         sqlx::query(
-            "DELETE FROM backups b WHERE b.id = ANY($1::text[]) AND b.host = $2              AND NOT EXISTS (SELECT 1 FROM datasets d WHERE d.backup_id = b.id)",
+            "DELETE FROM backups b WHERE b.id = ANY($1::text[]) AND b.host = $2 \
+             AND NOT EXISTS (SELECT 1 FROM datasets d WHERE d.backup_id = b.id)",
         )
         .bind(&backup_ids)
         .bind(&req.host)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        tracing::debug!(database = %self.location, host = %req.host, removed, "dataset records removed");
+        .execute(&mut *conn)
+        .await?;
         Ok(removed)
     }
 
-    async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
-        let pattern = validate_find(req)?;
-        let Some(regex) = pattern.to_postgres_regex() else {
-            return Ok(Vec::new());
-        };
+    /// `None` when the pattern has no regular expression (it matches
+    /// nothing).
+    fn find_query(&self, pattern: &Pattern, req: &FindRequest) -> Option<QueryBuilder<Postgres>> {
+        let regex = pattern.to_postgres_regex()?;
         let mut qb = QueryBuilder::new("");
-        push_find_query(&mut qb, &pattern, &regex, req);
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-
-        let found = rows
-            .iter()
-            .map(found_from_row::<Postgres>)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.db_error(e))?;
-        Ok(group_backups(found))
+        push_find_query(&mut qb, pattern, &regex, req);
+        Some(qb)
     }
 
-    async fn update_active_job_status(
+    async fn store_report(
         &self,
-        req: &UpdateActiveJobStatusRequest,
+        host: &str,
+        jobs: String,
+        state: String,
     ) -> Result<(), MetadataError> {
-        let jobs = jobs_json(req)?;
-        let state = state_json(req)?;
         let report = ReportRow {
-            host: &req.host,
+            host,
             received: truncate_micros(&Utc::now()),
             jobs: &jobs,
             state: &state,
         };
         let mut qb = QueryBuilder::new("");
         push_reports_upsert(&mut qb, [report]);
-        qb.build()
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        Ok(())
-    }
-
-    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
-        let results = validate_verifications(req)?;
-        let mut tx = self.pool.begin().await.map_err(|e| self.db_error(e))?;
-        record_verifications::<Postgres>(&mut tx, &req.host, &results, |e| self.db_error(e))
-            .await?;
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        Ok(())
-    }
-
-    async fn get_verifications(
-        &self,
-        req: &GetVerificationsRequest,
-    ) -> Result<Vec<Verification>, MetadataError> {
-        validate_get_verifications(req)?;
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
-        stored_verifications::<Postgres>(&mut conn, &req.versions)
-            .await
-            .map_err(|e| self.db_error(e))
-    }
-}
-
-#[async_trait]
-impl SqlStore for PostgresStore {
-    type DB = Postgres;
-
-    fn pool(&self) -> &Pool<Postgres> {
-        &self.pool
-    }
-
-    /// Wrap a database error with the location; PostgreSQL refusing a
-    /// pattern's regular expression is the client's problem.
-    fn db_error(&self, source: sqlx::Error) -> MetadataError {
-        if let sqlx::Error::Database(db) = &source
-            && db.code().as_deref() == Some(INVALID_REGULAR_EXPRESSION)
-        {
-            return MetadataError::BadRequest(format!(
-                "the pattern cannot be evaluated by PostgreSQL: {}",
-                db.message()
-            ));
-        }
-        MetadataError::Database {
-            location: self.location.clone(),
-            source,
-        }
-    }
-
-    async fn write_probe(&self) -> Result<(), MetadataError> {
-        let mut qb = QueryBuilder::new("");
-        push_health_probe(&mut qb);
         qb.build()
             .execute(&self.pool)
             .await
@@ -570,9 +479,9 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::TestSchema;
     use super::*;
-    use crate::metadata::ServerStore;
     use crate::metadata::conformance::TestStore;
     use crate::metadata::conformance::{find, fleet, indexed_find_requests};
+    use crate::metadata::{MetadataStore, ServerStore};
 
     /// Issue 10: the store's connections are killed again and again in the
     /// middle of an ingest (`pg_terminate_backend`, what a server restart

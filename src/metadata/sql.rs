@@ -17,10 +17,16 @@ use sqlx::{
 
 use super::{
     FailedVerification, HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore,
-    backup_id_chunks, check_owned, decode_report,
+    backup_id_chunks, check_owned, decode_report, jobs_json, state_json, truncate_micros,
+    validate_add, validate_find, validate_get_verifications, validate_remove,
+    validate_verifications,
 };
-use crate::glob::PathCondition;
-use crate::model::{Atom, AtomVersion, Backup, Dataset, Verification, VerifyResult};
+use crate::glob::{PathCondition, Pattern};
+use crate::model::{
+    AddVerificationsRequest, Atom, AtomVersion, Backup, Dataset, FindRequest,
+    GetVerificationsRequest, RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification,
+    VerifyResult,
+};
 
 /// How a backend spells what the shared SQL leaves open. Implemented for
 /// `Sqlite` in `sqlite.rs` and `Postgres` in `postgres.rs`.
@@ -55,16 +61,20 @@ pub(crate) trait Dialect: Database {
     /// Append the condition that `column` is one of `ids`.
     fn push_in(qb: &mut QueryBuilder<Self>, column: &str, ids: &[String]);
 
+    /// How many rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
     /// Decode the atoms of a `find_atoms` row from its
     /// [`Dialect::ATOM_AGGREGATES`] starting at column `at`.
     fn atoms_at(row: &Self::Row, at: usize) -> Result<Vec<Atom>, sqlx::Error>;
 }
 
-/// A store on an SQL database (the SQLite and the PostgreSQL store): what
-/// the code written once here for both needs of it. Every such store is a
-/// [`ServerStore`] through the implementation below.
+/// A store on an SQL database (the SQLite and the PostgreSQL store): its
+/// pool, its [`Dialect`], and the steps it takes its own way. Every such
+/// store is a [`MetadataStore`] and a [`ServerStore`] through the
+/// implementations below, which hold everything else once.
 #[async_trait]
-pub(crate) trait SqlStore: MetadataStore {
+pub(crate) trait SqlStore: Send + Sync {
     /// Its database.
     type DB: Dialect;
 
@@ -74,9 +84,175 @@ pub(crate) trait SqlStore: MetadataStore {
     /// A database error, naming the database.
     fn db_error(&self, source: sqlx::Error) -> MetadataError;
 
-    /// Write the health probe ([`push_health_probe`]) the way this store
-    /// writes (for [`ServerStore::ping`]).
-    async fn write_probe(&self) -> Result<(), MetadataError>;
+    /// The database, for log lines (a file path, or a URL without
+    /// password).
+    fn location(&self) -> &str;
+
+    /// Start a write transaction (SQLite: behind this process's other
+    /// writers, holding the write lock from the start).
+    async fn begin_write(&self) -> Result<WriteTx<'_, Self::DB>, MetadataError>;
+
+    /// Insert the atom rows of a dataset just inserted (`time`: the
+    /// backup's start, truncated to microseconds).
+    async fn insert_atoms(
+        &self,
+        conn: &mut <Self::DB as Database>::Connection,
+        backup: &Backup,
+        dataset: &Dataset,
+        time: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error>;
+
+    /// Delete the dataset records of `req.host` named in `req` (a checked,
+    /// non-empty request) and the backups left without datasets; returns
+    /// how many dataset records were deleted.
+    async fn delete_datasets(
+        &self,
+        conn: &mut <Self::DB as Database>::Connection,
+        req: &RemoveDatasetsRequest,
+    ) -> Result<i64, sqlx::Error>;
+
+    /// The find query for `req`, whose pattern parsed as `pattern`, ending
+    /// in [`push_find_tail`]; `None` when nothing can match.
+    fn find_query(&self, pattern: &Pattern, req: &FindRequest) -> Option<QueryBuilder<Self::DB>>;
+
+    /// Store a checked running-jobs report (`jobs` and `state` as JSON).
+    async fn store_report(
+        &self,
+        host: &str,
+        jobs: String,
+        state: String,
+    ) -> Result<(), MetadataError>;
+}
+
+/// A write transaction of a [`SqlStore`]; dropped without
+/// [`WriteTx::commit`], it rolls back.
+pub(crate) struct WriteTx<'a, DB: Database> {
+    /// The transaction (dropped first: rolled back before the writer
+    /// lock is released).
+    pub(crate) tx: sqlx::Transaction<'a, DB>,
+    /// This process's writer lock, where the store has one.
+    pub(crate) _writer: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl<DB: Database> WriteTx<'_, DB> {
+    /// Commit.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+#[async_trait]
+impl<S> MetadataStore for S
+where
+    S: SqlStore,
+    for<'c> &'c mut <S::DB as Database>::Connection: Executor<'c, Database = S::DB>,
+    <S::DB as Database>::Arguments: IntoArguments<S::DB>,
+    usize: ColumnIndex<<S::DB as Database>::Row>,
+    String: for<'r> Decode<'r, S::DB> + for<'q> Encode<'q, S::DB> + Type<S::DB>,
+    Option<String>: for<'q> Encode<'q, S::DB>,
+    Option<<S::DB as Dialect>::Time>: for<'q> Encode<'q, S::DB>,
+    i64: for<'r> Decode<'r, S::DB> + for<'q> Encode<'q, S::DB> + Type<S::DB>,
+{
+    async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
+        validate_add(backup, dataset)?;
+        let time = truncate_micros(&backup.timestamp);
+        let err = |e| self.db_error(e);
+        let mut w = self.begin_write().await?;
+        // Insert-or-keep, then compare: a concurrent insert of the same
+        // backup makes this wait for it instead of failing.
+        let mut qb = QueryBuilder::new("INSERT INTO backups (id, host, timestamp) ");
+        qb.push_values([backup], |mut row, b| {
+            row.push_bind(b.id.clone())
+                .push_bind(b.host.clone())
+                .push_bind(S::DB::time(&time));
+        });
+        qb.push(" ON CONFLICT (id) DO NOTHING");
+        qb.build().execute(&mut *w.tx).await.map_err(err)?;
+        let mut qb = QueryBuilder::new("SELECT host, timestamp FROM backups WHERE id = ");
+        qb.push_bind(backup.id.clone());
+        let row = qb.build().fetch_one(&mut *w.tx).await.map_err(err)?;
+        let host: String = row.try_get(0).map_err(err)?;
+        let stored_time = S::DB::time_at(&row, 1).map_err(err)?;
+        if host != backup.host || stored_time != time {
+            return Err(backup_conflict(backup, &host, &stored_time));
+        }
+
+        let mut qb = QueryBuilder::new("");
+        push_dataset_insert(&mut qb, &backup.id, dataset);
+        qb.push(" ON CONFLICT (backup_id, id) DO NOTHING");
+        let result = qb.build().execute(&mut *w.tx).await.map_err(err)?;
+        if S::DB::rows_affected(&result) == 0 {
+            let stored = stored_dataset::<S::DB>(&mut w.tx, &backup.id, &dataset.id).await;
+            if let Some(stored) = stored.map_err(err)? {
+                warn_if_changed(self.location(), backup, dataset, &stored);
+            }
+            return Ok(());
+        }
+        self.insert_atoms(&mut w.tx, backup, dataset, time)
+            .await
+            .map_err(err)?;
+        w.commit().await.map_err(err)?;
+        tracing::debug!(
+            database = %self.location(),
+            backup = %backup.id,
+            dataset = %dataset.id,
+            atoms = dataset.atoms.len(),
+            "dataset recorded"
+        );
+        Ok(())
+    }
+
+    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
+        validate_remove(req)?;
+        if req.datasets.is_empty() {
+            return Ok(0);
+        }
+        let err = |e| self.db_error(e);
+        let mut w = self.begin_write().await?;
+        let removed = self.delete_datasets(&mut w.tx, req).await.map_err(err)?;
+        w.commit().await.map_err(err)?;
+        tracing::debug!(database = %self.location(), host = %req.host, removed, "dataset records removed");
+        Ok(removed)
+    }
+
+    async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
+        let pattern = validate_find(req)?;
+        let Some(qb) = self.find_query(&pattern, req) else {
+            return Ok(Vec::new());
+        };
+        let found = fetch_decoded(self, qb, found_from_row::<S::DB>).await?;
+        Ok(group_backups(found))
+    }
+
+    async fn update_active_job_status(
+        &self,
+        req: &UpdateActiveJobStatusRequest,
+    ) -> Result<(), MetadataError> {
+        let jobs = jobs_json(req)?;
+        let state = state_json(req)?;
+        self.store_report(&req.host, jobs, state).await
+    }
+
+    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+        let results = validate_verifications(req)?;
+        let err = |e| self.db_error(e);
+        let mut w = self.begin_write().await?;
+        record_verifications::<S::DB>(&mut w.tx, &req.host, &results, err).await?;
+        w.commit().await.map_err(err)?;
+        tracing::debug!(database = %self.location(), host = %req.host, results = results.len(), "verifications recorded");
+        Ok(())
+    }
+
+    async fn get_verifications(
+        &self,
+        req: &GetVerificationsRequest,
+    ) -> Result<Vec<Verification>, MetadataError> {
+        validate_get_verifications(req)?;
+        let err = |e| self.db_error(e);
+        let mut conn = self.pool().acquire().await.map_err(err)?;
+        let stored = stored_verifications::<S::DB>(&mut conn, &req.versions).await;
+        stored.map_err(err)
+    }
 }
 
 /// Run the query `qb` on the store's pool.
@@ -138,6 +314,8 @@ where
     <S::DB as Database>::Arguments: IntoArguments<S::DB>,
     usize: ColumnIndex<<S::DB as Database>::Row>,
     String: for<'r> Decode<'r, S::DB> + for<'q> Encode<'q, S::DB> + Type<S::DB>,
+    Option<String>: for<'q> Encode<'q, S::DB>,
+    Option<<S::DB as Dialect>::Time>: for<'q> Encode<'q, S::DB>,
     i64: for<'r> Decode<'r, S::DB> + for<'q> Encode<'q, S::DB> + Type<S::DB>,
 {
     async fn hosts(&self) -> Result<Vec<HostSummary>, MetadataError> {
@@ -167,8 +345,15 @@ where
         fetch_decoded(self, qb, failed_verification_from_row::<S::DB>).await
     }
 
+    /// Writes the health probe in a write transaction, the way every
+    /// write goes.
     async fn ping(&self) -> Result<(), MetadataError> {
-        self.write_probe().await
+        let err = |e| self.db_error(e);
+        let mut w = self.begin_write().await?;
+        let mut qb = QueryBuilder::new("");
+        push_health_probe(&mut qb);
+        qb.build().execute(&mut *w.tx).await.map_err(err)?;
+        w.commit().await.map_err(err)
     }
 
     /// Close the connections (SQLite checkpoints its WAL then).
@@ -381,7 +566,7 @@ pub(crate) struct FoundDataset {
 
 /// Group `find_atoms` rows, consecutive per backup (as [`push_find_tail`]
 /// orders them), into backups; each dataset's atoms are sorted by name.
-pub(crate) fn group_backups(rows: impl IntoIterator<Item = FoundDataset>) -> Vec<Backup> {
+fn group_backups(rows: impl IntoIterator<Item = FoundDataset>) -> Vec<Backup> {
     let mut backups: Vec<Backup> = Vec::new();
     for mut row in rows {
         row.dataset
@@ -401,7 +586,7 @@ pub(crate) fn group_backups(rows: impl IntoIterator<Item = FoundDataset>) -> Vec
 }
 
 /// Decode a `find_atoms` row of [`push_find_tail`].
-pub(crate) fn found_from_row<DB>(row: &DB::Row) -> Result<FoundDataset, sqlx::Error>
+fn found_from_row<DB>(row: &DB::Row) -> Result<FoundDataset, sqlx::Error>
 where
     DB: Dialect,
     usize: ColumnIndex<DB::Row>,
@@ -424,7 +609,7 @@ where
 }
 
 /// The error for a backup id recorded with another host or start time.
-pub(crate) fn backup_conflict(
+fn backup_conflict(
     backup: &Backup,
     stored_host: &str,
     stored_time: &DateTime<Utc>,
@@ -441,13 +626,13 @@ pub(crate) fn backup_conflict(
 
 /// Log when a dataset sent again differs from the stored one (which is
 /// kept: adding a known dataset changes nothing).
-pub(crate) fn warn_if_changed(location: &str, backup_id: &str, given: &Dataset, stored: &Dataset) {
+fn warn_if_changed(location: &str, backup: &Backup, given: &Dataset, stored: &Dataset) {
     let mut given = given.clone();
     given.atoms.sort_by(|a, b| a.name.cmp(&b.name));
     if *stored != given {
         tracing::warn!(
             database = %location,
-            backup = %backup_id,
+            backup = %backup.id,
             dataset = %given.id,
             "dataset already recorded with different contents; keeping the stored one"
         );
@@ -456,7 +641,7 @@ pub(crate) fn warn_if_changed(location: &str, backup_id: &str, given: &Dataset, 
 
 /// The stored dataset (with its atoms, by name) `dataset_id` of
 /// `backup_id`, if any.
-pub(crate) async fn stored_dataset<DB>(
+async fn stored_dataset<DB>(
     conn: &mut DB::Connection,
     backup_id: &str,
     dataset_id: &str,
@@ -519,7 +704,7 @@ where
 }
 
 /// Append the INSERT of a dataset row (without its atoms).
-pub(crate) fn push_dataset_insert<DB>(qb: &mut QueryBuilder<DB>, backup_id: &str, d: &Dataset)
+fn push_dataset_insert<DB>(qb: &mut QueryBuilder<DB>, backup_id: &str, d: &Dataset)
 where
     DB: Database,
     String: for<'q> Encode<'q, DB> + Type<DB>,
@@ -671,7 +856,7 @@ where
 /// refused as a whole (a conflict) when one is about an atom version the
 /// index does not hold or that belongs to another host. `db_error` names
 /// the database in errors.
-pub(crate) async fn record_verifications<DB>(
+async fn record_verifications<DB>(
     conn: &mut DB::Connection,
     host: &str,
     results: &[Verification],
@@ -708,7 +893,7 @@ where
 
 /// The latest drill of each of the atom versions `versions` (checked by
 /// `validate_get_verifications`; those never drilled are left out).
-pub(crate) async fn stored_verifications<DB>(
+async fn stored_verifications<DB>(
     conn: &mut DB::Connection,
     versions: &[AtomVersion],
 ) -> Result<Vec<Verification>, sqlx::Error>
@@ -875,7 +1060,7 @@ where
 
 /// Append the write of the health probe (`ping`: a store that cannot
 /// write fails it).
-pub(crate) fn push_health_probe<DB>(qb: &mut QueryBuilder<DB>)
+fn push_health_probe<DB>(qb: &mut QueryBuilder<DB>)
 where
     DB: Database,
     i64: for<'q> Encode<'q, DB> + Type<DB>,

@@ -47,26 +47,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Pool, QueryBuilder, Row, Sqlite};
 
+use super::MetadataError;
 use super::sql::{
-    Dialect, ReportRow, SqlStore, atoms_from_json, backup_conflict, corrupt, found_from_row,
-    group_backups, push_dataset_insert, push_find_tail, push_health_probe, push_matching_paths,
-    push_reports_upsert, record_verifications, stored_dataset, stored_verifications,
-    warn_if_changed,
-};
-use super::{
-    MetadataError, MetadataStore, jobs_json, state_json, truncate_micros, validate_add,
-    validate_find, validate_get_verifications, validate_remove, validate_verifications,
+    Dialect, ReportRow, SqlStore, WriteTx, atoms_from_json, corrupt, push_find_tail,
+    push_matching_paths, push_reports_upsert,
 };
 use crate::glob::{PathCondition, Pattern};
-use crate::model::{
-    AddVerificationsRequest, Atom, Backup, Dataset, FindRequest, GetVerificationsRequest,
-    RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification, atom_path,
-};
+use crate::model::{Atom, Backup, Dataset, FindRequest, RemoveDatasetsRequest, atom_path};
 
 /// How long a connection waits for another process's write lock before
 /// failing with "database is locked".
@@ -293,6 +285,10 @@ impl Dialect for Sqlite {
         qb.push(")");
     }
 
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
     /// One JSON array of arrays of the atom columns.
     fn atoms_at(row: &SqliteRow, at: usize) -> Result<Vec<Atom>, sqlx::Error> {
         let json: &str = row.try_get(at)?;
@@ -346,244 +342,6 @@ fn push_find_query(qb: &mut QueryBuilder<Sqlite>, pattern: &Pattern, req: &FindR
     push_find_tail(qb);
 }
 
-#[async_trait]
-impl MetadataStore for SqliteStore {
-    async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
-        validate_add(backup, dataset)?;
-        let ts = truncate_micros(&backup.timestamp);
-        let _writer = self.writer.lock().await;
-        // Take the write lock now: a deferred transaction that reads first
-        // fails instead of waiting if another process writes in between.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.db_error(e))?;
-
-        let existing = sqlx::query("SELECT host, timestamp FROM backups WHERE id = ?")
-            .bind(&backup.id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        match existing {
-            Some(row) => {
-                let host: String = row.try_get(0).map_err(|e| self.db_error(e))?;
-                let stored_ts = Sqlite::time_at(&row, 1).map_err(|e| self.db_error(e))?;
-                if host != backup.host || stored_ts != ts {
-                    return Err(backup_conflict(backup, &host, &stored_ts));
-                }
-            }
-            None => {
-                sqlx::query("INSERT INTO backups (id, host, timestamp) VALUES (?, ?, ?)")
-                    .bind(&backup.id)
-                    .bind(&backup.host)
-                    .bind(Sqlite::time(&ts))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_error(e))?;
-            }
-        }
-
-        if let Some(stored) = stored_dataset::<Sqlite>(&mut tx, &backup.id, &dataset.id)
-            .await
-            .map_err(|e| self.db_error(e))?
-        {
-            warn_if_changed(&self.location, &backup.id, dataset, &stored);
-            return Ok(());
-        }
-
-        let mut qb = QueryBuilder::new("");
-        push_dataset_insert(&mut qb, &backup.id, dataset);
-        qb.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        // Many rows per statement: each statement is a round trip to the
-        // connection's worker thread.
-        for chunk in dataset.atoms.chunks(ATOMS_PER_INSERT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO atoms (backup_id, dataset_id, name, path, global_path, host, \
-                 timestamp, snapshot_path, size, files, sha256) ",
-            );
-            qb.push_values(chunk, |mut row, atom| {
-                row.push_bind(&backup.id)
-                    .push_bind(&dataset.id)
-                    .push_bind(&atom.name)
-                    .push_bind(&atom.path)
-                    .push_bind(atom_path(&dataset.source, &dataset.name, &atom.name))
-                    .push_bind(&backup.host)
-                    .push_bind(Sqlite::time(&ts))
-                    .push_bind(&atom.snapshot_path)
-                    .push_bind(atom.size)
-                    .push_bind(atom.files)
-                    .push_bind(&atom.sha256);
-            });
-            qb.build()
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db_error(e))?;
-        }
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        tracing::debug!(
-            database = %self.location,
-            backup = %backup.id,
-            dataset = %dataset.id,
-            atoms = dataset.atoms.len(),
-            "dataset recorded"
-        );
-        Ok(())
-    }
-
-    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
-        validate_remove(req)?;
-        if req.datasets.is_empty() {
-            return Ok(0);
-        }
-        let _writer = self.writer.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.db_error(e))?;
-        let mut removed = 0i64;
-        // Atoms go with their dataset (ON DELETE CASCADE); only the host's
-        // own records match.
-        for d in &req.datasets {
-            removed += sqlx::query(
-                "DELETE FROM datasets WHERE backup_id = ? AND id = ?                  AND backup_id IN (SELECT id FROM backups WHERE id = ? AND host = ?)",
-            )
-            .bind(&d.backup_id)
-            .bind(&d.dataset_id)
-            .bind(&d.backup_id)
-            .bind(&req.host)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?
-            .rows_affected() as i64;
-        }
-        let mut backups: Vec<&str> = req.datasets.iter().map(|d| d.backup_id.as_str()).collect();
-        backups.sort_unstable();
-        backups.dedup();
-        for b in backups {
-            sqlx::query(
-                "DELETE FROM backups WHERE id = ? AND host = ?                  AND NOT EXISTS (SELECT 1 FROM datasets WHERE backup_id = ?)",
-            )
-            .bind(b)
-            .bind(&req.host)
-            .bind(b)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        }
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        tracing::debug!(database = %self.location, host = %req.host, removed, "dataset records removed");
-        Ok(removed)
-    }
-
-    async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
-        let pattern = validate_find(req)?;
-        let mut qb = QueryBuilder::new("");
-        push_find_query(&mut qb, &pattern, req);
-        let rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error(e))?;
-
-        let found = rows
-            .iter()
-            .map(found_from_row::<Sqlite>)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.db_error(e))?;
-        Ok(group_backups(found))
-    }
-
-    async fn update_active_job_status(
-        &self,
-        req: &UpdateActiveJobStatusRequest,
-    ) -> Result<(), MetadataError> {
-        let jobs = jobs_json(req)?;
-        let state = state_json(req)?;
-        let received = Sqlite::time(&Utc::now());
-        let (done, mut stored) = tokio::sync::oneshot::channel();
-        self.queued_reports().push(QueuedReport {
-            host: req.host.clone(),
-            received,
-            jobs: jobs.clone(),
-            state: state.clone(),
-            done,
-        });
-        let batched = tokio::select! {
-            // Another caller wrote the batch holding this report.
-            r = &mut stored => r.unwrap_or(false),
-            guard = self.writer.clone().lock_owned() => match stored.try_recv() {
-                // Written by the previous holder of the lock.
-                Ok(ok) => ok,
-                Err(_) => {
-                    // Still queued: write the queue. In a task of its own,
-                    // so that this request being cancelled cannot drop the
-                    // other callers' reports half-way.
-                    let mut queued = std::mem::take(&mut *self.queued_reports());
-                    let pool = self.pool.clone();
-                    tokio::spawn(async move {
-                        while !queued.is_empty() {
-                            let rest = queued.split_off(queued.len().min(REPORTS_PER_BATCH));
-                            let ok = write_reports(&pool, queued.iter().map(QueuedReport::row))
-                                .await
-                                .is_ok();
-                            for report in std::mem::replace(&mut queued, rest) {
-                                let _ = report.done.send(ok);
-                            }
-                        }
-                        drop(guard);
-                    });
-                    stored.await.unwrap_or(false)
-                }
-            },
-        };
-        if batched {
-            return Ok(());
-        }
-        // The batch failed (or its writer was lost): write this report
-        // alone, for its own result and error.
-        let _writer = self.writer.lock().await;
-        let report = ReportRow {
-            host: &req.host,
-            received,
-            jobs: &jobs,
-            state: &state,
-        };
-        write_reports(&self.pool, [report])
-            .await
-            .map_err(|e| self.db_error(e))
-    }
-
-    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
-        let results = validate_verifications(req)?;
-        let _writer = self.writer.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.db_error(e))?;
-        record_verifications::<Sqlite>(&mut tx, &req.host, &results, |e| self.db_error(e)).await?;
-        tx.commit().await.map_err(|e| self.db_error(e))?;
-        tracing::debug!(database = %self.location, host = %req.host, results = results.len(), "verifications recorded");
-        Ok(())
-    }
-
-    async fn get_verifications(
-        &self,
-        req: &GetVerificationsRequest,
-    ) -> Result<Vec<Verification>, MetadataError> {
-        validate_get_verifications(req)?;
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db_error(e))?;
-        stored_verifications::<Sqlite>(&mut conn, &req.versions)
-            .await
-            .map_err(|e| self.db_error(e))
-    }
-}
-
 impl QueuedReport {
     /// The report as stored.
     fn row(&self) -> ReportRow<'_, i64> {
@@ -624,21 +382,161 @@ impl SqlStore for SqliteStore {
         }
     }
 
-    async fn write_probe(&self) -> Result<(), MetadataError> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// `BEGIN IMMEDIATE` behind this process's other writers: a deferred
+    /// transaction that reads first fails instead of waiting if another
+    /// process writes in between.
+    async fn begin_write(&self) -> Result<WriteTx<'_, Sqlite>, MetadataError> {
+        let writer = self.writer.lock().await;
+        let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| self.db_error(e))?;
-        let mut qb = QueryBuilder::new("");
-        push_health_probe(&mut qb);
-        qb.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.db_error(e))?;
-        tx.commit().await.map_err(|e| self.db_error(e))?;
+        Ok(WriteTx {
+            tx,
+            _writer: Some(writer),
+        })
+    }
+
+    /// Many rows per statement: each statement is a round trip to the
+    /// connection's worker thread.
+    async fn insert_atoms(
+        &self,
+        conn: &mut SqliteConnection,
+        backup: &Backup,
+        dataset: &Dataset,
+        time: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        for chunk in dataset.atoms.chunks(ATOMS_PER_INSERT) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO atoms (backup_id, dataset_id, name, path, global_path, host, \
+                 timestamp, snapshot_path, size, files, sha256) ",
+            );
+            qb.push_values(chunk, |mut row, atom| {
+                row.push_bind(&backup.id)
+                    .push_bind(&dataset.id)
+                    .push_bind(&atom.name)
+                    .push_bind(&atom.path)
+                    .push_bind(atom_path(&dataset.source, &dataset.name, &atom.name))
+                    .push_bind(&backup.host)
+                    .push_bind(Sqlite::time(&time))
+                    .push_bind(&atom.snapshot_path)
+                    .push_bind(atom.size)
+                    .push_bind(atom.files)
+                    .push_bind(&atom.sha256);
+            });
+            qb.build().execute(&mut *conn).await?;
+        }
         Ok(())
+    }
+
+    /// One statement per record. Atoms go with their dataset (ON DELETE
+    /// CASCADE); only the host's own records match.
+    async fn delete_datasets(
+        &self,
+        conn: &mut SqliteConnection,
+        req: &RemoveDatasetsRequest,
+    ) -> Result<i64, sqlx::Error> {
+        let mut removed = 0i64;
+        for d in &req.datasets {
+            removed += sqlx::query(
+                "DELETE FROM datasets WHERE backup_id = ? AND id = ? \
+                 AND backup_id IN (SELECT id FROM backups WHERE id = ? AND host = ?)",
+            )
+            .bind(&d.backup_id)
+            .bind(&d.dataset_id)
+            .bind(&d.backup_id)
+            .bind(&req.host)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected() as i64;
+        }
+        let mut backups: Vec<&str> = req.datasets.iter().map(|d| d.backup_id.as_str()).collect();
+        backups.sort_unstable();
+        backups.dedup();
+        for b in backups {
+            sqlx::query(
+                "DELETE FROM backups WHERE id = ? AND host = ? \
+                 AND NOT EXISTS (SELECT 1 FROM datasets WHERE backup_id = ?)",
+            )
+            .bind(b)
+            .bind(&req.host)
+            .bind(b)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(removed)
+    }
+
+    fn find_query(&self, pattern: &Pattern, req: &FindRequest) -> Option<QueryBuilder<Sqlite>> {
+        let mut qb = QueryBuilder::new("");
+        push_find_query(&mut qb, pattern, req);
+        Some(qb)
+    }
+
+    /// Group commit (see the module's documentation).
+    async fn store_report(
+        &self,
+        host: &str,
+        jobs: String,
+        state: String,
+    ) -> Result<(), MetadataError> {
+        let received = Sqlite::time(&Utc::now());
+        let (done, mut stored) = tokio::sync::oneshot::channel();
+        self.queued_reports().push(QueuedReport {
+            host: host.to_owned(),
+            received,
+            jobs: jobs.clone(),
+            state: state.clone(),
+            done,
+        });
+        let batched = tokio::select! {
+            // Another caller wrote the batch holding this report.
+            r = &mut stored => r.unwrap_or(false),
+            guard = self.writer.clone().lock_owned() => match stored.try_recv() {
+                // Written by the previous holder of the lock.
+                Ok(ok) => ok,
+                Err(_) => {
+                    // Still queued: write the queue. In a task of its own,
+                    // so that this request being cancelled cannot drop the
+                    // other callers' reports half-way.
+                    let mut queued = std::mem::take(&mut *self.queued_reports());
+                    let pool = self.pool.clone();
+                    tokio::spawn(async move {
+                        while !queued.is_empty() {
+                            let rest = queued.split_off(queued.len().min(REPORTS_PER_BATCH));
+                            let ok = write_reports(&pool, queued.iter().map(QueuedReport::row))
+                                .await
+                                .is_ok();
+                            for report in std::mem::replace(&mut queued, rest) {
+                                let _ = report.done.send(ok);
+                            }
+                        }
+                        drop(guard);
+                    });
+                    stored.await.unwrap_or(false)
+                }
+            },
+        };
+        if batched {
+            return Ok(());
+        }
+        // The batch failed (or its writer was lost): write this report
+        // alone, for its own result and error.
+        let _writer = self.writer.lock().await;
+        let report = ReportRow {
+            host,
+            received,
+            jobs: &jobs,
+            state: &state,
+        };
+        write_reports(&self.pool, [report])
+            .await
+            .map_err(|e| self.db_error(e))
     }
 }
 
@@ -660,9 +558,10 @@ mod tests {
     //! tested for both by `metadata::conformance`.
 
     use super::*;
-    use crate::metadata::ServerStore;
     use crate::metadata::conformance::TestStore;
     use crate::metadata::conformance::{backup, dataset, find, indexed_find_requests};
+    use crate::metadata::{MetadataStore, ServerStore};
+    use crate::model::UpdateActiveJobStatusRequest;
     use sqlx::Connection;
     use tempfile::TempDir;
 
