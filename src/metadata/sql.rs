@@ -1,11 +1,17 @@
-//! SQL shared by the SQLite and PostgreSQL stores: both use the same
-//! table shapes and query shapes, so queries that differ only in how they
-//! are spelled (placeholders, how a time is stored, how a list of ids is
-//! matched) are built here with a [`QueryBuilder`], and their rows decoded
-//! here, once, generic over the sqlx database. What each backend spells
-//! its own way is its [`Dialect`]; each store still runs the queries on its
-//! own pool or transaction, and keeps what really differs (its `add_dataset`
-//! and `remove_datasets` statements, its `find_atoms` path matching).
+//! What the SQLite and PostgreSQL stores share, written once, generic over
+//! the sqlx database: both have the same tables and run the same queries,
+//! so [`MetadataStore`] and [`ServerStore`] are implemented here for every
+//! [`SqlStore`] (validation, the `add_dataset` transaction, verification
+//! results, the server's listings), with queries built by a
+//! [`QueryBuilder`] (which writes each backend's placeholders) and rows
+//! decoded here.
+//!
+//! What a backend spells its own way is its [`Dialect`] (how a time is
+//! stored, how a list of ids is matched, how a find answer carries its
+//! atoms); what it does its own way are the [`SqlStore`] steps: how a
+//! write transaction starts, how a dataset's atoms are inserted and
+//! records removed, how paths are matched in `find_atoms`, how
+//! running-jobs reports are written.
 
 use std::collections::HashMap;
 
@@ -742,7 +748,7 @@ pub(crate) struct ReportRow<'a, T> {
 /// Append the statement storing `reports` (each replaces its host's
 /// previous one; of two reports of one host in the batch, the later
 /// wins).
-pub(crate) fn push_reports_upsert<'a, DB>(
+fn push_reports_upsert<'a, DB>(
     qb: &mut QueryBuilder<DB>,
     reports: impl IntoIterator<Item = ReportRow<'a, DB::Time>>,
 ) where
@@ -760,6 +766,24 @@ pub(crate) fn push_reports_upsert<'a, DB>(
         " ON CONFLICT (host) DO UPDATE SET received = excluded.received, jobs = excluded.jobs, \
          state = excluded.state",
     );
+}
+
+/// Store running-jobs reports in one statement (each replaces its host's
+/// previous one; of two reports of one host, the later wins).
+pub(crate) async fn write_reports<'a, DB>(
+    pool: &Pool<DB>,
+    reports: impl IntoIterator<Item = ReportRow<'a, DB::Time>>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::new("");
+    push_reports_upsert(&mut qb, reports);
+    qb.build().execute(pool).await?;
+    Ok(())
 }
 
 /// Every host's latest running-jobs report ([`report_from_row`]).
