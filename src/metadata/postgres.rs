@@ -32,8 +32,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Pool, Postgres, QueryBuilder, Row};
 
 use super::sql::{
-    Dialect, ReportRow, SqlStore, WriteTx, corrupt, push_find_tail, push_matching_paths,
-    write_reports,
+    Dialect, ReportRow, SqlStore, WriteTx, atom_from_tuple, corrupt, push_find_tail,
+    push_matching_paths, write_reports,
 };
 use super::{MetadataError, truncate_micros};
 use crate::glob::{PathCondition, Pattern};
@@ -183,16 +183,9 @@ impl Dialect for Postgres {
             .zip(snapshot_paths)
             .zip(sizes.into_iter().zip(files))
             .zip(sha256s)
-            .map(
-                |((((name, path), snapshot_path), (size, files)), sha256)| Atom {
-                    name,
-                    path,
-                    snapshot_path,
-                    size,
-                    files,
-                    sha256,
-                },
-            )
+            .map(|((((name, path), snapshot_path), (size, files)), sha256)| {
+                atom_from_tuple((name, path, snapshot_path, size, files, sha256))
+            })
             .collect())
     }
 }

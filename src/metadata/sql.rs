@@ -411,14 +411,14 @@ macro_rules! atom_columns {
     };
 }
 
-/// [`dataset_columns`] of the table aliased `d`.
+/// `dataset_columns!` of the table aliased `d`.
 const D_DATASET_COLUMNS: &str = "d.id, d.name, d.source, d.snapshot_id, \
      d.total_files, d.total_bytes, d.bytes_added, d.duration, d.handler, d.repository_id";
 
 /// How many columns [`dataset_from_row`] decodes.
 const DATASET_COLUMN_COUNT: usize = 10;
 
-/// Decode the dataset columns [`dataset_columns`] starting at column `at`.
+/// Decode the dataset columns `dataset_columns!` starting at column `at`.
 pub(crate) fn dataset_from_row<R>(row: &R, at: usize) -> Result<Dataset, sqlx::Error>
 where
     R: Row,
@@ -441,7 +441,7 @@ where
     })
 }
 
-/// Decode the atom columns [`atom_columns`] starting at column 0.
+/// Decode the atom columns `atom_columns!` starting at column 0.
 pub(crate) fn atom_from_row<R>(row: &R) -> Result<Atom, sqlx::Error>
 where
     R: Row,
@@ -530,7 +530,7 @@ fn push_path_walk_filter<DB>(
 
 /// Append the last stage of a `find_atoms` query, after a `matched` CTE of
 /// atom rows (`backup_id, dataset_id, host, timestamp` and
-/// [`atom_columns`]): the matched atoms grouped into one row per dataset,
+/// `atom_columns!`): the matched atoms grouped into one row per dataset,
 /// the dialect's [`Dialect::ATOM_AGGREGATES`] (e.g. one JSON array) giving
 /// the atoms, joined with `datasets` once per
 /// dataset, newest backup first. Columns: `backup_id, host, timestamp`,
@@ -675,7 +675,7 @@ where
 }
 
 /// Append the query for the dataset `dataset_id` of `backup_id`
-/// ([`dataset_columns`]).
+/// (`dataset_columns!`).
 fn push_dataset_query<DB>(qb: &mut QueryBuilder<DB>, backup_id: &str, dataset_id: &str)
 where
     DB: Database,
@@ -691,7 +691,7 @@ where
     .push_bind(dataset_id.to_owned());
 }
 
-/// Append the query for the atoms of a dataset ([`atom_columns`]), by
+/// Append the query for the atoms of a dataset (`atom_columns!`), by
 /// name.
 fn push_dataset_atoms_query<DB>(qb: &mut QueryBuilder<DB>, backup_id: &str, dataset_id: &str)
 where
@@ -1094,8 +1094,9 @@ where
         .push(") ON CONFLICT (id) DO UPDATE SET checked = excluded.checked");
 }
 
-/// One atom in SQLite's aggregate: the [`atom_columns`] as an array.
-type AtomTuple = (
+/// An atom as the `atom_columns!` in order (one element of SQLite's JSON
+/// aggregate; PostgreSQL's column arrays zipped).
+pub(crate) type AtomTuple = (
     String,
     String,
     Option<String>,
@@ -1104,21 +1105,24 @@ type AtomTuple = (
     Option<String>,
 );
 
-/// Atoms from a JSON array of [`atom_columns`] arrays (SQLite's
+/// The atom of an [`AtomTuple`].
+pub(crate) fn atom_from_tuple(t: AtomTuple) -> Atom {
+    let (name, path, snapshot_path, size, files, sha256) = t;
+    Atom {
+        name,
+        path,
+        snapshot_path,
+        size,
+        files,
+        sha256,
+    }
+}
+
+/// Atoms from a JSON array of `atom_columns!` arrays (SQLite's
 /// aggregate, `null` for a NULL column).
 pub(crate) fn atoms_from_json(json: &str) -> Result<Vec<Atom>, serde_json::Error> {
     let rows: Vec<AtomTuple> = serde_json::from_str(json)?;
-    Ok(rows
-        .into_iter()
-        .map(|(name, path, snapshot_path, size, files, sha256)| Atom {
-            name,
-            path,
-            snapshot_path,
-            size,
-            files,
-            sha256,
-        })
-        .collect())
+    Ok(rows.into_iter().map(atom_from_tuple).collect())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //!
 //! Schema (`migrations/sqlite/`): `backups`, `datasets` and `atoms`, where
 //! each atom row also carries its backup's host and timestamp and its global
-//! path `source/dataset/atom`, so that [`MetadataStore::find_atoms`] filters
+//! path `source/dataset/atom`, so that [`super::MetadataStore::find_atoms`] filters
 //! and ranks on the `atoms` table and its two indexes, `(global_path,
 //! timestamp)` and `(host, global_path, timestamp)`, and joins `datasets` by
 //! primary key only for the rows it returns (see `push_find_query` for
@@ -298,7 +298,7 @@ impl Dialect for Sqlite {
 
 /// Append the find query for `req` (whose pattern parsed as `pattern`) to
 /// `qb`. Columns and order: those of [`push_find_tail`], one row per
-/// dataset, its matching atoms as a JSON array of [`atom_columns`] arrays.
+/// dataset, its matching atoms as a JSON array of `atom_columns!` arrays.
 ///
 /// The query starts from the distinct global paths that match: the
 /// literal path itself, or for a glob a recursive CTE that walks the
