@@ -419,7 +419,7 @@ const D_DATASET_COLUMNS: &str = "d.id, d.name, d.source, d.snapshot_id, \
 const DATASET_COLUMN_COUNT: usize = 10;
 
 /// Decode the dataset columns `dataset_columns!` starting at column `at`.
-pub(crate) fn dataset_from_row<R>(row: &R, at: usize) -> Result<Dataset, sqlx::Error>
+fn dataset_from_row<R>(row: &R, at: usize) -> Result<Dataset, sqlx::Error>
 where
     R: Row,
     usize: ColumnIndex<R>,
@@ -442,7 +442,7 @@ where
 }
 
 /// Decode the atom columns `atom_columns!` starting at column 0.
-pub(crate) fn atom_from_row<R>(row: &R) -> Result<Atom, sqlx::Error>
+fn atom_from_row<R>(row: &R) -> Result<Atom, sqlx::Error>
 where
     R: Row,
     usize: ColumnIndex<R>,
@@ -559,11 +559,11 @@ pub(crate) fn push_find_tail<DB: Dialect>(qb: &mut QueryBuilder<DB>) {
 }
 
 /// The first aggregate column of a [`push_find_tail`] row.
-pub(crate) const FIND_AGGREGATES_AT: usize = 3 + DATASET_COLUMN_COUNT;
+const FIND_AGGREGATES_AT: usize = 3 + DATASET_COLUMN_COUNT;
 
 /// One row of a `find_atoms` answer: a dataset with its matching atoms,
 /// and the backup it belongs to.
-pub(crate) struct FoundDataset {
+struct FoundDataset {
     pub backup_id: String,
     pub host: String,
     pub timestamp: DateTime<Utc>,
@@ -1096,7 +1096,7 @@ where
 
 /// An atom as the `atom_columns!` in order (one element of SQLite's JSON
 /// aggregate; PostgreSQL's column arrays zipped).
-pub(crate) type AtomTuple = (
+type AtomTuple = (
     String,
     String,
     Option<String>,
