@@ -66,7 +66,7 @@ use crate::jobs::scheduler::{Clock, ScheduledSource, SystemClock, run_scheduler}
 use crate::jobs::status::StatusRegistry;
 use crate::manager::Manager;
 use crate::metadata::MetadataStore;
-use crate::metadata::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
+use crate::metadata::client::outbox::{DEFAULT_DELIVERY_INTERVAL, OutboxStore};
 use crate::model::MaintenanceRun;
 use crate::schedule::{Schedule, Seed};
 use crate::util::lock;

@@ -23,7 +23,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};
 use crate::glob::Pattern;
-use crate::metadata::{MetadataStore, Stores};
+use crate::metadata::MetadataStore;
+use crate::metadata::client::Stores;
 use crate::model::FindRequest;
 
 /// Exit codes, also listed in `--help`.
@@ -243,7 +244,7 @@ pub fn load_config_with_dry_run(path: &Path, dry_run: bool) -> Result<Arc<Config
 }
 
 /// Open the metadata stores the configuration asks for
-/// ([`crate::metadata::Stores::open`]): a mistake in the `metadb` block
+/// ([`crate::metadata::client::Stores::open`]): a mistake in the `metadb` block
 /// exits 2, a store that cannot be opened 1.
 pub async fn open_stores(config: &Config) -> Result<Stores, CliError> {
     Stores::open(config).await.map_err(|e| match e.recovery() {

@@ -1,12 +1,19 @@
 //! The metadata store: the index of backups, datasets and atoms.
 //!
-//! One trait, [`MetadataStore`], with an embedded SQLite implementation
-//! ([`sqlite`]) used when no metadata server is configured; the remote
-//! client ([`remote`]), its durable outbox ([`outbox`]) and the server-side
-//! PostgreSQL store ([`postgres`]) implement the same trait. [`ServerStore`]
-//! adds what the `tabacco metadb` server needs for its host listing, web
-//! page and metrics; [`open_database`] picks the backend from a `sqlite://`
-//! or `postgres://` URL.
+//! One trait, [`MetadataStore`], and which side each implementation serves:
+//!
+//! - [`client`], the host side (the agent and the commands): the HTTP
+//!   client of a metadata server ([`client::remote`]) behind a durable
+//!   outbox ([`client::outbox`]), and [`client::Stores`], which picks it or
+//!   the embedded store from the host's configuration;
+//! - the SQL backends: [`sqlite`], the embedded store of a host without a
+//!   metadata server and one backend of the server, and [`postgres`], the
+//!   server's other backend; what they share is written once in `sql`,
+//!   generic over the sqlx database. [`ServerStore`] adds what the
+//!   `tabacco metadb` server needs for its host listing, web page and
+//!   metrics; [`open_database`] picks the server's backend from a
+//!   `sqlite://` or `postgres://` URL. The server itself is the `metadb`
+//!   module.
 //!
 //! Request validation shared by every backend lives here too, so that they
 //! refuse exactly the same requests.
@@ -19,7 +26,7 @@
 //! - [`Recovery::Retry`]: the store could not be reached or failed for
 //!   now (network errors, HTTP 5xx and 429, a database error, local I/O,
 //!   an invalid response). The remote client retries such a request
-//!   itself with backoff (HTTP status by [`remote::is_retryable_status`]);
+//!   itself with backoff (HTTP status by [`client::remote::is_retryable_status`]);
 //!   what still fails is kept (the outbox keeps its record) and tried
 //!   again later.
 //! - [`Recovery::FixSetup`]: the request may be fine but this host's setup
@@ -33,13 +40,12 @@
 //!   the outbox moves such a record aside (`outbox/rejected/`) instead of
 //!   blocking the queue with it.
 
+pub mod client;
 #[cfg(test)]
 pub(crate) mod conformance;
 #[cfg(test)]
 pub(crate) mod faults;
-pub mod outbox;
 pub mod postgres;
-pub mod remote;
 mod sql;
 pub mod sqlite;
 
@@ -98,7 +104,7 @@ pub enum MetadataError {
     /// The metadata server refused the request for good (an HTTP status
     /// that a retry cannot change, e.g. 400, 403, 409, 413): sending the
     /// same request again will fail again.
-    #[error("metadata server {url} refused the request: HTTP {status}: {message}{}", remote::refusal_hint(*status))]
+    #[error("metadata server {url} refused the request: HTTP {status}: {message}{}", client::remote::refusal_hint(*status))]
     Rejected {
         /// The URL requested.
         url: String,
@@ -182,39 +188,6 @@ impl MetadataError {
             | MetadataError::Unavailable { .. }
             | MetadataError::InvalidResponse { .. } => Recovery::Retry,
         }
-    }
-}
-
-/// The stores a host's processes (the agent, the commands) use, as its
-/// configuration asks: the metadata server through the durable outbox when
-/// `metadb` is configured, else the embedded SQLite store in `work_dir`.
-pub struct Stores {
-    /// What backups record into and queries search.
-    pub store: Arc<dyn MetadataStore>,
-    /// The outbox store when `metadb` is configured (the same object as
-    /// `store`), for delivery and its counters.
-    pub outbox: Option<Arc<outbox::OutboxStore>>,
-}
-
-impl Stores {
-    /// Open them. A `metadb` block that cannot be used (bad URL, unreadable
-    /// token or certificate) is a [`MetadataError::Config`] naming the
-    /// configuration file.
-    pub async fn open(config: &crate::config::Config) -> Result<Stores, MetadataError> {
-        let remote = outbox::OutboxStore::from_config(config)
-            .map_err(|e| MetadataError::Config(format!("{}: {e}", config.path.display())))?;
-        if let Some(outbox) = remote {
-            let outbox = Arc::new(outbox);
-            return Ok(Stores {
-                store: outbox.clone(),
-                outbox: Some(outbox),
-            });
-        }
-        let store = sqlite::SqliteStore::open(&config.embedded_metadb_path()).await?;
-        Ok(Stores {
-            store: Arc::new(store),
-            outbox: None,
-        })
     }
 }
 
@@ -763,6 +736,31 @@ mod tests {
         assert!(!pg.to_string().contains("secret"), "{pg}");
         let err = DatabaseUrl::parse("mysql://u:secret@h/db", base).unwrap_err();
         assert!(err.contains("neither") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn refusals_about_the_record_are_told_from_setup_problems() {
+        let rejected = |status| MetadataError::Rejected {
+            url: "http://metadb/api/add_dataset".into(),
+            status,
+            message: format!("scripted {status}"),
+        };
+        let refused = |e: &MetadataError| e.recovery() == Recovery::Refused;
+        for s in [400, 403, 409, 413, 422] {
+            assert!(refused(&rejected(s)), "{s}");
+        }
+        for s in [401, 404, 405, 407, 408, 308] {
+            assert_eq!(rejected(s).recovery(), Recovery::FixSetup, "{s}");
+        }
+        assert_eq!(rejected(429).recovery(), Recovery::Retry);
+        let unavailable = MetadataError::Unavailable {
+            url: "http://metadb/api/add_dataset".into(),
+            attempts: 1,
+            status: None,
+            reason: "connection refused".into(),
+        };
+        assert_eq!(unavailable.recovery(), Recovery::Retry);
+        assert!(refused(&MetadataError::Conflict("x".into())));
     }
 
     #[test]

@@ -31,14 +31,14 @@ pub(crate) trait TestStore: ServerStore {
 #[async_trait]
 impl TestStore for SqliteStore {
     async fn counts(&self) -> (i64, i64, i64) {
-        SqliteStore::counts(self).await
+        super::sql::counts(self).await
     }
 }
 
 #[async_trait]
 impl TestStore for PostgresStore {
     async fn counts(&self) -> (i64, i64, i64) {
-        PostgresStore::counts(self).await
+        super::sql::counts(self).await
     }
 }
 
@@ -85,9 +85,9 @@ pub(crate) fn find(pattern: &str) -> FindRequest {
 }
 
 /// Requests whose query plan must seek an `atoms` index and never read
-/// the whole table, on the [`fleet`] (each store's plan test checks them):
-/// literal, prefix glob, newest N, older-than, host-filtered.
-pub(crate) fn indexed_find_requests() -> Vec<FindRequest> {
+/// the whole table, on the [`fleet`]: literal, prefix glob, newest N,
+/// older-than, host-filtered ([`check_find_plans`]).
+fn indexed_find_requests() -> Vec<FindRequest> {
     vec![
         find("mysql/db/site1"),
         find("host1*/mysql/*"),
@@ -110,6 +110,55 @@ pub(crate) fn indexed_find_requests() -> Vec<FindRequest> {
             ..find("*")
         },
     ]
+}
+
+/// The requests of a store's plan test: [`indexed_find_requests`], then a
+/// bare `*` without host, which has no index range.
+pub(crate) fn plan_requests() -> Vec<FindRequest> {
+    let mut requests = indexed_find_requests();
+    requests.push(find("*"));
+    requests
+}
+
+/// Check a store's query plans on the [`fleet`], `plans` being those of
+/// [`plan_requests`] in order (one line per plan node): each indexed
+/// request seeks an `atoms` index and never reads the whole table
+/// (`scans_atoms`, `seeks_atoms`: how the backend's plan says so); the
+/// bare `*` does read it, so that the check can fail.
+pub(crate) fn check_find_plans(
+    plans: &[(FindRequest, Vec<String>)],
+    scans_atoms: fn(&[String]) -> bool,
+    seeks_atoms: fn(&[String]) -> bool,
+) {
+    let Some(((_, bare), indexed)) = plans.split_last() else {
+        panic!("no plans to check");
+    };
+    assert_eq!(plans.len(), plan_requests().len(), "one plan per request");
+    for (req, plan) in indexed {
+        assert!(!scans_atoms(plan), "{req:?} scans atoms: {plan:#?}");
+        assert!(seeks_atoms(plan), "{req:?}: {plan:#?}");
+    }
+    assert!(scans_atoms(bare), "{bare:#?}");
+}
+
+/// A small deterministic pseudo-random source (a linear congruential
+/// generator) for the pattern cross-checks: the same cases on every run.
+pub(crate) struct Lcg(pub(crate) u64);
+
+impl Lcg {
+    /// A number below `n`.
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n
+    }
+
+    /// `len` characters drawn from `chars`.
+    pub(crate) fn text(&mut self, chars: &[char], len: usize) -> String {
+        (0..len).map(|_| chars[self.below(chars.len())]).collect()
+    }
 }
 
 /// `backup_id:source/dataset/atom` for every atom returned, in order.

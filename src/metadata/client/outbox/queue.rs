@@ -1,4 +1,5 @@
-//! The durable outbox: dataset records on their way to the metadata server.
+//! The durable queue of dataset records on their way to the metadata
+//! server (`<work_dir>/outbox/`), and its delivery rounds.
 //!
 //! Before a dataset record is sent, it is written to its own file in
 //! `<work_dir>/outbox/` (written to a temporary name, fsync'ed, renamed to a
@@ -16,35 +17,20 @@
 //! `outbox/.lock` (released by the kernel if the process dies), and records
 //! are only ever deleted after their own acknowledgement. The server is
 //! idempotent, so a record sent twice (an ack lost in a crash) is harmless.
-//!
-//! [`OutboxStore`] puts this in front of a remote store: `add_dataset`
-//! queues the record, tries a bounded delivery and succeeds once the record
-//! is safely queued; reads go straight to the server.
 
 use std::fs::{self, File, OpenOptions};
-use std::future::Future;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use chrono::Utc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
-use super::remote::{RemoteOptions, RemoteStore, RetryPolicy};
-use super::{MetadataError, MetadataStore, Recovery};
-use crate::config::Config;
 use crate::filelock::{Locked, lock_waiting};
-use crate::model::{
-    AddDatasetRequest, AddVerificationsRequest, Backup, Dataset, FindRequest,
-    GetVerificationsRequest, RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification,
-};
+use crate::metadata::{MetadataError, MetadataStore, Recovery};
+use crate::model::{AddDatasetRequest, Backup, Dataset};
 
-/// How often the agent's background task should deliver the outbox
-/// ([`OutboxStore::run_delivery_loop`]).
-pub const DEFAULT_DELIVERY_INTERVAL: Duration = Duration::from_secs(30);
 /// Name of the outbox directory inside `work_dir`.
 pub const OUTBOX_DIR: &str = "outbox";
 /// Name of the directory of refused records inside the outbox.
@@ -57,9 +43,6 @@ const REASON_EXT: &str = "reason";
 const TMP_PREFIX: &str = ".tmp-";
 /// The lock file held by a delivery round.
 const LOCK_FILE: &str = ".lock";
-/// Bound on connecting for the single delivery attempt right after a record
-/// is queued (the background deliverer uses the client's own timeout).
-const IMMEDIATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A temporary file older than this was left by a crash: it is queued if it
 /// holds a whole record, else moved aside.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
@@ -468,331 +451,18 @@ impl Outbox {
     }
 }
 
-/// Timing of an [`OutboxStore`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxOptions {
-    /// Time `add_dataset` may spend delivering after queueing (the record
-    /// is safe either way).
-    pub immediate_budget: Duration,
-    /// After a failed round, `add_dataset` only queues for this long (the
-    /// server is down: don't make every dataset wait for it).
-    pub pause_after_failure: Duration,
-    /// How long an explicit delivery waits for another deliverer's round.
-    pub lock_wait: Duration,
-}
-
-impl Default for OutboxOptions {
-    fn default() -> OutboxOptions {
-        OutboxOptions {
-            immediate_budget: Duration::from_secs(15),
-            pause_after_failure: Duration::from_secs(30),
-            lock_wait: Duration::from_secs(60),
-        }
-    }
-}
-
-/// A metadata store that queues dataset records in an [`Outbox`] and
-/// delivers them to a remote store; reads go straight to the remote.
-///
-/// A backup never waits on the network for its records: right after
-/// queueing one, a single attempt is made (through `immediate`, a client
-/// that does not retry); if the server fails, records are only queued for
-/// [`OutboxOptions::pause_after_failure`], and the background deliverer
-/// (the agent) or the next run retries them.
-pub struct OutboxStore {
-    outbox: Arc<Outbox>,
-    remote: Arc<dyn MetadataStore>,
-    /// Delivers right after queueing: one attempt, no backoff.
-    immediate: Arc<dyn MetadataStore>,
-    url: String,
-    options: OutboxOptions,
-    /// No immediate delivery before this instant (after a failed round),
-    /// and why that round failed.
-    paused_until: Mutex<Option<(Instant, String)>>,
-}
-
-impl std::fmt::Debug for OutboxStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboxStore")
-            .field("outbox", &self.outbox.dir)
-            .field("url", &self.url)
-            .field("options", &self.options)
-            .finish()
-    }
-}
-
-impl OutboxStore {
-    /// Queue in `outbox`, deliver to `remote` (reached at `url`, for
-    /// messages).
-    pub fn new(
-        outbox: Outbox,
-        remote: Arc<dyn MetadataStore>,
-        url: impl Into<String>,
-    ) -> OutboxStore {
-        OutboxStore::with_options(outbox, remote, url, OutboxOptions::default())
-    }
-
-    /// Like [`OutboxStore::new`] with explicit timing.
-    pub fn with_options(
-        outbox: Outbox,
-        remote: Arc<dyn MetadataStore>,
-        url: impl Into<String>,
-        options: OutboxOptions,
-    ) -> OutboxStore {
-        OutboxStore {
-            outbox: Arc::new(outbox),
-            immediate: remote.clone(),
-            remote,
-            url: url.into(),
-            options,
-            paused_until: Mutex::new(None),
-        }
-    }
-
-    /// Deliver right after queueing through `immediate` (a client making a
-    /// single attempt) instead of the retrying remote.
-    pub fn with_immediate(mut self, immediate: Arc<dyn MetadataStore>) -> OutboxStore {
-        self.immediate = immediate;
-        self
-    }
-
-    /// The store for `config`: its `metadb` server through an outbox in its
-    /// `work_dir`. `None` when no `metadb` is configured.
-    pub fn from_config(config: &Config) -> Result<Option<OutboxStore>, MetadataError> {
-        let Some(metadb) = &config.metadb else {
-            return Ok(None);
-        };
-        let remote = RemoteStore::new(metadb)?;
-        let url = remote.url().to_string();
-        let defaults = RemoteOptions::default();
-        let immediate = RemoteStore::with_options(
-            metadb,
-            RemoteOptions {
-                connect_timeout: IMMEDIATE_CONNECT_TIMEOUT.min(defaults.connect_timeout),
-                retry: RetryPolicy {
-                    max_attempts: 1,
-                    ..defaults.retry.clone()
-                },
-                ..defaults
-            },
-        )?;
-        Ok(Some(
-            OutboxStore::new(Outbox::open(&config.work_dir), Arc::new(remote), url)
-                .with_immediate(Arc::new(immediate)),
-        ))
-    }
-
-    /// The outbox (for counters: `pending()`, `rejected_total()`, ...).
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
-    /// The metadata server itself, without the outbox (for work that is
-    /// repeated until it succeeds anyway, such as reconcile, and should
-    /// see the server's refusals at once).
-    pub fn remote(&self) -> &Arc<dyn MetadataStore> {
-        &self.remote
-    }
-
-    /// The server's URL, for messages.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    fn pause_state(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String)>> {
-        crate::util::lock(&self.paused_until)
-    }
-
-    /// Why delivery is paused (a round failed less than
-    /// `pause_after_failure` ago), if it is.
-    fn paused(&self) -> Option<String> {
-        self.pause_state()
-            .as_ref()
-            .filter(|(until, _)| Instant::now() < *until)
-            .map(|(_, why)| why.clone())
-    }
-
-    fn note(&self, report: &DeliveryReport) {
-        let mut paused = self.pause_state();
-        if report.busy {
-            return;
-        }
-        *paused = report
-            .error
-            .as_ref()
-            .map(|e| (Instant::now() + self.options.pause_after_failure, e.clone()));
-    }
-
-    /// The delivery at the end of a command: every queued record within
-    /// `budget`, unless a round failed moments ago (the server is down:
-    /// the command does not wait for it again; the records stay queued and
-    /// the report says why).
-    pub async fn deliver_at_exit(&self, budget: Duration) -> DeliveryReport {
-        match self.paused() {
-            Some(error) => DeliveryReport {
-                pending: self.outbox.pending().unwrap_or(0),
-                error: Some(error),
-                ..DeliveryReport::default()
-            },
-            None => self.deliver_pending_within(budget).await,
-        }
-    }
-
-    /// Deliver every queued record now (oldest first), waiting for another
-    /// deliverer's round if needed. Ends at the first temporary failure.
-    pub async fn deliver_pending(&self) -> DeliveryReport {
-        let report = self
-            .outbox
-            .deliver(&*self.remote, self.options.lock_wait)
-            .await;
-        self.note(&report);
-        report
-    }
-
-    /// [`OutboxStore::deliver_pending`], giving up after `budget` (what is
-    /// not delivered then stays queued).
-    pub async fn deliver_pending_within(&self, budget: Duration) -> DeliveryReport {
-        self.deliver_via(&*self.remote, budget).await
-    }
-
-    /// A round through `store` within `budget`, noted for the pause.
-    async fn deliver_via(&self, store: &dyn MetadataStore, budget: Duration) -> DeliveryReport {
-        let lock_wait = self.options.lock_wait.min(budget);
-        let report = match tokio::time::timeout(budget, self.outbox.deliver(store, lock_wait)).await
-        {
-            Ok(report) => report,
-            Err(_) => DeliveryReport {
-                pending: self.outbox.pending().unwrap_or(0),
-                error: Some(format!(
-                    "delivery to {} did not finish within {}",
-                    self.url,
-                    humantime::format_duration(budget)
-                )),
-                ..DeliveryReport::default()
-            },
-        };
-        self.note(&report);
-        report
-    }
-
-    /// The agent's background delivery: a round at once, then one every
-    /// `interval`, until `shutdown` completes (a round in progress is
-    /// abandoned then; what it had not delivered stays queued).
-    pub async fn run_delivery_loop(&self, interval: Duration, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        info!(url = %self.url, outbox = %self.outbox.dir.display(), every = %humantime::format_duration(interval), "outbox delivery started");
-        loop {
-            let report = tokio::select! {
-                _ = &mut shutdown => break,
-                r = self.deliver_pending() => r,
-            };
-            log_report(&self.url, &report);
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep(interval) => {}
-            }
-        }
-        info!(url = %self.url, "outbox delivery stopped");
-    }
-}
-
-/// Log a round's outcome (nothing when there was nothing to do).
-fn log_report(url: &str, r: &DeliveryReport) {
-    if let Some(e) = &r.error {
-        warn!(
-            url,
-            delivered = r.delivered,
-            rejected = r.rejected,
-            pending = r.pending,
-            "outbox delivery incomplete: {e}"
-        );
-    } else if r.delivered > 0 || r.rejected > 0 {
-        info!(
-            url,
-            delivered = r.delivered,
-            rejected = r.rejected,
-            pending = r.pending,
-            "outbox delivery round done"
-        );
-    }
-}
-
-#[async_trait]
-impl MetadataStore for OutboxStore {
-    async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
-        self.outbox.enqueue(backup, dataset).await?;
-        if self.paused().is_some() {
-            debug!(url = %self.url, "server failed recently; record left queued");
-            return Ok(());
-        }
-        let report = self
-            .deliver_via(&*self.immediate, self.options.immediate_budget)
-            .await;
-        log_report(&self.url, &report);
-        Ok(())
-    }
-
-    async fn find_atoms(&self, req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
-        self.remote.find_atoms(req).await
-    }
-
-    async fn update_active_job_status(
-        &self,
-        req: &UpdateActiveJobStatusRequest,
-    ) -> Result<(), MetadataError> {
-        self.remote.update_active_job_status(req).await
-    }
-
-    /// Sent straight to the server (not through the outbox): a result
-    /// that cannot be delivered fails the drill's recording, and the next
-    /// drill measures again.
-    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
-        self.remote.add_verifications(req).await
-    }
-
-    async fn get_verifications(
-        &self,
-        req: &GetVerificationsRequest,
-    ) -> Result<Vec<Verification>, MetadataError> {
-        self.remote.get_verifications(req).await
-    }
-
-    /// Delivers the outbox first: a record still queued could be
-    /// delivered after its removal and promise a forgotten snapshot again.
-    /// While records stay queued (the server is unreachable), nothing is
-    /// removed and the caller must not forget anything either.
-    async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
-        let report = self.deliver_pending().await;
-        log_report(&self.url, &report);
-        if report.pending > 0 {
-            return Err(MetadataError::Unavailable {
-                url: self.url.clone(),
-                attempts: 1,
-                status: None,
-                reason: format!(
-                    "{} dataset record(s) are still waiting in the outbox ({}); records are removed only once the outbox is delivered{}",
-                    report.pending,
-                    self.outbox.dir().display(),
-                    report
-                        .error
-                        .as_deref()
-                        .map(|e| format!(" (delivery: {e})"))
-                        .unwrap_or_default()
-                ),
-            });
-        }
-        self.remote.remove_datasets(req).await
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::collections::{BTreeSet, VecDeque};
+    use std::sync::{Arc, Mutex};
 
-    use crate::metadata::remote::tests::sample;
+    use async_trait::async_trait;
 
-    fn rejected(status: u16) -> MetadataError {
+    use crate::metadata::client::remote::tests::sample;
+    use crate::model::{FindRequest, UpdateActiveJobStatusRequest};
+
+    pub(crate) fn rejected(status: u16) -> MetadataError {
         MetadataError::Rejected {
             url: "http://metadb/api/add_dataset".into(),
             status,
@@ -800,7 +470,7 @@ mod tests {
         }
     }
 
-    fn unavailable() -> MetadataError {
+    pub(crate) fn unavailable() -> MetadataError {
         MetadataError::Unavailable {
             url: "http://metadb/api/add_dataset".into(),
             attempts: 1,
@@ -811,21 +481,21 @@ mod tests {
 
     /// A store that answers from a script (then Ok) and records acks.
     #[derive(Default)]
-    struct Fake {
-        script: Mutex<VecDeque<Result<(), MetadataError>>>,
-        calls: AtomicU64,
-        acked: Mutex<Vec<String>>,
-        delay: Duration,
+    pub(crate) struct Fake {
+        pub(crate) script: Mutex<VecDeque<Result<(), MetadataError>>>,
+        pub(crate) calls: AtomicU64,
+        pub(crate) acked: Mutex<Vec<String>>,
+        pub(crate) delay: Duration,
         /// When set, every call checks that the record is still queued.
-        check_queued_in: Option<PathBuf>,
-        fail_always: bool,
+        pub(crate) check_queued_in: Option<PathBuf>,
+        pub(crate) fail_always: bool,
     }
 
     impl Fake {
-        fn acked(&self) -> Vec<String> {
+        pub(crate) fn acked(&self) -> Vec<String> {
             self.acked.lock().unwrap().clone()
         }
-        fn push(&self, r: Result<(), MetadataError>) {
+        pub(crate) fn push(&self, r: Result<(), MetadataError>) {
             self.script.lock().unwrap().push_back(r);
         }
     }
@@ -869,7 +539,7 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn enqueue_n(outbox: &Outbox, n: usize) -> Vec<PathBuf> {
+    pub(crate) async fn enqueue_n(outbox: &Outbox, n: usize) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for i in 0..n {
             let (b, d) = sample(&format!("d{i}"));
@@ -877,21 +547,6 @@ mod tests {
         }
         out
     }
-
-    #[test]
-    fn refusals_about_the_record_are_told_from_setup_problems() {
-        let refused = |e: &MetadataError| e.recovery() == Recovery::Refused;
-        for s in [400, 403, 409, 413, 422] {
-            assert!(refused(&rejected(s)), "{s}");
-        }
-        for s in [401, 404, 405, 407, 408, 308] {
-            assert_eq!(rejected(s).recovery(), Recovery::FixSetup, "{s}");
-        }
-        assert_eq!(rejected(429).recovery(), Recovery::Retry);
-        assert_eq!(unavailable().recovery(), Recovery::Retry);
-        assert!(refused(&MetadataError::Conflict("x".into())));
-    }
-
     #[tokio::test]
     async fn enqueue_writes_whole_time_ordered_files() {
         let work = tempfile::tempdir().unwrap();
@@ -1127,209 +782,5 @@ mod tests {
         drop(held);
         let r = b.deliver(&fake, Duration::from_millis(100)).await;
         assert_eq!((r.busy, r.delivered), (false, 1));
-    }
-
-    fn outbox_store(work: &Path, fake: Arc<Fake>) -> OutboxStore {
-        OutboxStore::with_options(
-            Outbox::open(work),
-            fake,
-            "http://metadb",
-            OutboxOptions {
-                immediate_budget: Duration::from_secs(5),
-                pause_after_failure: Duration::from_secs(60),
-                lock_wait: Duration::from_secs(5),
-            },
-        )
-    }
-
-    #[tokio::test]
-    async fn outbox_store_queues_then_delivers() {
-        let work = tempfile::tempdir().unwrap();
-        let fake = Arc::new(Fake::default());
-        let store = outbox_store(work.path(), fake.clone());
-        let (b, d) = sample("d1");
-        store.add_dataset(&b, &d).await.unwrap();
-        assert_eq!(fake.acked(), ["d1"]);
-        assert_eq!(store.outbox().pending().unwrap(), 0);
-        // Reads go to the remote.
-        assert_eq!(
-            store.find_atoms(&FindRequest::default()).await.unwrap()[0].id,
-            "b-found"
-        );
-    }
-
-    #[tokio::test]
-    async fn outbox_store_succeeds_while_the_server_is_down() {
-        let work = tempfile::tempdir().unwrap();
-        let fake = Arc::new(Fake {
-            fail_always: true,
-            ..Fake::default()
-        });
-        let store = outbox_store(work.path(), fake.clone());
-        for i in 0..3 {
-            let (b, d) = sample(&format!("d{i}"));
-            store.add_dataset(&b, &d).await.unwrap();
-        }
-        assert_eq!(store.outbox().pending().unwrap(), 3);
-        assert_eq!(
-            fake.calls.load(Ordering::SeqCst),
-            1,
-            "after a failure, records are only queued for a while"
-        );
-        let r = store.deliver_pending().await;
-        assert_eq!((r.delivered, r.pending), (0, 3));
-        assert_eq!(
-            fake.calls.load(Ordering::SeqCst),
-            2,
-            "an explicit delivery always tries"
-        );
-    }
-
-    /// Issue 16: with the server down, a backup does not wait for it. The
-    /// record goes through the single-attempt client; the retrying one is
-    /// left to the background deliverer, and the delivery at the end of
-    /// the command does not try again right after a failure.
-    #[tokio::test]
-    async fn a_backup_never_waits_on_a_server_that_is_down() {
-        let work = tempfile::tempdir().unwrap();
-        let retrying = Arc::new(Fake {
-            delay: Duration::from_secs(3600),
-            ..Fake::default()
-        });
-        let once = Arc::new(Fake {
-            fail_always: true,
-            ..Fake::default()
-        });
-        let store = outbox_store(work.path(), retrying.clone()).with_immediate(once.clone());
-        for i in 0..2 {
-            let (b, d) = sample(&format!("d{i}"));
-            store.add_dataset(&b, &d).await.unwrap();
-        }
-        let r = store.deliver_at_exit(Duration::from_secs(3600)).await;
-        assert_eq!((r.delivered, r.pending), (0, 2));
-        assert!(r.error.unwrap().contains("connection refused"));
-        assert_eq!(once.calls.load(Ordering::SeqCst), 1);
-        assert_eq!(retrying.calls.load(Ordering::SeqCst), 0);
-    }
-
-    #[tokio::test]
-    async fn immediate_delivery_is_bounded_in_time() {
-        let work = tempfile::tempdir().unwrap();
-        let fake = Arc::new(Fake {
-            delay: Duration::from_secs(30),
-            ..Fake::default()
-        });
-        let store = OutboxStore::with_options(
-            Outbox::open(work.path()),
-            fake.clone(),
-            "http://metadb",
-            OutboxOptions {
-                immediate_budget: Duration::from_millis(200),
-                ..OutboxOptions::default()
-            },
-        );
-        let started = Instant::now();
-        let (b, d) = sample("d1");
-        store.add_dataset(&b, &d).await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(
-            store.outbox().pending().unwrap(),
-            1,
-            "not acknowledged: still queued"
-        );
-        let r = store
-            .deliver_pending_within(Duration::from_millis(100))
-            .await;
-        assert!(r.error.unwrap().contains("did not finish within"));
-        assert_eq!(r.pending, 1);
-    }
-
-    #[tokio::test]
-    async fn add_dataset_fails_when_the_record_cannot_be_queued() {
-        let work = tempfile::tempdir().unwrap();
-        let not_a_dir = work.path().join("file");
-        fs::write(&not_a_dir, "").unwrap();
-        let fake = Arc::new(Fake::default());
-        let store = outbox_store(&not_a_dir, fake.clone());
-        let (b, d) = sample("d1");
-        let e = store.add_dataset(&b, &d).await.unwrap_err().to_string();
-        assert!(
-            e.contains("cannot queue the record of dataset d1") && e.contains("outbox"),
-            "{e}"
-        );
-        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
-    }
-
-    #[tokio::test]
-    async fn the_delivery_loop_delivers_until_shutdown() {
-        let work = tempfile::tempdir().unwrap();
-        let fake = Arc::new(Fake::default());
-        fake.push(Err(unavailable()));
-        let store = Arc::new(outbox_store(work.path(), fake.clone()));
-        enqueue_n(store.outbox(), 3).await;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .run_delivery_loop(Duration::from_millis(20), async {
-                        let _ = rx.await;
-                    })
-                    .await
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.outbox().pending().unwrap() > 0 {
-            assert!(Instant::now() < deadline, "loop did not deliver");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(fake.acked(), ["d0", "d1", "d2"]);
-        tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("loop stops on shutdown")
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn delivery_through_the_remote_store_survives_an_outage() {
-        use crate::metadata::remote::testserver::{Reply, Script, start};
-        use crate::metadata::remote::{RemoteOptions, RetryPolicy};
-        let script = Script::default();
-        script.set_default(Reply::status(503));
-        let url = start(script.clone()).await;
-        let remote = RemoteStore::with_options(
-            &crate::config::MetadbClientConfig {
-                url: url.clone(),
-                tls_cert: None,
-                tls_key: None,
-                tls_ca: None,
-                token_file: None,
-            },
-            RemoteOptions {
-                retry: RetryPolicy {
-                    max_attempts: 2,
-                    initial_backoff: Duration::from_millis(5),
-                    ..RetryPolicy::default()
-                },
-                ..RemoteOptions::default()
-            },
-        )
-        .unwrap();
-        let work = tempfile::tempdir().unwrap();
-        let store = OutboxStore::new(Outbox::open(work.path()), Arc::new(remote), url);
-        let (b, d) = sample("d1");
-        store.add_dataset(&b, &d).await.unwrap();
-        assert_eq!(store.outbox().pending().unwrap(), 1);
-        assert_eq!(script.attempts(), 2);
-        script.set_default(Reply::ok("{}"));
-        let r = store.deliver_pending().await;
-        assert_eq!((r.delivered, r.pending, r.error), (1, 0, None));
-        let bodies: Vec<String> = script.seen().into_iter().map(|s| s.body).collect();
-        assert_eq!(bodies.len(), 3);
-        assert!(
-            bodies.iter().all(|b| b == &bodies[0]),
-            "the same record every time"
-        );
     }
 }

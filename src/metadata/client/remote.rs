@@ -21,8 +21,8 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use tracing::{debug, warn};
 
-use super::{MetadataError, MetadataStore};
 use crate::config::MetadbClientConfig;
+use crate::metadata::{MetadataError, MetadataStore};
 use crate::model::{
     AddDatasetRequest, AddVerificationsRequest, Backup, Dataset, FindRequest,
     GetVerificationsRequest, RemoveDatasetsRequest, RemoveDatasetsResponse,
@@ -565,7 +565,7 @@ impl MetadataStore for RemoteStore {
     async fn remove_datasets(&self, req: &RemoveDatasetsRequest) -> Result<i64, MetadataError> {
         let mut removed = 0;
         // The server takes a bounded number per request.
-        for chunk in req.datasets.chunks(super::MAX_REMOVE_DATASETS) {
+        for chunk in req.datasets.chunks(crate::metadata::MAX_REMOVE_DATASETS) {
             let part = RemoveDatasetsRequest {
                 host: req.host.clone(),
                 datasets: chunk.to_vec(),
@@ -864,7 +864,7 @@ pub(crate) mod tests {
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
-        assert_eq!(err.recovery(), super::super::Recovery::Retry);
+        assert_eq!(err.recovery(), crate::metadata::Recovery::Retry);
         let text = err.to_string();
         assert!(text.contains(&format!("{url}/api/add_dataset")), "{text}");
         assert!(
@@ -940,7 +940,7 @@ pub(crate) mod tests {
                 }
                 other => panic!("expected Rejected, got {other:?}"),
             }
-            assert_ne!(err.recovery(), super::super::Recovery::Retry);
+            assert_ne!(err.recovery(), crate::metadata::Recovery::Retry);
             assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
         }
     }
