@@ -60,7 +60,8 @@ use serde::{Deserialize, Serialize};
 use crate::glob::Pattern;
 use crate::model::{
     AddVerificationsRequest, Backup, Dataset, FindRequest, GetVerificationsRequest, JobStatus,
-    RemoveDatasetsRequest, SourceReport, UpdateActiveJobStatusRequest, Verification,
+    MaintenanceRun, RemoveDatasetsRequest, SourceReport, UpdateActiveJobStatusRequest,
+    Verification,
 };
 use crate::names::excerpt;
 
@@ -275,6 +276,12 @@ pub struct HostState {
     /// How often it reports, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_interval_seconds: Option<f64>,
+    /// When it prunes the repository (absent: never, or not reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_schedule: Option<String>,
+    /// How its last prune ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune: Option<MaintenanceRun>,
 }
 
 /// A host that has backups in the index.
@@ -662,6 +669,8 @@ pub(crate) fn state_json(req: &UpdateActiveJobStatusRequest) -> Result<String, M
         outbox_pending: req.outbox_pending,
         outbox_rejected: req.outbox_rejected,
         report_interval_seconds: req.report_interval_seconds,
+        prune_schedule: req.prune_schedule.clone(),
+        last_prune: req.last_prune.clone(),
     };
     for (i, s) in state.sources.iter().flatten().enumerate() {
         crate::names::check_source_name(&s.name)

@@ -381,6 +381,13 @@ pub struct UpdateActiveJobStatusRequest {
     /// How often the agent reports, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_interval_seconds: Option<f64>,
+    /// When the agent prunes the repository (its `prune_schedule`; absent:
+    /// it never prunes, or an agent that does not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_schedule: Option<String>,
+    /// How its last prune ended (absent: none since it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune: Option<MaintenanceRun>,
 }
 
 /// How a run of a source ended.

@@ -308,6 +308,8 @@ impl Agent {
             outbox_pending: outbox.map(|c| c.0),
             outbox_rejected: outbox.map(|c| c.1),
             report_interval_seconds: Some(self.inner.report_interval.as_secs_f64()),
+            prune_schedule: cfg.prune_schedule.clone(),
+            last_prune: lock(&self.inner.maintenance).last_prune.clone(),
         }
     }
 

@@ -1030,6 +1030,12 @@ async fn active_jobs_keeps_the_latest_report_per_host(s: &dyn TestStore) {
         outbox_pending: Some(4),
         outbox_rejected: Some(0),
         report_interval_seconds: Some(30.0),
+        prune_schedule: Some("0 4 * * 0".into()),
+        last_prune: Some(crate::model::MaintenanceRun {
+            finished_at: ts("2026-01-01T04:00:00Z"),
+            ok: true,
+            summary: "restic prune: 12 MiB freed".into(),
+        }),
     })
     .await
     .unwrap();
@@ -1039,6 +1045,8 @@ async fn active_jobs_keeps_the_latest_report_per_host(s: &dyn TestStore) {
     assert_eq!(got[0].state.sources.as_ref(), Some(&sources));
     assert_eq!(got[0].state.outbox_pending, Some(4));
     assert_eq!(got[0].state.report_interval_seconds, Some(30.0));
+    assert_eq!(got[0].state.prune_schedule.as_deref(), Some("0 4 * * 0"));
+    assert!(got[0].state.last_prune.as_ref().is_some_and(|p| p.ok));
     assert_eq!(got[1].host, "h1");
     assert_eq!(got[1].state, crate::metadata::HostState::default());
     assert_eq!(got[1].jobs, vec![job("h1", "j2"), job("h1", "j3")]);

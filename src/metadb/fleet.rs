@@ -12,6 +12,8 @@
 //!   recorded) is older than `stale_after`, or it never had one.
 //! - A source's **retention is failing** when the last application of its
 //!   retention policy failed: nothing is lost, old versions pile up.
+//! - A host's **prune is failing** when its last prune of the repository
+//!   (`prune_schedule`) failed: forgotten snapshots keep their space.
 
 use std::time::Duration;
 
@@ -61,6 +63,11 @@ pub fn retention_failing(source: &SourceReport) -> bool {
     source.last_forget.as_ref().is_some_and(|r| !r.ok)
 }
 
+/// Whether the host's last prune failed.
+pub fn prune_failing(h: &HostStatus) -> bool {
+    h.state.last_prune.as_ref().is_some_and(|r| !r.ok)
+}
+
 /// Whether the source's last full success is older than `stale_after` at
 /// `now` (or it never had one).
 pub fn is_stale(source: &SourceReport, now: DateTime<Utc>, stale_after: Duration) -> bool {
@@ -83,6 +90,13 @@ pub struct Summary {
     pub stale_sources: usize,
     /// Sources whose last retention run failed.
     pub retention_failing: usize,
+    /// Hosts whose last prune failed.
+    pub prune_failing: usize,
+    /// Hosts that report a `prune_schedule`.
+    pub pruning_hosts: usize,
+    /// Hosts whose agent reports its sources (and so its prune schedule,
+    /// when it has one).
+    pub reporting_hosts: usize,
     /// Sources reported by the hosts.
     pub sources: usize,
     /// Jobs running now (by job, not dataset).
@@ -99,7 +113,10 @@ pub fn summary(hosts: &[HostStatus], now: DateTime<Utc>, stale_after: Duration) 
     };
     for h in hosts {
         s.silent_hosts += usize::from(h.silent);
-        for src in h.sources.iter().flatten() {
+        s.prune_failing += usize::from(prune_failing(h));
+        s.pruning_hosts += usize::from(h.state.prune_schedule.is_some());
+        s.reporting_hosts += usize::from(h.state.sources.is_some());
+        for src in h.state.sources.iter().flatten() {
             s.sources += 1;
             s.failing_sources += usize::from(is_failing(src));
             s.stale_sources += usize::from(is_stale(src, now, stale_after));
@@ -109,8 +126,8 @@ pub fn summary(hosts: &[HostStatus], now: DateTime<Utc>, stale_after: Duration) 
         jobs.sort_unstable();
         jobs.dedup();
         s.running_jobs += jobs.len();
-        s.undelivered_records +=
-            h.outbox_pending.unwrap_or(0).max(0) + h.outbox_rejected.unwrap_or(0).max(0);
+        s.undelivered_records += h.state.outbox_pending.unwrap_or(0).max(0)
+            + h.state.outbox_rejected.unwrap_or(0).max(0);
     }
     s
 }
@@ -118,15 +135,16 @@ pub fn summary(hosts: &[HostStatus], now: DateTime<Utc>, stale_after: Duration) 
 /// How much attention a host needs: lower sorts first (failing sources,
 /// then silent, then stale sources, then the rest).
 pub fn attention(h: &HostStatus, now: DateTime<Utc>, stale_after: Duration) -> u8 {
-    let sources = h.sources.iter().flatten();
+    let sources = h.state.sources.iter().flatten();
     if sources.clone().any(is_failing) {
         0
     } else if h.silent {
         1
     } else if sources.clone().any(|s| is_stale(s, now, stale_after))
         || sources.clone().any(retention_failing)
-        || h.outbox_rejected.unwrap_or(0) > 0
-        || h.outbox_pending.unwrap_or(0) > 0
+        || prune_failing(h)
+        || h.state.outbox_rejected.unwrap_or(0) > 0
+        || h.state.outbox_pending.unwrap_or(0) > 0
     {
         2
     } else {
@@ -224,23 +242,35 @@ mod tests {
         });
         assert!(!retention_failing(&source));
         let mut host = HostStatus {
-            host: "h".into(),
-            last_backup: None,
-            backups: 0,
-            active_jobs: Vec::new(),
-            active_jobs_updated: None,
             last_seen: Some(now),
             silent: false,
-            sources: Some(vec![source.clone()]),
-            outbox_pending: None,
-            outbox_rejected: None,
+            ..HostStatus::unreported("h".into())
         };
+        host.state.sources = Some(vec![source.clone()]);
         let day = Duration::from_secs(86400);
         assert_eq!(attention(&host, now, day), 3);
         source.last_forget.as_mut().unwrap().ok = false;
         assert!(retention_failing(&source));
-        host.sources = Some(vec![source]);
+        host.state.sources = Some(vec![source]);
         assert_eq!(attention(&host, now, day), 2);
-        assert_eq!(summary(&[host], now, day).retention_failing, 1);
+        assert_eq!(summary(&[host.clone()], now, day).retention_failing, 1);
+
+        // A host whose prune failed needs attention too; one that prunes
+        // is counted as pruning.
+        host.state.sources = Some(Vec::new());
+        assert_eq!(attention(&host, now, day), 3);
+        host.state.prune_schedule = Some("0 4 * * 0".into());
+        host.state.last_prune = Some(crate::model::MaintenanceRun {
+            finished_at: now,
+            ok: false,
+            summary: "repository is already locked exclusively".into(),
+        });
+        assert!(prune_failing(&host));
+        assert_eq!(attention(&host, now, day), 2);
+        let s = summary(&[host], now, day);
+        assert_eq!(
+            (s.prune_failing, s.pruning_hosts, s.reporting_hosts),
+            (1, 1, 1)
+        );
     }
 }

@@ -26,6 +26,9 @@
 //!   was `partial` or `error`;
 //! - `tabacco_source_last_success_timestamp_seconds{host,source}`: its last
 //!   run in which every dataset was recorded;
+//! - `tabacco_host_prune_failing{host}`: 1 when the host's last prune of
+//!   the repository failed (0 when it succeeded; absent when it reported
+//!   none);
 //! - `tabacco_source_retention_failing{host,source}`: 1 when the last
 //!   application of the source's retention policy failed (0 when it
 //!   succeeded; absent when the agent reported none).
@@ -102,6 +105,8 @@ pub struct Metrics {
     source_failing: Family<SourceLabels, Gauge>,
     /// Last full success per source, Unix seconds.
     source_last_success: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    /// 1 for a host whose last prune failed.
+    host_prune_failing: Family<HostLabels, Gauge>,
     /// 1 for a source whose last retention run failed.
     source_retention_failing: Family<SourceLabels, Gauge>,
 }
@@ -178,6 +183,12 @@ impl Metrics {
             "The source's last run in which every dataset was recorded (Unix seconds), from the host's latest report",
             source_last_success.clone(),
         );
+        let host_prune_failing = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "tabacco_host_prune_failing",
+            "1 when the host's last prune of the repository failed (forgotten snapshots keep their space until one succeeds), from its latest report",
+            host_prune_failing.clone(),
+        );
         let source_retention_failing = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "tabacco_source_retention_failing",
@@ -197,6 +208,7 @@ impl Metrics {
             source_failing,
             source_last_success,
             source_retention_failing,
+            host_prune_failing,
         }
     }
 
@@ -243,6 +255,7 @@ impl Metrics {
         self.source_failing.clear();
         self.source_last_success.clear();
         self.source_retention_failing.clear();
+        self.host_prune_failing.clear();
         let secs = |t: &chrono::DateTime<chrono::Utc>| t.timestamp_micros() as f64 / 1e6;
         for h in hosts {
             let hl = HostLabels {
@@ -252,13 +265,18 @@ impl Metrics {
                 self.host_last_seen.get_or_create(&hl).set(secs(t));
             }
             self.host_silent.get_or_create(&hl).set(i64::from(h.silent));
-            if let Some(n) = h.outbox_pending {
+            if let Some(r) = &h.state.last_prune {
+                self.host_prune_failing
+                    .get_or_create(&hl)
+                    .set(i64::from(!r.ok));
+            }
+            if let Some(n) = h.state.outbox_pending {
                 self.host_outbox_pending.get_or_create(&hl).set(n);
             }
-            if let Some(n) = h.outbox_rejected {
+            if let Some(n) = h.state.outbox_rejected {
                 self.host_outbox_rejected.get_or_create(&hl).set(n);
             }
-            for s in h.sources.iter().flatten() {
+            for s in h.state.sources.iter().flatten() {
                 let sl = SourceLabels {
                     host: h.host.clone(),
                     source: s.name.clone(),

@@ -350,6 +350,11 @@ fn summary_section(html: &mut String, s: &Summary) {
         "sources whose retention failed",
     );
     count(
+        s.prune_failing,
+        "host whose prune failed",
+        "hosts whose prune failed",
+    );
+    count(
         usize::try_from(s.undelivered_records).unwrap_or(0),
         "undelivered record",
         "undelivered records",
@@ -368,6 +373,12 @@ fn summary_section(html: &mut String, s: &Summary) {
             html,
             "<p class=\"verdict bad\">Needs attention: {}.</p>",
             escape(&problems.join(", "))
+        );
+    }
+    if s.reporting_hosts > 0 && s.pruning_hosts == 0 {
+        html.push_str(
+            "<p class=\"warnt\">No reporting host prunes the repository (<code>prune_schedule</code> \
+             in one host's agent.yml): forgotten snapshots keep their space until a prune.</p>",
         );
     }
     html.push_str("</section>");
@@ -406,7 +417,7 @@ fn host_problems(h: &HostStatus, now: DateTime<Utc>, stale_after: Duration) -> V
                 .to_owned(),
         });
     }
-    for s in h.sources.iter().flatten() {
+    for s in h.state.sources.iter().flatten() {
         if let Some(r) = s.last_run.as_ref().filter(|_| fleet::is_failing(s)) {
             out.push(format!(
                 "<div><b>{}</b>: {} {} — <span class=\"err\">{}</span></div>",
@@ -442,13 +453,25 @@ fn host_problems(h: &HostStatus, now: DateTime<Utc>, stale_after: Duration) -> V
             });
         }
     }
-    let pending = h.outbox_pending.unwrap_or(0);
+    if let Some(r) = h
+        .state
+        .last_prune
+        .as_ref()
+        .filter(|_| fleet::prune_failing(h))
+    {
+        out.push(format!(
+            "<div>prune of the repository failed {} — <span class=\"err\">{}</span></div>",
+            ago(now, &r.finished_at),
+            escape(&r.summary),
+        ));
+    }
+    let pending = h.state.outbox_pending.unwrap_or(0);
     if pending > 0 {
         out.push(format!(
             "<div class=\"warnt\">{pending} dataset record(s) waiting in its outbox</div>"
         ));
     }
-    let rejected = h.outbox_rejected.unwrap_or(0);
+    let rejected = h.state.outbox_rejected.unwrap_or(0);
     if rejected > 0 {
         out.push(format!(
             "<div class=\"err\">{rejected} dataset record(s) refused by this server (see \
@@ -485,7 +508,7 @@ fn hosts_section(
             Some(t) => ago(now, t),
             None => "never".to_owned(),
         };
-        let sources = match &h.sources {
+        let sources = match &h.state.sources {
             None => "<span class=\"meta\">not reported</span>".to_owned(),
             Some(list) => {
                 let failing = list.iter().filter(|s| fleet::is_failing(s)).count();
@@ -851,6 +874,28 @@ pub async fn host_page(
         },
         h.backups
     );
+    let prune = match (&h.state.prune_schedule, &h.state.last_prune) {
+        (None, _) if h.state.sources.is_none() => String::new(),
+        (None, _) => "This host does not prune the repository.".to_owned(),
+        (Some(when), None) => format!(
+            "Prunes the repository on <code>{}</code>; no prune since its agent started.",
+            escape(when)
+        ),
+        (Some(when), Some(r)) => format!(
+            "Prunes the repository on <code>{}</code>; last prune {} {}: {}.",
+            escape(when),
+            if r.ok {
+                "<span class=\"ok\">ok</span>"
+            } else {
+                "<span class=\"err\">FAILED</span>"
+            },
+            ago(now, &r.finished_at),
+            escape(&r.summary)
+        ),
+    };
+    if !prune.is_empty() {
+        let _ = write!(html, "<p class=\"meta\">{prune}</p>");
+    }
     let problems = host_problems(h, now, state.stale_after);
     if problems.is_empty() {
         html.push_str("<p class=\"verdict good\">Nothing needs attention on this host.</p>");
@@ -907,7 +952,7 @@ fn sources_section(
     stale_after: Duration,
 ) {
     html.push_str("<section><h2>Sources</h2>");
-    let Some(list) = &h.sources else {
+    let Some(list) = &h.state.sources else {
         html.push_str(
             "<p>This host's agent does not report its sources (an older version, or it has not \
              reported yet).</p></section>",
@@ -1026,5 +1071,40 @@ mod tests {
             format_age(Duration::from_secs(3 * 86400 + 4 * 3600)),
             "3d 4h"
         );
+    }
+
+    #[test]
+    fn a_fleet_where_no_reporting_host_prunes_is_told_so() {
+        let mut html = String::new();
+        let s = Summary {
+            hosts: 2,
+            sources: 3,
+            reporting_hosts: 2,
+            ..Summary::default()
+        };
+        summary_section(&mut html, &s);
+        assert!(
+            html.contains("No reporting host prunes the repository"),
+            "{html}"
+        );
+        let mut html = String::new();
+        summary_section(
+            &mut html,
+            &Summary {
+                pruning_hosts: 1,
+                ..s
+            },
+        );
+        assert!(!html.contains("No reporting host prunes"), "{html}");
+        // Hosts whose agents report nothing say nothing either way.
+        let mut html = String::new();
+        summary_section(
+            &mut html,
+            &Summary {
+                reporting_hosts: 0,
+                ..s
+            },
+        );
+        assert!(!html.contains("No reporting host prunes"), "{html}");
     }
 }

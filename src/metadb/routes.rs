@@ -43,10 +43,11 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::page;
+use crate::metadata::HostState;
 use crate::model::{
     AddDatasetRequest, AddVerificationsRequest, Backup, FindRequest, GetVerificationsRequest,
-    JobStatus, RemoveDatasetsRequest, RemoveDatasetsResponse, SourceReport,
-    UpdateActiveJobStatusRequest, Verification, api,
+    JobStatus, RemoveDatasetsRequest, RemoveDatasetsResponse, UpdateActiveJobStatusRequest,
+    Verification, api,
 };
 
 /// The OpenAPI 3 document of this API (committed as `docs/openapi.json`).
@@ -73,16 +74,11 @@ pub struct HostStatus {
     /// `silent_after` (see [`super::fleet::is_silent`]).
     #[serde(default)]
     pub silent: bool,
-    /// The state of each of its sources, from its latest report (absent:
-    /// its agent does not report them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sources: Option<Vec<SourceReport>>,
-    /// Dataset records waiting in its outbox, from its latest report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outbox_pending: Option<i64>,
-    /// Dataset records it keeps in `outbox/rejected/` (refused for good).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outbox_rejected: Option<i64>,
+    /// What its latest report says beyond its jobs: its sources, outbox
+    /// backlog, report interval and prunes (each absent when its agent
+    /// does not report it).
+    #[serde(flatten)]
+    pub state: HostState,
 }
 
 /// A JSON request body, parsed strictly (unknown fields refused).
@@ -289,16 +285,9 @@ pub async fn host_statuses_at(
             (
                 h.host.clone(),
                 HostStatus {
-                    host: h.host,
                     last_backup: Some(h.last_backup),
                     backups: h.backups,
-                    active_jobs: Vec::new(),
-                    active_jobs_updated: None,
-                    last_seen: None,
-                    silent: true,
-                    sources: None,
-                    outbox_pending: None,
-                    outbox_rejected: None,
+                    ..HostStatus::unreported(h.host)
                 },
             )
         })
@@ -306,18 +295,7 @@ pub async fn host_statuses_at(
     for report in jobs {
         let entry = out
             .entry(report.host.clone())
-            .or_insert_with(|| HostStatus {
-                host: report.host.clone(),
-                last_backup: None,
-                backups: 0,
-                active_jobs: Vec::new(),
-                active_jobs_updated: None,
-                last_seen: None,
-                silent: true,
-                sources: None,
-                outbox_pending: None,
-                outbox_rejected: None,
-            });
+            .or_insert_with(|| HostStatus::unreported(report.host.clone()));
         entry.active_jobs = report.jobs;
         entry.active_jobs_updated = Some(report.received);
         entry.last_seen = Some(report.received);
@@ -327,11 +305,25 @@ pub async fn host_statuses_at(
             now,
             state.silent_after,
         );
-        entry.sources = report.state.sources;
-        entry.outbox_pending = report.state.outbox_pending;
-        entry.outbox_rejected = report.state.outbox_rejected;
+        entry.state = report.state;
     }
     Ok(out.into_values().collect())
+}
+
+impl HostStatus {
+    /// A host known by name only: no backups, never reported (silent).
+    pub fn unreported(host: String) -> HostStatus {
+        HostStatus {
+            host,
+            last_backup: None,
+            backups: 0,
+            active_jobs: Vec::new(),
+            active_jobs_updated: None,
+            last_seen: None,
+            silent: true,
+            state: HostState::default(),
+        }
+    }
 }
 
 /// `GET /api/hosts`.

@@ -543,7 +543,9 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
             {"name": "mysql", "schedule": "@daily", "last_run": {"result": "ok", "finished_at": now}, "last_success": now, "running": true,
              "last_forget": {"finished_at": now, "ok": false, "summary": "index removal refused <b>"}}
         ],
-        "outbox_pending": 4, "outbox_rejected": 0}),
+        "outbox_pending": 4, "outbox_rejected": 0,
+        "prune_schedule": "0 4 * * 0",
+        "last_prune": {"finished_at": now, "ok": false, "summary": "repository is already locked exclusively"}}),
     )
     .await;
     let resp = s.client.get(s.url("/")).send().await.unwrap();
@@ -578,9 +580,17 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(html.contains("<b>1</b>retention failing"), "{html}");
     assert!(
         html.contains("Needs attention: 1 failing source, 2 silent hosts")
-            && html.contains("1 source whose retention failed, 4 undelivered records."),
+            && html.contains(
+                "1 source whose retention failed, 1 host whose prune failed, 4 undelivered records."
+            ),
         "{html}"
     );
+    assert!(
+        html.contains("prune of the repository failed")
+            && html.contains("repository is already locked exclusively"),
+        "{html}"
+    );
+    assert!(!html.contains("No reporting host prunes"), "{html}");
     assert!(
         html.contains("<b>mysql</b>: retention failed")
             && html.contains("index removal refused &lt;b&gt;"),
@@ -621,7 +631,17 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
             && page.contains("index removal refused &lt;b&gt;</span>"),
         "{page}"
     );
+    assert!(
+        page.contains(
+            "Prunes the repository on <code>0 4 * * 0</code>; last prune <span class=\"err\">FAILED</span>"
+        ),
+        "{page}"
+    );
     let (_, metrics) = s.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"tabacco_host_prune_failing{host="h1"} 1"#),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(r#"tabacco_source_retention_failing{host="h1",source="mysql"} 1"#),
         "{metrics}"
@@ -1018,6 +1038,8 @@ async fn openapi_document_matches_routes_and_model() {
                 outbox_pending: Some(1),
                 outbox_rejected: Some(0),
                 report_interval_seconds: Some(30.0),
+                prune_schedule: Some("0 4 * * 0".into()),
+                last_prune: source.last_forget.clone(),
             })
             .unwrap(),
         ),
@@ -1055,16 +1077,15 @@ async fn openapi_document_matches_routes_and_model() {
         (
             "HostStatus",
             serde_json::to_value(routes::HostStatus {
-                host: "h".into(),
-                last_backup: None,
-                backups: 0,
-                active_jobs: vec![],
-                active_jobs_updated: None,
-                last_seen: None,
-                silent: true,
-                sources: Some(vec![source.clone()]),
-                outbox_pending: Some(0),
-                outbox_rejected: Some(0),
+                state: crate::metadata::HostState {
+                    sources: Some(vec![source.clone()]),
+                    outbox_pending: Some(0),
+                    outbox_rejected: Some(0),
+                    report_interval_seconds: Some(30.0),
+                    prune_schedule: Some("0 4 * * 0".into()),
+                    last_prune: source.last_forget.clone(),
+                },
+                ..routes::HostStatus::unreported("h".into())
             })
             .unwrap(),
         ),
