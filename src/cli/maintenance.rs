@@ -7,6 +7,7 @@ use std::path::Path;
 use clap::Args;
 
 use super::{CliError, load_config_with_dry_run, open_store, open_stores};
+use crate::jobs::lock::{HolderKind, LockError, SourceLock};
 use crate::manager::Manager;
 use crate::manager::maintenance::{MaintenanceError, ReconcileMode, Scope};
 use crate::runtime::RuntimeContext;
@@ -54,29 +55,93 @@ async fn setup(config_path: &Path, dry_run: bool) -> Result<(RuntimeContext, Man
     Ok((rctx, Manager::new(store)))
 }
 
-/// Run `tabacco forget`.
+/// The locks of the sources `tabacco forget` applies policies to, the
+/// same locks as backups take (a dry run changes nothing and takes none):
+/// a source being backed up, or forgotten by another command, is left out.
+struct ForgetLocks {
+    /// The sources to forget (empty: every configured source).
+    sources: Vec<String>,
+    /// Sources left out, with who holds them.
+    busy: Vec<LockError>,
+    _held: Vec<SourceLock>,
+}
+
+fn lock_for_forget(rctx: &RuntimeContext, wanted: &[String]) -> Result<ForgetLocks, CliError> {
+    if rctx.config().dry_run {
+        return Ok(ForgetLocks {
+            sources: wanted.to_vec(),
+            busy: Vec::new(),
+            _held: Vec::new(),
+        });
+    }
+    let names: Vec<String> = if wanted.is_empty() {
+        rctx.config()
+            .sources
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    } else {
+        wanted.to_vec()
+    };
+    let mut locks = ForgetLocks {
+        sources: Vec::new(),
+        busy: Vec::new(),
+        _held: Vec::new(),
+    };
+    for name in names {
+        if rctx.find_source(&name).is_none() {
+            return Err(maintenance_error(MaintenanceError::UnknownSource(name)));
+        }
+        match SourceLock::try_acquire(rctx.work_dir(), &name, HolderKind::Forget) {
+            Ok(lock) => {
+                locks._held.push(lock);
+                locks.sources.push(name);
+            }
+            Err(e @ LockError::Busy { .. }) => locks.busy.push(e),
+            Err(e) => return Err(CliError::failed(e)),
+        }
+    }
+    Ok(locks)
+}
+
+/// Run `tabacco forget`: exit 1 when a source was left out because it was
+/// busy (the others are applied).
 pub async fn forget(config_path: &Path, args: ForgetArgs) -> Result<(), CliError> {
     let (rctx, manager) = setup(config_path, args.dry_run).await?;
+    let locks = lock_for_forget(&rctx, &args.sources)?;
+    for e in &locks.busy {
+        eprintln!("skipped: {e}");
+    }
+    if locks.sources.is_empty() && !locks.busy.is_empty() {
+        return Err(CliError::failed(anyhow::anyhow!(
+            "nothing forgotten: every source asked for is busy; run it again later"
+        )));
+    }
     let report = manager
-        .forget(&rctx, &args.sources)
+        .forget(&rctx, &locks.sources)
         .await
         .map_err(maintenance_error)?;
     if args.json {
         let text = serde_json::to_string_pretty(&report.groups).map_err(CliError::failed)?;
         println!("{text}");
-        return Ok(());
-    }
-    print!("{}", report.table());
-    if report.dry_run {
+    } else if report.dry_run {
+        print!("{}", report.table());
         println!(
             "dry run: would remove {} version(s); nothing changed",
             report.to_remove()
         );
     } else {
+        print!("{}", report.table());
         println!(
             "removed {} record(s) from the index and forgot {} snapshot(s); run `tabacco prune` (or set prune_schedule) to free their space",
             report.records_removed, report.forgotten
         );
+    }
+    if !locks.busy.is_empty() {
+        return Err(CliError::failed(anyhow::anyhow!(
+            "{} source(s) were busy and left out (see above); run `tabacco forget` again later",
+            locks.busy.len()
+        )));
     }
     Ok(())
 }

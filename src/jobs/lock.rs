@@ -29,6 +29,9 @@ pub enum HolderKind {
     Agent,
     /// A command run by hand (`tabacco backup`).
     Cli,
+    /// `tabacco forget` run by hand, applying the source's retention
+    /// policy.
+    Forget,
 }
 
 /// What a lock file says about its holder.
@@ -44,13 +47,14 @@ pub struct LockHolder {
 
 impl std::fmt::Display for LockHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let who = match self.kind {
-            HolderKind::Agent => "the agent",
-            HolderKind::Cli => "`tabacco backup`",
+        let what = match self.kind {
+            HolderKind::Agent => "already being backed up by the agent",
+            HolderKind::Cli => "already being backed up by `tabacco backup`",
+            HolderKind::Forget => "having its retention policy applied by `tabacco forget`",
         };
         write!(
             f,
-            "{who} (pid {}, since {})",
+            "{what} (pid {}, since {})",
             self.pid,
             self.since.to_rfc3339_opts(SecondsFormat::Secs, true)
         )
@@ -61,8 +65,8 @@ impl std::fmt::Display for LockHolder {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Another process holds it.
-    #[error("source '{source_name}' is already being backed up by {}; not starting another backup of it (lock file {})",
-        holder.as_ref().map(ToString::to_string).unwrap_or_else(|| "another process".to_string()),
+    #[error("source '{source_name}' is {}; not starting another run on it now (lock file {})",
+        holder.as_ref().map(ToString::to_string).unwrap_or_else(|| "locked by another process".to_string()),
         path.display())]
     Busy {
         /// The source.

@@ -187,6 +187,60 @@ fn keep_last_two() -> Env {
 }
 
 #[test]
+fn a_forget_by_hand_leaves_out_a_source_being_backed_up_and_says_so() {
+    let env = keep_last_two();
+    env.write(
+        "etc/sources/more.yml",
+        &format!(
+            "name: more\nhandler: files\nparams: {{path: {}}}\ndatasets:\n  - name: team\n    atoms: [{{name: bob}}]\n",
+            env.path("data").display()
+        ),
+    );
+    env.write("data/bob/b.txt", "b\n");
+    for i in 0..3 {
+        env.write("data/alice/a.txt", &format!("version {i}\n"));
+        env.ok(&["backup", "home", "more"]);
+    }
+    let versions = |source: &str| {
+        atom_versions(&env.query(&["*"]))
+            .iter()
+            .filter(|(path, _)| path.starts_with(&format!("{source}/")))
+            .count()
+    };
+    assert_eq!((versions("home"), versions("more")), (3, 3));
+    // Hold home's lock, as a running backup does.
+    let path = env.path("work/locks/home.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let out = env.run(&["forget"]);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(
+        msg.contains("skipped: source 'home' is locked by another process"),
+        "{msg}"
+    );
+    assert!(msg.contains("1 source(s) were busy and left out"), "{msg}");
+    assert_eq!((versions("home"), versions("more")), (3, 2), "{msg}");
+    // Asked for the busy one alone: nothing to do, exit 1.
+    let out = env.run(&["forget", "home"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("nothing forgotten"), "{}", text(&out));
+    // A dry run takes no lock: it shows the decision anyway.
+    let out = env.ok(&["forget", "--dry-run", "home"]);
+    assert!(out.contains("would remove 1 version(s)"), "{out}");
+    drop(held);
+    env.ok(&["forget"]);
+    assert_eq!((versions("home"), versions("more")), (2, 2));
+}
+
+#[test]
 fn keep_last_two_after_five_backups_leaves_two_versions_in_index_and_repository() {
     let env = keep_last_two();
     for i in 0..5 {
