@@ -139,6 +139,19 @@ pub enum MetadataError {
     /// The client configuration (`metadb` in `agent.yml`) cannot be used.
     #[error("{0}")]
     Config(String),
+    /// A queued request was refused for good while it was delivered; the
+    /// outbox keeps it aside with the reason (see
+    /// [`client::outbox::queue`]).
+    #[error(
+        "{reason}; the request is kept in {} with a .reason file beside it (move it back into the outbox to send it again)",
+        file.display()
+    )]
+    KeptAside {
+        /// The request's file in `outbox/rejected/`.
+        file: PathBuf,
+        /// Why it was refused (its `.reason` file).
+        reason: String,
+    },
 }
 
 /// What to check when SQLite reports a full disk (`SQLITE_FULL`) or an
@@ -173,7 +186,9 @@ impl MetadataError {
     /// The one decision of the error policy: what a caller does next.
     pub fn recovery(&self) -> Recovery {
         match self {
-            MetadataError::BadRequest(_) | MetadataError::Conflict(_) => Recovery::Refused,
+            MetadataError::BadRequest(_)
+            | MetadataError::Conflict(_)
+            | MetadataError::KeptAside { .. } => Recovery::Refused,
             MetadataError::Rejected { status, .. } => match status {
                 401 | 404 | 405 | 407 | 408 => Recovery::FixSetup,
                 429 => Recovery::Retry,
@@ -190,6 +205,21 @@ impl MetadataError {
             | MetadataError::InvalidResponse { .. } => Recovery::Retry,
         }
     }
+}
+
+/// Where a write accepted by a store is (see
+/// [`MetadataStore::add_verifications`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recording {
+    /// In the index now.
+    Stored,
+    /// Safely queued in this host's outbox (it survives a crash), not yet
+    /// in the index: the metadata server at `url` could not take it now,
+    /// and the agent or the next command delivers it.
+    Queued {
+        /// The server it is queued for.
+        url: String,
+    },
 }
 
 /// The interface to the index of backups.
@@ -216,8 +246,12 @@ pub trait MetadataStore: Send + Sync {
     /// backups: each replaces the stored result of its atom version
     /// (keeping the time of the last `ok` one). Refused as a whole when an
     /// atom version is not in the index or belongs to another host (both
-    /// [`MetadataError::Conflict`]).
-    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+    /// [`MetadataError::Conflict`]). Says whether the results are in the
+    /// index or only queued for it (a store behind an outbox).
+    async fn add_verifications(
+        &self,
+        req: &AddVerificationsRequest,
+    ) -> Result<Recording, MetadataError> {
         let _ = req;
         Err(MetadataError::BadRequest(
             "this metadata store does not keep verification results".into(),
@@ -267,10 +301,11 @@ pub struct HostState {
     /// Every configured source of the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<SourceReport>>,
-    /// Dataset records waiting in its outbox.
+    /// Records (dataset records, verification results) waiting in its
+    /// outbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox_pending: Option<i64>,
-    /// Dataset records refused for good, kept in its `outbox/rejected/`.
+    /// Records refused for good, kept in its `outbox/rejected/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox_rejected: Option<i64>,
     /// How often it reports, in seconds.

@@ -362,16 +362,16 @@ pub struct UpdateActiveJobStatusRequest {
     /// not report it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<SourceReport>>,
-    /// Dataset records waiting in the agent's outbox for delivery to the
-    /// metadata server.
+    /// Records (dataset records, verification results) waiting in the
+    /// agent's outbox for delivery to the metadata server.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "optional_integer"
     )]
     pub outbox_pending: Option<i64>,
-    /// Dataset records the server refused for good, kept aside in the
-    /// agent's `outbox/rejected/`.
+    /// Records (dataset records, verification results) the server refused
+    /// for good, kept aside in the agent's `outbox/rejected/`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

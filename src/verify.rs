@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 use crate::config::HandlerType;
 use crate::handler::file::FileHandler;
 use crate::handler::spool::{Budget, SpoolDir};
-use crate::metadata::{MAX_VERIFICATIONS_PER_REQUEST, MetadataError, MetadataStore};
+use crate::metadata::{MAX_VERIFICATIONS_PER_REQUEST, MetadataError, MetadataStore, Recording};
 use crate::model::{
     AddVerificationsRequest, Atom, AtomVersion, Backup, Dataset, FindRequest,
     GetVerificationsRequest, Verification, VerifyResult, atom_path,
@@ -196,13 +196,19 @@ pub struct VerifyReport {
     pub drills: Vec<Drill>,
     /// Why recording the results in the index failed, if it did.
     pub record_error: Option<String>,
+    /// The metadata server the results are queued for, when they are
+    /// safely in this host's outbox but not yet in the index (the server
+    /// could not take them now; the agent or the next command delivers
+    /// them).
+    pub queued_for: Option<String>,
     /// Seconds the drills took (restores and comparisons).
     pub drill_seconds: f64,
 }
 
 impl VerifyReport {
     /// Whether everything was proven: the check (if run) found nothing,
-    /// every drill ended ok and the results are in the index.
+    /// every drill ended ok and the results are in the index or safely
+    /// queued for it.
     pub fn is_ok(&self) -> bool {
         self.check.as_ref().is_none_or(|c| c.ok)
             && self
@@ -215,6 +221,23 @@ impl VerifyReport {
     /// Drills that ended this way.
     pub fn count(&self, outcome: DrillOutcome) -> usize {
         self.drills.iter().filter(|d| d.outcome == outcome).count()
+    }
+
+    /// Where the results of the drills that ran are, for the output:
+    /// recorded in the index, or queued for delivery to the server (`None`
+    /// when nothing was to be recorded, or recording failed: see
+    /// [`VerifyReport::problems`]).
+    pub fn recording(&self) -> Option<String> {
+        let results = self.count(DrillOutcome::Ok) + self.count(DrillOutcome::Failed);
+        if results == 0 || self.record_error.is_some() {
+            return None;
+        }
+        Some(match &self.queued_for {
+            Some(url) => format!(
+                "{results} result(s) queued for delivery to {url} (not in the index yet): the agent, the next `tabacco backup` or `tabacco verify` delivers them"
+            ),
+            None => format!("{results} result(s) recorded in the index"),
+        })
     }
 
     /// Bytes restored by the drills.
@@ -392,7 +415,10 @@ pub async fn run(
                 report.drills.extend(d);
             }
             report.drill_seconds = started.elapsed().as_secs_f64();
-            report.record_error = record(store, &host, &report.drills).await.err();
+            match record(store, &host, &report.drills).await {
+                Ok(queued_for) => report.queued_for = queued_for,
+                Err(e) => report.record_error = Some(e),
+            }
             Ok(report)
         },
     )
@@ -933,8 +959,13 @@ fn compare_files(
     }
 }
 
-/// Record the results of the drills that ran (ok or failed) in the index.
-async fn record(store: &dyn MetadataStore, host: &str, drills: &[Drill]) -> Result<(), String> {
+/// Record the results of the drills that ran (ok or failed) in the index;
+/// `Some(url)` when some are only queued for the metadata server at `url`.
+async fn record(
+    store: &dyn MetadataStore,
+    host: &str,
+    drills: &[Drill],
+) -> Result<Option<String>, String> {
     let results: Vec<Verification> = drills
         .iter()
         .filter_map(|d| {
@@ -954,16 +985,23 @@ async fn record(store: &dyn MetadataStore, host: &str, drills: &[Drill]) -> Resu
             })
         })
         .collect();
+    let mut queued_for = None;
     for chunk in results.chunks(RESULTS_PER_REQUEST) {
-        store
+        let recording = store
             .add_verifications(&AddVerificationsRequest {
                 host: host.to_string(),
                 verifications: chunk.to_vec(),
             })
             .await
             .map_err(|e| e.to_string())?;
+        if let Recording::Queued { url } = recording {
+            queued_for = Some(url);
+        }
     }
-    Ok(())
+    if let Some(url) = &queued_for {
+        warn!(url = %url, results = results.len(), "verification results queued in the outbox: the metadata server could not take them now");
+    }
+    Ok(queued_for)
 }
 
 /// What the index proves of one source's atoms on one host.
@@ -1123,6 +1161,53 @@ mod tests {
         };
         assert!(!r.is_ok());
         assert_eq!(r.problems(), ["repository check: pack x damaged"]);
+    }
+
+    /// Results queued for the metadata server are neither a failure nor
+    /// claimed as recorded: the report says where they are.
+    #[test]
+    fn the_report_says_whether_results_are_recorded_or_queued() {
+        let d = |outcome| Drill {
+            version: AtomVersion {
+                backup_id: "b".into(),
+                dataset_id: "d".into(),
+                atom: "a".into(),
+            },
+            atom_path: "s/d/a".into(),
+            backup_time: "2026-01-01T00:00:00Z".parse().unwrap(),
+            snapshot_id: "x".into(),
+            outcome,
+            detail: String::new(),
+            bytes: 1,
+            finished_at: Utc::now(),
+        };
+        let mut r = VerifyReport {
+            drills: vec![d(DrillOutcome::Ok), d(DrillOutcome::Skipped)],
+            ..Default::default()
+        };
+        assert_eq!(
+            r.recording().as_deref(),
+            Some("1 result(s) recorded in the index"),
+            "a skipped drill records nothing"
+        );
+        r.drills.pop();
+        r.queued_for = Some("http://metadb:7070".into());
+        assert!(r.is_ok(), "safely queued is not a failure");
+        let line = r.recording().unwrap();
+        assert!(
+            line.starts_with(
+                "1 result(s) queued for delivery to http://metadb:7070 (not in the index yet)"
+            ),
+            "{line}"
+        );
+        r.record_error = Some("refused".into());
+        assert_eq!(r.recording(), None, "a problem, not a recording");
+        assert!(!r.is_ok());
+        let planned = VerifyReport {
+            drills: vec![d(DrillOutcome::Planned)],
+            ..Default::default()
+        };
+        assert_eq!(planned.recording(), None);
     }
 }
 

@@ -304,6 +304,7 @@ impl Agent {
                     skipped: 0,
                     bytes: 0,
                     problems: Vec::new(),
+                    results_queued_for: None,
                 };
                 (RunResult::Ok, run)
             }
@@ -320,6 +321,7 @@ impl Agent {
                     skipped: 0,
                     bytes: 0,
                     problems: vec![e],
+                    results_queued_for: None,
                 };
                 (RunResult::Error, run)
             }
@@ -348,6 +350,7 @@ impl Agent {
                     skipped: report.count(DrillOutcome::Skipped),
                     bytes: report.bytes(),
                     problems: report.problems(),
+                    results_queued_for: report.queued_for.clone(),
                 };
                 for p in &run.problems {
                     error!("verification: {p}");
@@ -366,7 +369,7 @@ impl Agent {
             .metrics
             .verify_run(unix_seconds(now), run.problems.len(), run.check_ok);
         let summary = format!(
-            "{} verified, {} failed, {} skipped{}",
+            "{} verified, {} failed, {} skipped{}{}",
             run.verified,
             run.failed,
             run.skipped,
@@ -374,7 +377,11 @@ impl Agent {
                 Some(true) => "; repository check ok",
                 Some(false) => "; repository check FAILED",
                 None => "",
-            }
+            },
+            run.results_queued_for
+                .as_deref()
+                .map(|url| format!("; results queued for delivery to {url}"))
+                .unwrap_or_default()
         );
         inner.jobs.finish(
             &job_id,

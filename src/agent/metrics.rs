@@ -237,22 +237,22 @@ impl Metrics {
         );
         registry.register(
             "outbox_pending_records",
-            "Dataset records in the outbox waiting for delivery to the metadata server",
+            "Records in the outbox waiting for delivery to the metadata server",
             m.outbox_pending.clone(),
         );
         registry.register(
             "outbox_rejected_records",
-            "Dataset records kept in outbox/rejected/ (refused by the metadata server or unreadable)",
+            "Records kept in outbox/rejected/ (refused by the metadata server or unreadable)",
             m.outbox_rejected_kept.clone(),
         );
         registry.register(
             "outbox_delivered",
-            "Dataset records delivered to the metadata server by this agent",
+            "Records delivered to the metadata server by this agent",
             m.outbox_delivered.clone(),
         );
         registry.register(
             "outbox_rejected",
-            "Dataset records this agent moved aside to outbox/rejected/ (refused for good by the metadata server, or unreadable)",
+            "Records this agent moved aside to outbox/rejected/ (refused for good by the metadata server, or unreadable)",
             m.outbox_rejected.clone(),
         );
         registry.register(

@@ -150,6 +150,13 @@ fn verify_section(h: &mut String, v: &super::VerifyStatus, now: DateTime<Utc>) {
                     None => "",
                 }
             );
+            if let Some(url) = &r.results_queued_for {
+                let _ = writeln!(
+                    h,
+                    "<p>Results queued for delivery to <code>{}</code>: not in the index yet (the outbox delivers them)</p>",
+                    escape(url)
+                );
+            }
             if !r.problems.is_empty() {
                 h.push_str("<ul class=\"err\">\n");
                 for p in &r.problems {
@@ -208,12 +215,12 @@ code{{font-size:90%}}</style></head><body>\n<h1>tabacco agent on {host}</h1>\n\
     }
     match (status.outbox_pending, status.outbox_rejected) {
         (Some(0), Some(0)) => h.push_str(
-            "<p class=\"ok\">Outbox: every dataset record has been delivered to the metadata server.</p>\n",
+            "<p class=\"ok\">Outbox: every record has been delivered to the metadata server.</p>\n",
         ),
         (Some(pending), rejected) => {
             let _ = write!(
                 h,
-                "<p class=\"banner err\">Outbox: {pending} dataset record(s) not yet delivered to the metadata server"
+                "<p class=\"banner err\">Outbox: {pending} record(s) not yet delivered to the metadata server"
             );
             if let Some(r) = rejected.filter(|r| *r > 0) {
                 let _ = write!(
@@ -444,6 +451,7 @@ mod tests {
                     problems: vec![
                         "failed db/x/<y> version b1 (2026-03-01T10:00:00Z): SHA-256 differs".into(),
                     ],
+                    results_queued_for: Some("https://metadb.example:7443/".into()),
                 }),
             },
             prune_schedule: Some("@weekly".into()),
@@ -462,6 +470,12 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("failed db/x/&lt;y&gt; version b1"), "{html}");
+        assert!(
+            html.contains(
+                "Results queued for delivery to <code>https://metadb.example:7443/</code>"
+            ),
+            "{html}"
+        );
         // A failed forget and the last prune are on the page.
         assert!(
             html.contains("FAILED</span>") && html.contains("metadata server unavailable"),
@@ -470,7 +484,7 @@ mod tests {
         assert!(html.contains("<code>@weekly</code>") && html.contains("to delete: 3 blobs"));
         assert!(html.contains(">partial<") && html.contains("1 of 3 datasets (4 atoms)"));
         assert!(html.contains("slapcat: permission denied"));
-        assert!(html.contains("4 dataset record(s) not yet delivered"));
+        assert!(html.contains("4 record(s) not yet delivered"));
         assert!(html.contains("<a href=\"https://metadb.example:7443/\">"));
         assert!(html.contains("h&lt;1&gt;"));
         assert!(!html.contains("<evil>"));

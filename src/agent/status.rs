@@ -82,6 +82,11 @@ pub struct VerifyRun {
     /// Each problem: the check's damage, each failed drill naming atom,
     /// version and what differed (or the error that stopped the run).
     pub problems: Vec<String>,
+    /// The metadata server its results are queued for (safely in the
+    /// outbox, not yet in the index); absent when they were recorded or
+    /// there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_queued_for: Option<String>,
 }
 
 /// Everything the status page and `/api/status` show.
@@ -103,10 +108,11 @@ pub struct AgentStatus {
     pub sources: Vec<SourceStatus>,
     /// Pending, running and recently done jobs.
     pub jobs: JobsSnapshot,
-    /// Dataset records waiting in the outbox for the metadata server
-    /// (`None`: no metadata server configured, or the outbox unreadable).
+    /// Records (dataset records, verification results) waiting in the
+    /// outbox for the metadata server (`None`: no metadata server
+    /// configured, or the outbox unreadable).
     pub outbox_pending: Option<i64>,
-    /// Dataset records the server refused, kept in `outbox/rejected/`.
+    /// Records the server refused, kept in `outbox/rejected/`.
     pub outbox_rejected: Option<i64>,
     /// The metadata server's web page (`metadb.url`), if one is configured.
     pub metadb_url: Option<String>,

@@ -239,7 +239,7 @@ pub async fn run(config_path: &Path, args: BackupArgs) -> Result<(), CliError> {
     }
     if refused > 0 {
         return Err(CliError::failed(anyhow::anyhow!(
-            "the metadata server refused {refused} dataset record(s); they are kept with the reason in {}",
+            "the metadata server refused {refused} record(s); they are kept with the reason in {}",
             stores
                 .outbox
                 .as_ref()

@@ -48,7 +48,9 @@ pub struct VerifyArgs {
 }
 
 /// Run the verification; exit 1 when the check found damage, a drill
-/// failed or could not run, or the results could not be recorded.
+/// failed or could not run, or the results could not be recorded (results
+/// safely queued in the outbox for the metadata server are not a failure:
+/// the output says they are queued, not recorded).
 pub async fn run(config_path: &Path, args: VerifyArgs) -> Result<(), CliError> {
     let config = load_config_with_dry_run(config_path, args.dry_run)?;
     let mut opts = verify::VerifyOptions::from_spec(&config.verify);
@@ -123,6 +125,9 @@ pub async fn run(config_path: &Path, args: VerifyArgs) -> Result<(), CliError> {
                 crate::util::bytes(report.bytes()),
                 report.drill_seconds
             );
+            if let Some(line) = report.recording() {
+                println!("{line}");
+            }
         }
     });
     if !report.is_ok() {

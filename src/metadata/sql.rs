@@ -22,9 +22,9 @@ use sqlx::{
 };
 
 use super::{
-    FailedVerification, HostActiveJobs, HostSummary, MetadataError, MetadataStore, ServerStore,
-    backup_id_chunks, check_owned, decode_report, jobs_json, state_json, truncate_micros,
-    validate_add, validate_find, validate_get_verifications, validate_remove,
+    FailedVerification, HostActiveJobs, HostSummary, MetadataError, MetadataStore, Recording,
+    ServerStore, backup_id_chunks, check_owned, decode_report, jobs_json, state_json,
+    truncate_micros, validate_add, validate_find, validate_get_verifications, validate_remove,
     validate_verifications,
 };
 use crate::glob::{PathCondition, Pattern};
@@ -239,14 +239,17 @@ where
         self.store_report(&req.host, jobs, state).await
     }
 
-    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
+    async fn add_verifications(
+        &self,
+        req: &AddVerificationsRequest,
+    ) -> Result<Recording, MetadataError> {
         let results = validate_verifications(req)?;
         let err = |e| self.db_error(e);
         let mut w = self.begin_write().await?;
         record_verifications::<S::DB>(&mut w.tx, &req.host, &results, err).await?;
         w.commit().await.map_err(err)?;
         tracing::debug!(database = %self.location(), host = %req.host, results = results.len(), "verifications recorded");
-        Ok(())
+        Ok(Recording::Stored)
     }
 
     async fn get_verifications(

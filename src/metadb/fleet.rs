@@ -101,7 +101,7 @@ pub struct Summary {
     pub sources: usize,
     /// Jobs running now (by job, not dataset).
     pub running_jobs: usize,
-    /// Dataset records waiting in the hosts' outboxes, and refused ones.
+    /// Records waiting in the hosts' outboxes, and refused ones.
     pub undelivered_records: i64,
 }
 

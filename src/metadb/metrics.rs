@@ -21,7 +21,7 @@
 //!   `silent_after`;
 //! - `tabacco_host_outbox_pending_records{host}`,
 //!   `tabacco_host_outbox_rejected_records{host}`: its undelivered and
-//!   refused dataset records;
+//!   refused records (dataset records, verification results);
 //! - `tabacco_source_failing{host,source}`: 1 when the source's last run
 //!   was `partial` or `error`;
 //! - `tabacco_source_last_success_timestamp_seconds{host,source}`: its last
@@ -162,13 +162,13 @@ impl Metrics {
         let host_outbox_pending = Family::<HostLabels, Gauge>::default();
         registry.register(
             "tabacco_host_outbox_pending_records",
-            "Dataset records waiting in the host's outbox for delivery to this server, from its latest report",
+            "Records waiting in the host's outbox for delivery to this server, from its latest report",
             host_outbox_pending.clone(),
         );
         let host_outbox_rejected = Family::<HostLabels, Gauge>::default();
         registry.register(
             "tabacco_host_outbox_rejected_records",
-            "Dataset records this server refused for good, kept in the host's outbox/rejected/, from its latest report",
+            "Records this server refused for good, kept in the host's outbox/rejected/, from its latest report",
             host_outbox_rejected.clone(),
         );
         let source_failing = Family::<SourceLabels, Gauge>::default();

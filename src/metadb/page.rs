@@ -468,13 +468,13 @@ fn host_problems(h: &HostStatus, now: DateTime<Utc>, stale_after: Duration) -> V
     let pending = h.state.outbox_pending.unwrap_or(0);
     if pending > 0 {
         out.push(format!(
-            "<div class=\"warnt\">{pending} dataset record(s) waiting in its outbox</div>"
+            "<div class=\"warnt\">{pending} record(s) waiting in its outbox</div>"
         ));
     }
     let rejected = h.state.outbox_rejected.unwrap_or(0);
     if rejected > 0 {
         out.push(format!(
-            "<div class=\"err\">{rejected} dataset record(s) refused by this server (see \
+            "<div class=\"err\">{rejected} record(s) refused by this server (see \
              outbox/rejected/ on the host)</div>"
         ));
     }

@@ -602,7 +602,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     assert!(h1 < h2, "failing first");
     assert!(html.contains("slapcat: permission denied") && html.contains(">partial<"));
     assert!(html.contains("never reported to this server"));
-    assert!(html.contains("4 dataset record(s) waiting in its outbox"));
+    assert!(html.contains("4 record(s) waiting in its outbox"));
     // Running datasets by name, honest progress; the waiting one too.
     assert!(html.contains(">users<") && html.contains("<progress max=\"1\" value=\"0.400\">"));
     assert!(html.contains("4 / 10"));

@@ -567,3 +567,114 @@ fn e2e_verify_records_through_the_metadata_server_and_query_returns_it() {
     );
     server.terminate();
 }
+
+/// Verification results are as durable as dataset records: when the
+/// metadata server goes away during the drills (after the reads), `tabacco
+/// verify` queues the results in the outbox and says so (exit 0, nothing on
+/// the server); once the server is back, `tabacco backup` delivers them and
+/// the server answers with them.
+#[test]
+fn e2e_verify_with_the_server_gone_queues_the_results_and_backup_delivers_them() {
+    let srv = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let config = srv.path().join("metadb.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "database: sqlite://{}\nlisten: 127.0.0.1:{port}\n",
+            srv.path().join("metadb.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let server = crate::metadb_server::MetadbServer::start(srv.path(), &config, &[]);
+    assert_eq!(server.base, url);
+    let env = Env::new();
+    sources(&env);
+    env.write_main(&format!("metadb:\n  url: {url}\n"));
+    env.ok(&["backup", "home", "db"]);
+    assert_eq!(verifications(&env.query(&["*"])).len(), 5);
+
+    // restic, through a wrapper that stops the server (SIGTERM, then waits
+    // for the port to close) at the first drill's restic call: the reads
+    // are done, the results cannot reach the server.
+    let stop = env.path("stop-server-pid");
+    std::fs::write(&stop, server.pid().to_string()).unwrap();
+    let wrapper = env.path("restic-stopping-the-server");
+    env.write(
+        "restic-stopping-the-server",
+        &format!(
+            "#!/bin/bash\ncase \" $* \" in\n  *\" ls \"*|*\" restore \"*|*\" dump \"*)\n    if mv {stop} {stop}.taken 2>/dev/null; then\n      kill -TERM \"$(cat {stop}.taken)\"\n      for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/{port}) 2>/dev/null || break; sleep 0.05; done\n    fi;;\nesac\nexec {restic} \"$@\"\n",
+            stop = stop.display(),
+            restic = restic(),
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    env.write(
+        "etc/agent.yml",
+        &format!(
+            "hostname: testhost\nwork_dir: {work}\nrepository:\n  name: main\n  type: restic\n  params:\n    uri: {repo}\n    password: \"{PASSWORD}\"\n    restic_binary: {bin}\nmetadb:\n  url: {url}\n",
+            work = env.path("work").display(),
+            repo = env.repo().display(),
+            bin = wrapper.display(),
+        ),
+    );
+    let out = env.run(&["verify", "--no-check", "--all"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!stop.exists(), "the server was stopped: {all}");
+    assert!(all.contains("5 atom versions verified, 0 failed"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "5 result(s) queued for delivery to {url} (not in the index yet)"
+        )),
+        "{all}"
+    );
+    assert!(!all.contains("recorded in the index"), "{all}");
+    let queued: Vec<std::path::PathBuf> = std::fs::read_dir(env.path("work/outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].extension().unwrap(), "verifications");
+    let body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&queued[0]).unwrap()).unwrap();
+    assert_eq!(body["host"], "testhost");
+    assert_eq!(body["verifications"].as_array().unwrap().len(), 5);
+
+    // The server comes back (same port, same database): nothing recorded.
+    let _ = server.terminate();
+    let server = crate::metadb_server::MetadbServer::start(srv.path(), &config, &[]);
+    let v = verifications(&env.query(&["*"]));
+    assert!(v.iter().all(|(_, v)| v.is_null()), "{v:?}");
+
+    // The next backup delivers them (behind its own records).
+    let out = env.ok(&["backup", "home", "db"]);
+    assert!(out.contains(&format!("delivered to {url}")), "{out}");
+    assert!(!out.contains("pending delivery"), "{out}");
+    assert!(
+        std::fs::read_dir(env.path("work/outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .all(|p| !p.is_file() || p.file_name().unwrap().to_string_lossy().starts_with('.')),
+        "the outbox is empty"
+    );
+    let v = verifications(&env.query(&["*"]));
+    assert_eq!(v.len(), 10, "two backups of five atoms: {v:?}");
+    let proven: Vec<&(String, serde_json::Value)> =
+        v.iter().filter(|(_, v)| !v.is_null()).collect();
+    assert_eq!(proven.len(), 5, "{v:?}\nserver log:\n{}", server.log());
+    for (atom, v) in proven {
+        assert_eq!(v["result"], "ok", "{atom}: {v}");
+    }
+    server.terminate();
+}

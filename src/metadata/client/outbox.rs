@@ -1,12 +1,14 @@
 //! The outbox in front of the metadata server: [`OutboxStore`], a
-//! [`MetadataStore`] that queues each dataset record durably
-//! ([`queue::Outbox`], `<work_dir>/outbox/`) before it is sent.
+//! [`MetadataStore`] that queues each dataset record and each batch of
+//! verification results durably ([`queue::Outbox`], `<work_dir>/outbox/`)
+//! before it is sent.
 //!
-//! `add_dataset` queues the record, makes one bounded delivery attempt and
-//! succeeds once the record is safely queued, whether or not the server
-//! answered; what stays queued is delivered by the agent's background loop
-//! or at the end of the next command. Reads and verification results go
-//! straight to the server.
+//! `add_dataset` and `add_verifications` queue the request, make one
+//! bounded delivery attempt and succeed once the request is safely queued,
+//! whether or not the server answered (`add_verifications` says which:
+//! [`Recording`]); what stays queued is delivered by the agent's
+//! background loop or at the end of the next command. Reads go straight to
+//! the server.
 
 pub mod queue;
 
@@ -17,10 +19,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tracing::{debug, info, warn};
 
-use self::queue::{DeliveryReport, Outbox};
+use self::queue::{DeliveryReport, Outbox, RecordState};
 use crate::config::Config;
 use crate::metadata::client::remote::{RemoteOptions, RemoteStore, RetryPolicy};
-use crate::metadata::{MetadataError, MetadataStore};
+use crate::metadata::{MetadataError, MetadataStore, Recording};
 use crate::model::{
     AddVerificationsRequest, Backup, Dataset, FindRequest, GetVerificationsRequest,
     RemoveDatasetsRequest, UpdateActiveJobStatusRequest, Verification,
@@ -240,6 +242,20 @@ impl OutboxStore {
         report
     }
 
+    /// The single delivery attempt right after a record is queued (through
+    /// the client that does not retry, within `immediate_budget`), unless
+    /// a round failed moments ago: then the record is only queued.
+    async fn deliver_now(&self) {
+        if self.paused().is_some() {
+            debug!(url = %self.url, "server failed recently; record left queued");
+            return;
+        }
+        let report = self
+            .deliver_via(&*self.immediate, self.options.immediate_budget)
+            .await;
+        log_report(&self.url, &report);
+    }
+
     /// The agent's background delivery: a round at once, then one every
     /// `interval`, until `shutdown` completes (a round in progress is
     /// abandoned then; what it had not delivered stays queued).
@@ -286,14 +302,7 @@ fn log_report(url: &str, r: &DeliveryReport) {
 impl MetadataStore for OutboxStore {
     async fn add_dataset(&self, backup: &Backup, dataset: &Dataset) -> Result<(), MetadataError> {
         self.outbox.enqueue(backup, dataset).await?;
-        if self.paused().is_some() {
-            debug!(url = %self.url, "server failed recently; record left queued");
-            return Ok(());
-        }
-        let report = self
-            .deliver_via(&*self.immediate, self.options.immediate_budget)
-            .await;
-        log_report(&self.url, &report);
+        self.deliver_now().await;
         Ok(())
     }
 
@@ -308,11 +317,27 @@ impl MetadataStore for OutboxStore {
         self.remote.update_active_job_status(req).await
     }
 
-    /// Sent straight to the server (not through the outbox): a result
-    /// that cannot be delivered fails the drill's recording, and the next
-    /// drill measures again.
-    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
-        self.remote.add_verifications(req).await
+    /// Queued like a dataset record, behind the records queued before
+    /// (the results may be about them), then one delivery attempt as
+    /// `add_dataset` makes. `Ok` once safely queued: [`Recording::Stored`]
+    /// when the server acknowledged them (this attempt or another
+    /// deliverer's), [`Recording::Queued`] while they wait in the outbox;
+    /// refused for good in this attempt: [`MetadataError::KeptAside`].
+    async fn add_verifications(
+        &self,
+        req: &AddVerificationsRequest,
+    ) -> Result<Recording, MetadataError> {
+        let file = self.outbox.enqueue_verifications(req).await?;
+        self.deliver_now().await;
+        match self.outbox.state_of(&file) {
+            RecordState::Queued => Ok(Recording::Queued {
+                url: self.url.clone(),
+            }),
+            RecordState::Gone => Ok(Recording::Stored),
+            RecordState::Rejected { file, reason } => {
+                Err(MetadataError::KeptAside { file, reason })
+            }
+        }
     }
 
     async fn get_verifications(
@@ -335,7 +360,7 @@ impl MetadataStore for OutboxStore {
                 attempts: 1,
                 status: None,
                 reason: format!(
-                    "{} dataset record(s) are still waiting in the outbox ({}); records are removed only once the outbox is delivered{}",
+                    "{} record(s) are still waiting in the outbox ({}); records are removed only once the outbox is delivered{}",
                     report.pending,
                     self.outbox.dir().display(),
                     report
@@ -357,7 +382,7 @@ mod tests {
     use std::path::Path;
     use std::sync::atomic::Ordering;
 
-    use super::queue::tests::{Fake, enqueue_n, unavailable};
+    use super::queue::tests::{Fake, enqueue_n, rejected, unavailable, verifications};
     use crate::metadata::client::remote::tests::sample;
 
     fn outbox_store(work: &Path, fake: Arc<Fake>) -> OutboxStore {
@@ -561,6 +586,129 @@ mod tests {
         assert!(
             bodies.iter().all(|b| b == &bodies[0]),
             "the same record every time"
+        );
+    }
+
+    /// Verification results are as durable as dataset records: with the
+    /// server down, `add_verifications` queues them behind the dataset
+    /// queued before, says so, and the next delivery sends both in order.
+    #[tokio::test]
+    async fn add_verifications_with_the_server_down_queues_and_the_next_delivery_sends_them() {
+        let work = tempfile::tempdir().unwrap();
+        let retrying = Arc::new(Fake {
+            verifications_need_datasets: true,
+            ..Fake::default()
+        });
+        let once = Arc::new(Fake {
+            fail_always: true,
+            ..Fake::default()
+        });
+        let store = outbox_store(work.path(), retrying.clone()).with_immediate(once.clone());
+        let (b, d) = sample("d0");
+        store.add_dataset(&b, &d).await.unwrap();
+        let started = Instant::now();
+        let r = store.add_verifications(&verifications("d0")).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            r,
+            Recording::Queued {
+                url: "http://metadb".into()
+            }
+        );
+        assert_eq!(store.outbox().pending().unwrap(), 2);
+        let names: Vec<String> = fs::read_dir(store.outbox().dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".verifications"))
+            .collect();
+        assert_eq!(names.len(), 1, "one pending verification file: {names:?}");
+        assert_eq!(
+            once.calls.load(Ordering::SeqCst),
+            1,
+            "paused after the failure"
+        );
+        let r = store.deliver_pending().await;
+        assert_eq!((r.delivered, r.pending, r.error), (2, 0, None));
+        assert_eq!(retrying.acked(), ["d0", "v:d0"]);
+        assert_eq!(store.outbox().delivered_total(), 2);
+    }
+
+    #[tokio::test]
+    async fn add_verifications_delivered_at_once_are_stored() {
+        let work = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let store = outbox_store(work.path(), fake.clone());
+        let r = store.add_verifications(&verifications("d0")).await.unwrap();
+        assert_eq!(r, Recording::Stored);
+        assert_eq!(fake.acked(), ["v:d0"]);
+        assert_eq!(store.outbox().pending().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn add_verifications_refused_for_good_are_kept_aside_and_reported() {
+        let work = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        fake.push(Err(rejected(409)));
+        let store = outbox_store(work.path(), fake.clone());
+        let e = store
+            .add_verifications(&verifications("d0"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.recovery(), crate::metadata::Recovery::Refused);
+        let MetadataError::KeptAside { file, .. } = &e else {
+            panic!("{e}");
+        };
+        assert!(file.starts_with(store.outbox().rejected_dir()), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("HTTP 409") && text.contains("move it back into the outbox"),
+            "{text}"
+        );
+        assert_eq!(store.outbox().pending().unwrap(), 0);
+        assert_eq!(store.outbox().rejected_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn add_verifications_fail_when_they_cannot_be_queued() {
+        let work = tempfile::tempdir().unwrap();
+        let not_a_dir = work.path().join("file");
+        fs::write(&not_a_dir, "").unwrap();
+        let fake = Arc::new(Fake::default());
+        let store = outbox_store(&not_a_dir, fake.clone());
+        let e = store
+            .add_verifications(&verifications("d0"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot queue 1 verification result(s) of host host-a")
+                && e.contains("outbox"),
+            "{e}"
+        );
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// Queued results hold back a removal like dataset records do.
+    #[tokio::test]
+    async fn queued_verification_results_hold_back_removals() {
+        let work = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake {
+            fail_always: true,
+            ..Fake::default()
+        });
+        let store = outbox_store(work.path(), fake.clone());
+        store.add_verifications(&verifications("d0")).await.unwrap();
+        let e = store
+            .remove_datasets(&RemoveDatasetsRequest {
+                host: "host-a".into(),
+                datasets: Vec::new(),
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 record(s) are still waiting in the outbox"),
+            "{e}"
         );
     }
 }

@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode, Url};
 use tracing::{debug, warn};
 
 use crate::config::MetadbClientConfig;
-use crate::metadata::{MetadataError, MetadataStore};
+use crate::metadata::{MetadataError, MetadataStore, Recording};
 use crate::model::{
     AddDatasetRequest, AddVerificationsRequest, Backup, Dataset, FindRequest,
     GetVerificationsRequest, RemoveDatasetsRequest, RemoveDatasetsResponse,
@@ -585,8 +585,13 @@ impl MetadataStore for RemoteStore {
         Ok(removed)
     }
 
-    async fn add_verifications(&self, req: &AddVerificationsRequest) -> Result<(), MetadataError> {
-        self.post(api::ADD_VERIFICATIONS, req).await.map(|_| ())
+    async fn add_verifications(
+        &self,
+        req: &AddVerificationsRequest,
+    ) -> Result<Recording, MetadataError> {
+        self.post(api::ADD_VERIFICATIONS, req)
+            .await
+            .map(|_| Recording::Stored)
     }
 
     async fn get_verifications(

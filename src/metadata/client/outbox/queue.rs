@@ -1,7 +1,7 @@
-//! The durable queue of dataset records on their way to the metadata
-//! server (`<work_dir>/outbox/`), and its delivery rounds.
+//! The durable queue of records on their way to the metadata server
+//! (`<work_dir>/outbox/`), and its delivery rounds.
 //!
-//! Before a dataset record is sent, it is written to its own file in
+//! Before a record is sent, it is written to its own file in
 //! `<work_dir>/outbox/` (written to a temporary name, fsync'ed, renamed to a
 //! unique, time-ordered name, directory fsync'ed). A file is removed only
 //! after the server acknowledged it. Delivery goes oldest first and stops at
@@ -11,6 +11,16 @@
 //! with a `.reason` file beside it, logged at error and counted; an
 //! unreadable file goes there too. Moving a file from `rejected/` back to
 //! `outbox/` queues it again.
+//!
+//! Two kinds of record share the queue, told apart by the file name's
+//! extension ([`RecordKind`]): dataset records (`*.json`, the body of
+//! `POST /api/add_dataset`, as every earlier version wrote them) and
+//! verification results (`*.verifications`, the body of
+//! `POST /api/add_verifications`). One queue keeps their order: results
+//! queued after the dataset records they are about are delivered after
+//! them (the server refuses a result for an atom version it does not hold).
+//! An older tabacco lists only `*.json`, so it leaves verification files
+//! queued rather than setting them aside as unreadable.
 //!
 //! Any number of deliverers (the agent's background task, `tabacco backup`
 //! on the same host) may run at once: a round holds an exclusive `flock` on
@@ -29,14 +39,12 @@ use tracing::{debug, error, warn};
 
 use crate::filelock::{Locked, lock_waiting};
 use crate::metadata::{MetadataError, MetadataStore, Recovery};
-use crate::model::{AddDatasetRequest, Backup, Dataset};
+use crate::model::{AddDatasetRequest, AddVerificationsRequest, Backup, Dataset};
 
 /// Name of the outbox directory inside `work_dir`.
 pub const OUTBOX_DIR: &str = "outbox";
 /// Name of the directory of refused records inside the outbox.
 pub const REJECTED_DIR: &str = "rejected";
-/// Extension of queued records.
-const RECORD_EXT: &str = "json";
 /// Extension of the reason files beside refused records.
 const REASON_EXT: &str = "reason";
 /// Prefix of files being written.
@@ -64,7 +72,24 @@ pub struct DeliveryReport {
     pub busy: bool,
 }
 
-/// The on-disk queue of dataset records (`<work_dir>/outbox/`).
+/// Where a queued record is ([`Outbox::state_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// Still waiting for delivery.
+    Queued,
+    /// Refused for good (or unreadable) and kept in `rejected/` as `file`,
+    /// with the `reason` of its `.reason` file.
+    Rejected {
+        /// Its file in `rejected/`.
+        file: PathBuf,
+        /// Why (time and error).
+        reason: String,
+    },
+    /// No longer in the outbox: acknowledged by the server and removed.
+    Gone,
+}
+
+/// The on-disk queue of records (`<work_dir>/outbox/`).
 #[derive(Debug)]
 pub struct Outbox {
     dir: PathBuf,
@@ -92,19 +117,140 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A unique file name that sorts by creation time.
-fn record_name() -> String {
+/// What a queued file holds, told by its name's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A dataset record ([`AddDatasetRequest`]), `*.json`: the only kind
+    /// earlier versions queued, so their files are read unchanged.
+    Dataset,
+    /// Verification results ([`AddVerificationsRequest`]),
+    /// `*.verifications` (an extension older versions do not list).
+    Verifications,
+}
+
+impl RecordKind {
+    /// The extension of its files.
+    pub fn ext(self) -> &'static str {
+        match self {
+            RecordKind::Dataset => "json",
+            RecordKind::Verifications => "verifications",
+        }
+    }
+
+    /// The kind of the file `name` (a queued record or a temporary file),
+    /// if it is one.
+    fn of_name(name: &str) -> Option<RecordKind> {
+        match Path::new(name).extension().and_then(|e| e.to_str()) {
+            Some("json") => Some(RecordKind::Dataset),
+            Some("verifications") => Some(RecordKind::Verifications),
+            _ => None,
+        }
+    }
+
+    /// The kind of a temporary file: written with the extension of its
+    /// kind, except dataset records (`.tmp-ID`, as earlier versions wrote
+    /// them).
+    fn of_tmp(name: &str) -> RecordKind {
+        RecordKind::of_name(name).unwrap_or(RecordKind::Dataset)
+    }
+
+    /// Whether `bytes` is a whole record of this kind.
+    fn is_whole(self, bytes: &[u8]) -> bool {
+        match self {
+            RecordKind::Dataset => serde_json::from_slice::<AddDatasetRequest>(bytes).is_ok(),
+            RecordKind::Verifications => {
+                serde_json::from_slice::<AddVerificationsRequest>(bytes).is_ok()
+            }
+        }
+    }
+}
+
+/// A unique file name for a record of `kind` that sorts by creation time
+/// (whatever the kind).
+fn record_name(kind: RecordKind) -> String {
     format!(
-        "{}-{}.{RECORD_EXT}",
+        "{}-{}.{}",
         Utc::now().format("%Y%m%dT%H%M%S%.9fZ"),
-        uuid::Uuid::now_v7().simple()
+        uuid::Uuid::now_v7().simple(),
+        kind.ext()
     )
+}
+
+/// The name of a temporary file for a record of `kind`.
+fn tmp_name(kind: RecordKind) -> String {
+    let id = uuid::Uuid::now_v7().simple();
+    match kind {
+        RecordKind::Dataset => format!("{TMP_PREFIX}{id}"),
+        other => format!("{TMP_PREFIX}{id}.{}", other.ext()),
+    }
 }
 
 /// Whether `name` is a queued record (not a temporary, lock or directory).
 fn is_record_name(name: &str) -> bool {
-    !name.starts_with('.')
-        && Path::new(name).extension().and_then(|e| e.to_str()) == Some(RECORD_EXT)
+    !name.starts_with('.') && RecordKind::of_name(name).is_some()
+}
+
+/// What happened to one record sent.
+enum Sent {
+    /// Acknowledged (what it was, for the log).
+    Acked(String),
+    /// Refused for good, or unreadable: why.
+    Refused(String),
+    /// Failed for now: the round stops.
+    Failed(String),
+}
+
+/// Send the record of `kind` in `bytes` to `store`.
+async fn send(store: &dyn MetadataStore, kind: RecordKind, bytes: &[u8]) -> Sent {
+    let (what, result) = match kind {
+        RecordKind::Dataset => match serde_json::from_slice::<AddDatasetRequest>(bytes) {
+            Err(e) => {
+                return Sent::Refused(format!("corrupt outbox file, not a dataset record: {e}"));
+            }
+            Ok(req) => (
+                format!(
+                    "backup {}, host {}, dataset {} {}/{}",
+                    req.backup.id,
+                    req.backup.host,
+                    req.dataset.id,
+                    req.dataset.source,
+                    req.dataset.name
+                ),
+                store.add_dataset(&req.backup, &req.dataset).await,
+            ),
+        },
+        RecordKind::Verifications => {
+            match serde_json::from_slice::<AddVerificationsRequest>(bytes) {
+                Err(e) => {
+                    return Sent::Refused(format!(
+                        "corrupt outbox file, not verification results: {e}"
+                    ));
+                }
+                Ok(req) => (
+                    format!(
+                        "verification results of host {}: {} atom version(s){}",
+                        req.host,
+                        req.verifications.len(),
+                        req.verifications
+                            .first()
+                            .map(|v| format!(
+                                ", the first backup {} dataset {} atom {}",
+                                v.backup_id, v.dataset_id, v.atom
+                            ))
+                            .unwrap_or_default()
+                    ),
+                    store.add_verifications(&req).await.map(|_| ()),
+                ),
+            }
+        }
+    };
+    match result {
+        Ok(()) => Sent::Acked(what),
+        Err(e) if e.recovery() == Recovery::Refused => {
+            Sent::Refused(format!("refused by the metadata server ({what}): {e}"))
+        }
+        Err(e) => Sent::Failed(e.to_string()),
+    }
 }
 
 /// Names of the regular files in `dir` for which `keep` holds, sorted.
@@ -203,8 +349,52 @@ impl Outbox {
             serde_json::to_vec_pretty(&AddDatasetRequest::new(backup, dataset)).map_err(|e| {
                 MetadataError::BadRequest(format!("cannot encode the dataset record: {e}"))
             })?;
+        let path = self
+            .write_record(
+                RecordKind::Dataset,
+                body,
+                format!("the record of dataset {}", dataset.id),
+            )
+            .await?;
+        debug!(file = %path.display(), dataset_id = %dataset.id, "dataset record queued in the outbox");
+        Ok(path)
+    }
+
+    /// Queue verification results durably, behind every record queued
+    /// before; returns the file. When this returns `Ok`, the results
+    /// survive a crash or power loss.
+    pub async fn enqueue_verifications(
+        &self,
+        req: &AddVerificationsRequest,
+    ) -> Result<PathBuf, MetadataError> {
+        let body = serde_json::to_vec_pretty(req).map_err(|e| {
+            MetadataError::BadRequest(format!("cannot encode the verification results: {e}"))
+        })?;
+        let path = self
+            .write_record(
+                RecordKind::Verifications,
+                body,
+                format!(
+                    "{} verification result(s) of host {}",
+                    req.verifications.len(),
+                    req.host
+                ),
+            )
+            .await?;
+        debug!(file = %path.display(), results = req.verifications.len(), "verification results queued in the outbox");
+        Ok(path)
+    }
+
+    /// Write `body` as a new record of `kind` (`what` it is, for the
+    /// error): temporary file, fsync, rename, directory fsync.
+    async fn write_record(
+        &self,
+        kind: RecordKind,
+        body: Vec<u8>,
+        what: String,
+    ) -> Result<PathBuf, MetadataError> {
         let dir = self.dir.clone();
-        let path = dir.join(record_name());
+        let path = dir.join(record_name(kind));
         let target = path.clone();
         blocking(move || {
             if !dir.is_dir() {
@@ -213,7 +403,7 @@ impl Outbox {
                     sync_dir(parent)?;
                 }
             }
-            let tmp = dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::now_v7().simple()));
+            let tmp = dir.join(tmp_name(kind));
             if let Err(e) = write_synced(&tmp, &body) {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
@@ -224,14 +414,31 @@ impl Outbox {
         .await
         .map_err(|source| MetadataError::Io {
             context: format!(
-                "cannot queue the record of dataset {} in the outbox {} (is work_dir writable, is the disk full?)",
-                dataset.id,
+                "cannot queue {what} in the outbox {} (is work_dir writable, is the disk full?)",
                 self.dir.display()
             ),
             source,
         })?;
-        debug!(file = %path.display(), dataset_id = %dataset.id, "dataset record queued in the outbox");
         Ok(path)
+    }
+
+    /// Where the record queued as `file` (a path [`Outbox::enqueue`] or
+    /// [`Outbox::enqueue_verifications`] returned) is now.
+    pub fn state_of(&self, file: &Path) -> RecordState {
+        if file.exists() {
+            return RecordState::Queued;
+        }
+        let Some(name) = file.file_name() else {
+            return RecordState::Gone;
+        };
+        let kept = self.rejected_dir.join(name);
+        if !kept.exists() {
+            return RecordState::Gone;
+        }
+        let reason = fs::read_to_string(kept.with_extension(REASON_EXT))
+            .map(|r| r.trim().to_string())
+            .unwrap_or_else(|e| format!("refused (its .reason file cannot be read: {e})"));
+        RecordState::Rejected { file: kept, reason }
     }
 
     /// Take the outbox's delivery lock, waiting up to `wait`. `None`: some
@@ -279,10 +486,11 @@ impl Outbox {
                     .ok()
                     .and_then(|m| now.duration_since(m).ok());
                 if age.is_some_and(|a| a >= STALE_TMP_AGE) {
+                    let kind = RecordKind::of_tmp(&name);
                     let complete = fs::read(dir.join(&name))
                         .ok()
-                        .is_some_and(|b| serde_json::from_slice::<AddDatasetRequest>(&b).is_ok());
-                    out.push((name, complete));
+                        .is_some_and(|b| kind.is_whole(&b));
+                    out.push((name, kind, complete));
                 }
             }
             Ok(out)
@@ -295,10 +503,10 @@ impl Outbox {
                 return;
             }
         };
-        for (name, complete) in stale {
+        for (name, kind, complete) in stale {
             if complete {
                 let dir = self.dir.clone();
-                let to = record_name();
+                let to = record_name(kind);
                 let res = blocking(move || {
                     fs::rename(dir.join(&name), dir.join(&to))?;
                     sync_dir(&dir)
@@ -372,6 +580,9 @@ impl Outbox {
             }
         };
         for name in names {
+            let Some(kind) = RecordKind::of_name(&name) else {
+                continue;
+            };
             let path = self.dir.join(&name);
             let read_path = path.clone();
             let bytes = match blocking(move || fs::read(read_path)).await {
@@ -383,26 +594,16 @@ impl Outbox {
                     break;
                 }
             };
-            let outcome = match serde_json::from_slice::<AddDatasetRequest>(&bytes) {
-                Err(e) => Err(format!("corrupt outbox file, not a dataset record: {e}")),
-                Ok(req) => match store.add_dataset(&req.backup, &req.dataset).await {
-                    Ok(()) => Ok(req),
-                    Err(e) if e.recovery() == Recovery::Refused => Err(format!(
-                        "refused by the metadata server (backup {}, host {}, dataset {} {}/{}): {e}",
-                        req.backup.id,
-                        req.backup.host,
-                        req.dataset.id,
-                        req.dataset.source,
-                        req.dataset.name
-                    )),
-                    Err(e) => {
-                        report.error = Some(e.to_string());
-                        break;
-                    }
-                },
+            let outcome = match send(store, kind, &bytes).await {
+                Sent::Acked(what) => Ok(what),
+                Sent::Refused(reason) => Err(reason),
+                Sent::Failed(e) => {
+                    report.error = Some(e);
+                    break;
+                }
             };
             match outcome {
-                Ok(req) => {
+                Ok(what) => {
                     let dir = self.dir.clone();
                     let file = path.clone();
                     let removed = blocking(move || {
@@ -415,7 +616,7 @@ impl Outbox {
                     .await;
                     report.delivered += 1;
                     self.delivered_total.fetch_add(1, Ordering::Relaxed);
-                    debug!(dataset_id = %req.dataset.id, backup_id = %req.backup.id, "dataset record delivered");
+                    debug!(record = %what, "record delivered");
                     if let Err(e) = removed {
                         // Delivered again next round; the server ignores it.
                         report.error = Some(format!(
@@ -459,8 +660,9 @@ pub(super) mod tests {
 
     use async_trait::async_trait;
 
+    use crate::metadata::Recording;
     use crate::metadata::client::remote::tests::sample;
-    use crate::model::{FindRequest, UpdateActiveJobStatusRequest};
+    use crate::model::{FindRequest, UpdateActiveJobStatusRequest, Verification, VerifyResult};
 
     pub(crate) fn rejected(status: u16) -> MetadataError {
         MetadataError::Rejected {
@@ -489,6 +691,9 @@ pub(super) mod tests {
         /// When set, every call checks that the record is still queued.
         pub(crate) check_queued_in: Option<PathBuf>,
         pub(crate) fail_always: bool,
+        /// As the server does: refuse (409) verification results about a
+        /// dataset not acknowledged before.
+        pub(crate) verifications_need_datasets: bool,
     }
 
     impl Fake {
@@ -526,6 +731,38 @@ pub(super) mod tests {
             }
             r
         }
+        /// Acks as `v:DATASET_ID` of the first result.
+        async fn add_verifications(
+            &self,
+            req: &AddVerificationsRequest,
+        ) -> Result<Recording, MetadataError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if self.fail_always {
+                return Err(unavailable());
+            }
+            let r = self.script.lock().unwrap().pop_front().unwrap_or(Ok(()));
+            r?;
+            let acked = self.acked();
+            if self.verifications_need_datasets
+                && let Some(v) = req
+                    .verifications
+                    .iter()
+                    .find(|v| !acked.contains(&v.dataset_id))
+            {
+                return Err(MetadataError::Rejected {
+                    url: "http://metadb/api/add_verifications".into(),
+                    status: 409,
+                    message: format!("atom version {} is not in the index", v.dataset_id),
+                });
+            }
+            let first = req.verifications.first().map(|v| v.dataset_id.as_str());
+            self.acked
+                .lock()
+                .unwrap()
+                .push(format!("v:{}", first.unwrap_or_default()));
+            Ok(Recording::Stored)
+        }
         async fn find_atoms(&self, _req: &FindRequest) -> Result<Vec<Backup>, MetadataError> {
             Ok(vec![sample("found").0])
         }
@@ -538,6 +775,23 @@ pub(super) mod tests {
     }
 
     const WAIT: Duration = Duration::from_secs(10);
+
+    /// Results of drills of the atom `alice` of dataset `dataset_id` (as
+    /// [`sample`] makes it).
+    pub(crate) fn verifications(dataset_id: &str) -> AddVerificationsRequest {
+        AddVerificationsRequest {
+            host: "host-a".into(),
+            verifications: vec![Verification {
+                backup_id: format!("b-{dataset_id}"),
+                dataset_id: dataset_id.into(),
+                atom: "alice".into(),
+                verified_at: "2026-01-03T00:00:00Z".parse().unwrap(),
+                result: VerifyResult::Ok,
+                error: None,
+                last_ok: None,
+            }],
+        }
+    }
 
     pub(crate) async fn enqueue_n(outbox: &Outbox, n: usize) -> Vec<PathBuf> {
         let mut out = Vec::new();
@@ -782,5 +1036,168 @@ pub(super) mod tests {
         drop(held);
         let r = b.deliver(&fake, Duration::from_millis(100)).await;
         assert_eq!((r.busy, r.delivered), (false, 1));
+    }
+
+    #[tokio::test]
+    async fn verification_results_are_delivered_after_the_datasets_queued_before_them() {
+        let work = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(work.path());
+        let (b, d) = sample("d0");
+        outbox.enqueue(&b, &d).await.unwrap();
+        let v = outbox
+            .enqueue_verifications(&verifications("d0"))
+            .await
+            .unwrap();
+        assert_eq!(
+            v.extension().unwrap(),
+            "verifications",
+            "the file says what it holds"
+        );
+        let (b, d) = sample("d1");
+        outbox.enqueue(&b, &d).await.unwrap();
+        assert_eq!(outbox.pending().unwrap(), 3);
+        let on_disk: AddVerificationsRequest =
+            serde_json::from_slice(&fs::read(&v).unwrap()).unwrap();
+        assert_eq!(
+            on_disk,
+            verifications("d0"),
+            "the body of POST /api/add_verifications"
+        );
+        let fake = Fake {
+            verifications_need_datasets: true,
+            ..Fake::default()
+        };
+        let r = outbox.deliver(&fake, WAIT).await;
+        assert_eq!(
+            (r.delivered, r.rejected, r.pending, r.error),
+            (3, 0, 0, None)
+        );
+        assert_eq!(fake.acked(), ["d0", "v:d0", "d1"]);
+        assert_eq!(outbox.delivered_total(), 3);
+    }
+
+    /// A dataset record queued by an earlier version (its name and its
+    /// plain `AddDatasetRequest` JSON, written here by hand) is still read
+    /// and delivered, in time order with the new kinds.
+    #[tokio::test]
+    async fn an_old_format_dataset_file_still_delivers() {
+        let work = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(work.path());
+        fs::create_dir_all(outbox.dir()).unwrap();
+        let old = serde_json::json!({
+            "backup": {
+                "id": "b-old",
+                "timestamp": "2026-01-02T03:04:05Z",
+                "host": "host-a",
+                "datasets": []
+            },
+            "dataset": {
+                "id": "old",
+                "name": "users",
+                "source": "home",
+                "atoms": [{"name": "alice", "path": ""}],
+                "snapshot_id": "ab".repeat(32),
+                "total_files": 1,
+                "total_bytes": 2,
+                "bytes_added": 3,
+                "duration": 4
+            }
+        });
+        fs::write(
+            outbox
+                .dir()
+                .join("20260102T030405.000000000Z-0190a0b0c0d07e8f9a0b1c2d3e4f5a6b.json"),
+            serde_json::to_vec_pretty(&old).unwrap(),
+        )
+        .unwrap();
+        outbox
+            .enqueue_verifications(&verifications("old"))
+            .await
+            .unwrap();
+        assert_eq!(outbox.pending().unwrap(), 2);
+        let fake = Fake {
+            verifications_need_datasets: true,
+            ..Fake::default()
+        };
+        let r = outbox.deliver(&fake, WAIT).await;
+        assert_eq!((r.delivered, r.rejected, r.pending), (2, 0, 0));
+        assert_eq!(fake.acked(), ["old", "v:old"]);
+    }
+
+    #[tokio::test]
+    async fn refused_verification_results_are_moved_aside_with_their_reason() {
+        for status in [409, 400] {
+            let work = tempfile::tempdir().unwrap();
+            let outbox = Outbox::open(work.path());
+            let v = outbox
+                .enqueue_verifications(&verifications("d0"))
+                .await
+                .unwrap();
+            let (b, d) = sample("d1");
+            outbox.enqueue(&b, &d).await.unwrap();
+            let fake = Fake::default();
+            fake.push(Err(rejected(status)));
+            let r = outbox.deliver(&fake, WAIT).await;
+            assert_eq!((r.delivered, r.rejected, r.pending), (1, 1, 0), "{status}");
+            assert_eq!(fake.acked(), ["d1"], "the round goes on after a refusal");
+            let kept = outbox.rejected_dir().join(v.file_name().unwrap());
+            let body: AddVerificationsRequest =
+                serde_json::from_slice(&fs::read(&kept).unwrap()).unwrap();
+            assert_eq!(body, verifications("d0"), "kept unchanged");
+            let reason = fs::read_to_string(kept.with_extension("reason")).unwrap();
+            assert!(
+                reason.contains(&format!("HTTP {status}"))
+                    && reason.contains("verification results of host host-a: 1 atom version(s)")
+                    && reason.contains("dataset d0 atom alice"),
+                "{reason}"
+            );
+            assert_eq!(outbox.rejected_total(), 1);
+            assert_eq!(outbox.rejected_stored().unwrap(), 1);
+            match outbox.state_of(&v) {
+                RecordState::Rejected { file, reason } => {
+                    assert_eq!(file, kept);
+                    assert!(reason.contains(&format!("HTTP {status}")), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+            // Moved back, it is queued and sent again.
+            fs::rename(&kept, &v).unwrap();
+            assert_eq!(outbox.state_of(&v), RecordState::Queued);
+            let r = outbox.deliver(&fake, WAIT).await;
+            assert_eq!(r.delivered, 1);
+            assert_eq!(outbox.state_of(&v), RecordState::Gone);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_temporary_verification_file_is_recovered_as_one() {
+        let work = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(work.path());
+        enqueue_n(&outbox, 1).await;
+        let whole = serde_json::to_vec(&verifications("d0")).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for (name, bytes) in [
+            (".tmp-whole.verifications", &whole[..]),
+            (".tmp-half.verifications", &whole[..10]),
+        ] {
+            let p = outbox.dir().join(name);
+            fs::write(&p, bytes).unwrap();
+            File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let fake = Fake::default();
+        let r = outbox.deliver(&fake, WAIT).await;
+        assert_eq!((r.delivered, r.rejected), (2, 1));
+        assert_eq!(fake.acked(), ["d0", "v:d0"]);
+        assert!(
+            outbox
+                .rejected_dir()
+                .join(".tmp-half.verifications")
+                .exists()
+        );
     }
 }
