@@ -1124,9 +1124,9 @@ mod tests {
         assert_eq!(names(two), ["never-newer-backup", "never-older-backup"]);
     }
 
-    #[test]
-    fn report_is_ok_only_when_everything_was_proven() {
-        let d = |outcome| Drill {
+    /// A drill of atom `s/d/a` that ended `outcome`.
+    fn drill(outcome: DrillOutcome, detail: &str) -> Drill {
+        Drill {
             version: AtomVersion {
                 backup_id: "b".into(),
                 dataset_id: "d".into(),
@@ -1136,10 +1136,15 @@ mod tests {
             backup_time: "2026-01-01T00:00:00Z".parse().unwrap(),
             snapshot_id: "x".into(),
             outcome,
-            detail: "sha differs".into(),
+            detail: detail.into(),
             bytes: 1,
             finished_at: Utc::now(),
-        };
+        }
+    }
+
+    #[test]
+    fn report_is_ok_only_when_everything_was_proven() {
+        let d = |outcome| drill(outcome, "sha differs");
         let mut r = VerifyReport {
             drills: vec![d(DrillOutcome::Ok)],
             ..Default::default()
@@ -1167,20 +1172,7 @@ mod tests {
     /// claimed as recorded: the report says where they are.
     #[test]
     fn the_report_says_whether_results_are_recorded_or_queued() {
-        let d = |outcome| Drill {
-            version: AtomVersion {
-                backup_id: "b".into(),
-                dataset_id: "d".into(),
-                atom: "a".into(),
-            },
-            atom_path: "s/d/a".into(),
-            backup_time: "2026-01-01T00:00:00Z".parse().unwrap(),
-            snapshot_id: "x".into(),
-            outcome,
-            detail: String::new(),
-            bytes: 1,
-            finished_at: Utc::now(),
-        };
+        let d = |outcome| drill(outcome, "");
         let mut r = VerifyReport {
             drills: vec![d(DrillOutcome::Ok), d(DrillOutcome::Skipped)],
             ..Default::default()
