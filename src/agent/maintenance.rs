@@ -72,7 +72,13 @@ impl Agent {
         let scope = Scope::Host(rctx.hostname().to_string());
         let run = match inner
             .manager
-            .reconcile(&rctx, &scope, ReconcileMode::AddOnly)
+            .reconcile(
+                &rctx,
+                &scope,
+                ReconcileMode::AddOnly {
+                    before: inner.started_at,
+                },
+            )
             .await
         {
             Ok(r) => {

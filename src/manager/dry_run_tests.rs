@@ -229,6 +229,59 @@ async fn reconcile_dry_run_finds_and_repairs_nothing() {
     assert_eq!(reconcile(&t.c.dry).await.unwrap().differences(), 0);
 }
 
+/// The agent's reconcile at start adds the snapshots made before it
+/// started, and leaves those taken since to the backups making them.
+#[tokio::test]
+async fn reconcile_at_start_leaves_snapshots_taken_since_to_their_backups() {
+    let t = setup().await;
+    let started = Utc::now();
+    let unrecorded = |at: chrono::DateTime<Utc>| {
+        let backup = Backup {
+            id: new_id(),
+            timestamp: at,
+            host: "h1".into(),
+            datasets: Vec::new(),
+        };
+        let dataset = Dataset {
+            id: new_id(),
+            name: "d".into(),
+            source: "s".into(),
+            atoms: vec![Atom {
+                name: "a".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        t.c.repo
+            .add(&snapshot_meta(&backup, &dataset), at.fixed_offset());
+    };
+    unrecorded(started - chrono::Duration::minutes(5));
+    unrecorded(started + chrono::Duration::seconds(1));
+    let scope = Scope::Host("h1".into());
+    let r = t
+        .manager
+        .reconcile(
+            &t.c.real,
+            &scope,
+            ReconcileMode::AddOnly { before: started },
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.added, r.in_flight), (1, 1), "{}", r.text());
+    assert!(
+        r.text()
+            .contains("1 snapshot(s) taken since the agent started")
+    );
+    assert_eq!(t.records().await, 1);
+    // A full reconcile later indexes the other one (its backup died).
+    let r = t
+        .manager
+        .reconcile(&t.c.real, &scope, ReconcileMode::Full)
+        .await
+        .unwrap();
+    assert_eq!((r.added, r.in_flight), (1, 0), "{}", r.text());
+}
+
 #[tokio::test]
 async fn prune_dry_run_runs_no_prune() {
     let t = setup().await;

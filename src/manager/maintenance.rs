@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use super::{Manager, ManagerError};
@@ -167,10 +167,18 @@ pub enum Scope {
 /// [`RuntimeContext::plan_then_apply`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReconcileMode {
-    /// Index the snapshots without a record; report stale records but
-    /// leave them (what the agent does at start: it may have been killed
-    /// between a snapshot and its record, and adding is always safe).
-    AddOnly,
+    /// Index the snapshots without a record taken before `before`; report
+    /// stale records but leave them (what the agent does at start: it may
+    /// have been killed between a snapshot and its record, and adding is
+    /// always safe). Snapshots from `before` on belong to backups of this
+    /// run of the agent, which record them themselves, with what only the
+    /// backup knows (statistics, a stream's size and digest): adding their
+    /// tags' record first would keep the poorer one (the first record of a
+    /// dataset is the one kept).
+    AddOnly {
+        /// When the agent started.
+        before: DateTime<Utc>,
+    },
     /// Repair both ways.
     Full,
 }
@@ -204,6 +212,9 @@ pub struct ReconcileReport {
     pub dry_run: bool,
     /// Stale records were reported, not removed.
     pub add_only: bool,
+    /// Snapshots without a record left to the backups that are making
+    /// them (taken since the agent started).
+    pub in_flight: usize,
 }
 
 impl ReconcileReport {
@@ -254,6 +265,12 @@ impl ReconcileReport {
             for item in list {
                 out.push_str(&format!("{what}: {item}\n"));
             }
+        }
+        if self.in_flight > 0 {
+            out.push_str(&format!(
+                "{} snapshot(s) taken since the agent started left to the backups making them\n",
+                self.in_flight
+            ));
         }
         if self.differences() == 0 {
             out.push_str("index and repository agree\n");
@@ -568,7 +585,7 @@ impl Manager {
             Scope::AllHosts => "",
         };
         let mut report = ReconcileReport {
-            add_only: mode == ReconcileMode::AddOnly,
+            add_only: matches!(mode, ReconcileMode::AddOnly { .. }),
             ..ReconcileReport::default()
         };
         // The index first, then the repository.
@@ -618,6 +635,13 @@ impl Manager {
             match record::read(snap) {
                 SnapshotRecord::Record(mut b) => {
                     let ds = &b.datasets[0];
+                    if let ReconcileMode::AddOnly { before } = mode
+                        && snap.time >= before
+                        && !indexed.contains(&(b.id.clone(), ds.id.clone()))
+                    {
+                        report.in_flight += 1;
+                        continue;
+                    }
                     if !indexed.contains(&(b.id.clone(), ds.id.clone())) {
                         if repo_id.is_none() {
                             repo_id = Some(match rctx.repo().id().await {
