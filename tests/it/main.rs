@@ -19,6 +19,7 @@ mod interrupts;
 mod many_atoms;
 mod metadb;
 mod metadb_server;
+mod quickstart;
 mod remote;
 mod rest;
 mod retention;
