@@ -104,6 +104,9 @@ struct MaintenanceState {
     next_prune: Option<DateTime<Utc>>,
     last_prune: Option<MaintenanceRun>,
     last_reconcile: Option<MaintenanceRun>,
+    /// The repository's id, once known (read at start, or recorded by a
+    /// backup), for the status report: the server groups hosts by it.
+    repository_id: Option<String>,
 }
 
 struct Inner {
@@ -325,6 +328,7 @@ impl Agent {
             tokio::spawn(async move {
                 this.load_last_successes().await;
                 this.load_verify_state().await;
+                this.learn_repository_id().await;
                 this.reconcile_at_start().await;
             });
         }

@@ -317,6 +317,9 @@ pub struct HostState {
     /// How its last prune ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_prune: Option<MaintenanceRun>,
+    /// The repository it backs up into (restic's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<String>,
 }
 
 /// A host that has backups in the index.
@@ -706,7 +709,12 @@ pub(crate) fn state_json(req: &UpdateActiveJobStatusRequest) -> Result<String, M
         report_interval_seconds: req.report_interval_seconds,
         prune_schedule: req.prune_schedule.clone(),
         last_prune: req.last_prune.clone(),
+        repository_id: req.repository_id.clone(),
     };
+    if let Some(id) = &state.repository_id {
+        crate::names::check_id("repository id", id)
+            .map_err(|e| MetadataError::BadRequest(format!("repository_id: {e}")))?;
+    }
     for (i, s) in state.sources.iter().flatten().enumerate() {
         crate::names::check_source_name(&s.name)
             .map_err(|e| MetadataError::BadRequest(format!("sources[{i}].name: {e}")))?;

@@ -388,6 +388,10 @@ pub struct UpdateActiveJobStatusRequest {
     /// How its last prune ended (absent: none since it started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_prune: Option<MaintenanceRun>,
+    /// restic's id of the repository it backs up into (absent: not known
+    /// yet, before its first backup, or an agent that does not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<String>,
 }
 
 /// How a run of a source ended.

@@ -157,6 +157,14 @@ impl Agent {
                 run.datasets_failed =
                     report.failures.iter().filter(|f| f.atom.is_none()).count() as i64;
                 run.atoms_failed = (report.failed_atoms + left_out) as i64;
+                if let Some(id) = report
+                    .backup
+                    .datasets
+                    .iter()
+                    .find_map(|d| d.repository_id.clone())
+                {
+                    self.set_repository_id(id);
+                }
             }
         }
         let result = run.result;

@@ -63,6 +63,26 @@ impl Agent {
         }
     }
 
+    /// Read the repository's id at start (one `restic cat config`, cached
+    /// for the process), for the status report; a repository that does not
+    /// exist yet gets its id from the first backup instead.
+    pub async fn learn_repository_id(&self) {
+        let rctx = self.inner.config.runtime_context();
+        match rctx.repo().id().await {
+            Ok(Some(id)) => self.set_repository_id(id),
+            Ok(None) => {}
+            Err(e) => info!(
+                "the repository's id is not known yet ({}); the first backup records it",
+                error_chain(&e)
+            ),
+        }
+    }
+
+    /// Remember the repository's id (also from a backup's records).
+    pub(super) fn set_repository_id(&self, id: String) {
+        lock(&self.inner.maintenance).repository_id = Some(id);
+    }
+
     /// Reconcile this host's records with the repository at start, adding
     /// only (a snapshot made just before the agent was killed gets its
     /// record); stale records are reported for `tabacco reconcile`.

@@ -307,6 +307,10 @@ impl Agent {
             })
             .collect();
         let outbox = self.outbox_counts();
+        let (last_prune, repository_id) = {
+            let m = lock(&self.inner.maintenance);
+            (m.last_prune.clone(), m.repository_id.clone())
+        };
         UpdateActiveJobStatusRequest {
             active_jobs: self.inner.jobs.active_jobs(&host),
             host,
@@ -315,7 +319,8 @@ impl Agent {
             outbox_rejected: outbox.map(|c| c.1),
             report_interval_seconds: Some(self.inner.report_interval.as_secs_f64()),
             prune_schedule: cfg.prune_schedule.clone(),
-            last_prune: lock(&self.inner.maintenance).last_prune.clone(),
+            last_prune,
+            repository_id,
         }
     }
 

@@ -1036,6 +1036,7 @@ async fn active_jobs_keeps_the_latest_report_per_host(s: &dyn TestStore) {
             ok: true,
             summary: "restic prune: 12 MiB freed".into(),
         }),
+        repository_id: Some("5e5b".repeat(16)),
     })
     .await
     .unwrap();
@@ -1047,6 +1048,7 @@ async fn active_jobs_keeps_the_latest_report_per_host(s: &dyn TestStore) {
     assert_eq!(got[0].state.report_interval_seconds, Some(30.0));
     assert_eq!(got[0].state.prune_schedule.as_deref(), Some("0 4 * * 0"));
     assert!(got[0].state.last_prune.as_ref().is_some_and(|p| p.ok));
+    assert_eq!(got[0].state.repository_id, Some("5e5b".repeat(16)));
     assert_eq!(got[1].host, "h1");
     assert_eq!(got[1].state, crate::metadata::HostState::default());
     assert_eq!(got[1].jobs, vec![job("h1", "j2"), job("h1", "j3")]);

@@ -14,12 +14,15 @@
 //!   retention policy failed: nothing is lost, old versions pile up.
 //! - A host's **prune is failing** when its last prune of the repository
 //!   (`prune_schedule`) failed: forgotten snapshots keep their space.
+//! - A **repository** (by the id its hosts report) is **unpruned** when
+//!   none of its hosts has a `prune_schedule`: forgotten snapshots keep
+//!   their space for ever.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::SourceReport;
+use crate::model::{MaintenanceRun, SourceReport};
 
 use super::routes::HostStatus;
 
@@ -92,11 +95,8 @@ pub struct Summary {
     pub retention_failing: usize,
     /// Hosts whose last prune failed.
     pub prune_failing: usize,
-    /// Hosts that report a `prune_schedule`.
-    pub pruning_hosts: usize,
-    /// Hosts whose agent reports its sources (and so its prune schedule,
-    /// when it has one).
-    pub reporting_hosts: usize,
+    /// Repositories (reported by their hosts) that no host prunes.
+    pub unpruned_repositories: usize,
     /// Sources reported by the hosts.
     pub sources: usize,
     /// Jobs running now (by job, not dataset).
@@ -114,8 +114,6 @@ pub fn summary(hosts: &[HostStatus], now: DateTime<Utc>, stale_after: Duration) 
     for h in hosts {
         s.silent_hosts += usize::from(h.silent);
         s.prune_failing += usize::from(prune_failing(h));
-        s.pruning_hosts += usize::from(h.state.prune_schedule.is_some());
-        s.reporting_hosts += usize::from(h.state.sources.is_some());
         for src in h.state.sources.iter().flatten() {
             s.sources += 1;
             s.failing_sources += usize::from(is_failing(src));
@@ -129,7 +127,53 @@ pub fn summary(hosts: &[HostStatus], now: DateTime<Utc>, stale_after: Duration) 
         s.undelivered_records += h.state.outbox_pending.unwrap_or(0).max(0)
             + h.state.outbox_rejected.unwrap_or(0).max(0);
     }
+    s.unpruned_repositories = repositories(hosts)
+        .iter()
+        .filter(|r| r.pruners.is_empty())
+        .count();
     s
+}
+
+/// A repository the fleet's hosts back up into, as their reports say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepositoryView<'a> {
+    /// restic's id of the repository.
+    pub id: &'a str,
+    /// Hosts that back up into it, by name.
+    pub hosts: Vec<&'a str>,
+    /// Those of them with a `prune_schedule`.
+    pub pruners: Vec<&'a str>,
+    /// The newest prune any of them reported, and by whom.
+    pub last_prune: Option<(&'a str, &'a MaintenanceRun)>,
+}
+
+/// The repositories the hosts report, by id (hosts that report none, before
+/// their first backup or older agents, are in none).
+pub fn repositories(hosts: &[HostStatus]) -> Vec<RepositoryView<'_>> {
+    let mut by_id: std::collections::BTreeMap<&str, RepositoryView<'_>> =
+        std::collections::BTreeMap::new();
+    for h in hosts {
+        let Some(id) = h.state.repository_id.as_deref() else {
+            continue;
+        };
+        let r = by_id.entry(id).or_insert_with(|| RepositoryView {
+            id,
+            hosts: Vec::new(),
+            pruners: Vec::new(),
+            last_prune: None,
+        });
+        r.hosts.push(&h.host);
+        if h.state.prune_schedule.is_some() {
+            r.pruners.push(&h.host);
+        }
+        if let Some(p) = &h.state.last_prune
+            && r.last_prune
+                .is_none_or(|(_, l)| l.finished_at < p.finished_at)
+        {
+            r.last_prune = Some((&h.host, p));
+        }
+    }
+    by_id.into_values().collect()
 }
 
 /// How much attention a host needs: lower sorts first (failing sources,
@@ -268,9 +312,38 @@ mod tests {
         assert!(prune_failing(&host));
         assert_eq!(attention(&host, now, day), 2);
         let s = summary(&[host], now, day);
-        assert_eq!(
-            (s.prune_failing, s.pruning_hosts, s.reporting_hosts),
-            (1, 1, 1)
-        );
+        assert_eq!((s.prune_failing, s.unpruned_repositories), (1, 0));
+    }
+
+    #[test]
+    fn repositories_group_hosts_and_tell_who_prunes() {
+        let now = t("2026-01-03T00:00:00Z");
+        let host = |name: &str, repo: Option<&str>, prunes: bool| {
+            let mut h = HostStatus::unreported(name.into());
+            h.state.repository_id = repo.map(str::to_string);
+            if prunes {
+                h.state.prune_schedule = Some("0 4 * * 0".into());
+                h.state.last_prune = Some(MaintenanceRun {
+                    finished_at: now,
+                    ok: true,
+                    summary: "ok".into(),
+                });
+            }
+            h
+        };
+        let hosts = [
+            host("a", Some("r1"), false),
+            host("b", Some("r1"), true),
+            host("c", Some("r2"), false),
+            host("d", None, false),
+        ];
+        let repos = repositories(&hosts);
+        assert_eq!(repos.len(), 2);
+        assert_eq!((repos[0].id, &repos[0].hosts), ("r1", &vec!["a", "b"]));
+        assert_eq!(repos[0].pruners, vec!["b"]);
+        assert_eq!(repos[0].last_prune.map(|(h, _)| h), Some("b"));
+        assert_eq!((repos[1].id, repos[1].pruners.len()), ("r2", 0));
+        let day = Duration::from_secs(86400);
+        assert_eq!(summary(&hosts, now, day).unpruned_repositories, 1);
     }
 }

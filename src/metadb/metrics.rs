@@ -29,6 +29,9 @@
 //! - `tabacco_host_prune_failing{host}`: 1 when the host's last prune of
 //!   the repository failed (0 when it succeeded; absent when it reported
 //!   none);
+//! - `tabacco_repository_pruners{repository}`: how many of the hosts
+//!   backing up into a repository (by the id they report) prune it (0:
+//!   nobody does, forgotten snapshots keep their space);
 //! - `tabacco_source_retention_failing{host,source}`: 1 when the last
 //!   application of the source's retention policy failed (0 when it
 //!   succeeded; absent when the agent reported none).
@@ -55,6 +58,13 @@ pub struct RequestLabels {
     pub method: String,
     /// Response status code.
     pub status: u16,
+}
+
+/// Labels of a repository's gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepositoryLabels {
+    /// restic's id of the repository.
+    pub repository: String,
 }
 
 /// Labels of the latency histogram.
@@ -107,6 +117,8 @@ pub struct Metrics {
     source_last_success: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     /// 1 for a host whose last prune failed.
     host_prune_failing: Family<HostLabels, Gauge>,
+    /// Hosts pruning each repository.
+    repository_pruners: Family<RepositoryLabels, Gauge>,
     /// 1 for a source whose last retention run failed.
     source_retention_failing: Family<SourceLabels, Gauge>,
 }
@@ -189,6 +201,12 @@ impl Metrics {
             "1 when the host's last prune of the repository failed (forgotten snapshots keep their space until one succeeds), from its latest report",
             host_prune_failing.clone(),
         );
+        let repository_pruners = Family::<RepositoryLabels, Gauge>::default();
+        registry.register(
+            "tabacco_repository_pruners",
+            "How many of the hosts backing up into the repository prune it (prune_schedule), from their latest reports; 0: forgotten snapshots keep their space",
+            repository_pruners.clone(),
+        );
         let source_retention_failing = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "tabacco_source_retention_failing",
@@ -209,6 +227,7 @@ impl Metrics {
             source_last_success,
             source_retention_failing,
             host_prune_failing,
+            repository_pruners,
         }
     }
 
@@ -256,6 +275,14 @@ impl Metrics {
         self.source_last_success.clear();
         self.source_retention_failing.clear();
         self.host_prune_failing.clear();
+        self.repository_pruners.clear();
+        for r in super::fleet::repositories(hosts) {
+            self.repository_pruners
+                .get_or_create(&RepositoryLabels {
+                    repository: r.id.to_owned(),
+                })
+                .set(i64::try_from(r.pruners.len()).unwrap_or(i64::MAX));
+        }
         let secs = |t: &chrono::DateTime<chrono::Utc>| t.timestamp_micros() as f64 / 1e6;
         for h in hosts {
             let hl = HostLabels {

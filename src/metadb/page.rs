@@ -220,6 +220,7 @@ pub async fn page(
     summary_section(&mut html, &summary);
     hosts.sort_by_key(|h| fleet::attention(h, now, state.stale_after));
     hosts_section(&mut html, &hosts, now, state.stale_after);
+    repositories_section(&mut html, &hosts, now);
     jobs_section(&mut html, &hosts, now, true);
     let failed = state
         .store
@@ -355,6 +356,11 @@ fn summary_section(html: &mut String, s: &Summary) {
         "hosts whose prune failed",
     );
     count(
+        s.unpruned_repositories,
+        "repository no host prunes",
+        "repositories no host prunes",
+    );
+    count(
         usize::try_from(s.undelivered_records).unwrap_or(0),
         "undelivered record",
         "undelivered records",
@@ -375,13 +381,66 @@ fn summary_section(html: &mut String, s: &Summary) {
             escape(&problems.join(", "))
         );
     }
-    if s.reporting_hosts > 0 && s.pruning_hosts == 0 {
-        html.push_str(
-            "<p class=\"warnt\">No reporting host prunes the repository (<code>prune_schedule</code> \
-             in one host's agent.yml): forgotten snapshots keep their space until a prune.</p>",
+    html.push_str("</section>");
+}
+
+/// The repositories the hosts back up into: who shares each, who prunes
+/// it, and how its last prune ended. Hosts that report no repository yet
+/// are left out.
+fn repositories_section(html: &mut String, hosts: &[HostStatus], now: DateTime<Utc>) {
+    let repos = fleet::repositories(hosts);
+    if repos.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<section><h2>Repositories</h2><table><thead><tr><th>Repository</th><th>Hosts</th>\
+         <th>Pruned by</th><th>Last prune</th></tr></thead><tbody>",
+    );
+    for r in &repos {
+        let names = |list: &[&str]| {
+            let shown: Vec<String> = list.iter().take(10).map(|h| escape(h)).collect();
+            let more = list.len().saturating_sub(shown.len());
+            if more > 0 {
+                format!("{} and {more} more", shown.join(", "))
+            } else {
+                shown.join(", ")
+            }
+        };
+        let (class, pruners) = if r.pruners.is_empty() {
+            (
+                " class=\"warn\"",
+                "<span class=\"warnt\">no host: set <code>prune_schedule</code> on one of them \
+                 (forgotten snapshots keep their space until a prune)</span>"
+                    .to_owned(),
+            )
+        } else {
+            ("", names(&r.pruners))
+        };
+        let last = match r.last_prune {
+            None => "–".to_owned(),
+            Some((host, p)) => format!(
+                "{} {} by {}: {}",
+                if p.ok {
+                    "<span class=\"ok\">ok</span>"
+                } else {
+                    "<span class=\"err\">FAILED</span>"
+                },
+                ago(now, &p.finished_at),
+                escape(host),
+                escape(&p.summary)
+            ),
+        };
+        let _ = write!(
+            html,
+            "<tr{class}><td><code title=\"{}\">{}</code></td><td>{} ({})</td><td>{pruners}</td>\
+             <td>{last}</td></tr>",
+            escape(r.id),
+            escape(&r.id.chars().take(8).collect::<String>()),
+            r.hosts.len(),
+            names(&r.hosts),
         );
     }
-    html.push_str("</section>");
+    html.push_str("</tbody></table></section>");
 }
 
 /// A run result as a coloured word.
@@ -1074,37 +1133,51 @@ mod tests {
     }
 
     #[test]
-    fn a_fleet_where_no_reporting_host_prunes_is_told_so() {
-        let mut html = String::new();
-        let s = Summary {
-            hosts: 2,
-            sources: 3,
-            reporting_hosts: 2,
-            ..Summary::default()
+    fn repositories_say_who_prunes_and_warn_when_nobody_does() {
+        let now = Utc::now();
+        let host = |name: &str, repo: &str, prune: Option<bool>| {
+            let mut h = HostStatus::unreported(name.into());
+            h.state.repository_id = Some(repo.into());
+            if let Some(ok) = prune {
+                h.state.prune_schedule = Some("0 4 * * 0".into());
+                h.state.last_prune = Some(crate::model::MaintenanceRun {
+                    finished_at: now,
+                    ok,
+                    summary: "<done>".into(),
+                });
+            }
+            h
         };
-        summary_section(&mut html, &s);
+        let hosts = [
+            host("a", &"1".repeat(64), None),
+            host("b", &"1".repeat(64), Some(false)),
+            host("c", &"2".repeat(64), None),
+        ];
+        let mut html = String::new();
+        repositories_section(&mut html, &hosts, now);
+        assert!(html.contains("<h2>Repositories</h2>"), "{html}");
         assert!(
-            html.contains("No reporting host prunes the repository"),
+            html.contains(">11111111</code></td><td>2 (a, b)</td><td>b</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("FAILED") && html.contains("&lt;done&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<tr class=\"warn\"><td><code title=\"2222")
+                && html.contains("no host: set <code>prune_schedule</code>"),
             "{html}"
         );
         let mut html = String::new();
         summary_section(
             &mut html,
-            &Summary {
-                pruning_hosts: 1,
-                ..s
-            },
+            &fleet::summary(&hosts, now, Duration::from_secs(86400)),
         );
-        assert!(!html.contains("No reporting host prunes"), "{html}");
-        // Hosts whose agents report nothing say nothing either way.
+        assert!(html.contains("1 repository no host prunes"), "{html}");
+        // No repository reported: no section.
         let mut html = String::new();
-        summary_section(
-            &mut html,
-            &Summary {
-                reporting_hosts: 0,
-                ..s
-            },
-        );
-        assert!(!html.contains("No reporting host prunes"), "{html}");
+        repositories_section(&mut html, &[HostStatus::unreported("x".into())], now);
+        assert!(html.is_empty());
     }
 }

@@ -545,6 +545,7 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
         ],
         "outbox_pending": 4, "outbox_rejected": 0,
         "prune_schedule": "0 4 * * 0",
+        "repository_id": "5e5b5e5b",
         "last_prune": {"finished_at": now, "ok": false, "summary": "repository is already locked exclusively"}}),
     )
     .await;
@@ -590,7 +591,12 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
             && html.contains("repository is already locked exclusively"),
         "{html}"
     );
-    assert!(!html.contains("No reporting host prunes"), "{html}");
+    // h1 backs up into a repository only it uses, and prunes it.
+    assert!(
+        html.contains("<h2>Repositories</h2>") && html.contains("<td>1 (h1)</td><td>h1</td>"),
+        "{html}"
+    );
+    assert!(!html.contains("no host prunes"), "{html}");
     assert!(
         html.contains("<b>mysql</b>: retention failed")
             && html.contains("index removal refused &lt;b&gt;"),
@@ -640,6 +646,10 @@ async fn page_shows_hosts_jobs_backups_and_search_results(s: &TestServer) {
     let (_, metrics) = s.get("/metrics").await;
     assert!(
         metrics.contains(r#"tabacco_host_prune_failing{host="h1"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tabacco_repository_pruners{repository="5e5b5e5b"} 1"#),
         "{metrics}"
     );
     assert!(
@@ -1040,6 +1050,7 @@ async fn openapi_document_matches_routes_and_model() {
                 report_interval_seconds: Some(30.0),
                 prune_schedule: Some("0 4 * * 0".into()),
                 last_prune: source.last_forget.clone(),
+                repository_id: Some("5e5b".repeat(16)),
             })
             .unwrap(),
         ),
@@ -1084,6 +1095,7 @@ async fn openapi_document_matches_routes_and_model() {
                     report_interval_seconds: Some(30.0),
                     prune_schedule: Some("0 4 * * 0".into()),
                     last_prune: source.last_forget.clone(),
+                    repository_id: Some("5e5b".repeat(16)),
                 },
                 ..routes::HostStatus::unreported("h".into())
             })

@@ -306,9 +306,37 @@ fn fleet_failing_source_partial_run_and_silent_host_reach_api_pages_browser_and_
     );
     assert!(page.contains("Outbox:"), "{page}");
 
+    // host-b reports the repository it backs up into (learnt by its
+    // backups); host-a, which has not backed up, reports none. Nobody
+    // prunes host-b's repository: the server says so.
+    let hosts = get_json(&base, "/api/hosts");
+    let repo_id = host(&hosts, "host-b").unwrap()["repository_id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("host-b reports its repository: {hosts}"));
+    assert_eq!(repo_id.len(), 64, "{repo_id}");
+    assert!(host(&hosts, "host-a").unwrap()["repository_id"].is_null());
+    let (code, fleet_page) = http_get(&base, "/", &[]);
+    assert_eq!(code, 200, "{fleet_page}");
+    assert!(
+        fleet_page.contains("<h2>Repositories</h2>")
+            && fleet_page.contains(&format!("<code title=\"{repo_id}\">"))
+            && fleet_page.contains("1 (host-b)")
+            && fleet_page.contains("repository no host prunes"),
+        "{fleet_page}"
+    );
+
     // Both /metrics in the Prometheus text format pass promtool.
     promtool_check_metrics(&b.addr);
     let server_metrics = promtool_check_metrics(&base);
+    assert_eq!(
+        metric(
+            &server_metrics,
+            &format!(r#"tabacco_repository_pruners{{repository="{repo_id}"}}"#)
+        ),
+        Some(0.0),
+        "{server_metrics}"
+    );
     assert_eq!(
         metric(
             &server_metrics,
