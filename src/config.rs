@@ -2,7 +2,7 @@
 //! and `sources/*.yml` beside it.
 //!
 //! Two stages, as in ripgrep: [`raw`] mirrors what the user wrote (serde,
-//! unknown keys rejected), [`load`] reads the tree and validates it into the
+//! unknown keys rejected), [`load()`] reads the tree and validates it into the
 //! resolved types below, collecting every error with its file and field.
 
 pub mod load;

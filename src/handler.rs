@@ -3,7 +3,7 @@
 //! `params` win over the handler's), and turns a dataset into repository
 //! operations.
 //!
-//! - [`file`]: atoms are paths below the source's root directory.
+//! - [`file`](mod@file): atoms are paths below the source's root directory.
 //! - [`pipe`]: atoms are streams written by a `backup_command` and read
 //!   back by a `restore_command`.
 

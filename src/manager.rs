@@ -698,7 +698,7 @@ impl Manager {
     }
 
     /// Find atoms and restore them under `target`, from what the index
-    /// records (see [`restore`](self::restore)).
+    /// records (see [`restore`](mod@self::restore)).
     ///
     /// When the request yields several versions of one atom, each backup's
     /// data goes to `target/<backup id>/` so versions do not overwrite each

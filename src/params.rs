@@ -1,6 +1,6 @@
 //! Free-form `params` maps of handlers, sources and the repository, typed
 //! just enough for YAML (strings, numbers, booleans, lists, maps), and
-//! their typed readers: [`file`], [`pipe`] and [`restic`] each read and
+//! their typed readers: [`file`](mod@file), [`pipe`] and [`restic`] each read and
 //! check one kind's parameters, once, for `config check` and for a run
 //! (a leaf module: the configuration, the handlers and the repository all
 //! use it, and it uses none of them).

@@ -1,6 +1,6 @@
 //! Serde mirror of the YAML files as the user wrote them (unknown keys are
 //! errors). Validated into the types of [`crate::config`] by
-//! [`crate::config::load`].
+//! [`crate::config::load()`].
 //!
 //! Every key is optional here, even the required ones: a missing key is
 //! reported by validation, with its file and field, alongside every other

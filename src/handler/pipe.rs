@@ -8,7 +8,7 @@
 //! A dataset of one atom streams straight into `restic backup --stdin`. A
 //! dataset of several atoms (a database server, one atom per database) is
 //! still one snapshot and one repository open: the dumps run
-//! `parallel_dumps` at a time into the dataset's [`spool`](super::spool),
+//! `parallel_dumps` at a time into the dataset's [`super::spool`],
 //! then one `restic backup` stores the spool. A dump that fails loses its
 //! atom only; the others are backed up and recorded.
 //!
