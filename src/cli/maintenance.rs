@@ -7,6 +7,7 @@ use std::path::Path;
 use clap::Args;
 
 use super::{CliError, load_config_with_dry_run, open_store, open_stores};
+use crate::jobs::backup::{StartError, lock_source};
 use crate::jobs::lock::{HolderKind, LockError, SourceLock};
 use crate::manager::Manager;
 use crate::manager::maintenance::{MaintenanceError, ReconcileMode, Scope};
@@ -56,7 +57,7 @@ async fn setup(config_path: &Path, dry_run: bool) -> Result<(RuntimeContext, Man
 }
 
 /// The locks of the sources `tabacco forget` applies policies to, the
-/// same locks as backups take (a dry run changes nothing and takes none):
+/// same locks as backups take ([`lock_source`]; a dry run takes none):
 /// a source being backed up, or forgotten by another command, is left out.
 struct ForgetLocks {
     /// The sources to forget (empty: every configured source).
@@ -67,13 +68,6 @@ struct ForgetLocks {
 }
 
 fn lock_for_forget(rctx: &RuntimeContext, wanted: &[String]) -> Result<ForgetLocks, CliError> {
-    if rctx.config().dry_run {
-        return Ok(ForgetLocks {
-            sources: wanted.to_vec(),
-            busy: Vec::new(),
-            _held: Vec::new(),
-        });
-    }
     let names: Vec<String> = if wanted.is_empty() {
         rctx.config()
             .sources
@@ -89,16 +83,16 @@ fn lock_for_forget(rctx: &RuntimeContext, wanted: &[String]) -> Result<ForgetLoc
         _held: Vec::new(),
     };
     for name in names {
-        if rctx.find_source(&name).is_none() {
-            return Err(maintenance_error(MaintenanceError::UnknownSource(name)));
-        }
-        match SourceLock::try_acquire(rctx.work_dir(), &name, HolderKind::Forget) {
+        match lock_source(rctx, &name, HolderKind::Forget) {
             Ok(lock) => {
-                locks._held.push(lock);
+                locks._held.extend(lock);
                 locks.sources.push(name);
             }
-            Err(e @ LockError::Busy { .. }) => locks.busy.push(e),
-            Err(e) => return Err(CliError::failed(e)),
+            Err(StartError::Lock(e @ LockError::Busy { .. })) => locks.busy.push(e),
+            Err(StartError::Lock(e)) => return Err(CliError::failed(e)),
+            Err(StartError::NotConfigured(name)) => {
+                return Err(maintenance_error(MaintenanceError::UnknownSource(name)));
+            }
         }
     }
     Ok(locks)

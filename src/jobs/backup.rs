@@ -39,21 +39,37 @@ pub struct SourceJob {
     _lock: Option<SourceLock>,
 }
 
+/// Take the lock of `source` for `kind` without waiting, as every run that
+/// changes a source does (a backup, `tabacco forget`). The source must be
+/// configured: its lock file is named after it. `None` in a dry run: it
+/// writes nothing, so it neither waits for nor blocks a real run.
+pub fn lock_source(
+    rctx: &RuntimeContext,
+    source: &str,
+    kind: HolderKind,
+) -> Result<Option<SourceLock>, StartError> {
+    if rctx.find_source(source).is_none() {
+        return Err(StartError::NotConfigured(source.to_string()));
+    }
+    if rctx.config().dry_run {
+        return Ok(None);
+    }
+    Ok(Some(SourceLock::try_acquire(
+        rctx.work_dir(),
+        source,
+        kind,
+    )?))
+}
+
 impl SourceJob {
-    /// Take the lock of `source` for `kind` without waiting.
+    /// Take the lock of `source` for `kind` without waiting
+    /// ([`lock_source`]).
     pub fn start(
         rctx: RuntimeContext,
         source: &str,
         kind: HolderKind,
     ) -> Result<SourceJob, StartError> {
-        if rctx.find_source(source).is_none() {
-            return Err(StartError::NotConfigured(source.to_string()));
-        }
-        let lock = if rctx.config().dry_run {
-            None
-        } else {
-            Some(SourceLock::try_acquire(rctx.work_dir(), source, kind)?)
-        };
+        let lock = lock_source(&rctx, source, kind)?;
         Ok(SourceJob {
             rctx,
             source: source.to_string(),
