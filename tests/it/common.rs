@@ -121,6 +121,16 @@ impl Env {
         std::fs::write(p, text).unwrap();
     }
 
+    /// Write an executable script (a restic wrapper, a dump command) at
+    /// `rel`; its absolute path.
+    pub fn write_executable(&self, rel: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        self.write(rel, text);
+        let p = self.path(rel);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
     /// A command running the binary with `--config` set.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tabacco"));

@@ -24,8 +24,7 @@ fn content(name: &str) -> Vec<u8> {
 /// one dataset `all` whose atoms `atoms_command` lists.
 fn setup(atoms_command: &str, backup_command: &str, source_extra: &str) -> Env {
     let env = Env::new();
-    let wrapper = env.path("restic-counting");
-    env.write(
+    let wrapper = env.write_executable(
         "restic-counting",
         &format!(
             "#!/bin/bash\necho \"$1\" >> {log}\nexec {restic} \"$@\"\n",
@@ -33,7 +32,6 @@ fn setup(atoms_command: &str, backup_command: &str, source_extra: &str) -> Env {
             restic = restic(),
         ),
     );
-    make_executable(&wrapper);
     env.write(
         "etc/agent.yml",
         &format!(
@@ -58,11 +56,6 @@ fn setup(atoms_command: &str, backup_command: &str, source_extra: &str) -> Env {
     // The repository exists before the runs that are counted.
     restic_ok(env.repo().to_str().unwrap(), &["init"]);
     env
-}
-
-fn make_executable(p: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// restic subcommands run so far, and forget them.

@@ -283,16 +283,12 @@ fn touch_r(reference: &Path, target: &Path) {
     assert!(out.status.success(), "touch -r: {}", text(&out));
 }
 
-#[test]
-fn scratch_is_removed_after_a_kill_at_the_next_start() {
-    let env = Env::new();
-    sources(&env);
-    env.ok(&["backup", "home"]);
-    // A restic whose restore blocks until killed, so the drill is caught
-    // with its scratch directory in place.
-    let wrapper = env.path("slow-restic");
+/// A restic wrapper whose `restore` touches the returned mark and then
+/// blocks until killed (a drill caught with its scratch directory in
+/// place); every other command is the real restic. (wrapper, mark)
+fn slow_restore_restic(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
     let mark = env.path("restore-started");
-    env.write(
+    let wrapper = env.write_executable(
         "slow-restic",
         &format!(
             "#!/bin/sh\nif [ \"$1\" = restore ]; then touch '{}'; exec sleep 60; fi\nexec '{}' \"$@\"\n",
@@ -300,11 +296,17 @@ fn scratch_is_removed_after_a_kill_at_the_next_start() {
             which(&restic())
         ),
     );
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    (wrapper, mark)
+}
+
+#[test]
+fn scratch_is_removed_after_a_kill_at_the_next_start() {
+    let env = Env::new();
+    sources(&env);
+    env.ok(&["backup", "home"]);
+    // A restic whose restore blocks until killed, so the drill is caught
+    // with its scratch directory in place.
+    let (wrapper, mark) = slow_restore_restic(&env);
     let slow = env.path("etc-slow/agent.yml");
     env.write(
         "etc-slow/agent.yml",
@@ -479,21 +481,7 @@ fn an_agent_killed_during_a_drill_leaves_no_scratch_after_its_next_start() {
     let env = Env::new();
     sources(&env);
     env.ok(&["backup", "home"]);
-    let mark = env.path("restore-started");
-    let wrapper = env.path("slow-restic");
-    env.write(
-        "slow-restic",
-        &format!(
-            "#!/bin/sh\nif [ \"$1\" = restore ]; then touch '{}'; exec sleep 60; fi\nexec '{}' \"$@\"\n",
-            mark.display(),
-            which(&restic())
-        ),
-    );
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let (wrapper, mark) = slow_restore_restic(&env);
     let main = std::fs::read_to_string(env.config()).unwrap();
     let slow = format!(
         "{}    restic_binary: {}\nverify_schedule: '@every 1s'\nverify:\n  check: false\n",
@@ -604,8 +592,7 @@ fn e2e_verify_with_the_server_gone_queues_the_results_and_backup_delivers_them()
     // are done, the results cannot reach the server.
     let stop = env.path("stop-server-pid");
     std::fs::write(&stop, server.pid().to_string()).unwrap();
-    let wrapper = env.path("restic-stopping-the-server");
-    env.write(
+    let wrapper = env.write_executable(
         "restic-stopping-the-server",
         &format!(
             "#!/bin/bash\ncase \" $* \" in\n  *\" ls \"*|*\" restore \"*|*\" dump \"*)\n    if mv {stop} {stop}.taken 2>/dev/null; then\n      kill -TERM \"$(cat {stop}.taken)\"\n      for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/{port}) 2>/dev/null || break; sleep 0.05; done\n    fi;;\nesac\nexec {restic} \"$@\"\n",
@@ -613,11 +600,6 @@ fn e2e_verify_with_the_server_gone_queues_the_results_and_backup_delivers_them()
             restic = restic(),
         ),
     );
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     env.write(
         "etc/agent.yml",
         &format!(
